@@ -1,0 +1,65 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Dependency budget (each one must earn its build time):
+// - swift-nio: non-blocking socket/pipe I/O with backpressure for the daemon's
+//   transports and the per-sandbox agent channels. Writing our own epoll loop
+//   would be the largest, riskiest part of the daemon.
+// - swift-argument-parser: the `sandpit` CLI (subcommands, --help, validation).
+// - swift-log: the one logging API every server-side Swift library speaks.
+// SQLite is reached through the system libsqlite3 with a ~300-line wrapper
+// (CSQLite + SandpitCatalog): the catalog needs a handful of statements, not an ORM.
+let package = Package(
+    name: "Sandpit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "sandpit", targets: ["sandpit"]),
+        .executable(name: "sandpit-agent", targets: ["sandpit-agent"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Everything that runs between clone() and execve(), and the in-sandbox
+        // PID-1 agent's setup and loop. C, async-signal-safe, `sp_` prefixed.
+        .target(name: "CSandpit", path: "Sources/CSandpit"),
+        .executableTarget(name: "sandpit-agent", dependencies: ["CSandpit"], path: "Sources/sandpit-agent"),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+
+        // No I/O: ids, models, errors, policies, JSON values, state.
+        .target(name: "SandpitCore"),
+        // Syscall wrappers, mounts, cgroups, user namespaces.
+        .target(name: "SandpitOS", dependencies: ["CSandpit", "SandpitCore"]),
+        // SQLite catalog.
+        .target(name: "SandpitCatalog", dependencies: ["CSQLite", "SandpitCore"]),
+        // JSON-RPC codec and framing; no sockets.
+        .target(name: "SandpitProtocol", dependencies: ["SandpitCore"]),
+        // Sandboxes, templates, agent channels, execs.
+        .target(name: "SandpitEngine", dependencies: [
+            "SandpitCore", "SandpitOS", "SandpitCatalog", "CSandpit",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The service (method dispatch) and transports (stdio, Unix socket).
+        .target(name: "SandpitDaemon", dependencies: [
+            "SandpitCore", "SandpitProtocol", "SandpitEngine",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "sandpit", dependencies: [
+            "SandpitCore", "SandpitProtocol", "SandpitEngine", "SandpitDaemon",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .target(name: "SandpitTestSupport", dependencies: ["SandpitCore"], path: "Tests/SandpitTestSupport"),
+        .testTarget(name: "SandpitCoreTests", dependencies: ["SandpitCore"]),
+        .testTarget(name: "SandpitProtocolTests", dependencies: ["SandpitProtocol", "SandpitCore"]),
+        .testTarget(name: "SandpitCatalogTests", dependencies: ["SandpitCatalog", "SandpitCore", "SandpitTestSupport"]),
+        .testTarget(name: "SandpitIntegrationTests", dependencies: ["SandpitCore", "SandpitTestSupport"]),
+    ]
+)

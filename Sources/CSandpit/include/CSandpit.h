@@ -1,0 +1,5 @@
+#include "sp_proto.h"
+#include "sp_spawn.h"
+#include "sp_mountapi.h"
+#include "sp_sys.h"
+#include "sp_agent.h"

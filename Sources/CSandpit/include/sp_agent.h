@@ -1,0 +1,22 @@
+// The in-sandbox agent (PID 1 of the sandbox's pid namespace).
+#ifndef SP_AGENT_H
+#define SP_AGENT_H
+#include <stddef.h>
+
+struct sp_agent_config {
+    const char *hostname;
+    unsigned long tmp_size_bytes;
+    int has_usr;
+};
+
+int sp_agent_main(int argc, char **argv);
+
+// Steps, each returns 0 or -1 with errno set and *step naming what failed.
+int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step);
+int sp_agent_setup_network(const char **step);
+int sp_agent_harden(const char **step);
+int sp_agent_loop(int ctrl_fd);
+
+// Frame I/O on the control socket (blocking writes, all-or-nothing).
+int sp_send_frame(int fd, unsigned type, unsigned stream, unsigned id, const void *a, size_t alen, const void *b, size_t blen);
+#endif

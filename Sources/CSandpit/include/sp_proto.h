@@ -1,0 +1,58 @@
+// Wire format between the daemon and the in-sandbox agent (PID 1).
+// Both ends run on the same host, so integers are in host byte order.
+// Every frame is a fixed 12-byte header followed by `length` payload bytes.
+#ifndef SP_PROTO_H
+#define SP_PROTO_H
+#include <stdint.h>
+
+#define SP_FRAME_HEADER_SIZE 12u
+#define SP_FRAME_MAX_PAYLOAD 4194304u
+#define SP_OUTPUT_CHUNK 65536u
+
+// Fixed descriptor numbers inside the agent.
+#define SP_AGENT_FD_CTRL 3
+#define SP_AGENT_FD_ROOT 4
+#define SP_AGENT_FD_USR 5
+
+enum sp_frame_type {
+    // daemon -> agent
+    SP_FRAME_SPAWN = 1,   // id = exec id; payload = sp_spawn_header + strings
+    SP_FRAME_STDIN = 2,   // id = exec id; data; empty payload = close stdin
+    SP_FRAME_SIGNAL = 3,  // id = exec id; payload = int32 signal number
+    SP_FRAME_STATS = 4,   // id = request id; no payload
+    // agent -> daemon
+    SP_FRAME_READY = 64,       // payload = sp_stats
+    SP_FRAME_FATAL = 65,       // payload = text "step: error"
+    SP_FRAME_STARTED = 66,     // id = exec id; payload = int32 pid (inside the sandbox)
+    SP_FRAME_SPAWN_ERROR = 67, // id = exec id; payload = int32 errno + text
+    SP_FRAME_OUTPUT = 68,      // id = exec id; stream = 1 stdout, 2 stderr; data
+    SP_FRAME_EXITED = 69,      // id = exec id; payload = int32 wait status
+    SP_FRAME_STATS_REPLY = 70, // id = request id; payload = sp_stats
+};
+
+struct sp_frame_header {
+    uint32_t length;
+    uint8_t type;
+    uint8_t stream;
+    uint16_t reserved;
+    uint32_t id;
+};
+
+// SPAWN payload: this header, then NUL-terminated strings:
+// cwd, argv[0..argc), envp[0..envc).
+struct sp_spawn_header {
+    uint32_t uid;
+    uint32_t gid;
+    uint32_t flags; // SP_SPAWN_*
+    uint32_t argc;
+    uint32_t envc;
+};
+#define SP_SPAWN_STDIN 1u   // keep a stdin pipe open for STDIN frames; else stdin is /dev/null
+
+struct sp_stats {
+    uint64_t rss_bytes;
+    uint32_t live_execs;
+    uint32_t reserved;
+};
+
+#endif

@@ -1,0 +1,9 @@
+// Small wrappers for GNU-only libc calls that Swift's Glibc module hides.
+#ifndef SP_SYS_H
+#define SP_SYS_H
+int sp_pipe_cloexec(int fds[2]);
+int sp_socketpair_cloexec(int fds[2]);
+
+// open(path, O_PATH | O_CLOEXEC): a handle usable with execveat(AT_EMPTY_PATH).
+int sp_open_path(const char *path);
+#endif

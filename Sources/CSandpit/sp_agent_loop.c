@@ -1,0 +1,368 @@
+// The agent's event loop: one poll() over the control socket, a signalfd for
+// SIGCHLD, and every running exec's pipes. Single-threaded; it forks children
+// with vfork() and only makes syscalls in the child before execve().
+#define _GNU_SOURCE
+#include "sp_agent.h"
+#include "sp_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EXECS 1024
+#define DRAIN_GRACE_NS (100LL * 1000 * 1000)
+
+struct exec {
+    int used;
+    uint32_t id;
+    pid_t pid;
+    int out_fd, err_fd, in_fd;
+    int exited;
+    int status;
+    int64_t drain_deadline;
+    char *inbuf;
+    size_t inlen, inoff, incap;
+    int in_close_pending;
+};
+
+static struct exec execs[MAX_EXECS];
+static int ctrl = -1;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void send_or_die(unsigned type, unsigned stream, unsigned id, const void *a, size_t alen, const void *b, size_t blen) {
+    // The daemon is gone or broken: exiting as PID 1 takes the whole sandbox with us.
+    if (sp_send_frame(ctrl, type, stream, id, a, alen, b, blen) != 0) _exit(0);
+}
+
+static struct exec *find_id(uint32_t id) {
+    for (int i = 0; i < MAX_EXECS; i++) if (execs[i].used && execs[i].id == id) return &execs[i];
+    return NULL;
+}
+
+static struct exec *find_pid(pid_t pid) {
+    for (int i = 0; i < MAX_EXECS; i++) if (execs[i].used && !execs[i].exited && execs[i].pid == pid) return &execs[i];
+    return NULL;
+}
+
+static int live_execs(void) {
+    int n = 0;
+    for (int i = 0; i < MAX_EXECS; i++) n += execs[i].used;
+    return n;
+}
+
+static void fill_stats(struct sp_stats *st) {
+    memset(st, 0, sizeof *st);
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "re");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+        fclose(f);
+    }
+    st->rss_bytes = (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
+    st->live_execs = (uint32_t)live_execs();
+}
+
+static void spawn_error(uint32_t id, int err, const char *what) {
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+    int32_t e = err;
+    send_or_die(SP_FRAME_SPAWN_ERROR, 0, id, &e, sizeof e, msg, (size_t)(n < 0 ? 0 : n));
+}
+
+// Finds an executable for argv[0] on the PATH from the exec's own environment.
+static int resolve(const char *name, char *const *envp, char *out, size_t outlen) {
+    if (strchr(name, '/')) {
+        if (strlen(name) >= outlen) { errno = ENAMETOOLONG; return -1; }
+        strcpy(out, name);
+        return 0;
+    }
+    const char *path = "/usr/local/bin:/usr/bin:/bin";
+    for (char *const *e = envp; *e; e++) if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+    int saw_eacces = 0;
+    const char *p = path;
+    while (*p) {
+        const char *colon = strchr(p, ':');
+        size_t dlen = colon ? (size_t)(colon - p) : strlen(p);
+        int n = snprintf(out, outlen, "%.*s/%s", (int)(dlen ? dlen : 1), dlen ? p : ".", name);
+        if (n > 0 && (size_t)n < outlen) {
+            struct stat st;
+            if (stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
+                if (st.st_mode & 0111) return 0;
+                saw_eacces = 1;
+            }
+        }
+        if (!colon) break;
+        p = colon + 1;
+    }
+    errno = saw_eacces ? EACCES : ENOENT;
+    return -1;
+}
+
+struct child_err { int32_t step; int32_t err; };
+
+static void do_spawn(uint32_t id, const char *payload, size_t len) {
+    struct sp_spawn_header h;
+    if (len < sizeof h || find_id(id)) { spawn_error(id, EINVAL, "malformed spawn request"); return; }
+    memcpy(&h, payload, sizeof h);
+    const char *p = payload + sizeof h, *end = payload + len;
+    size_t nstr = 1 + (size_t)h.argc + (size_t)h.envc;
+    if (h.argc == 0 || h.argc > 65536 || h.envc > 65536) { spawn_error(id, EINVAL, "malformed spawn request"); return; }
+    const char **strs = calloc(nstr + 2, sizeof *strs);
+    if (!strs) { spawn_error(id, ENOMEM, "spawn"); return; }
+    for (size_t i = 0; i < nstr; i++) {
+        const char *z = memchr(p, 0, (size_t)(end - p));
+        if (!z) { free(strs); spawn_error(id, EINVAL, "malformed spawn request"); return; }
+        strs[i] = p;
+        p = z + 1;
+    }
+    const char *cwd = strs[0];
+    char **argv = calloc(h.argc + 1, sizeof *argv);
+    char **envp = calloc(h.envc + 1, sizeof *envp);
+    if (!argv || !envp) { free(strs); free(argv); free(envp); spawn_error(id, ENOMEM, "spawn"); return; }
+    for (uint32_t i = 0; i < h.argc; i++) argv[i] = (char *)strs[1 + i];
+    for (uint32_t i = 0; i < h.envc; i++) envp[i] = (char *)strs[1 + h.argc + i];
+
+    struct exec *x = NULL;
+    for (int i = 0; i < MAX_EXECS; i++) if (!execs[i].used) { x = &execs[i]; break; }
+    char path[4096];
+    int out[2] = { -1, -1 }, err[2] = { -1, -1 }, in[2] = { -1, -1 }, ep[2] = { -1, -1 };
+    if (!x) { spawn_error(id, EAGAIN, "too many concurrent execs in this sandbox"); goto done; }
+    if (resolve(argv[0], envp, path, sizeof path) != 0) {
+        char what[300];
+        snprintf(what, sizeof what, "exec \"%.256s\"", argv[0]);
+        spawn_error(id, errno, what);
+        goto done;
+    }
+    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(ep, O_CLOEXEC)) { spawn_error(id, errno, "pipe"); goto fail; }
+    if (h.flags & SP_SPAWN_STDIN) {
+        if (pipe2(in, O_CLOEXEC)) { spawn_error(id, errno, "pipe"); goto fail; }
+    } else {
+        in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (in[0] < 0) { spawn_error(id, errno, "open /dev/null"); goto fail; }
+    }
+    gid_t gid = h.gid;
+    pid_t pid = vfork();
+    if (pid == 0) {
+        struct child_err ce = { 0, 0 };
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        if (setsid() < 0) { ce.step = 1; goto child_fail; }
+        if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) { ce.step = 2; goto child_fail; }
+        if (setgroups(1, &gid) != 0) { ce.step = 3; goto child_fail; }
+        if (setresgid(h.gid, h.gid, h.gid) != 0) { ce.step = 3; goto child_fail; }
+        if (setresuid(h.uid, h.uid, h.uid) != 0) { ce.step = 3; goto child_fail; }
+        if (chdir(cwd) != 0) { ce.step = 4; goto child_fail; }
+        execve(path, argv, envp);
+        ce.step = 5;
+    child_fail:
+        ce.err = errno;
+        (void)!write(ep[1], &ce, sizeof ce);
+        _exit(127);
+    }
+    if (pid < 0) { spawn_error(id, errno, "fork"); goto fail; }
+    close(ep[1]); ep[1] = -1;
+    struct child_err ce;
+    ssize_t r = read(ep[0], &ce, sizeof ce);
+    if (r == (ssize_t)sizeof ce) {
+        // The child never ran the command; reap it here so it is not mistaken for an exec exit.
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+        static const char *steps[] = { "spawn", "setsid", "redirect stdio", "set credentials", "", "exec" };
+        char what[4400];
+        if (ce.step == 4) snprintf(what, sizeof what, "working directory \"%.1024s\"", cwd);
+        else if (ce.step == 5) snprintf(what, sizeof what, "exec \"%.1024s\"", path);
+        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < 6 ? ce.step : 0]);
+        spawn_error(id, ce.err, what);
+        goto fail;
+    }
+    memset(x, 0, sizeof *x);
+    x->used = 1;
+    x->id = id;
+    x->pid = pid;
+    x->out_fd = out[0];
+    x->err_fd = err[0];
+    x->in_fd = (h.flags & SP_SPAWN_STDIN) ? in[1] : -1;
+    fcntl(x->out_fd, F_SETFL, O_NONBLOCK);
+    fcntl(x->err_fd, F_SETFL, O_NONBLOCK);
+    if (x->in_fd >= 0) fcntl(x->in_fd, F_SETFL, O_NONBLOCK);
+    out[0] = err[0] = -1;
+    if (h.flags & SP_SPAWN_STDIN) in[1] = -1;
+    int32_t p32 = pid;
+    send_or_die(SP_FRAME_STARTED, 0, id, &p32, sizeof p32, NULL, 0);
+fail:
+    for (int i = 0; i < 2; i++) {
+        if (out[i] >= 0) close(out[i]);
+        if (err[i] >= 0) close(err[i]);
+        if (in[i] >= 0) close(in[i]);
+        if (ep[i] >= 0) close(ep[i]);
+    }
+done:
+    free(strs);
+    free(argv);
+    free(envp);
+}
+
+static void close_fd(int *fd) { if (*fd >= 0) { close(*fd); *fd = -1; } }
+
+static void finish(struct exec *x) {
+    close_fd(&x->out_fd);
+    close_fd(&x->err_fd);
+    close_fd(&x->in_fd);
+    free(x->inbuf);
+    int32_t st = x->status;
+    uint32_t id = x->id;
+    memset(x, 0, sizeof *x);
+    send_or_die(SP_FRAME_EXITED, 0, id, &st, sizeof st, NULL, 0);
+}
+
+static void do_stdin(uint32_t id, const char *data, size_t len) {
+    struct exec *x = find_id(id);
+    if (!x || x->in_fd < 0) return;
+    if (len == 0) {
+        if (x->inlen == x->inoff) close_fd(&x->in_fd);
+        else x->in_close_pending = 1;
+        return;
+    }
+    if (x->inoff == x->inlen) x->inoff = x->inlen = 0;
+    if (x->inlen + len > x->incap) {
+        size_t cap = x->incap ? x->incap : 65536;
+        while (cap < x->inlen + len) cap *= 2;
+        char *nb = realloc(x->inbuf, cap);
+        if (!nb) return;
+        x->inbuf = nb;
+        x->incap = cap;
+    }
+    memcpy(x->inbuf + x->inlen, data, len);
+    x->inlen += len;
+}
+
+static void handle_frame(const struct sp_frame_header *h, const char *payload) {
+    switch (h->type) {
+    case SP_FRAME_SPAWN: do_spawn(h->id, payload, h->length); break;
+    case SP_FRAME_STDIN: do_stdin(h->id, payload, h->length); break;
+    case SP_FRAME_SIGNAL: {
+        struct exec *x = find_id(h->id);
+        int32_t sig = 0;
+        if (h->length >= sizeof sig) memcpy(&sig, payload, sizeof sig);
+        if (x && !x->exited && sig > 0) {
+            kill(-x->pid, sig);
+            kill(x->pid, sig);
+        }
+        break;
+    }
+    case SP_FRAME_STATS: {
+        struct sp_stats st;
+        fill_stats(&st);
+        send_or_die(SP_FRAME_STATS_REPLY, 0, h->id, &st, sizeof st, NULL, 0);
+        break;
+    }
+    default: break;
+    }
+}
+
+static void pump_output(struct exec *x, int *fd, unsigned stream, char *buf) {
+    ssize_t n = read(*fd, buf, SP_OUTPUT_CHUNK);
+    if (n > 0) send_or_die(SP_FRAME_OUTPUT, stream, x->id, buf, (size_t)n, NULL, 0);
+    else if (n == 0 || (errno != EAGAIN && errno != EINTR)) close_fd(fd);
+}
+
+int sp_agent_loop(int ctrl_fd) {
+    ctrl = ctrl_fd;
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) return -1;
+
+    size_t cap = SP_FRAME_HEADER_SIZE + SP_FRAME_MAX_PAYLOAD;
+    char *rbuf = malloc(cap);
+    char *obuf = malloc(SP_OUTPUT_CHUNK);
+    size_t rlen = 0;
+    struct pollfd *pfds = malloc(sizeof(struct pollfd) * (2 + 3 * MAX_EXECS));
+    struct exec **owners = malloc(sizeof(struct exec *) * (2 + 3 * MAX_EXECS));
+    if (!rbuf || !obuf || !pfds || !owners) return -1;
+
+    for (;;) {
+        int n = 0;
+        pfds[n].fd = ctrl; pfds[n].events = POLLIN; owners[n++] = NULL;
+        pfds[n].fd = sfd; pfds[n].events = POLLIN; owners[n++] = NULL;
+        int64_t now = now_ns(), next = -1;
+        for (int i = 0; i < MAX_EXECS; i++) {
+            struct exec *x = &execs[i];
+            if (!x->used) continue;
+            if (x->exited && ((x->out_fd < 0 && x->err_fd < 0) || now >= x->drain_deadline)) { finish(x); continue; }
+            if (x->exited && (next < 0 || x->drain_deadline < next)) next = x->drain_deadline;
+            if (x->out_fd >= 0) { pfds[n].fd = x->out_fd; pfds[n].events = POLLIN; owners[n++] = x; }
+            if (x->err_fd >= 0) { pfds[n].fd = x->err_fd; pfds[n].events = POLLIN; owners[n++] = x; }
+            if (x->in_fd >= 0 && x->inoff < x->inlen) { pfds[n].fd = x->in_fd; pfds[n].events = POLLOUT; owners[n++] = x; }
+        }
+        int timeout = next < 0 ? -1 : (int)((next - now) / 1000000 + 1);
+        int r = poll(pfds, (nfds_t)n, timeout);
+        if (r < 0) { if (errno == EINTR) continue; return -1; }
+
+        if (pfds[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {}
+            int st;
+            pid_t pid;
+            while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+                struct exec *x = find_pid(pid);
+                if (x) {
+                    x->exited = 1;
+                    x->status = st;
+                    x->drain_deadline = now_ns() + DRAIN_GRACE_NS;
+                    close_fd(&x->in_fd);
+                }
+            }
+        }
+        for (int i = 2; i < n; i++) {
+            struct exec *x = owners[i];
+            if (!pfds[i].revents || !x->used) continue;
+            if (pfds[i].fd == x->out_fd) pump_output(x, &x->out_fd, 1, obuf);
+            else if (pfds[i].fd == x->err_fd) pump_output(x, &x->err_fd, 2, obuf);
+            else if (pfds[i].fd == x->in_fd) {
+                ssize_t w = write(x->in_fd, x->inbuf + x->inoff, x->inlen - x->inoff);
+                if (w > 0) x->inoff += (size_t)w;
+                else if (w < 0 && errno != EAGAIN && errno != EINTR) close_fd(&x->in_fd);
+                if (x->inoff == x->inlen && x->in_close_pending) close_fd(&x->in_fd);
+            }
+        }
+        if (pfds[0].revents) {
+            ssize_t got = read(ctrl, rbuf + rlen, cap - rlen);
+            if (got == 0) _exit(0); // the daemon is gone: so is the sandbox
+            if (got < 0) { if (errno == EINTR || errno == EAGAIN) continue; _exit(0); }
+            rlen += (size_t)got;
+            size_t off = 0;
+            while (rlen - off >= SP_FRAME_HEADER_SIZE) {
+                struct sp_frame_header h;
+                memcpy(&h, rbuf + off, sizeof h);
+                if (h.length > SP_FRAME_MAX_PAYLOAD) _exit(3);
+                if (rlen - off < SP_FRAME_HEADER_SIZE + h.length) break;
+                handle_frame(&h, rbuf + off + SP_FRAME_HEADER_SIZE);
+                off += SP_FRAME_HEADER_SIZE + h.length;
+            }
+            memmove(rbuf, rbuf + off, rlen - off);
+            rlen -= off;
+        }
+    }
+}

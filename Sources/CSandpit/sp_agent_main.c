@@ -1,0 +1,52 @@
+// Entry point of the in-sandbox agent. argv carries only plain settings;
+// descriptors arrive at fixed numbers (see sp_proto.h).
+#define _GNU_SOURCE
+#include "sp_agent.h"
+#include "sp_proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int fatal(const char *step) {
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "%s: %s", step, strerror(errno));
+    sp_send_frame(SP_AGENT_FD_CTRL, SP_FRAME_FATAL, 0, 0, msg, (size_t)(n < 0 ? 0 : n), NULL, 0);
+    return 1;
+}
+
+int sp_agent_main(int argc, char **argv) {
+    struct sp_agent_config cfg = { .hostname = "sandpit", .tmp_size_bytes = 256ul << 20, .has_usr = 0 };
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--hostname") == 0) cfg.hostname = argv[i + 1];
+        else if (strcmp(argv[i], "--tmp-size") == 0) cfg.tmp_size_bytes = strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--usr") == 0) cfg.has_usr = strcmp(argv[i + 1], "1") == 0;
+    }
+    if (getpid() != 1) {
+        fprintf(stderr, "sandpit-agent: runs only as PID 1 of a sandbox started by the sandpit daemon\n");
+        return 2;
+    }
+    fcntl(SP_AGENT_FD_CTRL, F_SETFD, FD_CLOEXEC);
+    const char *step = "unshare cgroup namespace";
+    if (unshare(CLONE_NEWCGROUP) != 0) return fatal(step);
+    if (sp_agent_setup_mounts(&cfg, &step) != 0) return fatal(step);
+    if (sp_agent_setup_network(&step) != 0) return fatal(step);
+    if (sp_agent_harden(&step) != 0) return fatal(step);
+    // Nothing from the host stays open but the control socket.
+    syscall(SYS_close_range, 0, SP_AGENT_FD_CTRL - 1, 0);
+    syscall(SYS_close_range, SP_AGENT_FD_CTRL + 1, ~0U, 0);
+    struct sp_stats st;
+    memset(&st, 0, sizeof st);
+    FILE *f = fopen("/proc/self/statm", "re");
+    long pages, rss = 0;
+    if (f) { if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0; fclose(f); }
+    st.rss_bytes = (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
+    if (sp_send_frame(SP_AGENT_FD_CTRL, SP_FRAME_READY, 0, 0, &st, sizeof st, NULL, 0) != 0) return 1;
+    sp_agent_loop(SP_AGENT_FD_CTRL);
+    return fatal("agent loop");
+}

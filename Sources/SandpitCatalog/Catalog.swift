@@ -1,0 +1,244 @@
+import Dispatch
+import SandpitCore
+
+/// The durable record of sandboxes, execs and events, in SQLite (WAL).
+/// Every call runs on one serial dispatch queue, off Swift's cooperative pool,
+/// because SQLite blocks.
+public final class Catalog: @unchecked Sendable {
+    private let db: SQLiteDB
+    private let queue = DispatchQueue(label: "sandpit.catalog")
+    public let path: String
+
+    /// Ordered schema migrations; index + 1 is the schema version (PRAGMA user_version).
+    static let migrations: [String] = [
+        """
+        CREATE TABLE sandboxes (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            template TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at INTEGER NOT NULL,
+            last_active_at INTEGER NOT NULL,
+            step INTEGER NOT NULL DEFAULT 0,
+            exec_seq INTEGER NOT NULL DEFAULT 0,
+            owner INTEGER NOT NULL DEFAULT -1,
+            state_reason TEXT
+        );
+        CREATE INDEX sandboxes_state ON sandboxes(state);
+        CREATE TABLE execs (
+            sandbox_id TEXT NOT NULL,
+            exec_id TEXT NOT NULL,
+            command TEXT NOT NULL,
+            state TEXT NOT NULL,
+            exit_code INTEGER,
+            signal INTEGER,
+            timed_out INTEGER NOT NULL DEFAULT 0,
+            started_at INTEGER NOT NULL,
+            ended_at INTEGER,
+            stdout_bytes INTEGER NOT NULL DEFAULT 0,
+            stderr_bytes INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (sandbox_id, exec_id)
+        );
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            sandbox_id TEXT,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE templates (
+            name TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            template_id TEXT NOT NULL UNIQUE,
+            created_at INTEGER NOT NULL,
+            layers TEXT NOT NULL DEFAULT '[]',
+            bytes INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (name, tag)
+        );
+        """,
+    ]
+
+    public init(path: String) throws {
+        self.path = path
+        db = try SQLiteDB(path: path)
+        try db.execute("PRAGMA journal_mode=WAL")
+        try db.execute("PRAGMA synchronous=NORMAL")
+        try db.execute("PRAGMA foreign_keys=ON")
+        try migrate()
+    }
+
+    public var schemaVersion: Int {
+        get throws { Int(try db.query("PRAGMA user_version").first?.first?.int ?? 0) }
+    }
+
+    private func migrate() throws {
+        let current = try schemaVersion
+        guard current <= Self.migrations.count else {
+            throw SandpitError(.unavailable, "catalog \(path) has schema version \(current), newer than this sandpit (\(Self.migrations.count))")
+        }
+        for v in current..<Self.migrations.count {
+            try db.transaction {
+                try db.execute(Self.migrations[v])
+                try db.execute("PRAGMA user_version = \(v + 1)")
+            }
+        }
+    }
+
+    @discardableResult
+    private func onQueue<T: Sendable>(_ body: @escaping @Sendable (SQLiteDB) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+            queue.async { [db] in c.resume(with: Result { try body(db) }) }
+        }
+    }
+
+    /// Synchronous access, for start-up and shutdown paths.
+    public func sync<T>(_ body: (Catalog) throws -> T) rethrows -> T { try queue.sync { try body(self) } }
+
+    // MARK: sandboxes
+
+    static func encodeMetadata(_ m: [String: String]) -> String {
+        var o = JSONObject()
+        for k in m.keys.sorted() { o[k] = .string(m[k]!) }
+        return JSONCodec.encode(.object(o))
+    }
+
+    static func decodeMetadata(_ s: String) -> [String: String] {
+        guard let v = try? JSONCodec.parse(s), let o = v.objectValue else { return [:] }
+        var out: [String: String] = [:]
+        for (k, v) in o { if let s = v.stringValue { out[k] = s } }
+        return out
+    }
+
+    static let sandboxColumns = "id, state, template, policy, metadata, created_at, last_active_at, step, exec_seq, owner, state_reason"
+
+    static func sandbox(_ r: [SQLiteDB.Value]) -> SandboxRecord {
+        SandboxRecord(id: r[0].text ?? "", state: SandboxState(rawValue: r[1].text ?? "") ?? .stopped,
+                      template: r[2].text ?? "", policy: r[3].text ?? "", metadata: decodeMetadata(r[4].text ?? "{}"),
+                      createdAt: r[5].int ?? 0, lastActiveAt: r[6].int ?? 0, step: Int(r[7].int ?? 0),
+                      execSeq: Int(r[8].int ?? 0), owner: r[9].int ?? -1, stateReason: r[10].text)
+    }
+
+    public func insertSandbox(_ s: SandboxRecord) async throws {
+        try await onQueue { db in
+            try db.run("INSERT INTO sandboxes (\(Self.sandboxColumns)) VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
+                .text(s.id), .text(s.state.rawValue), .text(s.template), .text(s.policy), .text(Self.encodeMetadata(s.metadata)),
+                .int(s.createdAt), .int(s.lastActiveAt), .int(Int64(s.step)), .int(Int64(s.execSeq)), .int(s.owner),
+                s.stateReason.map { .text($0) } ?? .null,
+            ])
+        }
+    }
+
+    public func updateSandbox(_ s: SandboxRecord) async throws {
+        try await onQueue { db in
+            try db.run("UPDATE sandboxes SET state=?, last_active_at=?, step=?, exec_seq=?, state_reason=? WHERE id=?", [
+                .text(s.state.rawValue), .int(s.lastActiveAt), .int(Int64(s.step)), .int(Int64(s.execSeq)),
+                s.stateReason.map { .text($0) } ?? .null, .text(s.id),
+            ])
+        }
+    }
+
+    public func sandbox(_ id: String) async throws -> SandboxRecord? {
+        try await onQueue { db in
+            try db.query("SELECT \(Self.sandboxColumns) FROM sandboxes WHERE id=?", [.text(id)]).first.map(Self.sandbox)
+        }
+    }
+
+    /// Sandboxes ordered by (created_at, id), after `cursor` (an id), excluding deleted ones.
+    public func listSandboxes(state: SandboxState?, after cursor: (Int64, String)?, limit: Int) async throws -> [SandboxRecord] {
+        try await onQueue { db in
+            var sql = "SELECT \(Self.sandboxColumns) FROM sandboxes WHERE state != 'deleted'"
+            var binds: [SQLiteDB.Value] = []
+            if let state { sql += " AND state = ?"; binds.append(.text(state.rawValue)) }
+            if let (at, id) = cursor {
+                sql += " AND (created_at > ? OR (created_at = ? AND id > ?))"
+                binds += [.int(at), .int(at), .text(id)]
+            }
+            sql += " ORDER BY created_at, id LIMIT ?"
+            binds.append(.int(Int64(limit)))
+            return try db.query(sql, binds).map(Self.sandbox)
+        }
+    }
+
+    public func allSandboxes() throws -> [SandboxRecord] {
+        try queue.sync { try db.query("SELECT \(Self.sandboxColumns) FROM sandboxes WHERE state != 'deleted'").map(Self.sandbox) }
+    }
+
+    public func setState(_ id: String, _ state: SandboxState, reason: String?) throws {
+        try queue.sync {
+            _ = try db.run("UPDATE sandboxes SET state=?, state_reason=? WHERE id=?", [.text(state.rawValue), reason.map { .text($0) } ?? .null, .text(id)])
+        }
+    }
+
+    public func deleteSandbox(_ id: String, at: Int64) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                try db.run("UPDATE sandboxes SET state='deleted', state_reason='deleted', last_active_at=? WHERE id=?", [.int(at), .text(id)])
+                try db.run("UPDATE execs SET state='lost', ended_at=? WHERE sandbox_id=? AND state='running'", [.int(at), .text(id)])
+            }
+        }
+    }
+
+    // MARK: execs
+
+    public func insertExec(_ e: ExecRecord, sandboxStep: Int, execSeq: Int, lastActiveAt: Int64) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                try db.run("INSERT INTO execs (sandbox_id, exec_id, command, state, started_at) VALUES (?,?,?,?,?)", [
+                    .text(e.sandboxId), .text(e.execId), .text(JSONCodec.encode(.array(e.command.map { .string($0) }))),
+                    .text(e.state.rawValue), .int(e.startedAt),
+                ])
+                try db.run("UPDATE sandboxes SET exec_seq=?, last_active_at=? WHERE id=?", [.int(Int64(execSeq)), .int(lastActiveAt), .text(e.sandboxId)])
+            }
+        }
+    }
+
+    public func finishExec(_ e: ExecRecord, sandboxStep: Int) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                try db.run("""
+                    UPDATE execs SET state=?, exit_code=?, signal=?, timed_out=?, ended_at=?, stdout_bytes=?, stderr_bytes=?
+                    WHERE sandbox_id=? AND exec_id=?
+                    """, [
+                    .text(e.state.rawValue), e.exitCode.map { .int(Int64($0)) } ?? .null, e.signal.map { .int(Int64($0)) } ?? .null,
+                    .int(e.timedOut ? 1 : 0), e.endedAt.map { .int($0) } ?? .null, .int(e.stdoutBytes), .int(e.stderrBytes),
+                    .text(e.sandboxId), .text(e.execId),
+                ])
+                try db.run("UPDATE sandboxes SET step=?, last_active_at=? WHERE id=?", [.int(Int64(sandboxStep)), .int(e.endedAt ?? 0), .text(e.sandboxId)])
+            }
+        }
+    }
+
+    public func exec(_ sandboxId: String, _ execId: String) async throws -> ExecRecord? {
+        try await onQueue { db in
+            try db.query("""
+                SELECT sandbox_id, exec_id, command, state, exit_code, signal, timed_out, started_at, ended_at, stdout_bytes, stderr_bytes
+                FROM execs WHERE sandbox_id=? AND exec_id=?
+                """, [.text(sandboxId), .text(execId)]).first.map { r in
+                let cmd = (try? JSONCodec.parse(r[2].text ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
+                return ExecRecord(sandboxId: r[0].text ?? "", execId: r[1].text ?? "", command: cmd,
+                                  state: ExecState(rawValue: r[3].text ?? "") ?? .lost, exitCode: r[4].int.map { Int($0) },
+                                  signal: r[5].int.map { Int($0) }, timedOut: r[6].int == 1, startedAt: r[7].int ?? 0,
+                                  endedAt: r[8].int, stdoutBytes: r[9].int ?? 0, stderrBytes: r[10].int ?? 0)
+            }
+        }
+    }
+
+    /// Marks execs that were running when the daemon died as lost.
+    public func loseRunningExecs(at: Int64) throws {
+        try queue.sync { _ = try db.run("UPDATE execs SET state='lost', ended_at=? WHERE state='running'", [.int(at)]) }
+    }
+
+    // MARK: events
+
+    public func event(_ kind: String, sandbox: String?, detail: String = "") async {
+        _ = try? await onQueue { db in
+            try db.run("INSERT INTO events (at, sandbox_id, kind, detail) VALUES (strftime('%s','now')*1000, ?, ?, ?)",
+                       [sandbox.map { .text($0) } ?? .null, .text(kind), .text(detail)])
+        }
+    }
+
+    public func eventsCount(sandbox: String) throws -> Int {
+        try queue.sync { Int(try db.query("SELECT count(*) FROM events WHERE sandbox_id=?", [.text(sandbox)]).first?.first?.int ?? 0) }
+    }
+}

@@ -1,0 +1,25 @@
+/// Resource ids: a type prefix and 12 base-62 characters (~71 bits), so they
+/// are unguessable, sort-free and safe in paths.
+public enum Identifier {
+    static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+
+    public static func make<R: RandomNumberGenerator>(_ prefix: String, using rng: inout R) -> String {
+        var s = prefix + "_"
+        for _ in 0..<12 { s.unicodeScalars.append(Unicode.Scalar(alphabet[Int(rng.next(upperBound: UInt64(alphabet.count)))])) }
+        return s
+    }
+
+    public static func make(_ prefix: String) -> String {
+        var rng = SystemRandomNumberGenerator()
+        return make(prefix, using: &rng)
+    }
+
+    /// True when `id` has the shape of an id with this prefix. Ids are used in
+    /// paths and cgroup names, so anything else is rejected before lookup.
+    public static func isValid(_ id: String, prefix: String) -> Bool {
+        let u = Array(id.utf8)
+        let p = Array((prefix + "_").utf8)
+        guard u.count == p.count + 12, u.starts(with: p) else { return false }
+        return u[p.count...].allSatisfy { alphabet.contains($0) }
+    }
+}

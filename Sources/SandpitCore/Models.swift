@@ -1,0 +1,189 @@
+/// Sandbox lifecycle states, as on the wire.
+public enum SandboxState: String, Sendable, CaseIterable {
+    case starting, running, paused, hibernated, stopped, deleted
+
+    /// States in which the sandbox has live processes.
+    public var isLive: Bool { self == .starting || self == .running || self == .paused }
+}
+
+/// The catalog's record of a sandbox.
+public struct SandboxRecord: Sendable, Equatable {
+    public var id: String
+    public var state: SandboxState
+    public var template: String
+    public var policy: String
+    public var metadata: [String: String]
+    public var createdAt: Int64      // ms since the epoch
+    public var lastActiveAt: Int64
+    public var step: Int
+    public var execSeq: Int
+    public var owner: Int64          // uid of the client that created it (-1 = in-process)
+    public var stateReason: String?
+
+    public init(id: String, state: SandboxState, template: String, policy: String, metadata: [String: String],
+                createdAt: Int64, lastActiveAt: Int64, step: Int = 0, execSeq: Int = 0, owner: Int64 = -1,
+                stateReason: String? = nil) {
+        self.id = id
+        self.state = state
+        self.template = template
+        self.policy = policy
+        self.metadata = metadata
+        self.createdAt = createdAt
+        self.lastActiveAt = lastActiveAt
+        self.step = step
+        self.execSeq = execSeq
+        self.owner = owner
+        self.stateReason = stateReason
+    }
+
+    public var json: JSONValue {
+        var meta = JSONObject()
+        for k in metadata.keys.sorted() { meta[k] = .string(metadata[k]!) }
+        var o: JSONObject = [
+            "sandboxId": .string(id),
+            "state": .string(state.rawValue),
+            "template": .string(template),
+            "policy": .string(policy),
+            "createdAt": .string(Timestamp.iso8601(ms: createdAt)),
+            "lastActiveAt": .string(Timestamp.iso8601(ms: lastActiveAt)),
+            "step": .int(Int64(step)),
+            "metadata": .object(meta),
+        ]
+        if let r = stateReason { o["stateReason"] = .string(r) }
+        return .object(o)
+    }
+}
+
+public enum ExecState: String, Sendable {
+    case running, exited, failed, lost
+}
+
+/// The catalog's record of one exec.
+public struct ExecRecord: Sendable, Equatable {
+    public var sandboxId: String
+    public var execId: String
+    public var command: [String]
+    public var state: ExecState
+    public var exitCode: Int?
+    public var signal: Int?
+    public var timedOut: Bool
+    public var startedAt: Int64
+    public var endedAt: Int64?
+    public var stdoutBytes: Int64
+    public var stderrBytes: Int64
+
+    public init(sandboxId: String, execId: String, command: [String], state: ExecState, exitCode: Int? = nil,
+                signal: Int? = nil, timedOut: Bool = false, startedAt: Int64, endedAt: Int64? = nil,
+                stdoutBytes: Int64 = 0, stderrBytes: Int64 = 0) {
+        self.sandboxId = sandboxId
+        self.execId = execId
+        self.command = command
+        self.state = state
+        self.exitCode = exitCode
+        self.signal = signal
+        self.timedOut = timedOut
+        self.startedAt = startedAt
+        self.endedAt = endedAt
+        self.stdoutBytes = stdoutBytes
+        self.stderrBytes = stderrBytes
+    }
+}
+
+public enum OutputStream: String, Sendable {
+    case stdout, stderr
+}
+
+/// One piece of an exec's output, numbered per exec from 0.
+public struct OutputChunk: Sendable, Equatable {
+    public var seq: Int
+    public var stream: OutputStream
+    public var bytes: [UInt8]
+
+    public init(seq: Int, stream: OutputStream, bytes: [UInt8]) {
+        self.seq = seq
+        self.stream = stream
+        self.bytes = bytes
+    }
+
+    /// Text when the bytes are valid UTF-8, else base64 with `encoding`.
+    public func wireFields() -> (data: String, encoding: String?) {
+        if let s = String(validating: bytes, as: UTF8.self) { return (s, nil) }
+        return (Base64.encode(bytes), "base64")
+    }
+}
+
+public enum Timestamp {
+    /// RFC 3339 UTC with milliseconds, from ms since the epoch.
+    public static func iso8601(ms: Int64) -> String {
+        let secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000
+        let millis = Int(ms - secs * 1000)
+        var days = Int(secs / 86400)
+        var rem = Int(secs % 86400)
+        if rem < 0 { rem += 86400; days -= 1 }
+        // Civil-from-days (Howard Hinnant's algorithm).
+        let z = days + 719468
+        let era = (z >= 0 ? z : z - 146096) / 146097
+        let doe = z - era * 146097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+        var y = yoe + era * 400
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        if m <= 2 { y += 1 }
+        func p(_ v: Int, _ w: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s }
+        return "\(p(y, 4))-\(p(m, 2))-\(p(d, 2))T\(p(rem / 3600, 2)):\(p(rem / 60 % 60, 2)):\(p(rem % 60, 2)).\(p(millis, 3))Z"
+    }
+}
+
+public enum Base64 {
+    static let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out = [UInt8]()
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i + 3 <= bytes.count {
+            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            out += [table[Int(v >> 18 & 63)], table[Int(v >> 12 & 63)], table[Int(v >> 6 & 63)], table[Int(v & 63)]]
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest == 1 {
+            let v = UInt32(bytes[i]) << 16
+            out += [table[Int(v >> 18 & 63)], table[Int(v >> 12 & 63)], UInt8(ascii: "="), UInt8(ascii: "=")]
+        } else if rest == 2 {
+            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
+            out += [table[Int(v >> 18 & 63)], table[Int(v >> 12 & 63)], table[Int(v >> 6 & 63)], UInt8(ascii: "=")]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func decode(_ s: String) -> [UInt8]? {
+        var out = [UInt8]()
+        var acc: UInt32 = 0
+        var bits = 0
+        var pad = 0
+        for c in s.utf8 {
+            let v: UInt32
+            switch c {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): v = UInt32(c - 65)
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): v = UInt32(c - 97 + 26)
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = UInt32(c - 48 + 52)
+            case UInt8(ascii: "+"): v = 62
+            case UInt8(ascii: "/"): v = 63
+            case UInt8(ascii: "="): pad += 1; continue
+            case UInt8(ascii: "\n"), UInt8(ascii: "\r"): continue
+            default: return nil
+            }
+            if pad > 0 { return nil }
+            acc = acc << 6 | v
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8(acc >> UInt32(bits) & 0xFF))
+            }
+        }
+        return pad <= 2 ? out : nil
+    }
+}

@@ -1,0 +1,267 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import SandpitCore
+import SandpitEngine
+import SandpitOS
+import SandpitProtocol
+
+/// Where a request's notifications and response go. Transports implement it.
+public protocol RPCOutbound: Sendable {
+    /// Sends one line; throws when the peer is gone.
+    func send(_ line: String) async throws
+}
+
+/// Who is asking (for ownership; -1 = in-process or unknown).
+public struct Peer: Sendable {
+    public var uid: Int64
+    public init(uid: Int64) { self.uid = uid }
+}
+
+/// The JSON-RPC service: validates params, calls the engine, shapes results.
+/// It holds all method logic; transports only decode, call `handle`, encode.
+public final class RPCService: Sendable {
+    public let engine: Engine
+    public let limits: Limits
+    let logger: Logger
+
+    public struct Limits: Sendable {
+        public var maxLineBytes: Int
+        public var maxStdinBytes: Int
+        public init(maxLineBytes: Int = 16 << 20, maxStdinBytes: Int = 8 << 20) {
+            self.maxLineBytes = maxLineBytes
+            self.maxStdinBytes = maxStdinBytes
+        }
+    }
+
+    public init(engine: Engine, limits: Limits = Limits(), logger: Logger) {
+        self.engine = engine
+        self.limits = limits
+        self.logger = logger
+    }
+
+    public static let methods = ["server.info", "sandbox.create", "sandbox.get", "sandbox.list", "sandbox.delete",
+                                 "exec.run", "exec.kill", "exec.logs"]
+
+    /// Answers one request: streams its notifications to `out`, then its response.
+    public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
+        let id = req.id ?? .null
+        do {
+            let result = try await dispatch(req, requestId: id, peer: peer, out: out)
+            if req.id != nil { try await out.send(RPC.response(id: id, result: result)) }
+        } catch let e as SandpitError {
+            if req.id != nil { try? await out.send(RPC.error(id: id, e)) }
+        } catch is CancellationError {
+            return
+        } catch {
+            logger.error("internal error", metadata: ["method": "\(req.method)", "error": "\(error)"])
+            if req.id != nil { try? await out.send(RPC.error(id: id, SandpitError(.internal, "internal error: \(error)"))) }
+        }
+    }
+
+    func dispatch(_ req: RPCRequest, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
+        let p = req.params
+        switch req.method {
+        case "server.info":
+            try p.expect(only: [])
+            return info()
+        case "sandbox.create":
+            try p.expect(only: ["template", "policy", "metadata", "idle"])
+            let metadata = try p.stringMap("metadata") ?? [:]
+            if metadata.count > 64 { throw SandpitError.invalidParams("metadata", "at most 64 keys") }
+            if let idle = try p.object("idle") {
+                try idle.expect(only: ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"])
+                for k in ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"] { _ = try idle.int(k, min: 0) }
+            }
+            let r = try await engine.create(template: try p.string("template") ?? "default", policy: try p.string("policy") ?? "default",
+                                            metadata: metadata, owner: peer.uid)
+            return r.json
+        case "sandbox.get":
+            try p.expect(only: ["sandboxId"])
+            return try await engine.sandbox(try p.requireString("sandboxId")).json
+        case "sandbox.list":
+            try p.expect(only: ["state", "metadata", "limit", "cursor"])
+            var state: SandboxState?
+            if let s = try p.string("state") {
+                guard let st = SandboxState(rawValue: s) else {
+                    throw SandpitError.invalidParams("state", "must be one of \(SandboxState.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                state = st
+            }
+            let limit = Int(try p.int("limit", min: 1, max: 1000) ?? 100)
+            let page = try await engine.list(state: state, metadata: try p.stringMap("metadata") ?? [:], limit: limit, cursor: try p.string("cursor"))
+            var o: JSONObject = ["sandboxes": .array(page.sandboxes.map(\.json))]
+            if let n = page.nextCursor { o["nextCursor"] = .string(n) }
+            return .object(o)
+        case "sandbox.delete":
+            try p.expect(only: ["sandboxId"])
+            try await engine.delete(try p.requireString("sandboxId"))
+            return .object([:])
+        case "exec.run":
+            return try await execRun(p, requestId: requestId, out: out)
+        case "exec.kill":
+            try p.expect(only: ["sandboxId", "execId", "signal"])
+            let sig = try Signals.parse(p.object["signal"]) ?? SIGKILL
+            try await engine.kill(try p.requireString("sandboxId"), execId: try p.requireString("execId"), signal: sig)
+            return .object([:])
+        case "exec.logs":
+            try p.expect(only: ["sandboxId", "execId", "sinceSeq"])
+            let since = Int(try p.int("sinceSeq", min: 0) ?? 0)
+            switch try await engine.logs(try p.requireString("sandboxId"), execId: try p.requireString("execId")) {
+            case .live(let s):
+                let (chunks, outcome) = s.logs(since: since)
+                var o: JSONObject = ["execId": .string(s.execId), "chunks": .array(chunks.map(Self.chunkJSON)), "done": .bool(outcome != nil)]
+                if let outcome { o["result"] = Self.resultJSON(s.execId, outcome) }
+                return .object(o)
+            case .archived(let r):
+                var o: JSONObject = ["execId": .string(r.execId), "chunks": [], "done": .bool(r.state != .running), "expired": true]
+                o["result"] = .object([
+                    "execId": .string(r.execId), "exitCode": r.exitCode.map { .int(Int64($0)) } ?? .null,
+                    "timedOut": .bool(r.timedOut), "stdoutBytes": .int(r.stdoutBytes), "stderrBytes": .int(r.stderrBytes),
+                    "state": .string(r.state.rawValue),
+                ])
+                return .object(o)
+            }
+        default:
+            throw SandpitError(.methodNotFound, "method not found: \(req.method)", details: ["method": .string(req.method)])
+        }
+    }
+
+    func info() -> JSONValue {
+        .object([
+            "version": .string(Engine.version),
+            "backend": "linux-namespaces",
+            "cgroup": .string(engine.cgroupVersion.rawValue),
+            "rootless": false,
+            "limits": .object([
+                "maxLineBytes": .int(Int64(limits.maxLineBytes)),
+                "maxStdinBytes": .int(Int64(limits.maxStdinBytes)),
+                "maxSandboxes": .int(Int64(engine.config.maxSandboxes)),
+                "maxJsonDepth": .int(Int64(JSONCodec.defaultMaxDepth)),
+            ]),
+            "storage": .object(["mode": .string(engine.storage.mode.rawValue), "root": .string(engine.storage.root)]),
+            "dataDir": .string(engine.config.dataDir),
+            "sandboxes": .int(Int64(engine.liveCount)),
+            "agentRssBytes": .int(Int64(engine.agentRssBytes)),
+            "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
+            "templates": ["default"],
+            "methods": .array(Self.methods.map { .string($0) }),
+        ])
+    }
+
+    func execRun(_ p: Params, requestId: JSONValue, out: any RPCOutbound) async throws -> JSONValue {
+        let received = Clock.monotonicNs()
+        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background"])
+        let id = try p.requireString("sandboxId")
+        let cmd = try p.stringArray("cmd")
+        let shell = try p.string("shell")
+        let argv: [String]
+        switch (cmd, shell) {
+        case (let c?, nil):
+            guard !c.isEmpty, !c[0].isEmpty else { throw SandpitError.invalidParams("cmd", "must name a program") }
+            argv = c
+        case (nil, let s?): argv = ["/bin/bash", "-c", s]
+        case (nil, nil): throw SandpitError.invalidParams("cmd", "one of cmd or shell is required")
+        default: throw SandpitError.invalidParams("shell", "give cmd or shell, not both")
+        }
+        for (i, a) in argv.enumerated() where a.utf8.contains(0) { throw SandpitError.invalidParams("cmd[\(i)]", "contains a NUL byte") }
+        let env = try p.stringMap("env") ?? [:]
+        for (k, v) in env {
+            if k.isEmpty || k.contains("=") || k.utf8.contains(0) { throw SandpitError.invalidParams("env.\(k)", "invalid variable name") }
+            if v.utf8.contains(0) { throw SandpitError.invalidParams("env.\(k)", "contains a NUL byte") }
+        }
+        let cwd = try p.string("cwd")
+        if let c = cwd, !c.hasPrefix("/") || c.utf8.contains(0) { throw SandpitError.invalidParams("cwd", "must be an absolute path") }
+        var stdin: [UInt8]?
+        if let s = try p.string("stdin") { stdin = Array(s.utf8) }
+        if let b = try p.string("stdinBase64") {
+            guard stdin == nil else { throw SandpitError.invalidParams("stdinBase64", "give stdin or stdinBase64, not both") }
+            guard let bytes = Base64.decode(b) else { throw SandpitError.invalidParams("stdinBase64", "not valid base64") }
+            stdin = bytes
+        }
+        if let s = stdin, s.count > limits.maxStdinBytes {
+            throw SandpitError(.limitExceeded, "stdin is \(s.count) bytes; the limit is \(limits.maxStdinBytes)", details: ["field": "stdin"])
+        }
+        let timeout = try p.int("timeoutMs", min: 1, max: 7 * 24 * 3_600_000).map { Int($0) }
+        let background = try p.bool("background") ?? false
+
+        let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received))
+        if background {
+            return .object(["execId": .string(session.execId), "state": .string(session.isFinished ? "exited" : "running"), "background": true])
+        }
+        var last = -1
+        while true {
+            let (chunks, outcome) = try await session.nextCancellable(after: last)
+            for c in chunks {
+                let (data, enc) = c.wireFields()
+                var o: JSONObject = ["requestId": requestId, "execId": .string(session.execId), "stream": .string(c.stream.rawValue), "data": .string(data)]
+                if let enc { o["encoding"] = .string(enc) }
+                o["seq"] = .int(Int64(c.seq))
+                try await out.send(RPC.notification("exec.output", .object(o)))
+                last = c.seq
+            }
+            if let outcome { return Self.resultJSON(session.execId, outcome) }
+        }
+    }
+
+    static func chunkJSON(_ c: OutputChunk) -> JSONValue {
+        let (data, enc) = c.wireFields()
+        var o: JSONObject = ["seq": .int(Int64(c.seq)), "stream": .string(c.stream.rawValue), "data": .string(data)]
+        if let enc { o["encoding"] = .string(enc) }
+        return .object(o)
+    }
+
+    public static func resultJSON(_ execId: String, _ o: ExecOutcome) -> JSONValue {
+        var r: JSONObject = ["execId": .string(execId), "exitCode": .int(Int64(o.exitCode))]
+        if let s = o.signal { r["signal"] = .string(Signals.name(s)) }
+        r["timedOut"] = .bool(o.timedOut)
+        r["oomKilled"] = .bool(o.oomKilled)
+        r["durationMs"] = .double((o.durationMs * 1000).rounded() / 1000)
+        r["stdoutBytes"] = .int(o.stdoutBytes)
+        r["stderrBytes"] = .int(o.stderrBytes)
+        r["truncated"] = .bool(o.truncated)
+        r["timings"] = .object(["queueUs": .int(o.timings.queueUs), "spawnUs": .int(o.timings.spawnUs), "runUs": .int(o.timings.runUs)])
+        if let e = o.spawnError { r["spawnError"] = .string(e) }
+        if let k = o.killedBy { r["killedBy"] = .string(k) }
+        return .object(r)
+    }
+}
+
+extension ExecSession {
+    /// `next(after:)` that gives up with CancellationError when the request is cancelled.
+    func nextCancellable(after: Int) async throws -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
+        try Task.checkCancellation()
+        let r = await withTaskCancellationHandler {
+            await next(after: after)
+        } onCancel: {
+            self.wakeAll()
+        }
+        try Task.checkCancellation()
+        return r
+    }
+}
+
+public enum Signals {
+    static let names: [(String, Int32)] = [
+        ("SIGHUP", SIGHUP), ("SIGINT", SIGINT), ("SIGQUIT", SIGQUIT), ("SIGILL", SIGILL), ("SIGTRAP", SIGTRAP),
+        ("SIGABRT", SIGABRT), ("SIGBUS", SIGBUS), ("SIGFPE", SIGFPE), ("SIGKILL", SIGKILL), ("SIGUSR1", SIGUSR1),
+        ("SIGSEGV", SIGSEGV), ("SIGUSR2", SIGUSR2), ("SIGPIPE", SIGPIPE), ("SIGALRM", SIGALRM), ("SIGTERM", SIGTERM),
+        ("SIGCHLD", SIGCHLD), ("SIGCONT", SIGCONT), ("SIGSTOP", SIGSTOP), ("SIGTSTP", SIGTSTP), ("SIGXCPU", SIGXCPU),
+        ("SIGXFSZ", SIGXFSZ), ("SIGSYS", SIGSYS),
+    ]
+
+    public static func name(_ s: Int32) -> String { names.first { $0.1 == s }?.0 ?? "SIG\(s)" }
+
+    /// Accepts "SIGTERM", "TERM" or a number 1…64.
+    static func parse(_ v: JSONValue?) throws(SandpitError) -> Int32? {
+        guard let v, v != .null else { return nil }
+        if let i = v.intValue, (1...64).contains(i) { return Int32(i) }
+        if let s = v.stringValue {
+            let up = s.uppercased()
+            let full = up.hasPrefix("SIG") ? up : "SIG" + up
+            if let n = names.first(where: { $0.0 == full }) { return n.1 }
+        }
+        throw SandpitError.invalidParams("signal", "expected a signal name like \"SIGTERM\" or a number 1-64")
+    }
+}

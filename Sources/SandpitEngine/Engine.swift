@@ -1,0 +1,482 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSandpit
+import Logging
+import SandpitCatalog
+import SandpitCore
+import SandpitOS
+import Synchronization
+
+public struct EngineConfig: Sendable {
+    public var dataDir: String
+    public var storageMode: StorageMode
+    public var storageBytes: Int64
+    public var agentPath: String
+    public var policiesDir: String?
+    public var ids: IDMapping
+    public var maxSandboxes: Int
+    public var readyTimeoutMs: Int
+
+    public init(dataDir: String, storageMode: StorageMode = .loop, storageBytes: Int64 = 32 << 30, agentPath: String,
+                policiesDir: String?, ids: IDMapping = IDMapping(hostBase: 100_000, count: 65_536),
+                maxSandboxes: Int = 256, readyTimeoutMs: Int = 15_000) {
+        self.dataDir = dataDir
+        self.storageMode = storageMode
+        self.storageBytes = storageBytes
+        self.agentPath = agentPath
+        self.policiesDir = policiesDir
+        self.ids = ids
+        self.maxSandboxes = maxSandboxes
+        self.readyTimeoutMs = readyTimeoutMs
+    }
+}
+
+/// What `exec.run` asks for, validated.
+public struct ExecRequest: Sendable {
+    public var argv: [String]
+    public var env: [String: String]
+    public var cwd: String?
+    public var stdin: [UInt8]?
+    public var timeoutMs: Int?
+    public var receivedNs: UInt64
+
+    public init(argv: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil,
+                timeoutMs: Int? = nil, receivedNs: UInt64 = Clock.monotonicNs()) {
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.stdin = stdin
+        self.timeoutMs = timeoutMs
+        self.receivedNs = receivedNs
+    }
+}
+
+/// The sandbox engine: creates, runs and tears down sandboxes and keeps the
+/// catalog in step. All methods are safe to call concurrently.
+public final class Engine: Sendable {
+    public let config: EngineConfig
+    public let catalog: Catalog
+    public let storage: StorageVolume
+    public let cgroups: any CgroupDriver
+    public let policies: PolicyStore
+    let logger: Logger
+    let agentFd: FileDescriptor
+    let lockFd: FileDescriptor
+    let defaultLayer: String
+    let registry = Mutex<[String: SandboxRuntime]>([:])
+    let lastAgentRss = Atomic<UInt64>(0)
+    let closing = Atomic<Bool>(false)
+
+    public static let version = "0.1.0"
+    public static let cgroupPrefix = "sandpit"
+
+    /// Opens (or creates) a data dir: takes its lock, opens the catalog,
+    /// mounts storage, reconciles what an earlier daemon left, and makes sure
+    /// the default template exists.
+    public init(config: EngineConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        guard geteuid() == 0 else {
+            throw SandpitError(.unavailable, "sandpit needs root to create sandboxes (user namespaces with a uid range, cgroups, overlay mounts); run it as root")
+        }
+        try FS.mkdirs(config.dataDir, mode: 0o711)
+        lockFd = try Self.lock(config.dataDir)
+        let agent = try sys("open", path: config.agentPath) { sp_open_path(config.agentPath) }
+        agentFd = FileDescriptor(agent)
+        policies = try PolicyStore(directory: config.policiesDir)
+        catalog = try Catalog(path: config.dataDir + "/catalog.sqlite")
+        do {
+            storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: config.storageMode, sizeBytes: config.storageBytes)
+        } catch where config.storageMode == .loop {
+            logger.warning("loop storage unavailable, using a plain directory", metadata: ["error": "\(error)"])
+            storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: .dir, sizeBytes: 0)
+        }
+        cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(UInt32(truncatingIfNeeded: config.dataDir.hashValue & 0xffff_ffff), radix: 36))
+        try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
+        defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
+        try reconcile()
+    }
+
+    static func lock(_ dir: String) throws -> FileDescriptor {
+        let path = dir + "/daemon.lock"
+        let fd = FileDescriptor(try sys("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) })
+        if flock(fd.raw, LOCK_EX | LOCK_NB) != 0 {
+            let holder = (try? FS.readText(path))?.trimmingWhitespace ?? "?"
+            throw SandpitError(.busy, "data dir \(dir) is in use by another sandpit daemon (pid \(holder)); stop it or pass a different --data-dir",
+                               details: ["dataDir": .string(dir)])
+        }
+        _ = ftruncate(fd.raw, 0)
+        let pid = "\(getpid())\n"
+        _ = pid.withCString { write(fd.raw, $0, strlen($0)) }
+        return fd
+    }
+
+    /// Makes the catalog and the host agree after a crash or restart:
+    /// sandboxes that were live are now stopped (their files are kept), execs
+    /// that were running are lost, and leftover cgroups and deleted sandboxes'
+    /// files are removed.
+    func reconcile() throws {
+        let now = Clock.nowMs()
+        let all = try catalog.allSandboxes()
+        var known = Set<String>()
+        for s in all {
+            known.insert(s.id)
+            if s.state.isLive {
+                try catalog.setState(s.id, .stopped, reason: "daemon restarted; files kept, processes lost")
+                logger.info("reconciled sandbox", metadata: ["sandbox": "\(s.id)", "was": "\(s.state.rawValue)"])
+            }
+        }
+        try catalog.loseRunningExecs(at: now)
+        for name in cgroups.existing() {
+            do { try cgroups.handle(name).destroy() } catch { logger.warning("leftover cgroup", metadata: ["cgroup": "\(name)", "error": "\(error)"]) }
+        }
+        for d in FS.listDirectory(storage.root + "/sandboxes") where !known.contains(d) {
+            try? FS.removeTree(storage.root + "/sandboxes/" + d)
+        }
+    }
+
+    // MARK: info
+
+    public var cgroupVersion: CgroupVersion { cgroups.version }
+    public var agentRssBytes: UInt64 { lastAgentRss.load(ordering: .relaxed) }
+    public var liveCount: Int { registry.withLock { $0.count } }
+
+    // MARK: sandboxes
+
+    public func create(template: String, policy policyName: String, metadata: [String: String], owner: Int64) async throws -> SandboxRecord {
+        guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
+        guard template == "default" else {
+            throw SandpitError(.notFound, "template \(template) does not exist (available: default)", details: ["template": .string(template)])
+        }
+        let policy = try policies.policy(policyName)
+        guard liveCount < config.maxSandboxes else {
+            throw SandpitError(.limitExceeded, "this daemon already runs \(config.maxSandboxes) sandboxes (--max-sandboxes)")
+        }
+        let now = Clock.nowMs()
+        let id = Identifier.make("sb")
+        var record = SandboxRecord(id: id, state: .starting, template: template, policy: policy.name, metadata: metadata,
+                                   createdAt: now, lastActiveAt: now, owner: owner)
+        try await catalog.insertSandbox(record)
+        let dir = storage.root + "/sandboxes/" + id
+        var cgroup: CgroupHandle?
+        var runtime: SandboxRuntime?
+        do {
+            try FS.mkdir(dir, mode: 0o700)
+            try FS.mkdir(dir + "/upper", mode: 0o755)
+            try FS.mkdir(dir + "/work", mode: 0o700)
+            try FS.chown(dir + "/upper", uid: config.ids.hostID(0), gid: config.ids.hostID(0))
+            let root = try DetachedMount.overlay(lower: [defaultLayer], upper: dir + "/upper", work: dir + "/work")
+            let usr = try DetachedMount.readOnlyBind("/usr")
+            let cg = try cgroups.create(id, limits: CgroupLimits(memoryBytes: policy.memoryBytes, pids: policy.pids, cpuMillicores: policy.cpuMillicores))
+            cgroup = cg
+            let ids = config.ids
+            let log = logger
+            let spawned = try SandboxSpawner.spawn(
+                agentFd: agentFd.raw,
+                argv: ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes)", "--usr", "1"],
+                rootMount: root, usrMount: usr
+            ) { pid in
+                try ids.apply(to: pid)
+                try cg.addProcess(pid)
+                // Show host-root-owned /usr as root-owned inside; purely cosmetic, so failures only log.
+                let nsPath = "/proc/\(pid)/ns/user"
+                let ns = open(nsPath, O_RDONLY | O_CLOEXEC)
+                if ns >= 0 {
+                    do { try DetachedMount.idmap(usr, usernsFd: ns) } catch { log.debug("idmapped /usr unavailable", metadata: ["error": "\(error)"]) }
+                    close(ns)
+                }
+            }
+            let rt = SandboxRuntime(record: record, policy: policy, cgroup: cg, spawned: spawned) { [weak self] rt, why in
+                self?.agentDied(rt, why)
+            }
+            runtime = rt
+            let channel = try await AgentChannel.open(
+                fd: spawned.controlFd,
+                onFrame: { [rt] f in rt.handle(f) },
+                onClose: { [rt] e in rt.channelClosed(e) })
+            rt.state.withLock { $0.channel = channel }
+            let rss = try await withReadyTimeout(rt)
+            lastAgentRss.store(rss, ordering: .relaxed)
+            record.state = .running
+            record.lastActiveAt = Clock.nowMs()
+            rt.state.withLock { $0.record = record }
+            registry.withLock { $0[id] = rt }
+            try await catalog.updateSandbox(record)
+            await catalog.event("created", sandbox: id, detail: "template=\(template) policy=\(policy.name)")
+            return record
+        } catch {
+            logger.error("sandbox create failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
+            if let rt = runtime {
+                rt.state.withLock { $0.deleting = true }
+                SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
+                rt.state.withLock { $0.channel }?.close()
+                if rt.state.withLock({ $0.channel }) == nil { rt.channelClosed(nil) }
+                await rt.waitExited()
+                close(rt.spawned.pidfd)
+            }
+            try? cgroup?.destroy()
+            try? FS.removeTree(dir)
+            try? await catalog.deleteSandbox(id, at: Clock.nowMs())
+            if let e = error as? SandpitError { throw e }
+            throw SandpitError(.sandboxFailed, "could not start sandbox: \(error)")
+        }
+    }
+
+    private func withReadyTimeout(_ rt: SandboxRuntime) async throws -> UInt64 {
+        let ms = config.readyTimeoutMs
+        return try await withThrowingTaskGroup(of: UInt64.self) { g in
+            g.addTask { try await rt.waitReady() }
+            g.addTask {
+                try await Task.sleep(for: .milliseconds(ms))
+                rt.failReadiness("sandbox agent not ready after \(ms) ms")
+                throw CancellationError()
+            }
+            defer { g.cancelAll() }
+            return try await g.next()!
+        }
+    }
+
+    /// The agent died without being asked (killed from outside, or crashed).
+    func agentDied(_ rt: SandboxRuntime, _ why: String) {
+        guard registry.withLock({ $0.removeValue(forKey: rt.id) }) != nil else { return }
+        logger.warning("sandbox stopped unexpectedly", metadata: ["sandbox": "\(rt.id)", "reason": "\(why)"])
+        try? rt.cgroup.destroy()
+        close(rt.spawned.pidfd)
+        rt.state.withLock { $0.channel }?.close()
+        try? catalog.setState(rt.id, .stopped, reason: why)
+    }
+
+    func runtime(_ id: String) throws(SandpitError) -> SandboxRuntime? {
+        guard Identifier.isValid(id, prefix: "sb") else { throw SandpitError.notFound("Sandbox", id) }
+        return registry.withLock { $0[id] }
+    }
+
+    public func sandbox(_ id: String) async throws -> SandboxRecord {
+        if let rt = try runtime(id) { return rt.record }
+        guard let r = try await catalog.sandbox(id), r.state != .deleted else { throw SandpitError.notFound("Sandbox", id) }
+        return r
+    }
+
+    /// Lists sandboxes oldest first. `cursor` is the opaque `nextCursor` of the previous page.
+    public func list(state: SandboxState?, metadata: [String: String], limit: Int, cursor: String?) async throws
+        -> (sandboxes: [SandboxRecord], nextCursor: String?)
+    {
+        var after: (Int64, String)?
+        if let c = cursor {
+            guard let bytes = Base64.decode(c), let text = String(validating: bytes, as: UTF8.self),
+                  let dot = text.firstIndex(of: "."), let at = Int64(text[..<dot]) else {
+                throw SandpitError.invalidParams("cursor", "not a cursor returned by sandbox.list")
+            }
+            after = (at, String(text[text.index(after: dot)...]))
+        }
+        let live = registry.withLock { $0.mapValues { $0.record } }
+        var out: [SandboxRecord] = []
+        var scanAfter = after
+        while out.count <= limit {
+            let page = try await catalog.listSandboxes(state: nil, after: scanAfter, limit: 500)
+            if page.isEmpty { break }
+            for var r in page {
+                if let l = live[r.id] { r = l }
+                if let state, r.state != state { continue }
+                if !metadata.allSatisfy({ r.metadata[$0.key] == $0.value }) { continue }
+                out.append(r)
+                if out.count > limit { break }
+            }
+            let last = page.last!
+            scanAfter = (last.createdAt, last.id)
+        }
+        var next: String?
+        if out.count > limit {
+            out.removeLast(out.count - limit)
+            let last = out.last!
+            next = Base64.encode(Array("\(last.createdAt).\(last.id)".utf8))
+        }
+        return (out, next)
+    }
+
+    /// Kills every process of the sandbox (the agent is PID 1 of its pid
+    /// namespace, so SIGKILL to it takes all of them, including stopped and
+    /// setsid'd ones), removes its cgroup and write layer, and marks it deleted.
+    public func delete(_ id: String) async throws {
+        let rt = try runtime(id)
+        if let rt {
+            let first = rt.state.withLock { s -> Bool in
+                defer { s.deleting = true }
+                return !s.deleting
+            }
+            if first {
+                SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
+                await rt.waitExited()
+                try? rt.cgroup.destroy()
+                close(rt.spawned.pidfd)
+                rt.state.withLock { $0.channel }?.close()
+                registry.withLock { _ = $0.removeValue(forKey: id) }
+            } else {
+                await rt.waitExited()
+                return
+            }
+        } else {
+            guard let r = try await catalog.sandbox(id), r.state != .deleted else { throw SandpitError.notFound("Sandbox", id) }
+        }
+        try FS.removeTree(storage.root + "/sandboxes/" + id)
+        try await catalog.deleteSandbox(id, at: Clock.nowMs())
+        await catalog.event("deleted", sandbox: id)
+    }
+
+    // MARK: execs
+
+    static let baseEnv: [(String, String)] = [
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        ("HOME", "/home/user"), ("USER", "user"), ("LOGNAME", "user"), ("SHELL", "/bin/bash"),
+        ("LANG", "C.UTF-8"), ("PYTHONUNBUFFERED", "1"),
+    ]
+
+    func liveRuntime(_ id: String) async throws -> SandboxRuntime {
+        if let rt = try runtime(id), !rt.hasExited { return rt }
+        let r = try await sandbox(id)
+        throw SandpitError(.invalidState, "sandbox \(id) is \(r.state.rawValue)" + (r.stateReason.map { " (\($0))" } ?? ""),
+                           details: ["state": .string(r.state.rawValue)])
+    }
+
+    /// Starts a command; returns once it is running (or failed to start).
+    public func exec(_ id: String, _ req: ExecRequest) async throws -> ExecSession {
+        let rt = try await liveRuntime(id)
+        let (n, seq) = rt.state.withLock { s -> (UInt32, Int) in
+            s.record.execSeq += 1
+            s.record.lastActiveAt = Clock.nowMs()
+            return (UInt32(s.record.execSeq), s.record.execSeq)
+        }
+        let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: rt.policy.outputBytes,
+                                  receivedNs: req.receivedNs)
+        rt.register(session)
+        rt.noteOOMBaseline(n)
+
+        var env = Self.baseEnv
+        for (k, v) in req.env.sorted(by: { $0.key < $1.key }) {
+            env.removeAll { $0.0 == k }
+            env.append((k, v))
+        }
+        var payload: [UInt8] = []
+        func u32(_ v: UInt32) { withUnsafeBytes(of: v) { payload += $0 } }
+        u32(1000); u32(1000)
+        u32(req.stdin != nil ? SP_SPAWN_STDIN : 0)
+        u32(UInt32(req.argv.count)); u32(UInt32(env.count))
+        func str(_ s: String) { payload += Array(s.utf8); payload.append(0) }
+        str(req.cwd ?? "/home/user")
+        for a in req.argv { str(a) }
+        for (k, v) in env { str(k + "=" + v) }
+        guard payload.count <= Int(SP_FRAME_MAX_PAYLOAD) else {
+            throw SandpitError(.limitExceeded, "command and environment exceed \(SP_FRAME_MAX_PAYLOAD) bytes")
+        }
+        session.markSpawnSent(Clock.monotonicNs())
+        rt.send(type: SP_FRAME_SPAWN.rawValue, id: n, payload: payload)
+        if let input = req.stdin {
+            var off = 0
+            while off < input.count {
+                let end = min(off + Int(SP_OUTPUT_CHUNK), input.count)
+                rt.send(type: SP_FRAME_STDIN.rawValue, id: n, payload: Array(input[off..<end]))
+                off = end
+            }
+            rt.send(type: SP_FRAME_STDIN.rawValue, id: n, payload: [])
+        }
+        let record = rt.record
+        let cat = catalog
+        let startedAt = Clock.nowMs()
+        // Catalog writes are queued in order on the catalog's serial queue; a
+        // crash between them is reconciled on start (running execs become lost).
+        Task {
+            try? await cat.insertExec(ExecRecord(sandboxId: id, execId: session.execId, command: req.argv, state: .running,
+                                                 startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
+        }
+        let timeout = req.timeoutMs ?? rt.policy.execTimeoutMs
+        Task { [weak rt] in
+            if let t = timeout {
+                let deadline = ContinuousClock.now + .milliseconds(t)
+                async let _ = Self.enforceTimeout(session, rt, deadline: deadline)
+            }
+            _ = await session.next(after: Int.max - 1)
+            guard let rt, let o = session.outcome else { return }
+            let step = rt.state.withLock { s -> Int in
+                s.record.step += 1
+                s.record.lastActiveAt = Clock.nowMs()
+                return s.record.step
+            }
+            try? await cat.finishExec(ExecRecord(
+                sandboxId: id, execId: session.execId, command: req.argv, state: o.spawnError == nil ? .exited : .failed,
+                exitCode: o.exitCode, signal: o.signal.map { Int($0) }, timedOut: o.timedOut, startedAt: startedAt,
+                endedAt: Clock.nowMs(), stdoutBytes: o.stdoutBytes, stderrBytes: o.stderrBytes), sandboxStep: step)
+        }
+        await session.waitStarted()
+        return session
+    }
+
+    static func enforceTimeout(_ session: ExecSession, _ rt: SandboxRuntime?, deadline: ContinuousClock.Instant) async {
+        try? await Task.sleep(until: deadline)
+        guard let rt, !session.isFinished else { return }
+        session.markTimedOut()
+        var sig = Int32(SIGKILL)
+        rt.send(type: SP_FRAME_SIGNAL.rawValue, id: session.numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
+    }
+
+    public func kill(_ id: String, execId: String, signal: Int32) async throws {
+        let rt = try await liveRuntime(id)
+        guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
+        guard !s.isFinished else { return }
+        var sig = signal
+        rt.send(type: SP_FRAME_SIGNAL.rawValue, id: s.numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
+    }
+
+    public enum Logs: Sendable {
+        case live(ExecSession)
+        case archived(ExecRecord)
+    }
+
+    public func logs(_ id: String, execId: String) async throws -> Logs {
+        if let rt = try runtime(id), let s = rt.session(named: execId) { return .live(s) }
+        _ = try await sandbox(id)
+        guard let r = try await catalog.exec(id, execId) else { throw SandpitError.notFound("Exec", execId) }
+        return .archived(r)
+    }
+
+    public func agentStats(_ id: String) async throws -> UInt64 {
+        let rt = try await liveRuntime(id)
+        return await rt.stats()
+    }
+
+    // MARK: shutdown
+
+    /// Stops accepting work and tears sandboxes down. With `keep`, their files
+    /// stay and they are listed as stopped; otherwise they are deleted.
+    public func shutdown(keep: Bool) async {
+        closing.store(true, ordering: .relaxed)
+        let all = registry.withLock { Array($0.values) }
+        await withTaskGroup(of: Void.self) { g in
+            for rt in all {
+                g.addTask {
+                    if keep {
+                        rt.state.withLock { $0.deleting = true }
+                        SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
+                        await rt.waitExited()
+                        try? rt.cgroup.destroy()
+                        close(rt.spawned.pidfd)
+                        try? self.catalog.setState(rt.id, .stopped, reason: "daemon stopped; files kept, processes lost")
+                        self.registry.withLock { _ = $0.removeValue(forKey: rt.id) }
+                    } else {
+                        try? await self.delete(rt.id)
+                    }
+                }
+            }
+        }
+        storage.release()
+    }
+}
+
+extension String {
+    var trimmingWhitespace: String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
+        while let l = s.last, l.isWhitespace { s = s.dropLast() }
+        return String(s)
+    }
+}

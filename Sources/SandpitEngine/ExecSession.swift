@@ -1,0 +1,168 @@
+import SandpitCore
+import Synchronization
+
+/// How an exec ended.
+public struct ExecOutcome: Sendable, Equatable {
+    public var exitCode: Int
+    public var signal: Int32?
+    public var timedOut: Bool
+    public var oomKilled: Bool
+    public var spawnError: String?
+    public var killedBy: String?      // "delete", "sandbox exited", …
+    public var durationMs: Double
+    public var stdoutBytes: Int64
+    public var stderrBytes: Int64
+    public var truncated: Bool
+    public var timings: Timings
+}
+
+/// Phases of an exec, in microseconds.
+public struct Timings: Sendable, Equatable {
+    public var queueUs: Int64 = 0    // request received → spawn sent to the agent
+    public var spawnUs: Int64 = 0    // spawn sent → process started
+    public var runUs: Int64 = 0      // process started → exit and output drained
+}
+
+/// One command running (or finished) in a sandbox. Output is retained within
+/// the policy's budget; readers pull chunks by sequence number, so a slow
+/// reader never makes the daemon buffer more than the budget.
+public final class ExecSession: Sendable {
+    public let execId: String
+    let numericId: UInt32
+    public let command: [String]
+    public let sandboxId: String
+
+    struct State {
+        var buffer: OutputBuffer
+        var outcome: ExecOutcome?
+        var started = false
+        var startWaiters: [CheckedContinuation<Void, Never>] = []
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        var timedOut = false
+        var receivedNs: UInt64
+        var spawnSentNs: UInt64 = 0
+        var startedNs: UInt64 = 0
+        var spawnError: String?
+    }
+
+    let state: Mutex<State>
+
+    init(sandboxId: String, numericId: UInt32, command: [String], outputBudget: Int, receivedNs: UInt64) {
+        self.sandboxId = sandboxId
+        self.numericId = numericId
+        self.execId = "ex_\(numericId)"
+        self.command = command
+        self.state = Mutex(State(buffer: OutputBuffer(budget: outputBudget), receivedNs: receivedNs))
+    }
+
+    public var isFinished: Bool { state.withLock { $0.outcome != nil } }
+    public var outcome: ExecOutcome? { state.withLock { $0.outcome } }
+
+    func markSpawnSent(_ ns: UInt64) { state.withLock { $0.spawnSentNs = ns } }
+
+    func markStarted(_ ns: UInt64) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.started = true
+            s.startedNs = ns
+            defer { s.startWaiters = [] }
+            return s.startWaiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    func markTimedOut() { state.withLock { $0.timedOut = true } }
+
+    /// Records a chunk of output and wakes readers.
+    func append(_ stream: OutputStream, _ bytes: [UInt8]) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.buffer.append(stream, bytes)
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Ends the exec. `status` is a wait(2) status; nil when the process never ran or was lost.
+    func finish(status: Int32?, nowNs: UInt64, oomKilled: Bool, spawnError: String? = nil, killedBy: String? = nil) {
+        let (waiters, starts) = state.withLock { s -> ([CheckedContinuation<Void, Never>], [CheckedContinuation<Void, Never>]) in
+            guard s.outcome == nil else { return ([], []) }
+            var code = 0
+            var sig: Int32?
+            if let st = status {
+                if st & 0x7f == 0 { code = Int((st >> 8) & 0xff) } else { sig = st & 0x7f; code = 128 + Int(st & 0x7f) }
+            } else if let e = spawnError {
+                code = e.contains("No such file") ? 127 : 126
+                s.spawnError = e
+            } else {
+                sig = 9
+                code = 137
+            }
+            let started = s.startedNs == 0 ? nowNs : s.startedNs
+            var t = Timings()
+            if s.spawnSentNs > 0 {
+                t.queueUs = Int64(s.spawnSentNs &- s.receivedNs) / 1000
+                t.spawnUs = s.startedNs > 0 ? Int64(s.startedNs &- s.spawnSentNs) / 1000 : Int64(nowNs &- s.spawnSentNs) / 1000
+            }
+            t.runUs = s.startedNs > 0 ? Int64(nowNs &- started) / 1000 : 0
+            s.outcome = ExecOutcome(
+                exitCode: code, signal: sig, timedOut: s.timedOut, oomKilled: oomKilled, spawnError: spawnError,
+                killedBy: killedBy, durationMs: Double(nowNs &- s.receivedNs) / 1e6,
+                stdoutBytes: s.buffer.stdoutBytes, stderrBytes: s.buffer.stderrBytes, truncated: s.buffer.truncated, timings: t)
+            s.started = true
+            defer { s.waiters = []; s.startWaiters = [] }
+            return (s.waiters, s.startWaiters)
+        }
+        for w in waiters { w.resume() }
+        for w in starts { w.resume() }
+    }
+
+    /// Waits until the process has started (or the exec ended without starting).
+    public func waitStarted() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { s -> Bool in
+                if s.started || s.outcome != nil { return true }
+                s.startWaiters.append(c)
+                return false
+            }
+            if ready { c.resume() }
+        }
+    }
+
+    /// Retained chunks with seq > `after` (-1 for all), suspending until there
+    /// are some or the exec has ended. Returns the outcome once ended and drained.
+    public func next(after: Int) async -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
+        while true {
+            let r: ([OutputChunk], ExecOutcome?)? = state.withLock { s in
+                let c = s.buffer.chunks(since: after + 1)
+                if !c.isEmpty { return (c, nil) }
+                if let o = s.outcome { return ([], o) }
+                return nil
+            }
+            if let r { return r }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if s.outcome != nil || s.buffer.nextSeq > after + 1 { return true }
+                    s.waiters.append(c)
+                    return false
+                }
+                if ready { c.resume() }
+            }
+        }
+    }
+
+    /// A snapshot for exec.logs.
+    public func logs(since: Int) -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
+        state.withLock { ($0.buffer.chunks(since: since), $0.outcome) }
+    }
+}
+
+extension ExecSession {
+    /// Wakes every reader (they re-check their state); used on cancellation.
+    public func wakeAll() {
+        let w = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for c in w { c.resume() }
+    }
+}

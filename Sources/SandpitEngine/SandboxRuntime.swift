@@ -1,0 +1,239 @@
+import CSandpit
+import SandpitCore
+import SandpitOS
+import Synchronization
+
+/// A live sandbox: its agent process, control channel, cgroup and execs.
+final class SandboxRuntime: Sendable {
+    let id: String
+    let policy: Policy
+    let cgroup: CgroupHandle
+    let spawned: SandboxSpawner.Spawned
+
+    enum Readiness { case waiting, ready(UInt64), failed(String) }
+
+    struct State {
+        var record: SandboxRecord
+        var channel: AgentChannel?
+        var execs: [UInt32: ExecSession] = [:]
+        var finishedOrder: [UInt32] = []
+        var readiness: Readiness = .waiting
+        var readyWaiter: CheckedContinuation<UInt64, Error>?
+        var exited = false
+        var exitStatus: Int32?
+        var exitWaiters: [CheckedContinuation<Void, Never>] = []
+        var statsWaiters: [UInt32: CheckedContinuation<UInt64, Never>] = [:]
+        var nextStatsId: UInt32 = 1
+        var deleting = false
+        var agentRssBytes: UInt64 = 0
+    }
+
+    let state: Mutex<State>
+    /// Called once the agent has exited and been reaped (not on delete).
+    let onUnexpectedExit: @Sendable (SandboxRuntime, String) -> Void
+
+    static let keepFinishedExecs = 64
+
+    init(record: SandboxRecord, policy: Policy, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned,
+         onUnexpectedExit: @escaping @Sendable (SandboxRuntime, String) -> Void) {
+        self.id = record.id
+        self.policy = policy
+        self.cgroup = cgroup
+        self.spawned = spawned
+        self.state = Mutex(State(record: record))
+        self.onUnexpectedExit = onUnexpectedExit
+    }
+
+    var record: SandboxRecord { state.withLock { $0.record } }
+
+    // MARK: agent events (called on the channel's event loop)
+
+    func handle(_ f: AgentFrame) {
+        let now = Clock.monotonicNs()
+        switch UInt32(f.type) {
+        case SP_FRAME_READY.rawValue:
+            let rss = f.uint64(at: 0)
+            let w = state.withLock { s -> CheckedContinuation<UInt64, Error>? in
+                s.readiness = .ready(rss)
+                s.agentRssBytes = rss
+                defer { s.readyWaiter = nil }
+                return s.readyWaiter
+            }
+            w?.resume(returning: rss)
+        case SP_FRAME_FATAL.rawValue:
+            failReadiness("sandbox setup failed: " + f.text)
+        case SP_FRAME_STARTED.rawValue:
+            session(f.id)?.markStarted(now)
+        case SP_FRAME_SPAWN_ERROR.rawValue:
+            let msg = String(decoding: f.payload.dropFirst(4), as: UTF8.self)
+            if let s = session(f.id) {
+                s.append(.stderr, Array(("sandpit: " + msg + "\n").utf8))
+                s.finish(status: nil, nowNs: now, oomKilled: false, spawnError: msg)
+                retire(f.id)
+            }
+        case SP_FRAME_OUTPUT.rawValue:
+            session(f.id)?.append(f.stream == 2 ? .stderr : .stdout, f.payload)
+        case SP_FRAME_EXITED.rawValue:
+            if let s = session(f.id) {
+                let status = f.int32()
+                let oom = (status & 0x7f) == 9 && oomCountAdvanced(s)
+                s.finish(status: status, nowNs: now, oomKilled: oom)
+                retire(f.id)
+            }
+        case SP_FRAME_STATS_REPLY.rawValue:
+            let w = state.withLock { $0.statsWaiters.removeValue(forKey: f.id) }
+            w?.resume(returning: f.uint64(at: 0))
+        default:
+            break
+        }
+    }
+
+    /// OOM kills are counted per cgroup; an exec is OOM-killed when the count
+    /// moved while it ran.
+    private let oomBaseline = Mutex<[UInt32: Int]>([:])
+    func noteOOMBaseline(_ id: UInt32) { let c = cgroup.oomKills(); oomBaseline.withLock { $0[id] = c } }
+    private func oomCountAdvanced(_ s: ExecSession) -> Bool {
+        let base = oomBaseline.withLock { $0.removeValue(forKey: s.numericId) } ?? 0
+        return cgroup.oomKills() > base
+    }
+
+    func failReadiness(_ message: String) {
+        let w = state.withLock { s -> CheckedContinuation<UInt64, Error>? in
+            if case .waiting = s.readiness { s.readiness = .failed(message) }
+            defer { s.readyWaiter = nil }
+            return s.readyWaiter
+        }
+        w?.resume(throwing: SandpitError(.sandboxFailed, message))
+    }
+
+    func waitReady() async throws -> UInt64 {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<UInt64, Error>) in
+            let r = state.withLock { s -> Readiness in
+                if case .waiting = s.readiness { s.readyWaiter = c }
+                return s.readiness
+            }
+            switch r {
+            case .waiting: break
+            case .ready(let rss): c.resume(returning: rss)
+            case .failed(let m): c.resume(throwing: SandpitError(.sandboxFailed, m))
+            }
+        }
+    }
+
+    /// The control channel closed: the agent is exiting. Reap it off the
+    /// cooperative pool (PID 1 exit waits for the whole namespace to die).
+    func channelClosed(_ error: String?) {
+        failReadiness("sandbox agent exited during setup" + (error.map { ": \($0)" } ?? ""))
+        let pid = spawned.pid
+        Thread.detach { [self] in
+            let st = SandboxSpawner.reap(pid)
+            self.agentReaped(status: st)
+        }
+    }
+
+    private func agentReaped(status: Int32) {
+        let now = Clock.monotonicNs()
+        let (sessions, waiters, deleting) = state.withLock { s -> ([ExecSession], [CheckedContinuation<Void, Never>], Bool) in
+            s.exited = true
+            s.exitStatus = status
+            defer { s.exitWaiters = [] }
+            return (Array(s.execs.values), s.exitWaiters, s.deleting)
+        }
+        for x in sessions where !x.isFinished {
+            x.finish(status: nil, nowNs: now, oomKilled: false, killedBy: deleting ? "sandbox deleted" : "sandbox exited")
+        }
+        let pending = state.withLock { s -> [CheckedContinuation<UInt64, Never>] in
+            defer { s.statsWaiters = [:] }
+            return Array(s.statsWaiters.values)
+        }
+        for p in pending { p.resume(returning: 0) }
+        for w in waiters { w.resume() }
+        if !deleting {
+            let why = status & 0x7f == 0 ? "agent exited with status \((status >> 8) & 0xff)" : "agent killed by signal \(status & 0x7f)"
+            onUnexpectedExit(self, why)
+        }
+    }
+
+    func waitExited() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                if s.exited { return true }
+                s.exitWaiters.append(c)
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
+    var hasExited: Bool { state.withLock { $0.exited } }
+
+    // MARK: execs
+
+    func session(_ id: UInt32) -> ExecSession? { state.withLock { $0.execs[id] } }
+
+    func session(named execId: String) -> ExecSession? {
+        guard execId.hasPrefix("ex_"), let n = UInt32(execId.dropFirst(3)) else { return nil }
+        return session(n)
+    }
+
+    /// Keeps the last few finished execs for exec.logs; forgets older ones.
+    private func retire(_ id: UInt32) {
+        state.withLock { s in
+            s.finishedOrder.append(id)
+            while s.finishedOrder.count > Self.keepFinishedExecs {
+                let old = s.finishedOrder.removeFirst()
+                s.execs.removeValue(forKey: old)
+            }
+        }
+    }
+
+    func register(_ x: ExecSession) { state.withLock { $0.execs[x.numericId] = x } }
+
+    func send(type: UInt32, id: UInt32, payload: [UInt8]) {
+        state.withLock { $0.channel }?.send(type: type, id: id, payload: payload)
+    }
+
+    func stats() async -> UInt64 {
+        await withCheckedContinuation { (c: CheckedContinuation<UInt64, Never>) in
+            let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in
+                let id = s.nextStatsId
+                s.nextStatsId &+= 1
+                if !s.exited { s.statsWaiters[id] = c }
+                return (id, s.channel, s.exited)
+            }
+            if exited { c.resume(returning: 0); return }
+            ch?.send(type: SP_FRAME_STATS.rawValue, id: id, payload: [])
+        }
+    }
+}
+
+/// A plain detached pthread for blocking waits (waitpid), so they never
+/// occupy a thread of Swift's cooperative pool.
+enum Thread {
+    final class Box: @unchecked Sendable {
+        let body: @Sendable () -> Void
+        init(_ b: @escaping @Sendable () -> Void) { body = b }
+    }
+
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var tid = pthread_t()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_attr_setstacksize(&attr, 256 * 1024)
+        let rc = pthread_create(&tid, &attr, { p in
+            let b = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
+            b.body()
+            return nil
+        }, box)
+        pthread_attr_destroy(&attr)
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(box).takeRetainedValue().body()
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,231 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SandpitCore
+
+/// Which cgroup hierarchy the host runs. Detected once at start.
+public enum CgroupVersion: String, Sendable { case v1, v2, none }
+
+/// Limits applied to a sandbox's cgroup.
+public struct CgroupLimits: Sendable, Equatable {
+    public var memoryBytes: Int64?
+    public var pids: Int?
+    public var cpuMillicores: Int?
+    public init(memoryBytes: Int64?, pids: Int?, cpuMillicores: Int?) {
+        self.memoryBytes = memoryBytes
+        self.pids = pids
+        self.cpuMillicores = cpuMillicores
+    }
+}
+
+/// Creates and removes per-sandbox cgroups. Two implementations: v2 (one
+/// unified tree) and v1 (one directory per controller hierarchy). `root` is the
+/// cgroupfs mount point, injectable so tests can point it at a fake tree.
+public protocol CgroupDriver: Sendable {
+    var version: CgroupVersion { get }
+    func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle
+    /// Finds a group left by an earlier daemon (for reconciliation).
+    func existing() -> [String]
+    func handle(_ name: String) -> CgroupHandle
+}
+
+/// One sandbox's cgroup: a directory per hierarchy (one on v2).
+public struct CgroupHandle: Sendable {
+    public var name: String
+    public var dirs: [String]          // every hierarchy directory for this sandbox
+    public var procsFiles: [String]    // files to write a pid into
+    public var memoryDir: String?
+    public var version: CgroupVersion
+
+    public func addProcess(_ pid: Int32) throws(OSError) {
+        for f in procsFiles { try FS.writeFile(f, "\(pid)\n") }
+    }
+
+    /// Pids still in the group (any hierarchy).
+    public func processes() -> [Int32] {
+        var pids = Set<Int32>()
+        for d in dirs {
+            guard let text = try? FS.readText(d + "/cgroup.procs") else { continue }
+            for l in text.split(separator: "\n") { if let p = Int32(l) { pids.insert(p) } }
+        }
+        return pids.sorted()
+    }
+
+    /// True when the kernel recorded an OOM kill in this group.
+    public func oomKills() -> Int {
+        guard let dir = memoryDir else { return 0 }
+        let file = version == .v2 ? dir + "/memory.events" : dir + "/memory.oom_control"
+        guard let text = try? FS.readText(file) else { return 0 }
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, parts[0] == "oom_kill" { return Int(parts[1]) ?? 0 }
+        }
+        return 0
+    }
+
+    /// SIGKILLs every process in the group until it is empty, then removes the
+    /// directories. Children first is not needed: each sandbox group is a leaf.
+    public func destroy() throws(OSError) {
+        for _ in 0..<200 {
+            let pids = processes()
+            if pids.isEmpty { break }
+            for p in pids { kill(p, SIGKILL) }
+            usleep(5_000)
+        }
+        for d in dirs where FS.exists(d) {
+            var tries = 0
+            while rmdir(d) != 0 {
+                let e = errno
+                if e == ENOENT { break }
+                tries += 1
+                if e != EBUSY || tries > 200 { throw OSError(call: "rmdir", errno: e, path: d) }
+                usleep(5_000)
+            }
+        }
+    }
+}
+
+public enum Cgroups {
+    /// Picks the driver for this host: v2 when the unified tree has the memory
+    /// and pids controllers, else v1 when its hierarchies are mounted.
+    public static func detect(root: String = "/sys/fs/cgroup", prefix: String) -> any CgroupDriver {
+        let selfCgroup = (try? FS.readText("/proc/self/cgroup")) ?? ""
+        if let ctl = try? FS.readText(root + "/cgroup.controllers"),
+           ctl.contains("memory"), ctl.contains("pids") {
+            return CgroupV2Driver(root: root, prefix: prefix, selfCgroup: selfCgroup)
+        }
+        if FS.isDirectory(root + "/memory") && FS.isDirectory(root + "/pids") {
+            return CgroupV1Driver(root: root, prefix: prefix, selfCgroup: selfCgroup)
+        }
+        return NoCgroupDriver()
+    }
+
+    /// Parses /proc/self/cgroup into [controller-list: path].
+    static func parseSelf(_ text: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { continue }
+            out[String(parts[1])] = String(parts[2])
+        }
+        return out
+    }
+}
+
+/// cgroup v1: the daemon nests its sandboxes under its own group in each
+/// controller hierarchy, so an outer limit (a container, a systemd slice) still applies.
+public struct CgroupV1Driver: CgroupDriver {
+    public let version = CgroupVersion.v1
+    let root: String
+    let prefix: String
+    let bases: [String: String]   // controller -> parent dir for sandbox groups
+
+    static let controllers = ["memory", "pids", "cpu", "freezer"]
+
+    public init(root: String, prefix: String, selfCgroup: String) {
+        self.root = root
+        self.prefix = prefix
+        let mine = Cgroups.parseSelf(selfCgroup)
+        var bases: [String: String] = [:]
+        for c in Self.controllers {
+            let mountDir = root + "/" + c
+            guard FS.isDirectory(mountDir) else { continue }
+            let path = mine.first { $0.key.split(separator: ",").contains(Substring(c)) }?.value ?? "/"
+            let own = path == "/" ? "" : path
+            bases[c] = mountDir + own + "/" + prefix
+        }
+        self.bases = bases
+    }
+
+    public func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle {
+        var h = handle(name)
+        for (c, base) in bases.sorted(by: { $0.key < $1.key }) {
+            try FS.mkdirs(base)
+            let dir = base + "/" + name
+            try FS.mkdir(dir)
+            switch c {
+            case "memory":
+                if let m = limits.memoryBytes {
+                    try FS.writeFile(dir + "/memory.limit_in_bytes", "\(m)")
+                    // No swap for sandboxes: memsw may be absent when swap accounting is off.
+                    if FS.exists(dir + "/memory.memsw.limit_in_bytes") {
+                        try? FS.writeFile(dir + "/memory.memsw.limit_in_bytes", "\(m)")
+                    }
+                    try? FS.writeFile(dir + "/memory.swappiness", "0")
+                }
+                h.memoryDir = dir
+            case "pids":
+                if let p = limits.pids { try FS.writeFile(dir + "/pids.max", "\(p)") }
+            case "cpu":
+                if let mc = limits.cpuMillicores {
+                    try FS.writeFile(dir + "/cpu.cfs_period_us", "100000")
+                    try FS.writeFile(dir + "/cpu.cfs_quota_us", "\(mc * 100)")
+                }
+            default: break
+            }
+        }
+        return h
+    }
+
+    public func handle(_ name: String) -> CgroupHandle {
+        let dirs = bases.sorted(by: { $0.key < $1.key }).map { $0.value + "/" + name }
+        return CgroupHandle(name: name, dirs: dirs, procsFiles: dirs.map { $0 + "/cgroup.procs" },
+                            memoryDir: bases["memory"].map { $0 + "/" + name }, version: .v1)
+    }
+
+    public func existing() -> [String] {
+        var names = Set<String>()
+        for base in bases.values { for n in FS.listDirectory(base) where FS.isDirectory(base + "/" + n) { names.insert(n) } }
+        return names.sorted()
+    }
+}
+
+/// cgroup v2: one directory; controllers must be enabled in the parent's subtree_control.
+public struct CgroupV2Driver: CgroupDriver {
+    public let version = CgroupVersion.v2
+    let root: String
+    let base: String
+
+    public init(root: String, prefix: String, selfCgroup: String) {
+        self.root = root
+        let mine = Cgroups.parseSelf(selfCgroup)[""] ?? "/"
+        // A process may not live in an inner node that delegates controllers,
+        // so the sandboxes' parent is a sibling group of the daemon's own.
+        let parent = mine == "/" ? "" : String(mine[..<(mine.lastIndex(of: "/") ?? mine.startIndex)])
+        self.base = root + parent + "/" + prefix
+    }
+
+    public func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle {
+        try FS.mkdirs(base)
+        try? FS.writeFile(base + "/cgroup.subtree_control", "+memory +pids +cpu")
+        let dir = base + "/" + name
+        try FS.mkdir(dir)
+        if let m = limits.memoryBytes {
+            try FS.writeFile(dir + "/memory.max", "\(m)")
+            try? FS.writeFile(dir + "/memory.swap.max", "0")
+        }
+        if let p = limits.pids { try FS.writeFile(dir + "/pids.max", "\(p)") }
+        if let mc = limits.cpuMillicores { try FS.writeFile(dir + "/cpu.max", "\(mc * 100) 100000") }
+        return handle(name)
+    }
+
+    public func handle(_ name: String) -> CgroupHandle {
+        let dir = base + "/" + name
+        return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2)
+    }
+
+    public func existing() -> [String] {
+        FS.listDirectory(base).filter { FS.isDirectory(base + "/" + $0) }.sorted()
+    }
+}
+
+/// No usable cgroups: sandboxes run without resource limits (reported in server.info).
+public struct NoCgroupDriver: CgroupDriver {
+    public let version = CgroupVersion.none
+    public init() {}
+    public func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle { handle(name) }
+    public func handle(_ name: String) -> CgroupHandle {
+        CgroupHandle(name: name, dirs: [], procsFiles: [], memoryDir: nil, version: .none)
+    }
+    public func existing() -> [String] { [] }
+}

@@ -1,0 +1,79 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSandpit
+
+/// Starts a sandbox's first process (the agent) in fresh namespaces.
+public enum SandboxSpawner {
+    public struct Spawned: Sendable {
+        public var pid: Int32
+        public var pidfd: Int32
+        public var controlFd: Int32   // daemon's end of the agent socket
+    }
+
+    /// Clones the agent with new user, pid, mount, net, ipc and uts namespaces.
+    /// `prepare` runs after clone and before the child may proceed: it writes the
+    /// id maps and moves the child into its cgroup.
+    public static func spawn(agentFd: Int32, argv: [String], rootMount: FileDescriptor, usrMount: FileDescriptor?,
+                             prepare: (Int32) throws -> Void) throws -> Spawned {
+        var sv: [Int32] = [-1, -1]
+        _ = try sys("socketpair") { sp_socketpair_cloexec(&sv) }
+        var syncp: [Int32] = [-1, -1]
+        do {
+            _ = try sys("pipe2") { sp_pipe_cloexec(&syncp) }
+        } catch {
+            close(sv[0]); close(sv[1])
+            throw error
+        }
+        defer { close(sv[1]); close(syncp[0]); if syncp[1] >= 0 { close(syncp[1]) } }
+
+        var maps = [sp_fd_map(src: sv[1], dst: SP_AGENT_FD_CTRL), sp_fd_map(src: rootMount.raw, dst: SP_AGENT_FD_ROOT)]
+        if let u = usrMount { maps.append(sp_fd_map(src: u.raw, dst: SP_AGENT_FD_USR)) }
+        let cargv = argv.map { strdup($0) } + [nil]
+        defer { for p in cargv { free(p) } }
+        let cenv: [UnsafeMutablePointer<CChar>?] = [nil]
+        let flags = sp_clone_newuser() | sp_clone_newpid() | sp_clone_newns() | sp_clone_newnet() | sp_clone_newipc() | sp_clone_newuts()
+        var pidfd: Int32 = -1
+        let pid = cargv.withUnsafeBufferPointer { av in
+            cenv.withUnsafeBufferPointer { ev in
+                maps.withUnsafeBufferPointer { mp in
+                    var args = sp_spawn_args(exec_fd: agentFd, argv: av.baseAddress, envp: ev.baseAddress,
+                                             fds: mp.baseAddress, nfds: Int32(mp.count), sync_fd: syncp[0],
+                                             report_fd: SP_AGENT_FD_CTRL, clone_flags: flags)
+                    return sp_spawn_sandbox(&args, &pidfd)
+                }
+            }
+        }
+        if pid < 0 {
+            let e = errno
+            close(sv[0])
+            throw OSError(call: "clone3", errno: e)
+        }
+        do {
+            try prepare(pid)
+        } catch {
+            _ = sp_pidfd_send_signal(pidfd, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+            close(pidfd)
+            close(sv[0])
+            throw error
+        }
+        var go: UInt8 = 1
+        _ = write(syncp[1], &go, 1)
+        close(syncp[1])
+        syncp[1] = -1
+        return Spawned(pid: pid, pidfd: pidfd, controlFd: sv[0])
+    }
+
+    public static func kill(pidfd: Int32, signal: Int32 = SIGKILL) {
+        _ = sp_pidfd_send_signal(pidfd, signal)
+    }
+
+    /// Blocks until `pid` has exited and returns its wait status.
+    public static func reap(_ pid: Int32) -> Int32 {
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        return st
+    }
+}

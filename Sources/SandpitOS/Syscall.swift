@@ -1,0 +1,180 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import SandpitCore
+
+/// A failed system call: its name, errno and the object it acted on.
+public struct OSError: Error, Sendable, CustomStringConvertible {
+    public var call: String
+    public var errno: Int32
+    public var path: String?
+
+    public init(call: String, errno: Int32, path: String? = nil) {
+        self.call = call
+        self.errno = errno
+        self.path = path
+    }
+
+    public var description: String {
+        let msg = String(cString: strerror(errno))
+        if let path { return "\(call)(\(path)): \(msg)" }
+        return "\(call): \(msg)"
+    }
+}
+
+/// The one place system calls go through: retries EINTR and throws
+/// `OSError` carrying the call's name and errno.
+@inline(__always)
+public func sys<T: FixedWidthInteger>(_ call: String, path: String? = nil, _ body: () -> T) throws(OSError) -> T {
+    while true {
+        let r = body()
+        if r >= 0 { return r }
+        let e = errno
+        if e == EINTR { continue }
+        throw OSError(call: call, errno: e, path: path)
+    }
+}
+
+public enum FS {
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func mkdir(_ path: String, mode: mode_t = 0o755) throws(OSError) {
+        if Glibc.mkdir(path, mode) != 0 {
+            let e = errno
+            if e == EEXIST && isDirectory(path) { return }
+            throw OSError(call: "mkdir", errno: e, path: path)
+        }
+    }
+
+    public static func mkdirs(_ path: String, mode: mode_t = 0o755) throws(OSError) {
+        var cur = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            cur += "/" + part
+            try mkdir(cur, mode: mode)
+        }
+    }
+
+    public static func chown(_ path: String, uid: UInt32, gid: UInt32) throws(OSError) {
+        _ = try sys("lchown", path: path) { Glibc.lchown(path, uid, gid) }
+    }
+
+    public static func chmod(_ path: String, _ mode: mode_t) throws(OSError) {
+        _ = try sys("chmod", path: path) { Glibc.chmod(path, mode) }
+    }
+
+    public static func symlink(_ target: String, at path: String) throws(OSError) {
+        if Glibc.symlink(target, path) != 0 {
+            let e = errno
+            if e == EEXIST { return }
+            throw OSError(call: "symlink", errno: e, path: path)
+        }
+    }
+
+    public static func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644) throws(OSError) {
+        let fd = try sys("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
+        defer { close(fd) }
+        var bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = try sys("write", path: path) { bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + off, $0.count - off) } }
+            off += n
+        }
+    }
+
+    public static func readFile(_ path: String, limit: Int = 1 << 20) throws(OSError) -> [UInt8] {
+        let fd = try sys("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let n = try sys("read", path: path) { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) } }
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+
+    public static func readText(_ path: String) throws(OSError) -> String {
+        String(decoding: try readFile(path), as: UTF8.self)
+    }
+
+    /// Removes a tree without following symlinks and without crossing into
+    /// other mounts (a mount point below `path` makes this fail with EBUSY).
+    public static func removeTree(_ path: String) throws(OSError) {
+        var st = stat()
+        if lstat(path, &st) != 0 {
+            if errno == ENOENT { return }
+            throw OSError(call: "lstat", errno: errno, path: path)
+        }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            guard let d = opendir(path) else { throw OSError(call: "opendir", errno: errno, path: path) }
+            var names: [String] = []
+            while let e = readdir(d) {
+                let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(d)
+            for n in names { try removeTree(path + "/" + n) }
+            _ = try sys("rmdir", path: path) { rmdir(path) }
+        } else {
+            _ = try sys("unlink", path: path) { unlink(path) }
+        }
+    }
+
+    public static func listDirectory(_ path: String) -> [String] {
+        guard let d = opendir(path) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}
+
+/// An owned file descriptor, closed on deinit unless released.
+public final class FileDescriptor: @unchecked Sendable {
+    public private(set) var raw: Int32
+
+    public init(_ raw: Int32) { self.raw = raw }
+
+    public func release() -> Int32 {
+        let r = raw
+        raw = -1
+        return r
+    }
+
+    public func close() {
+        if raw >= 0 { _ = Glibc.close(raw) }
+        raw = -1
+    }
+
+    deinit { if raw >= 0 { _ = Glibc.close(raw) } }
+}
+
+public enum Clock {
+    /// Monotonic nanoseconds.
+    public static func monotonicNs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    /// Wall-clock milliseconds since the epoch.
+    public static func nowMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+}

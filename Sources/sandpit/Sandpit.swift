@@ -1,0 +1,287 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Dispatch
+import Logging
+import SandpitCore
+import SandpitDaemon
+import SandpitEngine
+import SandpitOS
+import SandpitProtocol
+
+@main
+struct Sandpit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sandpit",
+        abstract: "A local code-interpreter runtime: isolated, checkpointed sandboxes for AI agents.",
+        version: Engine.version,
+        subcommands: [Serve.self, Run.self, Exec.self, Ps.self, Rm.self, Info.self])
+}
+
+struct EngineOptions: ParsableArguments {
+    @Option(help: "Data directory (catalog, layers, sandboxes). Env: SANDPIT_DATA_DIR.")
+    var dataDir: String = ProcessEnv.get("SANDPIT_DATA_DIR") ?? "/var/lib/sandpit"
+
+    @Option(help: "Where write layers live: loop (ext4 image, default) or dir.")
+    var storage: String = "loop"
+
+    @Option(help: "Size of the sparse storage image in GiB (loop storage).")
+    var storageGib: Int = 32
+
+    @Option(help: "Directory of policy files (default: the Policies/ directory shipped with sandpit).")
+    var policies: String?
+
+    @Option(help: "Maximum number of live sandboxes.")
+    var maxSandboxes: Int = 256
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "warning"
+
+    func makeLogger() -> Logger {
+        var l = Logger(label: "sandpit")
+        l.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        return l
+    }
+
+    func engineConfig() throws -> EngineConfig {
+        guard let mode = StorageMode(rawValue: storage) else { throw ValidationError("--storage must be loop or dir") }
+        let exe = Executable.directory()
+        let agent = ProcessEnv.get("SANDPIT_AGENT") ?? exe + "/sandpit-agent"
+        return EngineConfig(dataDir: dataDir, storageMode: mode, storageBytes: Int64(storageGib) << 30, agentPath: agent,
+                            policiesDir: policies ?? Executable.findPolicies(), maxSandboxes: maxSandboxes)
+    }
+
+    func makeService(logger: Logger) throws -> RPCService {
+        let engine = try Engine(config: try engineConfig(), logger: logger)
+        return RPCService(engine: engine, logger: logger)
+    }
+}
+
+struct ClientOptions: ParsableArguments {
+    @Option(name: .customLong("socket"), help: "Talk to the daemon on this Unix socket (env: SANDPIT_SOCKET). Without it the engine runs in-process.")
+    var socketPath: String?
+
+    @OptionGroup var engine: EngineOptions
+
+    var socket: String? {
+        if let s = socketPath, !s.isEmpty { return s }
+        if let s = ProcessEnv.get("SANDPIT_SOCKET"), !s.isEmpty { return s }
+        return nil
+    }
+
+    func connect() async throws -> any RPCClient {
+        if let s = socket { return try SocketClient(path: s) }
+        LoggingSystem.bootstrapOnce()
+        return InProcessClient(service: try engine.makeService(logger: engine.makeLogger()))
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon: JSON-RPC 2.0 lines on stdin/stdout, or on a Unix socket with --socket.",
+        discussion: """
+            On stdin EOF (stdio mode) or SIGTERM/SIGINT the daemon finishes in-flight requests it can, then \
+            deletes its sandboxes; with --keep their files are kept and they are listed as stopped.
+            """)
+
+    @Option(help: "Listen on this Unix socket (mode 0600) instead of stdin/stdout.")
+    var socket: String?
+
+    @Flag(help: "On shutdown keep sandboxes' files (listed as stopped) instead of deleting them.")
+    var keep = false
+
+    @Option(help: "Maximum request line in bytes.")
+    var maxLineBytes: Int = 16 << 20
+
+    @OptionGroup var engine: EngineOptions
+
+    func run() async throws {
+        LoggingSystem.bootstrapOnce()
+        var log = engine.makeLogger()
+        if engine.logLevel == "warning" { log.logLevel = .info }
+        let logger = log
+        let socketPath = socket
+        let eng = try Engine(config: try engine.engineConfig(), logger: logger)
+        let service = RPCService(engine: eng, limits: .init(maxLineBytes: maxLineBytes), logger: logger)
+        logger.info("sandpit daemon started", metadata: ["dataDir": "\(engine.dataDir)", "cgroup": "\(eng.cgroupVersion.rawValue)", "storage": "\(eng.storage.mode.rawValue)"])
+        let signals = SignalWatcher([SIGTERM, SIGINT])
+        let keep = self.keep
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                do {
+                    if let path = socketPath {
+                        try await Transports.serveSocket(path: path, service: service, logger: logger)
+                    } else {
+                        try await Transports.serveStdio(service: service, logger: logger)
+                    }
+                } catch {
+                    logger.error("\(error)")
+                }
+            }
+            group.addTask {
+                let s = await signals.next()
+                logger.info("shutting down", metadata: ["signal": "\(s)"])
+            }
+            _ = await group.next()
+            group.cancelAll()
+        }
+        await eng.shutdown(keep: keep)
+        logger.info("sandpit daemon stopped")
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a sandbox, run a command in it with live output, delete it, and exit with the command's status.")
+
+    @Option(help: "Template to create the sandbox from.") var template = "default"
+    @Option(help: "Policy to run under.") var policy = "default"
+    @Option(help: "Kill the command after this many milliseconds.") var timeoutMs: Int?
+    @Option(name: .customShort("e"), help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
+    @Option(help: "Working directory inside the sandbox.") var workdir: String?
+    @Flag(help: "Print one JSON object with the result instead of streaming output.") var json = false
+    @OptionGroup var client: ClientOptions
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var command: [String] = []
+
+    func run() async throws {
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        guard !cmd.isEmpty else { throw ValidationError("give a command after --, e.g. sandpit run -- python3 -c 'print(42)'") }
+        let c = try await client.connect()
+        var code: Int32 = 0
+        do {
+            let sb = try await c.call("sandbox.create", ["template": .string(template), "policy": .string(policy)])
+            let id = sb["sandboxId"]?.stringValue ?? ""
+            let interrupted = SignalWatcher([SIGINT, SIGTERM])
+            let result = try await withThrowingTaskGroup(of: JSONValue?.self) { g in
+                g.addTask { try await execCommand(c, sandbox: id, cmd: cmd, env: env, cwd: workdir, timeoutMs: timeoutMs, json: json) }
+                g.addTask { _ = await interrupted.next(); return nil }
+                defer { g.cancelAll() }
+                return try await g.next()!
+            }
+            _ = try? await c.call("sandbox.delete", ["sandboxId": .string(id)])
+            if let r = result {
+                code = Int32(r["exitCode"]?.intValue ?? 1)
+                if json { print(JSONCodec.encode(.object(["sandbox": sb, "result": r]))) }
+            } else {
+                code = 130
+            }
+        } catch {
+            await c.close()
+            throw error
+        }
+        await c.close()
+        throw ExitCode(code)
+    }
+}
+
+/// Runs one command and streams its output to this process's stdout/stderr.
+func execCommand(_ c: any RPCClient, sandbox: String, cmd: [String], env: [String], cwd: String?, timeoutMs: Int?, json: Bool) async throws -> JSONValue {
+    var params: JSONObject = ["sandboxId": .string(sandbox), "cmd": .array(cmd.map { .string($0) })]
+    var e = JSONObject()
+    for kv in env {
+        guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("-e takes KEY=VALUE, got \(kv)") }
+        e[String(kv[..<eq])] = .string(String(kv[kv.index(after: eq)...]))
+    }
+    if e.count > 0 { params["env"] = .object(e) }
+    if let cwd { params["cwd"] = .string(cwd) }
+    if let t = timeoutMs { params["timeoutMs"] = .int(Int64(t)) }
+    return try await c.call("exec.run", params) { method, p in
+        guard method == "exec.output", !json else { return }
+        var bytes: [UInt8]
+        let data = p["data"]?.stringValue ?? ""
+        if p["encoding"]?.stringValue == "base64" { bytes = Base64.decode(data) ?? [] } else { bytes = Array(data.utf8) }
+        let fd: Int32 = p["stream"]?.stringValue == "stderr" ? 2 : 1
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+            if n <= 0 { break }
+            off += n
+        }
+    }
+}
+
+struct Exec: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a command in an existing sandbox (needs a daemon: --socket or SANDPIT_SOCKET).")
+    @Argument(help: "Sandbox id.") var sandboxId: String
+    @Option(help: "Kill the command after this many milliseconds.") var timeoutMs: Int?
+    @Option(name: .customShort("e"), help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
+    @Option(help: "Working directory inside the sandbox.") var workdir: String?
+    @Flag(help: "Print the result as JSON.") var json = false
+    @OptionGroup var client: ClientOptions
+    @Argument(parsing: .captureForPassthrough, help: "The command (after --).") var command: [String] = []
+
+    func run() async throws {
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        guard !cmd.isEmpty else { throw ValidationError("give a command after --") }
+        guard client.socket != nil else { throw ValidationError("sandpit exec needs a running daemon: pass --socket PATH or set SANDPIT_SOCKET") }
+        let c = try await client.connect()
+        let r = try await execCommand(c, sandbox: sandboxId, cmd: cmd, env: env, cwd: workdir, timeoutMs: timeoutMs, json: json)
+        await c.close()
+        if json { print(JSONCodec.encode(r)) }
+        throw ExitCode(Int32(r["exitCode"]?.intValue ?? 1))
+    }
+}
+
+struct Ps: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List sandboxes.")
+    @Option(help: "Only sandboxes in this state.") var state: String?
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try await client.connect()
+        var all: [JSONValue] = []
+        var cursor: String?
+        repeat {
+            var p: JSONObject = ["limit": 1000]
+            if let state { p["state"] = .string(state) }
+            if let cursor { p["cursor"] = .string(cursor) }
+            let r = try await c.call("sandbox.list", p)
+            all += r["sandboxes"]?.arrayValue ?? []
+            cursor = r["nextCursor"]?.stringValue
+        } while cursor != nil
+        await c.close()
+        if json { print(JSONCodec.encode(.array(all))); return }
+        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+        print(pad("SANDBOX", 17) + pad("STATE", 11) + pad("TEMPLATE", 10) + pad("POLICY", 9) + pad("STEP", 6) + "CREATED")
+        for s in all {
+            print(pad(s["sandboxId"]?.stringValue ?? "", 17) + pad(s["state"]?.stringValue ?? "", 11) + pad(s["template"]?.stringValue ?? "", 10)
+                  + pad(s["policy"]?.stringValue ?? "", 9) + pad(String(s["step"]?.intValue ?? 0), 6) + (s["createdAt"]?.stringValue ?? ""))
+        }
+    }
+}
+
+struct Rm: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete sandboxes (kills their processes, removes their files).")
+    @Argument(help: "Sandbox ids.") var ids: [String]
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try await client.connect()
+        var failed = false
+        for id in ids {
+            do {
+                _ = try await c.call("sandbox.delete", ["sandboxId": .string(id)])
+                print(id)
+            } catch {
+                FileHandleStderr.write("sandpit rm \(id): \(error)\n")
+                failed = true
+            }
+        }
+        await c.close()
+        if failed { throw ExitCode(1) }
+    }
+}
+
+struct Info: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show server.info as JSON.")
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try await client.connect()
+        let r = try await c.call("server.info")
+        await c.close()
+        print(JSONCodec.encode(r))
+    }
+}
