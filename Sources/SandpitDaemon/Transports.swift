@@ -1,7 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import Logging
+import SandpitEngine
+import Synchronization
 import NIOCore
 import NIOPosix
 import SandpitCore
@@ -46,34 +49,89 @@ struct ChannelOutbound: RPCOutbound {
 
 /// Serves one connection (a socket client, or stdin/stdout): each request
 /// runs in its own task, so requests are pipelined and answered out of order.
+/// When the client stops sending, requests already read are still answered.
 enum ConnectionServer {
+    static func serve<S: AsyncSequence & Sendable>(_ inbound: S, out: any RPCOutbound, service: RPCService, peer: Peer, logger: Logger) async throws
+    where S.Element == LineFramer.Item {
+        try await withThrowingDiscardingTaskGroup { group in
+            for try await item in inbound {
+                switch item {
+                case .oversized(let n):
+                    try await out.send(RPC.error(id: .null, SandpitError(
+                        .requestTooLarge, "request line of \(n)+ bytes exceeds the limit of \(service.limits.maxLineBytes) bytes",
+                        details: ["limit": .int(Int64(service.limits.maxLineBytes))])))
+                case .line(let bytes):
+                    switch RPC.parse(bytes) {
+                    case .failure(let r):
+                        try await out.send(RPC.error(id: r.id, r.error))
+                    case .success(let req):
+                        group.addTask { await service.handle(req, peer: peer, out: out) }
+                    }
+                }
+            }
+        }
+    }
+
     static func serve(_ conn: NIOAsyncChannel<LineFramer.Item, ByteBuffer>, service: RPCService, peer: Peer, logger: Logger) async {
         do {
             try await conn.executeThenClose { inbound, outbound in
-                let out = ChannelOutbound(writer: outbound)
-                try await withThrowingDiscardingTaskGroup { group in
-                    for try await item in inbound {
-                        switch item {
-                        case .oversized(let n):
-                            try await out.send(RPC.error(id: .null, SandpitError(
-                                .requestTooLarge, "request line of \(n)+ bytes exceeds the limit of \(service.limits.maxLineBytes) bytes",
-                                details: ["limit": .int(Int64(service.limits.maxLineBytes))])))
-                        case .line(let bytes):
-                            switch RPC.parse(bytes) {
-                            case .failure(let r):
-                                try await out.send(RPC.error(id: r.id, r.error))
-                            case .success(let req):
-                                group.addTask {
-                                    await service.handle(req, peer: peer, out: out)
-                                }
-                            }
-                        }
-                    }
-                    // The client closed its sending side: finish what it asked for, then close.
-                }
+                try await serve(inbound, out: ChannelOutbound(writer: outbound), service: service, peer: peer, logger: logger)
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// stdin/stdout of any kind (pipe, tty, socket or regular file): a reader
+/// thread frames stdin; writes happen in order on a serial queue.
+final class StdioConnection: @unchecked Sendable {
+    let inFd: Int32
+    let outFd: Int32
+    let writeQueue = DispatchQueue(label: "sandpit.stdout")
+    let items: AsyncThrowingStream<LineFramer.Item, Error>
+    private let continuation: AsyncThrowingStream<LineFramer.Item, Error>.Continuation
+    private let broken = Atomic<Bool>(false)
+
+    init(inFd: Int32, outFd: Int32, maxLineBytes: Int) {
+        self.inFd = inFd
+        self.outFd = outFd
+        (items, continuation) = AsyncThrowingStream.makeStream(of: LineFramer.Item.self)
+        let cont = continuation
+        EngineThread.detach {
+            var framer = LineFramer(maxLineBytes: maxLineBytes)
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(inFd, $0.baseAddress!, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                for item in framer.push(buf[0..<n]) { cont.yield(item) }
+            }
+            cont.finish()
+        }
+    }
+
+    struct Out: RPCOutbound {
+        let conn: StdioConnection
+        func send(_ line: String) async throws {
+            var b = Array(line.utf8)
+            b.append(UInt8(ascii: "\n"))
+            let bytes = b
+            let c = conn
+            let ok = await withCheckedContinuation { (k: CheckedContinuation<Bool, Never>) in
+                c.writeQueue.async {
+                    if c.broken.load(ordering: .relaxed) { k.resume(returning: false); return }
+                    var off = 0
+                    while off < bytes.count {
+                        let n = bytes.withUnsafeBytes { write(c.outFd, $0.baseAddress! + off, $0.count - off) }
+                        if n < 0 && errno == EINTR { continue }
+                        if n <= 0 { c.broken.store(true, ordering: .relaxed); k.resume(returning: false); return }
+                        off += n
+                    }
+                    k.resume(returning: true)
+                }
+            }
+            if !ok { throw SandpitError(.unavailable, "stdout is closed") }
         }
     }
 }
@@ -90,20 +148,10 @@ public enum Transports {
     /// JSON-RPC on the process's stdin/stdout. Returns when stdin reaches EOF
     /// and every request read from it has been answered.
     public static func serveStdio(service: RPCService, logger: Logger) async throws {
-        let input = dup(0), output = dup(1)
-        guard input >= 0, output >= 0 else { throw SandpitError(.unavailable, "cannot duplicate stdin/stdout") }
-        let max = service.limits.maxLineBytes
-        let conn: NIOAsyncChannel<LineFramer.Item, ByteBuffer>
-        do {
-            conn = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .channelOption(.allowRemoteHalfClosure, value: true)
-                .takingOwnershipOfDescriptors(input: input, output: output) { channel in
-                    channel.eventLoop.makeCompletedFuture { try configure(channel, maxLineBytes: max) }
-                }
-        } catch {
-            throw SandpitError(.unavailable, "stdin/stdout must be pipes, sockets or a terminal for `sandpit serve` (\(error)); use --socket for a daemon")
-        }
-        await ConnectionServer.serve(conn, service: service, peer: Peer(uid: Int64(getuid())), logger: logger)
+        signal(SIGPIPE, SIG_IGN)
+        let conn = StdioConnection(inFd: 0, outFd: 1, maxLineBytes: service.limits.maxLineBytes)
+        try await ConnectionServer.serve(conn.items, out: StdioConnection.Out(conn: conn), service: service,
+                                         peer: Peer(uid: Int64(getuid())), logger: logger)
     }
 
     /// JSON-RPC on a Unix socket (mode 0600), many clients at once. Runs until cancelled.

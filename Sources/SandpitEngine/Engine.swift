@@ -92,10 +92,17 @@ public final class Engine: Sendable {
             logger.warning("loop storage unavailable, using a plain directory", metadata: ["error": "\(error)"])
             storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: .dir, sizeBytes: 0)
         }
-        cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(UInt32(truncatingIfNeeded: config.dataDir.hashValue & 0xffff_ffff), radix: 36))
+        // One parent group per data dir, named stably so a restarted daemon finds what its predecessor left.
+        cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(Self.fnv1a(config.dataDir), radix: 36))
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         try reconcile()
+    }
+
+    static func fnv1a(_ s: String) -> UInt32 {
+        var h: UInt32 = 2_166_136_261
+        for b in s.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
+        return h
     }
 
     static func lock(_ dir: String) throws -> FileDescriptor {
@@ -390,12 +397,14 @@ public final class Engine: Sendable {
                                                  startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
         }
         let timeout = req.timeoutMs ?? rt.policy.execTimeoutMs
-        Task { [weak rt] in
-            if let t = timeout {
-                let deadline = ContinuousClock.now + .milliseconds(t)
-                async let _ = Self.enforceTimeout(session, rt, deadline: deadline)
-            }
+        var timer: Task<Void, Never>?
+        if let t = timeout {
+            let deadline = ContinuousClock.now + .milliseconds(t)
+            timer = Task { [weak rt] in await Self.enforceTimeout(session, rt, deadline: deadline) }
+        }
+        Task { [weak rt, timer] in
             _ = await session.next(after: Int.max - 1)
+            timer?.cancel()
             guard let rt, let o = session.outcome else { return }
             let step = rt.state.withLock { s -> Int in
                 s.record.step += 1
@@ -412,7 +421,7 @@ public final class Engine: Sendable {
     }
 
     static func enforceTimeout(_ session: ExecSession, _ rt: SandboxRuntime?, deadline: ContinuousClock.Instant) async {
-        try? await Task.sleep(until: deadline)
+        do { try await Task.sleep(until: deadline) } catch { return }
         guard let rt, !session.isFinished else { return }
         session.markTimedOut()
         var sig = Int32(SIGKILL)
@@ -468,6 +477,7 @@ public final class Engine: Sendable {
                 }
             }
         }
+        cgroups.removeParent()
         storage.release()
     }
 }

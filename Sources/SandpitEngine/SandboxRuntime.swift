@@ -125,7 +125,7 @@ final class SandboxRuntime: Sendable {
     func channelClosed(_ error: String?) {
         failReadiness("sandbox agent exited during setup" + (error.map { ": \($0)" } ?? ""))
         let pid = spawned.pid
-        Thread.detach { [self] in
+        EngineThread.detach { [self] in
             let st = SandboxSpawner.reap(pid)
             self.agentReaped(status: st)
         }
@@ -209,13 +209,13 @@ final class SandboxRuntime: Sendable {
 
 /// A plain detached pthread for blocking waits (waitpid), so they never
 /// occupy a thread of Swift's cooperative pool.
-enum Thread {
+public enum EngineThread {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         init(_ b: @escaping @Sendable () -> Void) { body = b }
     }
 
-    static func detach(_ body: @escaping @Sendable () -> Void) {
+    public static func detach(_ body: @escaping @Sendable () -> Void) {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var tid = pthread_t()
         var attr = pthread_attr_t()

@@ -27,6 +27,8 @@ public protocol CgroupDriver: Sendable {
     /// Finds a group left by an earlier daemon (for reconciliation).
     func existing() -> [String]
     func handle(_ name: String) -> CgroupHandle
+    /// Removes the (empty) parent group at shutdown.
+    func removeParent()
 }
 
 /// One sandbox's cgroup: a directory per hierarchy (one on v2).
@@ -173,6 +175,8 @@ public struct CgroupV1Driver: CgroupDriver {
                             memoryDir: bases["memory"].map { $0 + "/" + name }, version: .v1)
     }
 
+    public func removeParent() { for b in bases.values { rmdir(b) } }
+
     public func existing() -> [String] {
         var names = Set<String>()
         for base in bases.values { for n in FS.listDirectory(base) where FS.isDirectory(base + "/" + n) { names.insert(n) } }
@@ -214,6 +218,8 @@ public struct CgroupV2Driver: CgroupDriver {
         return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2)
     }
 
+    public func removeParent() { rmdir(base) }
+
     public func existing() -> [String] {
         FS.listDirectory(base).filter { FS.isDirectory(base + "/" + $0) }.sorted()
     }
@@ -228,4 +234,5 @@ public struct NoCgroupDriver: CgroupDriver {
         CgroupHandle(name: name, dirs: [], procsFiles: [], memoryDir: nil, version: .none)
     }
     public func existing() -> [String] { [] }
+    public func removeParent() {}
 }

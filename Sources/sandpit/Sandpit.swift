@@ -121,10 +121,11 @@ struct Serve: AsyncParsableCommand {
             }
             group.addTask {
                 let s = await signals.next()
-                logger.info("shutting down", metadata: ["signal": "\(s)"])
+                if s > 0 { logger.info("shutting down", metadata: ["signal": .string(Signals.name(s))]) }
             }
             _ = await group.next()
             group.cancelAll()
+            signals.stop()
         }
         await eng.shutdown(keep: keep)
         logger.info("sandpit daemon stopped")

@@ -55,10 +55,12 @@ extension LoggingSystem {
 final class SignalWatcher: @unchecked Sendable {
     let sources: [DispatchSourceSignal]   // kept alive; never mutated after init
     let stream: AsyncStream<Int32>
+    let continuation: AsyncStream<Int32>.Continuation
 
     init(_ signals: [Int32]) {
         let (s, cont) = AsyncStream<Int32>.makeStream()
         stream = s
+        continuation = cont
         var srcs: [DispatchSourceSignal] = []
         for sig in signals {
             signal(sig, SIG_IGN)
@@ -69,6 +71,8 @@ final class SignalWatcher: @unchecked Sendable {
         }
         sources = srcs
     }
+
+    func stop() { continuation.finish() }
 
     func next() async -> Int32 {
         for await s in stream { return s }

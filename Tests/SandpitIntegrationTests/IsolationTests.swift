@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import SandpitCore
+import SandpitTestSupport
+
+/// Checks, from inside a sandbox, that it sees only itself; and from the host,
+/// that teardown leaves no process, mount or cgroup.
+@Suite(.serialized, .enabled(if: TestEnv.isRoot, "needs root"))
+struct IsolationTests {
+    func sh(_ c: LineConnection, _ sb: String, _ script: String) throws -> (code: Int64, out: String) {
+        c.notifications = []
+        let r = try c.result("exec.run", ["sandboxId": .string(sb), "shell": .string(script)])
+        let out = c.notifications.compactMap { n -> String? in
+            guard n["params"]?["stream"] == "stdout", let d = n["params"]?["data"]?.stringValue else { return nil }
+            return n["params"]?["encoding"] == "base64" ? String(decoding: Base64.decode(d) ?? [], as: UTF8.self) : d
+        }.joined()
+        return (r["exitCode"]!.intValue!, out)
+    }
+
+    @Test func sandboxSeesOnlyItself() throws {
+        try withDaemon(socket: true) { d in
+            let c = try d.connect()
+            let a = try c.result("sandbox.create")["sandboxId"]!.stringValue!
+            let b = try c.result("sandbox.create")["sandboxId"]!.stringValue!
+            // Processes: only the agent and this command's own.
+            let ps = try sh(c, a, "for p in /proc/[0-9]*; do echo \"${p#/proc/} $(cat $p/comm 2>/dev/null)\"; done | sort -n")
+            let procs = ps.out.split(separator: "\n").map { $0.split(separator: " ") }
+            #expect(procs.first?.first == "1" && procs.first?.last == "sandpit-agent", "ps: \(ps.out)")
+            #expect(Set(procs.compactMap { $0.last.map(String.init) }).isSubset(of: ["sandpit-agent", "bash", "cat", "sort"]), "ps: \(ps.out)")
+            // Users: not root, and sandbox root is not host root.
+            #expect(try sh(c, a, "id -u").out == "1000\n")
+            let map = try sh(c, a, "cat /proc/self/uid_map").out.split(whereSeparator: { $0 == " " || $0 == "\n" })
+            #expect(map.count == 3 && map[1] != "0", "uid_map: \(map)")
+            // Capabilities and privileges.
+            let status = try sh(c, a, "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status").out
+            #expect(status.contains("CapEff:\t0000000000000000"))
+            #expect(status.contains("CapBnd:\t0000000000000000"))
+            #expect(status.contains("NoNewPrivs:\t1"))
+            // Network: loopback only.
+            let ifaces = try sh(c, a, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").out
+            #expect(ifaces == "lo\n")
+            // Host files: the scratch dir, the data dir and /root are invisible.
+            let marker = d.scratch + "/host-secret"
+            FileManager.default.createFile(atPath: marker, contents: Data("TOP-SECRET-CONTENT".utf8))
+            let probe = try sh(c, a, "cat '\(marker)' 2>&1; ls '\(d.dataDir)' 2>&1; ls -a /root 2>&1")
+            #expect(!probe.out.contains("TOP-SECRET-CONTENT") && !probe.out.contains("catalog.sqlite"), "\(probe.out)")
+            // Other sandboxes' files are invisible.
+            _ = try sh(c, a, "echo private > /home/user/only-a")
+            #expect(try sh(c, b, "cat /home/user/only-a").code != 0)
+            // Read-only places stay read-only; the home dir and /tmp are writable.
+            #expect(try sh(c, a, "touch /usr/bin/x").code != 0)
+            #expect(try sh(c, a, "echo x > /proc/sys/kernel/hostname").code != 0)
+            #expect(try sh(c, a, "touch /etc/passwd").code != 0)
+            #expect(try sh(c, a, "touch /home/user/ok /tmp/ok && echo yes").out == "yes\n")
+            // Clean environment: nothing from the daemon leaks in.
+            let env = try sh(c, a, "env | cut -d= -f1 | sort | tr '\\n' ' '").out
+            #expect(env == "HOME LANG LOGNAME PATH PWD PYTHONUNBUFFERED SHELL SHLVL USER _ ", "env: \(env)")
+            // Only stdio is open in a command.
+            #expect(try sh(c, a, "ls /proc/self/fd | sort -n | tr '\\n' ' '").out == "0 1 2 3 ")
+            // The host's default python runs.
+            #expect(try sh(c, a, "python3 -c 'print(6*7)'").out == "42\n")
+        }
+    }
+
+    @Test func deleteKillsEverythingAndLeavesNothing() throws {
+        try withDaemon(socket: true) { d in
+            let c = try d.connect()
+            let sb = try c.result("sandbox.create")["sandboxId"]!.stringValue!
+            // Processes that try to survive: a new session ignoring TERM, a stopped one, a double fork.
+            let bg = try c.result("exec.run", ["sandboxId": .string(sb), "shell": """
+                setsid sh -c 'trap "" TERM HUP; exec sleep 1000' </dev/null >/dev/null 2>&1 &
+                sleep 1000 </dev/null >/dev/null 2>&1 & kill -STOP $!
+                (sh -c 'sleep 1000 &' &) </dev/null >/dev/null 2>&1
+                echo spawned
+                """])
+            #expect(bg["exitCode"] == 0)
+            let hostSleepers = Host.pids(matching: "sleep 1000")
+            #expect(hostSleepers.count >= 3)
+            #expect(!Host.cgroups(matching: sb).isEmpty)
+            _ = try c.result("sandbox.delete", ["sandboxId": .string(sb)])
+            #expect(Host.pids(matching: "sleep 1000").isEmpty)
+            #expect(Host.pids(matching: "sandpit-agent").isEmpty)
+            #expect(Host.cgroups(matching: sb).isEmpty)
+            #expect(!Host.mountinfo().contains(sb))
+            #expect(!FileManager.default.fileExists(atPath: d.dataDir + "/store/sandboxes/" + sb))
+        }
+    }
+
+    @Test func restartAfterKillReconcilesAndCleansUp() throws {
+        let scratch = try TestEnv.scratch("restart")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let data = scratch + "/data"
+        let first = try DaemonProcess(socket: true, name: "restart1", dataDir: data)
+        let c = try first.connect()
+        let sb = try c.result("sandbox.create", ["metadata": ["keep": "me"]])["sandboxId"]!.stringValue!
+        _ = try c.result("exec.run", ["sandboxId": .string(sb), "shell": "echo kept > /home/user/file; sleep 1000 >/dev/null 2>&1 &"])
+        // A second daemon may not take the same data dir.
+        let rival = try? DaemonProcess(socket: true, name: "rival", dataDir: data)
+        #expect(rival == nil)
+        first.stop(signal: SIGKILL)
+        // The agent notices its daemon is gone and takes the sandbox down with it.
+        var tries = 0
+        while !Host.pids(matching: "sleep 1000").isEmpty, tries < 200 { usleep(20_000); tries += 1 }
+        #expect(Host.pids(matching: "sleep 1000").isEmpty)
+        let second = try DaemonProcess(socket: true, name: "restart2", dataDir: data)
+        defer { second.cleanup(); first.cleanup() }
+        let c2 = try second.connect()
+        let got = try c2.result("sandbox.get", ["sandboxId": .string(sb)])
+        #expect(got["state"] == "stopped")
+        #expect(got["metadata"]?["keep"] == "me")
+        #expect(FileManager.default.fileExists(atPath: data + "/store/sandboxes/\(sb)/upper/home/user/file"))
+        #expect(Host.cgroups(matching: sb).isEmpty)
+        let exec = try c2.call("exec.run", ["sandboxId": .string(sb), "shell": "true"])
+        #expect(exec["error"]?["data"]?["code"] == "invalid_state")
+        _ = try c2.result("sandbox.delete", ["sandboxId": .string(sb)])
+        #expect(!FileManager.default.fileExists(atPath: data + "/store/sandboxes/\(sb)"))
+        #expect(second.stop() == 0)
+        #expect(!Host.isMounted(data + "/store"))
+    }
+
+    @Test func cliRunStreamsAndReturnsTheExitCode() throws {
+        let scratch = try TestEnv.scratch("cli")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let r = Host.sh("'\(TestEnv.sandpit)' run --data-dir '\(scratch)/data' -- sh -c 'echo out; echo err >&2; exit 7'")
+        #expect(r.status == 7)
+        #expect(r.output.contains("out\n") && r.output.contains("err\n"))
+        let json = Host.sh("'\(TestEnv.sandpit)' run --json --data-dir '\(scratch)/data' -- python3 -c 'print(42)'")
+        #expect(json.status == 0)
+        let v = try JSONCodec.parse(json.output.split(separator: "\n").last.map(String.init) ?? "")
+        #expect(v["result"]?["exitCode"] == 0)
+        #expect(!Host.isMounted(scratch + "/data/store"))
+    }
+}
