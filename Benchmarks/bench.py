@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Sandpit latency benchmark: medians and p90 against baselines measured in the same run.
+
+  (a) new sandbox -> first output of `echo ok`   vs  bwrap --unshare-all echo ok, bare fork+exec
+  (b) exec.run `true` in a live sandbox           vs  bare fork+exec+wait of /bin/true, bwrap
+
+Usage: sudo python3 Benchmarks/bench.py [--n 50] [--sandpit .build/release/sandpit]
+Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing.
+"""
+import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
+
+class Client:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(path)
+        self.f = self.s.makefile("rwb", buffering=0)
+        self.n = 0
+    def send(self, method, params):
+        self.n += 1
+        self.f.write((json.dumps({"jsonrpc": "2.0", "id": self.n, "method": method, "params": params}) + "\n").encode())
+        return self.n
+    def read(self):
+        return json.loads(self.f.readline())
+    def call(self, method, params=None, on_note=None):
+        i = self.send(method, params or {})
+        while True:
+            m = self.read()
+            if m.get("id") == i:
+                if "error" in m: raise RuntimeError(m["error"])
+                return m["result"]
+            if on_note: on_note(m)
+
+def ensure_bwrap():
+    if shutil.which("bwrap"): return shutil.which("bwrap")
+    print("installing bubblewrap for the baseline ...", file=sys.stderr)
+    subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap", shell=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return shutil.which("bwrap")
+
+def time_cmd(argv, n):
+    out = []
+    for _ in range(n + 3):
+        t = time.perf_counter_ns()
+        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"}, file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
+        os.waitpid(pid, 0)
+        out.append((time.perf_counter_ns() - t) / 1e6)
+    return out[3:]  # first runs warm caches
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--sandpit", default=None)
+    a = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = a.sandpit or next((p for p in [f"{root}/.build/release/sandpit", f"{root}/.build/debug/sandpit"] if os.path.exists(p)), None)
+    if not exe: sys.exit("build sandpit first (swift build -c release)")
+    scratch = tempfile.mkdtemp(prefix="sandpit-bench-", dir="/tmp"); os.chmod(scratch, 0o755)
+    sock = f"{scratch}/s.sock"
+    d = subprocess.Popen([exe, "serve", "--socket", sock, "--data-dir", f"{scratch}/data", "--storage-gib", "4"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(f"{scratch}/daemon.log", "w"))
+    try:
+        for _ in range(600):
+            if os.path.exists(sock): break
+            time.sleep(0.05)
+        c = Client(sock)
+        # warm-up
+        sb = c.call("sandbox.create")["sandboxId"]; c.call("exec.run", {"sandboxId": sb, "cmd": ["true"]}); c.call("sandbox.delete", {"sandboxId": sb})
+
+        first_out, create_only = [], []
+        for _ in range(a.n):
+            t0 = time.perf_counter_ns()
+            sb = c.call("sandbox.create")["sandboxId"]
+            t1 = time.perf_counter_ns()
+            got = []
+            def note(m):
+                if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
+            c.call("exec.run", {"sandboxId": sb, "cmd": ["echo", "ok"]}, on_note=note)
+            first_out.append((got[0] - t0) / 1e6); create_only.append((t1 - t0) / 1e6)
+            c.call("sandbox.delete", {"sandboxId": sb})
+
+        sb = c.call("sandbox.create")["sandboxId"]
+        rt, agent_run = [], []
+        for _ in range(a.n * 4):
+            t = time.perf_counter_ns()
+            r = c.call("exec.run", {"sandboxId": sb, "cmd": ["/bin/true"]})
+            rt.append((time.perf_counter_ns() - t) / 1e6)
+            agent_run.append((r["timings"]["spawnUs"] + r["timings"]["runUs"]) / 1000)
+        info = c.call("server.info")
+        c.call("sandbox.delete", {"sandboxId": sb})
+
+        bare = time_cmd(["/bin/true"], a.n * 4)
+        bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
+        bw = ensure_bwrap()
+        bwrap_echo = time_cmd([bw, "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                               "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "/bin/echo", "ok"], a.n) if bw else None
+        bwrap_true = time_cmd([bw, "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                               "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "/bin/true"], a.n) if bw else None
+    finally:
+        d.terminate(); d.wait(timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    def row(name, xs, base=None):
+        ratio = f"{statistics.median(xs) / statistics.median(base):6.2f}x" if base else "      "
+        print(f"  {name:48s} median {statistics.median(xs):8.3f} ms   p90 {pct(xs, 0.9):8.3f} ms  {ratio}")
+    print(f"sandpit bench: n={a.n}, {os.cpu_count()} cores, cgroup {info['cgroup']}, storage {info['storage']['mode']}, binary {exe}")
+    print("(a) new sandbox -> first output of `echo ok`   (ratio vs bwrap)")
+    row("sandpit create + exec.run echo (socket)", first_out, bwrap_echo)
+    row("  of which sandbox.create", create_only, bwrap_echo)
+    if bwrap_echo: row("bwrap --unshare-all echo ok", bwrap_echo, bwrap_echo)
+    row("bare fork+exec+wait echo ok", bare_echo, bwrap_echo)
+    print("(b) run `true` in a live sandbox   (ratio vs bare fork+exec+wait)")
+    row("sandpit exec.run round trip (socket)", rt, bare)
+    row("  of which agent spawn+run", agent_run, bare)
+    row("bare fork+exec+wait /bin/true", bare, bare)
+    if bwrap_true: row("bwrap --unshare-all /bin/true", bwrap_true, bare)
+    print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB")
+
+if __name__ == "__main__":
+    main()
