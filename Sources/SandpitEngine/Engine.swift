@@ -390,19 +390,18 @@ public final class Engine: Sendable {
         let record = rt.record
         let cat = catalog
         let startedAt = Clock.nowMs()
-        // Catalog writes are queued in order on the catalog's serial queue; a
-        // crash between them is reconciled on start (running execs become lost).
-        Task {
-            try? await cat.insertExec(ExecRecord(sandboxId: id, execId: session.execId, command: req.argv, state: .running,
-                                                 startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
-        }
         let timeout = req.timeoutMs ?? rt.policy.execTimeoutMs
         var timer: Task<Void, Never>?
         if let t = timeout {
             let deadline = ContinuousClock.now + .milliseconds(t)
             timer = Task { [weak rt] in await Self.enforceTimeout(session, rt, deadline: deadline) }
         }
+        // One task records the exec's start, waits for its end and records that,
+        // so the two catalog writes can never land out of order. A crash between
+        // them is reconciled on start (running execs become lost).
         Task { [weak rt, timer] in
+            try? await cat.insertExec(ExecRecord(sandboxId: id, execId: session.execId, command: req.argv, state: .running,
+                                                 startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
             _ = await session.next(after: Int.max - 1)
             timer?.cancel()
             guard let rt, let o = session.outcome else { return }
