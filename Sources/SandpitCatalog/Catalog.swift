@@ -237,8 +237,4 @@ public final class Catalog: @unchecked Sendable {
                        [sandbox.map { .text($0) } ?? .null, .text(kind), .text(detail)])
         }
     }
-
-    public func eventsCount(sandbox: String) throws -> Int {
-        try queue.sync { Int(try db.query("SELECT count(*) FROM events WHERE sandbox_id=?", [.text(sandbox)]).first?.first?.int ?? 0) }
-    }
 }

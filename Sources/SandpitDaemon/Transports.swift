@@ -177,17 +177,12 @@ public enum Transports {
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { inbound in
                 for try await conn in inbound {
-                    let uid = peerUID(conn.channel)
+                    // Peer credentials are not read yet (tenancy will need SO_PEERCRED): -1 is "unknown".
                     group.addTask {
-                        await ConnectionServer.serve(conn, service: service, peer: Peer(uid: uid), logger: logger)
+                        await ConnectionServer.serve(conn, service: service, peer: Peer(uid: -1), logger: logger)
                     }
                 }
             }
         }
-    }
-
-    static func peerUID(_ channel: Channel) -> Int64 {
-        // Peer credentials are read when tenancy needs them; -1 means unknown.
-        -1
     }
 }

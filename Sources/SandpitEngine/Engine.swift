@@ -402,9 +402,9 @@ public final class Engine: Sendable {
         Task { [weak rt, timer] in
             try? await cat.insertExec(ExecRecord(sandboxId: id, execId: session.execId, command: req.argv, state: .running,
                                                  startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
-            _ = await session.next(after: Int.max - 1)
+            let o = await session.waitFinished()
             timer?.cancel()
-            guard let rt, let o = session.outcome else { return }
+            guard let rt else { return }
             let step = rt.state.withLock { s -> Int in
                 s.record.step += 1
                 s.record.lastActiveAt = Clock.nowMs()

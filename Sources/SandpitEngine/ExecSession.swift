@@ -150,6 +150,21 @@ public final class ExecSession: Sendable {
         }
     }
 
+    /// Waits until the exec has ended and returns how.
+    public func waitFinished() async -> ExecOutcome {
+        while true {
+            if let o = outcome { return o }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let done = state.withLock { s -> Bool in
+                    if s.outcome != nil { return true }
+                    s.waiters.append(c)
+                    return false
+                }
+                if done { c.resume() }
+            }
+        }
+    }
+
     /// A snapshot for exec.logs.
     public func logs(since: Int) -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
         state.withLock { ($0.buffer.chunks(since: since), $0.outcome) }

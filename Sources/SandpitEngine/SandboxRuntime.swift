@@ -178,6 +178,7 @@ final class SandboxRuntime: Sendable {
 
     /// Keeps the last few finished execs for exec.logs; forgets older ones.
     private func retire(_ id: UInt32) {
+        oomBaseline.withLock { _ = $0.removeValue(forKey: id) }
         state.withLock { s in
             s.finishedOrder.append(id)
             while s.finishedOrder.count > Self.keepFinishedExecs {

@@ -117,22 +117,18 @@ public enum FS {
             throw OSError(call: "lstat", errno: errno, path: path)
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            guard let d = opendir(path) else { throw OSError(call: "opendir", errno: errno, path: path) }
-            var names: [String] = []
-            while let e = readdir(d) {
-                let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(d)
-            for n in names { try removeTree(path + "/" + n) }
+            for n in try entries(path) { try removeTree(path + "/" + n) }
             _ = try sys("rmdir", path: path) { rmdir(path) }
         } else {
             _ = try sys("unlink", path: path) { unlink(path) }
         }
     }
 
-    public static func listDirectory(_ path: String) -> [String] {
-        guard let d = opendir(path) else { return [] }
+    /// Names in a directory (no "." or ".."); empty when it cannot be read.
+    public static func listDirectory(_ path: String) -> [String] { (try? entries(path)) ?? [] }
+
+    static func entries(_ path: String) throws(OSError) -> [String] {
+        guard let d = opendir(path) else { throw OSError(call: "opendir", errno: errno, path: path) }
         defer { closedir(d) }
         var names: [String] = []
         while let e = readdir(d) {
@@ -143,17 +139,11 @@ public enum FS {
     }
 }
 
-/// An owned file descriptor, closed on deinit unless released.
+/// An owned file descriptor, closed on deinit.
 public final class FileDescriptor: @unchecked Sendable {
     public private(set) var raw: Int32
 
     public init(_ raw: Int32) { self.raw = raw }
-
-    public func release() -> Int32 {
-        let r = raw
-        raw = -1
-        return r
-    }
 
     public func close() {
         if raw >= 0 { _ = Glibc.close(raw) }

@@ -145,7 +145,7 @@ public final class DaemonProcess: @unchecked Sendable {
         }
         process.arguments = args
         let logPath = scratch + "/daemon.log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: logPath)
         if socket {
             process.standardInput = FileHandle(forReadingAtPath: "/dev/null")
@@ -166,7 +166,6 @@ public final class DaemonProcess: @unchecked Sendable {
             process.standardOutput = outPipe
             try process.run()
             stdio = LineConnection(readFd: outPipe.fileHandleForReading.fileDescriptor, writeFd: inPipe.fileHandleForWriting.fileDescriptor)
-            _ = inPipe.fileHandleForReading
         }
     }
 
