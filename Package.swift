@@ -45,13 +45,13 @@ let package = Package(
         ]),
         // The service (method dispatch) and transports (stdio, Unix socket).
         .target(name: "SandpitDaemon", dependencies: [
-            "SandpitCore", "SandpitProtocol", "SandpitEngine",
+            "SandpitCore", "SandpitProtocol", "SandpitEngine", "CSandpit",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "sandpit", dependencies: [
-            "SandpitCore", "SandpitProtocol", "SandpitEngine", "SandpitDaemon",
+            "SandpitCore", "SandpitProtocol", "SandpitEngine", "CSandpit", "SandpitDaemon",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -38,6 +39,7 @@ struct exec {
 
 static struct exec execs[MAX_EXECS];
 static int ctrl = -1;
+static const struct sp_agent_config *config;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -156,6 +158,17 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (in[0] < 0) { spawn_error(id, errno, "open /dev/null"); goto fail; }
     }
+    // Each command's whole process tree lives in its own cgroup, so a kill
+    // reaches processes that left its process group or session.
+    int procs_fd = -1;
+    if (config->cgroup_fd >= 0) {
+        char name[32];
+        snprintf(name, sizeof name, "ex_%u", id);
+        if (mkdirat(config->cgroup_fd, name, 0755) == 0 || errno == EEXIST) {
+            snprintf(name, sizeof name, "ex_%u/cgroup.procs", id);
+            procs_fd = openat(config->cgroup_fd, name, O_WRONLY | O_CLOEXEC);
+        }
+    }
     gid_t gid = h.gid;
     pid_t pid = vfork();
     if (pid == 0) {
@@ -165,7 +178,14 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
         if (setsid() < 0) { ce.step = 1; goto child_fail; }
+        if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) { ce.step = 7; goto child_fail; }
         if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) { ce.step = 2; goto child_fail; }
+        if (config->nofile) {
+            struct rlimit rl = { config->nofile, config->nofile };
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) { ce.step = 6; goto child_fail; }
+        }
+        struct rlimit nocore = { 0, 0 };
+        setrlimit(RLIMIT_CORE, &nocore);
         if (setgroups(1, &gid) != 0) { ce.step = 3; goto child_fail; }
         if (setresgid(h.gid, h.gid, h.gid) != 0) { ce.step = 3; goto child_fail; }
         if (setresuid(h.uid, h.uid, h.uid) != 0) { ce.step = 3; goto child_fail; }
@@ -177,6 +197,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         (void)!write(ep[1], &ce, sizeof ce);
         _exit(127);
     }
+    if (procs_fd >= 0) close(procs_fd);
     if (pid < 0) { spawn_error(id, errno, "fork"); goto fail; }
     close(ep[1]); ep[1] = -1;
     struct child_err ce;
@@ -185,11 +206,11 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         // The child never ran the command; reap it here so it is not mistaken for an exec exit.
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
-        static const char *steps[] = { "spawn", "setsid", "redirect stdio", "set credentials", "", "exec" };
+        static const char *steps[] = { "spawn", "setsid", "redirect stdio", "set credentials", "", "exec", "set open-file limit", "join exec cgroup" };
         char what[4400];
         if (ce.step == 4) snprintf(what, sizeof what, "working directory \"%.1024s\"", cwd);
         else if (ce.step == 5) snprintf(what, sizeof what, "exec \"%.1024s\"", path);
-        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < 6 ? ce.step : 0]);
+        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < 8 ? ce.step : 0]);
         spawn_error(id, ce.err, what);
         goto fail;
     }
@@ -223,6 +244,12 @@ done:
 static void close_fd(int *fd) { if (*fd >= 0) { close(*fd); *fd = -1; } }
 
 static void finish(struct exec *x) {
+    if (config->cgroup_fd >= 0) {
+        // Fails (EBUSY) while processes the command left running are in it; teardown removes it then.
+        char name[32];
+        snprintf(name, sizeof name, "ex_%u", x->id);
+        unlinkat(config->cgroup_fd, name, AT_REMOVEDIR);
+    }
     close_fd(&x->out_fd);
     close_fd(&x->err_fd);
     close_fd(&x->in_fd);
@@ -254,6 +281,36 @@ static void do_stdin(uint32_t id, const char *data, size_t len) {
     x->inlen += len;
 }
 
+// Sends sig to every process in the exec's cgroup. For SIGKILL, repeats a few
+// passes to catch children forked while the list was being read.
+static void signal_tree(uint32_t id, int sig) {
+    if (config->cgroup_fd < 0) return;
+    char name[40], buf[4096];
+    snprintf(name, sizeof name, "ex_%u/cgroup.procs", id);
+    for (int pass = 0; pass < (sig == SIGKILL ? 8 : 1); pass++) {
+        int fd = openat(config->cgroup_fd, name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return;
+        int found = 0;
+        ssize_t n;
+        char carry[16];
+        size_t clen = 0;
+        while ((n = read(fd, buf, sizeof buf)) > 0) {
+            for (ssize_t i = 0; i < n; i++) {
+                if (buf[i] == '\n') {
+                    carry[clen] = 0;
+                    long pid = strtol(carry, NULL, 10);
+                    if (pid > 1) { kill((pid_t)pid, sig); found = 1; }
+                    clen = 0;
+                } else if (clen < sizeof carry - 1) {
+                    carry[clen++] = buf[i];
+                }
+            }
+        }
+        close(fd);
+        if (!found) return;
+    }
+}
+
 static void handle_frame(const struct sp_frame_header *h, const char *payload) {
     switch (h->type) {
     case SP_FRAME_SPAWN: do_spawn(h->id, payload, h->length); break;
@@ -262,9 +319,13 @@ static void handle_frame(const struct sp_frame_header *h, const char *payload) {
         struct exec *x = find_id(h->id);
         int32_t sig = 0;
         if (h->length >= sizeof sig) memcpy(&sig, payload, sizeof sig);
-        if (x && !x->exited && sig > 0) {
-            kill(-x->pid, sig);
-            kill(x->pid, sig);
+        if (sig > 0) {
+            if (x && !x->exited) {
+                kill(-x->pid, sig);
+                kill(x->pid, sig);
+            }
+            // Also after the command itself ended: what it left running.
+            signal_tree(h->id, sig);
         }
         break;
     }
@@ -284,7 +345,8 @@ static void pump_output(struct exec *x, int *fd, unsigned stream, char *buf) {
     else if (n == 0 || (errno != EAGAIN && errno != EINTR)) close_fd(fd);
 }
 
-int sp_agent_loop(int ctrl_fd) {
+int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
+    config = cfg;
     ctrl = ctrl_fd;
     signal(SIGPIPE, SIG_IGN);
     sigset_t mask;

@@ -6,6 +6,21 @@ public enum SandboxState: String, Sendable, CaseIterable {
     public var isLive: Bool { self == .starting || self == .running || self == .paused }
 }
 
+/// Who is asking. A client sees and touches only the sandboxes it created
+/// (same uid) unless it is an admin (the daemon's owner, or it presented the
+/// admin token).
+public struct Caller: Sendable, Equatable {
+    public var uid: Int64        // -1 = in-process
+    public var admin: Bool
+    public init(uid: Int64, admin: Bool) {
+        self.uid = uid
+        self.admin = admin
+    }
+    public static let inProcess = Caller(uid: -1, admin: true)
+
+    public func owns(_ r: SandboxRecord) -> Bool { admin || r.owner == uid }
+}
+
 /// The catalog's record of a sandbox.
 public struct SandboxRecord: Sendable, Equatable {
     public var id: String

@@ -1,78 +1,237 @@
-/// A sandbox policy: the limits a sandbox runs under. Files in `Policies/`
-/// decode into this; unknown fields are rejected so typos never go unnoticed.
+/// A sandbox policy: the limits and barriers a sandbox runs under. Files in
+/// `Policies/` decode into this; unknown fields are rejected with the file and
+/// field named, so typos never go unnoticed. `nil` means "no limit".
 public struct Policy: Sendable, Equatable {
     public var name: String
-    public var memoryBytes: Int64?
-    public var pids: Int?
-    public var cpuMillicores: Int?          // 1000 = one core
-    public var tmpBytes: Int64
-    public var execTimeoutMs: Int?          // default wall time per exec
-    public var outputBytes: Int             // retained output per exec (head + tail)
-    public var network: NetworkMode
+    public var description: String = ""
+    /// What the policy may be used for: agent sandboxes, or template builds only.
+    public var purpose: Purpose = .sandbox
 
-    public enum NetworkMode: String, Sendable { case none }
+    public var memoryBytes: Int64? = 1 << 30
+    public var pids: Int64? = 512
+    public var cpuMillicores: Int64? = 1000         // 1000 = one core
+    public var openFiles: Int64? = 4096             // RLIMIT_NOFILE of every command
+    public var diskBytes: Int64? = 4 << 30          // the sandbox's writable layer
+    public var diskInodes: Int64? = 262_144
+    public var tmpBytes: Int64? = 256 << 20         // tmpfs /tmp (counts against memory)
+    public var execTimeoutMs: Int64?                // default wall time per exec
+    public var sandboxTimeoutMs: Int64?             // wall time of the whole sandbox, from creation
+    public var outputBytes: Int64? = 16 << 20       // retained output per exec (head + tail)
+    public var network: NetworkMode = .none
+    /// For `allowlist`: `host:port` entries (`*.example.org:443`, `127.0.0.1:8000`); port `*` for any.
+    public var allow: [String] = []
+    public var seccomp: Bool = true
+    public var socketFamilies: SocketFamilies = .inet
+    /// Off only for benchmarks that measure what the barriers cost.
+    public var cgroup: Bool = true
 
-    public init(name: String, memoryBytes: Int64? = 1 << 30, pids: Int? = 512, cpuMillicores: Int? = 1000,
-                tmpBytes: Int64 = 256 << 20, execTimeoutMs: Int? = nil, outputBytes: Int = 16 << 20,
-                network: NetworkMode = .none) {
-        self.name = name
-        self.memoryBytes = memoryBytes
-        self.pids = pids
-        self.cpuMillicores = cpuMillicores
-        self.tmpBytes = tmpBytes
-        self.execTimeoutMs = execTimeoutMs
-        self.outputBytes = outputBytes
-        self.network = network
+    public enum Purpose: String, Sendable, CaseIterable { case sandbox, build }
+    public enum NetworkMode: String, Sendable, CaseIterable {
+        case none        // loopback only
+        case allowlist   // egress only through the daemon's proxy, to listed hosts
+        case host        // the host's network (template builds only)
+    }
+    public enum SocketFamilies: String, Sendable, CaseIterable {
+        case inet        // AF_UNIX, AF_INET, AF_INET6
+        case any
     }
 
-    public static let builtinDefault = Policy(name: "default")
+    public init(name: String, description: String = "") {
+        self.name = name
+        self.description = description
+    }
 
-    static let knownKeys: Set<String> = ["name", "description", "memoryBytes", "pids", "cpuMillicores", "tmpBytes",
-                                         "execTimeoutMs", "outputBytes", "network"]
+    public static let builtinDefault = Policy(name: "default", description: "built-in default")
 
-    /// Decodes a policy document. `source` names the file in errors.
+    /// The numeric limits, by wire name. Smaller is tighter for every one.
+    public static let limitKeys: [String] = ["memoryBytes", "pids", "cpuMillicores", "openFiles", "diskBytes", "diskInodes",
+                                             "tmpBytes", "execTimeoutMs", "sandboxTimeoutMs", "outputBytes"]
+
+    subscript(limit key: String) -> Int64? {
+        get {
+            switch key {
+            case "memoryBytes": memoryBytes
+            case "pids": pids
+            case "cpuMillicores": cpuMillicores
+            case "openFiles": openFiles
+            case "diskBytes": diskBytes
+            case "diskInodes": diskInodes
+            case "tmpBytes": tmpBytes
+            case "execTimeoutMs": execTimeoutMs
+            case "sandboxTimeoutMs": sandboxTimeoutMs
+            case "outputBytes": outputBytes
+            default: nil
+            }
+        }
+        set {
+            switch key {
+            case "memoryBytes": memoryBytes = newValue
+            case "pids": pids = newValue
+            case "cpuMillicores": cpuMillicores = newValue
+            case "openFiles": openFiles = newValue
+            case "diskBytes": diskBytes = newValue
+            case "diskInodes": diskInodes = newValue
+            case "tmpBytes": tmpBytes = newValue
+            case "execTimeoutMs": execTimeoutMs = newValue
+            case "sandboxTimeoutMs": sandboxTimeoutMs = newValue
+            case "outputBytes": outputBytes = newValue
+            default: break
+            }
+        }
+    }
+
+    /// Smallest sane value of each limit: below these a sandbox cannot start.
+    static let minimums: [String: Int64] = [
+        "memoryBytes": 16 << 20, "pids": 8, "cpuMillicores": 10, "openFiles": 16, "diskBytes": 16 << 20,
+        "diskInodes": 1024, "tmpBytes": 1 << 20, "execTimeoutMs": 1, "sandboxTimeoutMs": 1000, "outputBytes": 1024,
+    ]
+
+    static let knownKeys: Set<String> = Set(limitKeys).union(["name", "description", "purpose", "network", "allow", "seccomp",
+                                                              "socketFamilies", "cgroup"])
+
+    /// Decodes a policy document. `source` names the file in errors. A limit
+    /// given as `null` is unlimited; an absent one keeps the built-in default.
     public static func decode(_ value: JSONValue, source: String) throws(SandpitError) -> Policy {
         guard let o = value.objectValue else {
             throw SandpitError(.invalidParams, "\(source): a policy must be a JSON object")
         }
+        func fail(_ field: String, _ why: String) -> SandpitError {
+            SandpitError(.invalidParams, "\(source): \(field) \(why)", details: ["field": .string(field)])
+        }
         for (k, _) in o where !knownKeys.contains(k) {
             throw SandpitError(.invalidParams, "\(source): unknown field \"\(k)\"", details: ["field": .string(k)])
         }
-        func int(_ k: String) throws(SandpitError) -> Int64? {
-            guard let v = o[k], v != .null else { return nil }
-            guard let i = v.intValue, i > 0 else {
-                throw SandpitError(.invalidParams, "\(source): \(k) must be a positive integer", details: ["field": .string(k)])
-            }
-            return i
-        }
-        guard let name = o["name"]?.stringValue, !name.isEmpty else {
-            throw SandpitError(.invalidParams, "\(source): name must be a non-empty string", details: ["field": "name"])
-        }
+        guard let name = o["name"]?.stringValue, !name.isEmpty else { throw fail("name", "must be a non-empty string") }
         var p = Policy(name: name)
-        p.memoryBytes = try int("memoryBytes")
-        p.pids = try int("pids").map { Int($0) }
-        p.cpuMillicores = try int("cpuMillicores").map { Int($0) }
-        p.tmpBytes = try int("tmpBytes") ?? p.tmpBytes
-        p.execTimeoutMs = try int("execTimeoutMs").map { Int($0) }
-        p.outputBytes = Int(try int("outputBytes") ?? Int64(p.outputBytes))
-        if let n = o["network"] {
-            guard let s = n.stringValue, let m = NetworkMode(rawValue: s) else {
-                throw SandpitError(.invalidParams, "\(source): network must be \"none\"", details: ["field": "network"])
+        if let d = o["description"] {
+            guard let s = d.stringValue else { throw fail("description", "must be a string") }
+            p.description = s
+        }
+        for k in limitKeys {
+            guard let v = o[k] else { continue }
+            if v == .null {
+                // Retained output is always bounded, so the daemon's memory is too.
+                guard k != "outputBytes" else { throw fail(k, "must be an integer ≥ 1024 (output is always bounded)") }
+                p[limit: k] = nil
+                continue
             }
-            p.network = m
+            guard let i = v.intValue, i >= (minimums[k] ?? 1) else {
+                throw fail(k, "must be null (no limit) or an integer ≥ \(minimums[k] ?? 1)")
+            }
+            p[limit: k] = i
+        }
+        func choice<E: RawRepresentable & CaseIterable>(_ k: String, _: E.Type) throws(SandpitError) -> E? where E.RawValue == String {
+            guard let v = o[k] else { return nil }
+            guard let s = v.stringValue, let e = E(rawValue: s) else {
+                throw fail(k, "must be one of " + E.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))
+            }
+            return e
+        }
+        func flag(_ k: String) throws(SandpitError) -> Bool? {
+            guard let v = o[k] else { return nil }
+            guard case .bool(let b) = v else { throw fail(k, "must be true or false") }
+            return b
+        }
+        p.purpose = try choice("purpose", Purpose.self) ?? p.purpose
+        p.network = try choice("network", NetworkMode.self) ?? p.network
+        p.socketFamilies = try choice("socketFamilies", SocketFamilies.self) ?? p.socketFamilies
+        p.seccomp = try flag("seccomp") ?? p.seccomp
+        p.cgroup = try flag("cgroup") ?? p.cgroup
+        if let a = o["allow"] {
+            guard let arr = a.arrayValue else { throw fail("allow", "must be a list of \"host:port\" strings") }
+            for (i, e) in arr.enumerated() {
+                guard let s = e.stringValue, AllowRule(s) != nil else { throw fail("allow[\(i)]", "must be \"host:port\" (port a number or *)") }
+                p.allow.append(s)
+            }
+        }
+        if p.network == .host && p.purpose != .build {
+            throw fail("network", "\"host\" is only for build policies (\"purpose\": \"build\")")
+        }
+        if p.network == .allowlist && p.allow.isEmpty { throw fail("allow", "must list at least one host for network \"allowlist\"") }
+        if p.network != .allowlist && !p.allow.isEmpty { throw fail("allow", "is only meaningful with network \"allowlist\"") }
+        return p
+    }
+
+    /// This policy narrowed by a client's `limits` request. Each value must be
+    /// at most the policy's own (a limit the policy leaves open accepts any);
+    /// asking for more than the operator allows is `permission_denied`.
+    public func tightened(by request: JSONObject) throws(SandpitError) -> Policy {
+        var p = self
+        for (k, v) in request {
+            if Self.limitKeys.contains(k) {
+                let current = self[limit: k]
+                guard let i = v.intValue, i >= (Self.minimums[k] ?? 1) else {
+                    throw SandpitError.invalidParams("limits.\(k)", "must be an integer ≥ \(Self.minimums[k] ?? 1)")
+                }
+                if let c = current, i > c {
+                    throw SandpitError(.permissionDenied, "limits.\(k) = \(i) is looser than policy \(name) allows (\(c))",
+                                       details: ["field": .string("limits.\(k)"), "allowed": .int(c)])
+                }
+                p[limit: k] = i
+                continue
+            }
+            switch k {
+            case "network":
+                guard let s = v.stringValue, let m = NetworkMode(rawValue: s) else {
+                    throw SandpitError.invalidParams("limits.network", "must be \"none\", \"allowlist\" or \"host\"")
+                }
+                if m == network { continue }
+                guard m == .none else {
+                    throw SandpitError(.permissionDenied, "limits.network = \(s) is looser than policy \(name) allows (\(network.rawValue))",
+                                       details: ["field": "limits.network"])
+                }
+                p.network = .none
+                p.allow = []
+            case "allow":
+                guard let arr = v.arrayValue?.compactMap(\.stringValue), arr.count == v.arrayValue?.count else {
+                    throw SandpitError.invalidParams("limits.allow", "must be a list of \"host:port\" strings")
+                }
+                for e in arr where !allow.contains(e) {
+                    throw SandpitError(.permissionDenied, "limits.allow: \(e) is not in policy \(name)'s allowlist",
+                                       details: ["field": "limits.allow"])
+                }
+                p.allow = arr
+                if arr.isEmpty { p.network = .none }
+            default:
+                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow"]).joined(separator: ", ")))")
+            }
         }
         return p
     }
 
     public var json: JSONValue {
         var o: JSONObject = ["name": .string(name)]
-        o["memoryBytes"] = memoryBytes.map { .int($0) } ?? .null
-        o["pids"] = pids.map { .int(Int64($0)) } ?? .null
-        o["cpuMillicores"] = cpuMillicores.map { .int(Int64($0)) } ?? .null
-        o["tmpBytes"] = .int(tmpBytes)
-        o["execTimeoutMs"] = execTimeoutMs.map { .int(Int64($0)) } ?? .null
-        o["outputBytes"] = .int(Int64(outputBytes))
+        if !description.isEmpty { o["description"] = .string(description) }
+        o["purpose"] = .string(purpose.rawValue)
+        for k in Self.limitKeys { o[k] = self[limit: k].map { .int($0) } ?? .null }
         o["network"] = .string(network.rawValue)
+        if !allow.isEmpty { o["allow"] = .array(allow.map { .string($0) }) }
+        o["seccomp"] = .bool(seccomp)
+        o["socketFamilies"] = .string(socketFamilies.rawValue)
+        o["cgroup"] = .bool(cgroup)
         return .object(o)
+    }
+}
+
+/// One `host:port` allowlist entry. `*.example.org` matches subdomains only;
+/// port `*` matches any port.
+public struct AllowRule: Sendable, Equatable {
+    public var host: String
+    public var port: Int?
+
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        let h = text[..<colon].lowercased(), p = text[text.index(after: colon)...]
+        guard !h.isEmpty, h.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "*" }) else { return nil }
+        if h.contains("*") && !(h.hasPrefix("*.") && h.dropFirst(2).allSatisfy { $0 != "*" }) { return nil }
+        if p == "*" { port = nil } else if let n = Int(p), (1...65535).contains(n) { port = n } else { return nil }
+        host = h
+    }
+
+    public func matches(host candidate: String, port candidatePort: Int) -> Bool {
+        if let port, port != candidatePort { return false }
+        let c = candidate.lowercased()
+        if host.hasPrefix("*.") { return c.hasSuffix(host.dropFirst(1)) && c.count > host.count - 1 }
+        return c == host
     }
 }

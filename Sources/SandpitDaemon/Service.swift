@@ -6,6 +6,7 @@ import SandpitCore
 import SandpitEngine
 import SandpitOS
 import SandpitProtocol
+import Synchronization
 
 /// Where a request's notifications and response go. Transports implement it.
 public protocol RPCOutbound: Sendable {
@@ -13,10 +14,18 @@ public protocol RPCOutbound: Sendable {
     func send(_ line: String) async throws
 }
 
-/// Who is asking (for ownership; -1 = in-process or unknown).
-public struct Peer: Sendable {
-    public var uid: Int64
-    public init(uid: Int64) { self.uid = uid }
+/// One connection's client: its uid (from SO_PEERCRED on the socket, or the
+/// daemon's own for stdio and in-process) and whether it is an admin: it runs
+/// as the daemon's owner, or it presented the admin token with `server.auth`.
+public final class Peer: Sendable {
+    public let uid: Int64
+    private let isAdmin: Atomic<Bool>
+    public init(uid: Int64, admin: Bool) {
+        self.uid = uid
+        self.isAdmin = Atomic(admin)
+    }
+    public var caller: Caller { Caller(uid: uid, admin: isAdmin.load(ordering: .acquiring)) }
+    func elevate() { isAdmin.store(true, ordering: .releasing) }
 }
 
 /// The JSON-RPC service: validates params, calls the engine, shapes results.
@@ -25,6 +34,8 @@ public final class RPCService: Sendable {
     public let engine: Engine
     public let limits: Limits
     let logger: Logger
+    /// Token that makes a connection admin (`server.auth`); nil disables it.
+    let adminToken: String?
 
     public struct Limits: Sendable {
         public var maxLineBytes: Int
@@ -35,13 +46,14 @@ public final class RPCService: Sendable {
         }
     }
 
-    public init(engine: Engine, limits: Limits = Limits(), logger: Logger) {
+    public init(engine: Engine, limits: Limits = Limits(), adminToken: String? = nil, logger: Logger) {
         self.engine = engine
         self.limits = limits
+        self.adminToken = adminToken
         self.logger = logger
     }
 
-    public static let methods = ["server.info", "sandbox.create", "sandbox.get", "sandbox.list", "sandbox.delete",
+    public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs"]
 
     /// Answers one request: streams its notifications to `out`, then its response.
@@ -62,12 +74,26 @@ public final class RPCService: Sendable {
 
     func dispatch(_ req: RPCRequest, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
         let p = req.params
+        let caller = peer.caller
         switch req.method {
         case "server.info":
             try p.expect(only: [])
-            return info()
+            return info(caller)
+        case "server.auth":
+            try p.expect(only: ["token"])
+            let token = try p.requireString("token")
+            guard let expected = adminToken, Self.constantTimeEqual(token, expected) else {
+                throw SandpitError(.permissionDenied, "wrong admin token")
+            }
+            peer.elevate()
+            return .object(["admin": true, "uid": .int(peer.uid)])
+        case "policy.get":
+            try p.expect(only: ["name", "limits"])
+            let plan = try engine.plan(policy: try p.string("name") ?? "default", limits: try p.object("limits")?.object ?? [:],
+                                       purpose: engine.policies.policies[try p.string("name") ?? "default"]?.purpose ?? .sandbox)
+            return plan.json
         case "sandbox.create":
-            try p.expect(only: ["template", "policy", "metadata", "idle"])
+            try p.expect(only: ["template", "policy", "limits", "metadata", "idle"])
             let metadata = try p.stringMap("metadata") ?? [:]
             if metadata.count > 64 { throw SandpitError.invalidParams("metadata", "at most 64 keys") }
             if let idle = try p.object("idle") {
@@ -75,11 +101,11 @@ public final class RPCService: Sendable {
                 for k in ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"] { _ = try idle.int(k, min: 0) }
             }
             let r = try await engine.create(template: try p.string("template") ?? "default", policy: try p.string("policy") ?? "default",
-                                            metadata: metadata, owner: peer.uid)
-            return r.json
+                                            limits: try p.object("limits")?.object ?? [:], metadata: metadata, caller: caller)
+            return sandboxJSON(r, caller: caller)
         case "sandbox.get":
             try p.expect(only: ["sandboxId"])
-            return try await engine.sandbox(try p.requireString("sandboxId")).json
+            return sandboxJSON(try await engine.sandbox(try p.requireString("sandboxId"), caller: caller), caller: caller)
         case "sandbox.list":
             try p.expect(only: ["state", "metadata", "limit", "cursor"])
             var state: SandboxState?
@@ -90,25 +116,25 @@ public final class RPCService: Sendable {
                 state = st
             }
             let limit = Int(try p.int("limit", min: 1, max: 1000) ?? 100)
-            let page = try await engine.list(state: state, metadata: try p.stringMap("metadata") ?? [:], limit: limit, cursor: try p.string("cursor"))
+            let page = try await engine.list(state: state, metadata: try p.stringMap("metadata") ?? [:], limit: limit, cursor: try p.string("cursor"), caller: caller)
             var o: JSONObject = ["sandboxes": .array(page.sandboxes.map(\.json))]
             if let n = page.nextCursor { o["nextCursor"] = .string(n) }
             return .object(o)
         case "sandbox.delete":
             try p.expect(only: ["sandboxId"])
-            try await engine.delete(try p.requireString("sandboxId"))
+            try await engine.delete(try p.requireString("sandboxId"), caller: caller)
             return .object([:])
         case "exec.run":
-            return try await execRun(p, requestId: requestId, out: out)
+            return try await execRun(p, requestId: requestId, caller: caller, out: out)
         case "exec.kill":
             try p.expect(only: ["sandboxId", "execId", "signal"])
             let sig = try Signals.parse(p.object["signal"]) ?? SIGKILL
-            try await engine.kill(try p.requireString("sandboxId"), execId: try p.requireString("execId"), signal: sig)
+            try await engine.kill(try p.requireString("sandboxId"), execId: try p.requireString("execId"), signal: sig, caller: caller)
             return .object([:])
         case "exec.logs":
             try p.expect(only: ["sandboxId", "execId", "sinceSeq"])
             let since = Int(try p.int("sinceSeq", min: 0) ?? 0)
-            switch try await engine.logs(try p.requireString("sandboxId"), execId: try p.requireString("execId")) {
+            switch try await engine.logs(try p.requireString("sandboxId"), execId: try p.requireString("execId"), caller: caller) {
             case .live(let s):
                 let (chunks, outcome) = s.logs(since: since)
                 var o: JSONObject = ["execId": .string(s.execId), "chunks": .array(chunks.map(Self.chunkJSON)), "done": .bool(outcome != nil)]
@@ -128,7 +154,24 @@ public final class RPCService: Sendable {
         }
     }
 
-    func info() -> JSONValue {
+    /// A sandbox as on the wire, plus its effective `limits` while it is live.
+    func sandboxJSON(_ r: SandboxRecord, caller: Caller) -> JSONValue {
+        guard case .object(var o) = r.json else { return r.json }
+        if let plan = try? engine.livePlan(r.id, caller: caller), case .object(var limits) = plan.policy.json {
+            for k in ["name", "description", "purpose"] { limits[k] = nil }
+            o["limits"] = .object(limits)
+        }
+        return .object(o)
+    }
+
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var diff = UInt8(x.count == y.count ? 0 : 1)
+        for i in 0..<max(x.count, y.count) { diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0) }
+        return diff == 0
+    }
+
+    func info(_ caller: Caller) -> JSONValue {
         .object([
             "version": .string(Engine.version),
             "backend": "linux-namespaces",
@@ -147,10 +190,12 @@ public final class RPCService: Sendable {
             "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
             "templates": ["default"],
             "methods": .array(Self.methods.map { .string($0) }),
+            "caller": .object(["uid": .int(caller.uid), "admin": .bool(caller.admin)]),
+            "seccomp": .object(["arch": .string(engine.hostFacts.seccompArch), "rules": .int(Int64(engine.hostFacts.seccompRules))]),
         ])
     }
 
-    func execRun(_ p: Params, requestId: JSONValue, out: any RPCOutbound) async throws -> JSONValue {
+    func execRun(_ p: Params, requestId: JSONValue, caller: Caller, out: any RPCOutbound) async throws -> JSONValue {
         let received = Clock.monotonicNs()
         try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background"])
         let id = try p.requireString("sandboxId")
@@ -186,7 +231,7 @@ public final class RPCService: Sendable {
         let timeout = try p.int("timeoutMs", min: 1, max: 7 * 24 * 3_600_000).map { Int($0) }
         let background = try p.bool("background") ?? false
 
-        let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received))
+        let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received), caller: caller)
         if background {
             return .object(["execId": .string(session.execId), "state": .string(session.isFinished ? "exited" : "running"), "background": true])
         }

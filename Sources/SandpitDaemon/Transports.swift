@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Dispatch
+import CSandpit
 import Logging
 import SandpitEngine
 import Synchronization
@@ -151,7 +152,14 @@ public enum Transports {
         signal(SIGPIPE, SIG_IGN)
         let conn = StdioConnection(inFd: 0, outFd: 1, maxLineBytes: service.limits.maxLineBytes)
         try await ConnectionServer.serve(conn.items, out: StdioConnection.Out(conn: conn), service: service,
-                                         peer: Peer(uid: Int64(getuid())), logger: logger)
+                                         peer: Peer(uid: Int64(getuid()), admin: true), logger: logger)
+    }
+
+    /// SO_PEERCRED of a connected Unix socket.
+    static func peerUid(_ channel: Channel) async -> uid_t? {
+        guard let provider = channel as? SocketOptionProvider else { return nil }
+        let cred: sp_ucred? = try? await provider.unsafeGetSocketOption(level: .socket, name: .init(rawValue: SO_PEERCRED)).get()
+        return cred?.uid
     }
 
     /// JSON-RPC on a Unix socket (mode 0600), many clients at once. Runs until cancelled.
@@ -177,9 +185,15 @@ public enum Transports {
         try await withThrowingDiscardingTaskGroup { group in
             try await server.executeThenClose { inbound in
                 for try await conn in inbound {
-                    // Peer credentials are not read yet (tenancy will need SO_PEERCRED): -1 is "unknown".
                     group.addTask {
-                        await ConnectionServer.serve(conn, service: service, peer: Peer(uid: -1), logger: logger)
+                        // Tenancy rests on the kernel's word for who connected, not on anything the client says.
+                        guard let uid = await peerUid(conn.channel) else {
+                            logger.warning("dropping a connection without peer credentials")
+                            try? await conn.channel.close()
+                            return
+                        }
+                        let peer = Peer(uid: Int64(uid), admin: uid == geteuid())
+                        await ConnectionServer.serve(conn, service: service, peer: peer, logger: logger)
                     }
                 }
             }

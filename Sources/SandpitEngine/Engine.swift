@@ -18,8 +18,10 @@ public struct EngineConfig: Sendable {
     public var maxSandboxes: Int
     public var readyTimeoutMs: Int
 
+    public static let defaultIDs = IDMapping(hostBase: 100_000, count: 65_536)
+
     public init(dataDir: String, storageMode: StorageMode = .loop, storageBytes: Int64 = 32 << 30, agentPath: String,
-                policiesDir: String?, ids: IDMapping = IDMapping(hostBase: 100_000, count: 65_536),
+                policiesDir: String?, ids: IDMapping = EngineConfig.defaultIDs,
                 maxSandboxes: Int = 256, readyTimeoutMs: Int = 15_000) {
         self.dataDir = dataDir
         self.storageMode = storageMode
@@ -151,38 +153,94 @@ public final class Engine: Sendable {
 
     // MARK: sandboxes
 
-    public func create(template: String, policy policyName: String, metadata: [String: String], owner: Int64) async throws -> SandboxRecord {
+    /// Facts about this host that policies compile against.
+    public var hostFacts: SandboxPlan.Host { Self.hostFacts(cgroup: cgroups.version, ids: config.ids) }
+
+    public static func hostFacts(cgroup: CgroupVersion, ids: IDMapping) -> SandboxPlan.Host {
+        SandboxPlan.Host(cgroup: cgroup.rawValue, uidBase: Int64(ids.hostBase), uidCount: Int64(ids.count),
+                         seccompArch: String(cString: sp_seccomp_arch()), seccompRules: seccompRules.count)
+    }
+
+    /// The seccomp filter's rules, for display.
+    public static var seccompRules: [(name: String, nr: Int, action: String)] {
+        var rules: UnsafePointer<sp_seccomp_rule>?
+        let n = sp_seccomp_rules(&rules)
+        return (0..<n).map { i in
+            let r = rules![i]
+            return (String(cString: r.name), Int(r.nr), String(cString: r.action))
+        }
+    }
+
+    /// Compiles a named policy, narrowed by a client's `limits`, for a sandbox
+    /// (`purpose: build` policies are refused) or for a template build.
+    public func plan(policy name: String, limits: JSONObject = [:], purpose: Policy.Purpose = .sandbox) throws(SandpitError) -> SandboxPlan {
+        let base = try policies.policy(name)
+        guard base.purpose == purpose else {
+            throw SandpitError(.permissionDenied, "policy \(name) is for \(base.purpose == .build ? "template builds" : "sandboxes"), not \(purpose == .build ? "template builds" : "sandboxes")",
+                               details: ["policy": .string(name)])
+        }
+        return SandboxPlan.compile(try base.tightened(by: limits), host: hostFacts)
+    }
+
+    public func create(template: String, policy policyName: String, limits: JSONObject = [:], metadata: [String: String],
+                       caller: Caller) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
         guard template == "default" else {
             throw SandpitError(.notFound, "template \(template) does not exist (available: default)", details: ["template": .string(template)])
         }
-        let policy = try policies.policy(policyName)
+        let plan = try plan(policy: policyName, limits: limits)
+        let policy = plan.policy
         guard liveCount < config.maxSandboxes else {
             throw SandpitError(.limitExceeded, "this daemon already runs \(config.maxSandboxes) sandboxes (--max-sandboxes)")
         }
         let now = Clock.nowMs()
         let id = Identifier.make("sb")
         var record = SandboxRecord(id: id, state: .starting, template: template, policy: policy.name, metadata: metadata,
-                                   createdAt: now, lastActiveAt: now, owner: owner)
+                                   createdAt: now, lastActiveAt: now, owner: caller.uid)
         try await catalog.insertSandbox(record)
         let dir = storage.root + "/sandboxes/" + id
         var cgroup: CgroupHandle?
         var runtime: SandboxRuntime?
+        var disk: FileDescriptor?
         do {
             try FS.mkdir(dir, mode: 0o700)
-            try FS.mkdir(dir + "/upper", mode: 0o755)
-            try FS.mkdir(dir + "/work", mode: 0o700)
-            try FS.chown(dir + "/upper", uid: config.ids.hostID(0), gid: config.ids.hostID(0))
-            let root = try DetachedMount.overlay(lower: [defaultLayer], upper: dir + "/upper", work: dir + "/work")
+            let rootUid = config.ids.hostID(0)
+            let upper: String, work: String
+            if let bytes = policy.diskBytes {
+                let image = dir + "/disk.img"
+                try SandboxDisk.create(image: image, blanksDir: storage.root + "/blank", bytes: bytes, inodes: policy.diskInodes, rootUid: rootUid)
+                let d = try SandboxDisk.mount(image)
+                disk = d
+                upper = SandboxDisk.path(in: d, SandboxDisk.upper)
+                work = SandboxDisk.path(in: d, SandboxDisk.work)
+            } else {
+                upper = dir + "/upper"
+                work = dir + "/work"
+                try FS.mkdir(upper, mode: 0o755)
+                try FS.mkdir(work, mode: 0o700)
+                try FS.chown(upper, uid: rootUid, gid: rootUid)
+            }
+            let root = try DetachedMount.overlay(lower: [defaultLayer], upper: upper, work: work)
             let usr = try DetachedMount.readOnlyBind("/usr")
-            let cg = try cgroups.create(id, limits: CgroupLimits(memoryBytes: policy.memoryBytes, pids: policy.pids, cpuMillicores: policy.cpuMillicores))
+            let limits = CgroupLimits(memoryBytes: policy.memoryBytes, pids: policy.pids.map { Int($0) },
+                                      cpuMillicores: policy.cpuMillicores.map { Int($0) })
+            let cg = plan.useCgroup ? try cgroups.create(id, limits: limits) : NoCgroupDriver().handle(id)
             cgroup = cg
+            var tracking: FileDescriptor?
+            if let t = cg.trackingDir {
+                try cg.delegate(to: rootUid)
+                tracking = FileDescriptor(try sys("open", path: t) { open(t, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+            }
+            defer { tracking?.close() }
             let ids = config.ids
             let log = logger
+            var seccomp: UInt32 = 0
+            if plan.seccompEnabled { seccomp = 1 << 8 | (plan.restrictSockets ? SP_SECCOMP_RESTRICT_SOCKETS : 0) }
             let spawned = try SandboxSpawner.spawn(
                 agentFd: agentFd.raw,
-                argv: ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes)", "--usr", "1"],
-                rootMount: root, usrMount: usr
+                argv: ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", "1",
+                       "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"],
+                rootMount: root, usrMount: usr, cgroupDir: tracking
             ) { pid in
                 try ids.apply(to: pid)
                 try cg.addProcess(pid)
@@ -194,7 +252,7 @@ public final class Engine: Sendable {
                     close(ns)
                 }
             }
-            let rt = SandboxRuntime(record: record, policy: policy, cgroup: cg, spawned: spawned) { [weak self] rt, why in
+            let rt = SandboxRuntime(record: record, plan: plan, cgroup: cg, spawned: spawned, disk: disk) { [weak self] rt, why in
                 self?.agentDied(rt, why)
             }
             runtime = rt
@@ -209,6 +267,13 @@ public final class Engine: Sendable {
             record.lastActiveAt = Clock.nowMs()
             rt.state.withLock { $0.record = record }
             registry.withLock { $0[id] = rt }
+            if let ms = policy.sandboxTimeoutMs {
+                Task { [weak self, weak rt] in
+                    try? await Task.sleep(for: .milliseconds(ms))
+                    guard let self, let rt else { return }
+                    await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(policy.name)) exceeded; files kept")
+                }
+            }
             try await catalog.updateSandbox(record)
             await catalog.event("created", sandbox: id, detail: "template=\(template) policy=\(policy.name)")
             return record
@@ -222,12 +287,44 @@ public final class Engine: Sendable {
                 await rt.waitExited()
                 close(rt.spawned.pidfd)
             }
+            disk?.close()
             try? cgroup?.destroy()
             try? FS.removeTree(dir)
             try? await catalog.deleteSandbox(id, at: Clock.nowMs())
             if let e = error as? SandpitError { throw e }
             throw SandpitError(.sandboxFailed, "could not start sandbox: \(error)")
         }
+    }
+
+    /// Kills every process of a live sandbox and frees its host resources
+    /// (cgroup, disk mount, pidfd). Its files stay. Returns false when another
+    /// caller is already tearing it down (and waits for that).
+    @discardableResult
+    func teardown(_ rt: SandboxRuntime) async -> Bool {
+        let first = rt.state.withLock { s -> Bool in
+            defer { s.deleting = true }
+            return !s.deleting
+        }
+        guard first else {
+            await rt.waitExited()
+            return false
+        }
+        SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
+        await rt.waitExited()
+        try? rt.cgroup.destroy()
+        close(rt.spawned.pidfd)
+        rt.disk?.close()
+        rt.state.withLock { $0.channel }?.close()
+        registry.withLock { _ = $0.removeValue(forKey: rt.id) }
+        return true
+    }
+
+    /// Stops a live sandbox, keeping its files (wall time exceeded, daemon stopping with --keep).
+    func stop(_ rt: SandboxRuntime, reason: String) async {
+        guard await teardown(rt) else { return }
+        logger.info("sandbox stopped", metadata: ["sandbox": "\(rt.id)", "reason": "\(reason)"])
+        try? catalog.setState(rt.id, .stopped, reason: reason)
+        await catalog.event("stopped", sandbox: rt.id, detail: reason)
     }
 
     private func withReadyTimeout(_ rt: SandboxRuntime) async throws -> UInt64 {
@@ -250,23 +347,33 @@ public final class Engine: Sendable {
         logger.warning("sandbox stopped unexpectedly", metadata: ["sandbox": "\(rt.id)", "reason": "\(why)"])
         try? rt.cgroup.destroy()
         close(rt.spawned.pidfd)
+        rt.disk?.close()
         rt.state.withLock { $0.channel }?.close()
         try? catalog.setState(rt.id, .stopped, reason: why)
     }
 
-    func runtime(_ id: String) throws(SandpitError) -> SandboxRuntime? {
+    /// The live runtime of a sandbox the caller may see. Another tenant's
+    /// sandbox is reported exactly like one that does not exist.
+    func runtime(_ id: String, caller: Caller) throws(SandpitError) -> SandboxRuntime? {
         guard Identifier.isValid(id, prefix: "sb") else { throw SandpitError.notFound("Sandbox", id) }
-        return registry.withLock { $0[id] }
+        guard let rt = registry.withLock({ $0[id] }) else { return nil }
+        guard caller.owns(rt.record) else { throw SandpitError.notFound("Sandbox", id) }
+        return rt
     }
 
-    public func sandbox(_ id: String) async throws -> SandboxRecord {
-        if let rt = try runtime(id) { return rt.record }
-        guard let r = try await catalog.sandbox(id), r.state != .deleted else { throw SandpitError.notFound("Sandbox", id) }
+    public func sandbox(_ id: String, caller: Caller) async throws -> SandboxRecord {
+        if let rt = try runtime(id, caller: caller) { return rt.record }
+        guard let r = try await catalog.sandbox(id), r.state != .deleted, caller.owns(r) else { throw SandpitError.notFound("Sandbox", id) }
         return r
     }
 
+    /// The compiled plan of a live sandbox (its effective limits).
+    public func livePlan(_ id: String, caller: Caller) throws(SandpitError) -> SandboxPlan? {
+        try runtime(id, caller: caller)?.plan
+    }
+
     /// Lists sandboxes oldest first. `cursor` is the opaque `nextCursor` of the previous page.
-    public func list(state: SandboxState?, metadata: [String: String], limit: Int, cursor: String?) async throws
+    public func list(state: SandboxState?, metadata: [String: String], limit: Int, cursor: String?, caller: Caller) async throws
         -> (sandboxes: [SandboxRecord], nextCursor: String?)
     {
         var after: (Int64, String)?
@@ -285,6 +392,7 @@ public final class Engine: Sendable {
             if page.isEmpty { break }
             for var r in page {
                 if let l = live[r.id] { r = l }
+                if !caller.owns(r) { continue }
                 if let state, r.state != state { continue }
                 if !metadata.allSatisfy({ r.metadata[$0.key] == $0.value }) { continue }
                 out.append(r)
@@ -305,26 +413,11 @@ public final class Engine: Sendable {
     /// Kills every process of the sandbox (the agent is PID 1 of its pid
     /// namespace, so SIGKILL to it takes all of them, including stopped and
     /// setsid'd ones), removes its cgroup and write layer, and marks it deleted.
-    public func delete(_ id: String) async throws {
-        let rt = try runtime(id)
-        if let rt {
-            let first = rt.state.withLock { s -> Bool in
-                defer { s.deleting = true }
-                return !s.deleting
-            }
-            if first {
-                SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
-                await rt.waitExited()
-                try? rt.cgroup.destroy()
-                close(rt.spawned.pidfd)
-                rt.state.withLock { $0.channel }?.close()
-                registry.withLock { _ = $0.removeValue(forKey: id) }
-            } else {
-                await rt.waitExited()
-                return
-            }
+    public func delete(_ id: String, caller: Caller) async throws {
+        if let rt = try runtime(id, caller: caller) {
+            guard await teardown(rt) else { return }
         } else {
-            guard let r = try await catalog.sandbox(id), r.state != .deleted else { throw SandpitError.notFound("Sandbox", id) }
+            guard let r = try await catalog.sandbox(id), r.state != .deleted, caller.owns(r) else { throw SandpitError.notFound("Sandbox", id) }
         }
         try FS.removeTree(storage.root + "/sandboxes/" + id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
@@ -339,22 +432,27 @@ public final class Engine: Sendable {
         ("LANG", "C.UTF-8"), ("PYTHONUNBUFFERED", "1"),
     ]
 
-    func liveRuntime(_ id: String) async throws -> SandboxRuntime {
-        if let rt = try runtime(id), !rt.hasExited { return rt }
-        let r = try await sandbox(id)
+    func liveRuntime(_ id: String, caller: Caller) async throws -> SandboxRuntime {
+        if let rt = try runtime(id, caller: caller), !rt.hasExited { return rt }
+        let r = try await sandbox(id, caller: caller)
         throw SandpitError(.invalidState, "sandbox \(id) is \(r.state.rawValue)" + (r.stateReason.map { " (\($0))" } ?? ""),
                            details: ["state": .string(r.state.rawValue)])
     }
 
     /// Starts a command; returns once it is running (or failed to start).
-    public func exec(_ id: String, _ req: ExecRequest) async throws -> ExecSession {
-        let rt = try await liveRuntime(id)
+    public func exec(_ id: String, _ req: ExecRequest, caller: Caller) async throws -> ExecSession {
+        let rt = try await liveRuntime(id, caller: caller)
+        // A client may shorten the policy's wall time, never lengthen it.
+        if let asked = req.timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
+            throw SandpitError(.permissionDenied, "timeoutMs \(asked) is longer than policy \(rt.policy.name) allows (\(max))",
+                               details: ["field": "timeoutMs", "allowed": .int(max)])
+        }
         let (n, seq) = rt.state.withLock { s -> (UInt32, Int) in
             s.record.execSeq += 1
             s.record.lastActiveAt = Clock.nowMs()
             return (UInt32(s.record.execSeq), s.record.execSeq)
         }
-        let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: rt.policy.outputBytes,
+        let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: Int(rt.policy.outputBytes ?? 16 << 20),
                                   receivedNs: req.receivedNs)
         rt.register(session)
         rt.noteOOMBaseline(n)
@@ -390,7 +488,7 @@ public final class Engine: Sendable {
         let record = rt.record
         let cat = catalog
         let startedAt = Clock.nowMs()
-        let timeout = req.timeoutMs ?? rt.policy.execTimeoutMs
+        let timeout = req.timeoutMs ?? rt.policy.execTimeoutMs.map { Int($0) }
         var timer: Task<Void, Never>?
         if let t = timeout {
             let deadline = ContinuousClock.now + .milliseconds(t)
@@ -427,10 +525,11 @@ public final class Engine: Sendable {
         rt.send(type: SP_FRAME_SIGNAL.rawValue, id: session.numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
     }
 
-    public func kill(_ id: String, execId: String, signal: Int32) async throws {
-        let rt = try await liveRuntime(id)
+    public func kill(_ id: String, execId: String, signal: Int32, caller: Caller) async throws {
+        let rt = try await liveRuntime(id, caller: caller)
         guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
-        guard !s.isFinished else { return }
+        // Sent even when the command has ended: the agent signals whatever
+        // the command left running in its cgroup (a fork bomb's remains, say).
         var sig = signal
         rt.send(type: SP_FRAME_SIGNAL.rawValue, id: s.numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
     }
@@ -440,15 +539,15 @@ public final class Engine: Sendable {
         case archived(ExecRecord)
     }
 
-    public func logs(_ id: String, execId: String) async throws -> Logs {
-        if let rt = try runtime(id), let s = rt.session(named: execId) { return .live(s) }
-        _ = try await sandbox(id)
+    public func logs(_ id: String, execId: String, caller: Caller) async throws -> Logs {
+        if let rt = try runtime(id, caller: caller), let s = rt.session(named: execId) { return .live(s) }
+        _ = try await sandbox(id, caller: caller)
         guard let r = try await catalog.exec(id, execId) else { throw SandpitError.notFound("Exec", execId) }
         return .archived(r)
     }
 
-    public func agentStats(_ id: String) async throws -> UInt64 {
-        let rt = try await liveRuntime(id)
+    public func agentStats(_ id: String, caller: Caller) async throws -> UInt64 {
+        let rt = try await liveRuntime(id, caller: caller)
         return await rt.stats()
     }
 
@@ -463,15 +562,9 @@ public final class Engine: Sendable {
             for rt in all {
                 g.addTask {
                     if keep {
-                        rt.state.withLock { $0.deleting = true }
-                        SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
-                        await rt.waitExited()
-                        try? rt.cgroup.destroy()
-                        close(rt.spawned.pidfd)
-                        try? self.catalog.setState(rt.id, .stopped, reason: "daemon stopped; files kept, processes lost")
-                        self.registry.withLock { _ = $0.removeValue(forKey: rt.id) }
+                        await self.stop(rt, reason: "daemon stopped; files kept, processes lost")
                     } else {
-                        try? await self.delete(rt.id)
+                        try? await self.delete(rt.id, caller: .inProcess)
                     }
                 }
             }

@@ -6,9 +6,12 @@ import Synchronization
 /// A live sandbox: its agent process, control channel, cgroup and execs.
 final class SandboxRuntime: Sendable {
     let id: String
-    let policy: Policy
+    let plan: SandboxPlan
     let cgroup: CgroupHandle
     let spawned: SandboxSpawner.Spawned
+    /// The sandbox's own disk (a detached ext4 mount), when its policy sets one.
+    let disk: FileDescriptor?
+    var policy: Policy { plan.policy }
 
     enum Readiness { case waiting, ready(UInt64), failed(String) }
 
@@ -34,10 +37,11 @@ final class SandboxRuntime: Sendable {
 
     static let keepFinishedExecs = 64
 
-    init(record: SandboxRecord, policy: Policy, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned,
+    init(record: SandboxRecord, plan: SandboxPlan, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned, disk: FileDescriptor?,
          onUnexpectedExit: @escaping @Sendable (SandboxRuntime, String) -> Void) {
         self.id = record.id
-        self.policy = policy
+        self.plan = plan
+        self.disk = disk
         self.cgroup = cgroup
         self.spawned = spawned
         self.state = Mutex(State(record: record))

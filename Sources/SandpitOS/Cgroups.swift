@@ -38,6 +38,17 @@ public struct CgroupHandle: Sendable {
     public var procsFiles: [String]    // files to write a pid into
     public var memoryDir: String?
     public var version: CgroupVersion
+    /// The directory delegated to the sandbox's agent (v1: the pids hierarchy),
+    /// where it makes one child group per exec to find a command's whole tree.
+    public var trackingDir: String?
+
+    /// Lets the sandbox's root (`uid` on the host) create child groups here
+    /// and move processes into them; the limit files stay the host's.
+    public func delegate(to uid: UInt32) throws(OSError) {
+        guard let d = trackingDir else { return }
+        try FS.chown(d, uid: uid, gid: uid)
+        try FS.chown(d + "/cgroup.procs", uid: uid, gid: uid)
+    }
 
     public func addProcess(_ pid: Int32) throws(OSError) {
         for f in procsFiles { try FS.writeFile(f, "\(pid)\n") }
@@ -46,11 +57,16 @@ public struct CgroupHandle: Sendable {
     /// Pids still in the group (any hierarchy).
     public func processes() -> [Int32] {
         var pids = Set<Int32>()
-        for d in dirs {
+        for d in dirs + dirs.flatMap(Self.children) {
             guard let text = try? FS.readText(d + "/cgroup.procs") else { continue }
             for l in text.split(separator: "\n") { if let p = Int32(l) { pids.insert(p) } }
         }
         return pids.sorted()
+    }
+
+    /// Child groups (the agent's per-exec groups), deepest first.
+    static func children(of dir: String) -> [String] {
+        FS.listDirectory(dir).filter { FS.isDirectory(dir + "/" + $0) }.flatMap { n in children(of: dir + "/" + n) + [dir + "/" + n] }
     }
 
     /// True when the kernel recorded an OOM kill in this group.
@@ -74,7 +90,7 @@ public struct CgroupHandle: Sendable {
             for p in pids { kill(p, SIGKILL) }
             usleep(5_000)
         }
-        for d in dirs where FS.exists(d) {
+        for d in dirs.flatMap({ Self.children(of: $0) + [$0] }) where FS.exists(d) {
             var tries = 0
             while rmdir(d) != 0 {
                 let e = errno
@@ -172,7 +188,8 @@ public struct CgroupV1Driver: CgroupDriver {
     public func handle(_ name: String) -> CgroupHandle {
         let dirs = bases.sorted(by: { $0.key < $1.key }).map { $0.value + "/" + name }
         return CgroupHandle(name: name, dirs: dirs, procsFiles: dirs.map { $0 + "/cgroup.procs" },
-                            memoryDir: bases["memory"].map { $0 + "/" + name }, version: .v1)
+                            memoryDir: bases["memory"].map { $0 + "/" + name }, version: .v1,
+                            trackingDir: bases["pids"].map { $0 + "/" + name })
     }
 
     public func removeParent() { for b in bases.values { rmdir(b) } }
@@ -215,7 +232,7 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public func handle(_ name: String) -> CgroupHandle {
         let dir = base + "/" + name
-        return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2)
+        return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2, trackingDir: dir)
     }
 
     public func removeParent() { rmdir(base) }
@@ -231,7 +248,7 @@ public struct NoCgroupDriver: CgroupDriver {
     public init() {}
     public func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle { handle(name) }
     public func handle(_ name: String) -> CgroupHandle {
-        CgroupHandle(name: name, dirs: [], procsFiles: [], memoryDir: nil, version: .none)
+        CgroupHandle(name: name, dirs: [], procsFiles: [], memoryDir: nil, version: .none, trackingDir: nil)
     }
     public func existing() -> [String] { [] }
     public func removeParent() {}

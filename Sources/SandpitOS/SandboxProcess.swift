@@ -15,7 +15,7 @@ public enum SandboxSpawner {
     /// `prepare` runs after clone and before the child may proceed: it writes the
     /// id maps and moves the child into its cgroup.
     public static func spawn(agentFd: Int32, argv: [String], rootMount: FileDescriptor, usrMount: FileDescriptor?,
-                             prepare: (Int32) throws -> Void) throws -> Spawned {
+                             cgroupDir: FileDescriptor? = nil, prepare: (Int32) throws -> Void) throws -> Spawned {
         var sv: [Int32] = [-1, -1]
         _ = try sys("socketpair") { sp_socketpair_cloexec(&sv) }
         var syncp: [Int32] = [-1, -1]
@@ -29,6 +29,7 @@ public enum SandboxSpawner {
 
         var maps = [sp_fd_map(src: sv[1], dst: SP_AGENT_FD_CTRL), sp_fd_map(src: rootMount.raw, dst: SP_AGENT_FD_ROOT)]
         if let u = usrMount { maps.append(sp_fd_map(src: u.raw, dst: SP_AGENT_FD_USR)) }
+        if let c = cgroupDir { maps.append(sp_fd_map(src: c.raw, dst: SP_AGENT_FD_CGROUP)) }
         let cargv = argv.map { strdup($0) } + [nil]
         defer { for p in cargv { free(p) } }
         let cenv: [UnsafeMutablePointer<CChar>?] = [nil]

@@ -113,7 +113,7 @@ final class InProcessClient: RPCClient {
             if let m = v["method"]?.stringValue, v["id"] == nil { onNotification(m, v["params"] ?? .null) } else { response.withLock { $0 = v } }
         }
         let req = RPCRequest(id: .int(id), method: method, params: Params(params))
-        await service.handle(req, peer: Peer(uid: Int64(getuid())), out: out)
+        await service.handle(req, peer: Peer(uid: Int64(getuid()), admin: true), out: out)
         guard let r = response.withLock({ $0 }) else { throw SandpitError(.internal, "no response") }
         return try decodeResponse(r)
     }

@@ -16,7 +16,7 @@ struct Sandpit: AsyncParsableCommand {
         commandName: "sandpit",
         abstract: "A local code-interpreter runtime: isolated, checkpointed sandboxes for AI agents.",
         version: Engine.version,
-        subcommands: [Serve.self, Run.self, Exec.self, Ps.self, Rm.self, Info.self])
+        subcommands: [Serve.self, Run.self, Exec.self, Ps.self, Rm.self, Info.self, PolicyCommand.self])
 }
 
 struct EngineOptions: ParsableArguments {
@@ -88,6 +88,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Listen on this Unix socket (mode 0600) instead of stdin/stdout.")
     var socket: String?
 
+    @Option(help: "Octal mode of the socket, e.g. 0666 to let other users connect (each sees only its own sandboxes).")
+    var socketMode: String = "0600"
+
+    @Option(help: "File holding the admin token; a client that sends it with server.auth sees every sandbox. Env: SANDPIT_ADMIN_TOKEN.")
+    var adminTokenFile: String?
+
     @Flag(help: "On shutdown keep sandboxes' files (listed as stopped) instead of deleting them.")
     var keep = false
 
@@ -103,7 +109,15 @@ struct Serve: AsyncParsableCommand {
         let logger = log
         let socketPath = socket
         let eng = try Engine(config: try engine.engineConfig(), logger: logger)
-        let service = RPCService(engine: eng, limits: .init(maxLineBytes: maxLineBytes), logger: logger)
+        guard let mode = mode_t(socketMode, radix: 8), mode <= 0o777 else { throw ValidationError("--socket-mode must be octal, like 0600") }
+        var token = ProcessEnv.get("SANDPIT_ADMIN_TOKEN")
+        if let f = adminTokenFile {
+            do { token = try FS.readText(f).split(whereSeparator: \.isWhitespace).first.map(String.init) } catch {
+                throw ValidationError("cannot read --admin-token-file \(f): \(error)")
+            }
+        }
+        if let t = token, t.count < 16 { throw ValidationError("the admin token must be at least 16 characters") }
+        let service = RPCService(engine: eng, limits: .init(maxLineBytes: maxLineBytes), adminToken: token, logger: logger)
         logger.info("sandpit daemon started", metadata: ["dataDir": "\(engine.dataDir)", "cgroup": "\(eng.cgroupVersion.rawValue)", "storage": "\(eng.storage.mode.rawValue)"])
         let signals = SignalWatcher([SIGTERM, SIGINT])
         let keep = self.keep
@@ -111,7 +125,7 @@ struct Serve: AsyncParsableCommand {
             group.addTask {
                 do {
                     if let path = socketPath {
-                        try await Transports.serveSocket(path: path, service: service, logger: logger)
+                        try await Transports.serveSocket(path: path, service: service, logger: logger, mode: mode)
                     } else {
                         try await Transports.serveStdio(service: service, logger: logger)
                     }
@@ -284,5 +298,44 @@ struct Info: AsyncParsableCommand {
         let r = try await c.call("server.info")
         await c.close()
         print(JSONCodec.encode(r))
+    }
+}
+
+struct PolicyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "policy", abstract: "Inspect policies.",
+                                                    subcommands: [Show.self, List.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the policies in the policies directory.")
+        @Option(help: "Directory of policy files.") var policies: String?
+        func run() async throws {
+            let store = try PolicyStore(directory: policies ?? Executable.findPolicies())
+            for (name, p) in store.policies.sorted(by: { $0.key < $1.key }) {
+                print(name + String(repeating: " ", count: max(1, 10 - name.count)) + "[\(p.purpose.rawValue)] " + p.description)
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a policy compiled for this host: the ordered set-up plan a sandbox goes through.")
+        @Argument(help: "Policy name.") var name = "default"
+        @Option(help: "Directory of policy files.") var policies: String?
+        @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "Also list every seccomp rule with its syscall number.") var syscalls = false
+
+        func run() async throws {
+            let store = try PolicyStore(directory: policies ?? Executable.findPolicies())
+            let policy = try store.policy(name)
+            let host = Engine.hostFacts(cgroup: Cgroups.detect(prefix: "sandpit").version, ids: EngineConfig.defaultIDs)
+            let plan = SandboxPlan.compile(policy, host: host)
+            if json { print(JSONCodec.encode(plan.json)); return }
+            print("policy \(policy.name) [\(policy.purpose.rawValue)]" + (policy.description.isEmpty ? "" : ": " + policy.description))
+            print(plan.text)
+            if syscalls && policy.seccomp {
+                print("\nseccomp rules (\(host.seccompArch)):")
+                for r in Engine.seccompRules { print("  \(r.name) (\(r.nr)) -> \(r.action)") }
+            }
+        }
     }
 }

@@ -111,7 +111,10 @@ struct IsolationTests {
         let got = try c2.result("sandbox.get", ["sandboxId": .string(sb)])
         #expect(got["state"] == "stopped")
         #expect(got["metadata"]?["keep"] == "me")
-        #expect(FileManager.default.fileExists(atPath: data + "/store/sandboxes/\(sb)/upper/home/user/file"))
+        // The writable layer is the sandbox's own ext4 image; read the file back out of it.
+        let image = data + "/store/sandboxes/\(sb)/disk.img"
+        #expect(Host.sh("debugfs -R 'cat /upper/home/user/file' '\(image)' 2>/dev/null").output == "kept\n")
+        #expect(!Host.sh("losetup -j '\(image)'").output.contains(image), "the loop device is released with the sandbox")
         #expect(Host.cgroups(matching: sb).isEmpty)
         let exec = try c2.call("exec.run", ["sandboxId": .string(sb), "shell": "true"])
         #expect(exec["error"]?["data"]?["code"] == "invalid_state")

@@ -3,3 +3,5 @@
 #include "sp_mountapi.h"
 #include "sp_sys.h"
 #include "sp_agent.h"
+#include "sp_seccomp.h"
+#include "sp_loop.h"

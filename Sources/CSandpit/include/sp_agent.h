@@ -7,6 +7,9 @@ struct sp_agent_config {
     const char *hostname;
     unsigned long tmp_size_bytes;
     int has_usr;
+    int seccomp;               // 0 off, else SP_SECCOMP_* flags + 1 << 8 ("on")
+    unsigned long nofile;      // RLIMIT_NOFILE for spawned commands (0 = inherit)
+    int cgroup_fd;             // delegated cgroup dir: each exec gets a child group "ex_<id>" (-1 = none)
 };
 
 int sp_agent_main(int argc, char **argv);
@@ -15,7 +18,7 @@ int sp_agent_main(int argc, char **argv);
 int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step);
 int sp_agent_setup_network(const char **step);
 int sp_agent_harden(const char **step);
-int sp_agent_loop(int ctrl_fd);
+int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg);
 
 // Frame I/O on the control socket (blocking writes, all-or-nothing).
 int sp_send_frame(int fd, unsigned type, unsigned stream, unsigned id, const void *a, size_t alen, const void *b, size_t blen);

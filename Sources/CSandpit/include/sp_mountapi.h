@@ -8,6 +8,7 @@
 #define SP_MOUNT_ATTR_NOSUID 0x00000002ull
 #define SP_MOUNT_ATTR_NODEV 0x00000004ull
 #define SP_MOUNT_ATTR_NOEXEC 0x00000008ull
+#define SP_MOUNT_ATTR_NOATIME 0x00000010ull
 #define SP_MOUNT_ATTR_IDMAP 0x00100000ull
 
 int sp_fsopen(const char *fstype);

@@ -13,6 +13,7 @@
 #define SP_AGENT_FD_CTRL 3
 #define SP_AGENT_FD_ROOT 4
 #define SP_AGENT_FD_USR 5
+#define SP_AGENT_FD_CGROUP 6   // optional: delegated cgroup dir for per-exec groups
 
 enum sp_frame_type {
     // daemon -> agent

@@ -6,4 +6,6 @@ int sp_socketpair_cloexec(int fds[2]);
 
 // open(path, O_PATH | O_CLOEXEC): a handle usable with execveat(AT_EMPTY_PATH).
 int sp_open_path(const char *path);
+// Layout of struct ucred (SO_PEERCRED), which glibc hides without _GNU_SOURCE.
+struct sp_ucred { int pid; unsigned uid; unsigned gid; };
 #endif

@@ -1,0 +1,102 @@
+/// A policy compiled for one host: every set-up step a sandbox goes through,
+/// in order, with the values the engine will apply. The engine builds
+/// sandboxes from this plan; `sandpit policy show` prints it.
+public struct SandboxPlan: Sendable, Equatable {
+    public struct Step: Sendable, Equatable {
+        public var name: String
+        public var detail: String
+    }
+
+    /// Facts about the host the plan depends on.
+    public struct Host: Sendable, Equatable {
+        public var cgroup: String            // "v1", "v2" or "none"
+        public var uidBase: Int64
+        public var uidCount: Int64
+        public var seccompArch: String
+        public var seccompRules: Int
+        public var proxyPort: Int
+        public init(cgroup: String, uidBase: Int64, uidCount: Int64, seccompArch: String, seccompRules: Int, proxyPort: Int = 3128) {
+            self.cgroup = cgroup
+            self.uidBase = uidBase
+            self.uidCount = uidCount
+            self.seccompArch = seccompArch
+            self.seccompRules = seccompRules
+            self.proxyPort = proxyPort
+        }
+    }
+
+    public var policy: Policy
+    public var steps: [Step]
+
+    public var useCgroup: Bool { policy.cgroup }
+    public var seccompEnabled: Bool { policy.seccomp }
+    public var restrictSockets: Bool { policy.socketFamilies == .inet }
+    public var proxyPort: Int?
+
+    public static func compile(_ policy: Policy, host: Host) -> SandboxPlan {
+        var p = policy
+        // ext4 needs at least 8 KiB of disk per inode (256-byte inodes plus data):
+        // a client that shrinks the disk shrinks the inode count with it.
+        if let bytes = p.diskBytes, let inodes = p.diskInodes, inodes > bytes / 8192 { p.diskInodes = bytes / 8192 }
+        var s: [Step] = []
+        func add(_ n: String, _ d: String) { s.append(Step(name: n, detail: d)) }
+        add("namespaces", "user, pid, mount, network, ipc, uts (clone3); cgroup (agent unshares)")
+        add("user-map", "sandbox 0-\(host.uidCount - 1) -> host \(host.uidBase)-\(host.uidBase + host.uidCount - 1); commands run as uid 1000")
+        if let d = p.diskBytes {
+            add("disk", "own ext4 image for the writable layer: \(Self.bytes(d)), \(p.diskInodes.map { "\($0) inodes" } ?? "default inodes")")
+        } else {
+            add("disk", "writable layer on the shared store (no per-sandbox size limit)")
+        }
+        add("root", "overlayfs (template layers + writable layer), nodev; /usr bound read-only; pivot_root")
+        add("mounts", "fresh /proc (/proc/sys read-only, kernel files masked), minimal /dev, devpts, /dev/shm, tmpfs /tmp \(p.tmpBytes.map(Self.bytes) ?? "unlimited")")
+        switch p.network {
+        case .none: add("network", "loopback only")
+        case .allowlist:
+            add("network", "loopback only; egress through the daemon's proxy at 127.0.0.1:\(host.proxyPort) to: " + p.allow.joined(separator: ", "))
+        case .host: add("network", "host network (template builds only)")
+        }
+        if p.cgroup && host.cgroup != "none" {
+            var parts: [String] = []
+            parts.append("memory " + (p.memoryBytes.map { Self.bytes($0) + ", swap off" } ?? "unlimited"))
+            parts.append("pids " + (p.pids.map(String.init) ?? "unlimited"))
+            parts.append("cpu " + (p.cpuMillicores.map { "\($0)m (\($0 * 100)us per 100000us)" } ?? "unlimited"))
+            add("cgroup-\(host.cgroup)", parts.joined(separator: "; "))
+        } else {
+            add("cgroup", p.cgroup ? "unavailable on this host: no memory, pids or cpu limits" : "disabled by policy: no memory, pids or cpu limits")
+        }
+        add("capabilities", "bounding and ambient sets emptied, SECBIT_NOROOT locked, no_new_privs, not dumpable")
+        if p.seccomp {
+            add("seccomp", "\(host.seccompArch) filter, \(host.seccompRules) rules (mount API, namespaces, keyrings, bpf, perf, userfaultfd, io_uring, modules, kexec, handles, reboot/swap/clock, TIOCSTI)"
+                + (p.socketFamilies == .inet ? "; sockets: unix, inet, inet6 only" : "; sockets: any family"))
+        } else {
+            add("seccomp", "disabled by policy")
+        }
+        add("fds", "every host descriptor closed but the agent's control socket")
+        add("rlimits", "open files " + (p.openFiles.map(String.init) ?? "inherited") + "; core dumps 0")
+        add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
+        add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + " (whole process tree killed); output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
+        add("sandbox", "wall time " + (p.sandboxTimeoutMs.map { "\($0) ms, then stopped (files kept)" } ?? "unlimited"))
+        var plan = SandboxPlan(policy: p, steps: s)
+        if p.network == .allowlist { plan.proxyPort = host.proxyPort }
+        return plan
+    }
+
+    public var text: String {
+        let w = steps.map(\.name.count).max() ?? 0
+        return steps.enumerated().map { i, st in
+            let n = String(i + 1)
+            return String(repeating: " ", count: 2 - n.count) + n + ". " + st.name + String(repeating: " ", count: w - st.name.count) + "  " + st.detail
+        }.joined(separator: "\n")
+    }
+
+    public var json: JSONValue {
+        .object(["policy": policy.json, "steps": .array(steps.map { .object(["name": .string($0.name), "detail": .string($0.detail)]) })])
+    }
+
+    static func bytes(_ b: Int64) -> String {
+        if b >= 1 << 30 && b % (1 << 30) == 0 { return "\(b >> 30) GiB" }
+        if b >= 1 << 20 && b % (1 << 20) == 0 { return "\(b >> 20) MiB" }
+        if b >= 1 << 10 && b % (1 << 10) == 0 { return "\(b >> 10) KiB" }
+        return "\(b) B"
+    }
+}

@@ -1,0 +1,76 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSandpit
+
+/// A sandbox's writable layer on its own ext4 image, so its size and inode
+/// count are hard limits (the host kernel has no quota support, and a shared
+/// filesystem could not give one sandbox ENOSPC while the others keep going).
+///
+/// The image is a sparse copy of a pre-formatted blank one (formatted once per
+/// size and inode count, ~2 MiB of metadata), attached to a loop device with
+/// autoclear and mounted *detached*: the mount is in no namespace, so it never
+/// shows in the host's mount table and goes away, loop device included, when
+/// the last reference (the overlay using it, our fd) is gone.
+public enum SandboxDisk {
+    /// Layout inside the image: overlay's upper and work directories.
+    public static let upper = "upper"
+    public static let work = "work"
+
+    /// Creates `image` for a sandbox: a sparse copy of the blank image for
+    /// `bytes`/`inodes` whose `upper` directory is owned by `rootUid` (the
+    /// sandbox's root as seen from the host).
+    public static func create(image: String, blanksDir: String, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws {
+        let blank = try ensureBlank(dir: blanksDir, bytes: bytes, inodes: inodes, rootUid: rootUid)
+        let input = FileDescriptor(try sys("open", path: blank) { open(blank, O_RDONLY | O_CLOEXEC) })
+        defer { input.close() }
+        let output = FileDescriptor(try sys("open", path: image) { open(image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) })
+        defer { output.close() }
+        _ = try sys("copy sparse image", path: image) { sp_copy_sparse(input.raw, output.raw) }
+    }
+
+    /// Mounts `image` (detached, nodev, nosuid, noatime). The returned fd is
+    /// the mount; `/proc/self/fd/N/upper` names its upper directory.
+    public static func mount(_ image: String) throws(OSError) -> FileDescriptor {
+        let backing = FileDescriptor(try sys("open", path: image) { open(image, O_RDWR | O_CLOEXEC) })
+        defer { backing.close() }
+        var dev = [CChar](repeating: 0, count: 64)
+        let loop = FileDescriptor(try sys("attach loop device", path: image) { sp_loop_attach(backing.raw, &dev, dev.count) })
+        defer { loop.close() }   // the mount keeps the device; autoclear frees it after
+        let devPath = String(decoding: dev.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let fs = FileDescriptor(try sys("fsopen(ext4)") { sp_fsopen("ext4") })
+        defer { fs.close() }
+        _ = try sys("fsconfig(source)", path: devPath) { sp_fsconfig_string(fs.raw, "source", devPath) }
+        _ = try sys("fsconfig(create ext4)", path: image) { sp_fsconfig_create(fs.raw) }
+        return FileDescriptor(try sys("fsmount(ext4)", path: image) {
+            sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NOATIME)
+        })
+    }
+
+    public static func path(in mount: FileDescriptor, _ sub: String) -> String { "/proc/self/fd/\(mount.raw)/\(sub)" }
+
+    static func ensureBlank(dir: String, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws -> String {
+        let path = dir + "/ext4-\(bytes)-\(inodes.map(String.init) ?? "auto")-\(rootUid).img"
+        if FS.exists(path) { return path }
+        try FS.mkdirs(dir, mode: 0o700)
+        // Concurrent creators each build their own copy and the rename makes one win.
+        let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let skel = dir + "/skel-" + tag, tmp = path + "." + tag
+        defer { try? FS.removeTree(skel); unlink(tmp) }
+        try FS.mkdir(skel, mode: 0o755)
+        try FS.mkdir(skel + "/" + upper, mode: 0o755)
+        try FS.mkdir(skel + "/" + work, mode: 0o700)
+        try FS.chown(skel + "/" + upper, uid: rootUid, gid: rootUid)
+        let fd = try sys("open", path: tmp) { open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+        let rc = ftruncate(fd, off_t(bytes))
+        close(fd)
+        if rc != 0 { throw OSError(call: "ftruncate", errno: errno, path: tmp) }
+        // No journal: a sandbox layer is scratch space reconciled on start;
+        // lazy init keeps the image ~2 MiB however large the disk.
+        var argv = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0", "-d", skel]
+        if let n = inodes { argv += ["-N", String(n)] }
+        try HostCommand.run(argv + [tmp])
+        _ = try sys("rename", path: path) { rename(tmp, path) }
+        return path
+    }
+}

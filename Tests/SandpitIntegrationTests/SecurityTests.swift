@@ -1,0 +1,700 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import SandpitCore
+import SandpitTestSupport
+
+/// The adversarial suite: each test attacks a sandbox from inside (or the
+/// daemon from outside) for real, asserts the safe outcome, then checks that a
+/// bystander sandbox still answers `echo ok` and that nothing leaked.
+@Suite(.serialized, .enabled(if: TestEnv.isRoot, "needs root"))
+struct SecurityTests {
+    // MARK: escape attempts
+
+    @Test func cannotCreateNamespaces() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "unshare -Ur true; echo u=$?; unshare -n true; echo n=$?; unshare -m true; echo m=$?")
+            #expect(r.stdout == "u=1\nn=1\nm=1\n")
+            #expect(try a.syscall(sb, "unshare", 0x1000_0000) == "-1 1")   // CLONE_NEWUSER
+            // clone with namespace flags (what unshare(1) -f and container tools use).
+            #expect(try a.python(sb, "import ctypes,os; l=ctypes.CDLL(None,use_errno=True); print(l.syscall(\(Arena.nr("clone")), 0x10000000|17, 0, 0, 0, 0), ctypes.get_errno())") == "-1 1\n")
+        }
+    }
+
+    @Test func cannotMountAnything() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "mount -t tmpfs x /tmp 2>&1; echo rc=$?")
+            #expect(r.stdout.hasSuffix("rc=32\n") || r.stdout.hasSuffix("rc=1\n"))
+            for call in ["mount", "fsopen", "open_tree", "move_mount", "pivot_root", "umount2"] {
+                #expect(try a.syscall(sb, call) == "-1 1", "\(call) must be denied")
+            }
+        }
+    }
+
+    @Test func cannotJoinHostNamespacesWithSetns() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let out = try a.python(sb, """
+                import ctypes, os
+                l = ctypes.CDLL(None, use_errno=True)
+                for ns in ["net", "mnt", "user", "pid"]:
+                    fd = os.open("/proc/1/ns/" + ns, os.O_RDONLY) if os.access("/proc/1/ns/" + ns, os.R_OK) else os.open("/proc/self/ns/" + ns, os.O_RDONLY)
+                    print(ns, l.setns(fd, 0), ctypes.get_errno())
+                """)
+            #expect(out == "net -1 1\nmnt -1 1\nuser -1 1\npid -1 1\n")
+        }
+    }
+
+    @Test func cannotPtraceOrInspectTheAgent() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            // PTRACE_ATTACH to PID 1 (the agent, non-dumpable and more privileged).
+            #expect(try a.python(sb, "import ctypes; l=ctypes.CDLL(None,use_errno=True); print(l.ptrace(16, 1, 0, 0), ctypes.get_errno())") == "-1 1\n")
+            let r = try a.sh(sb, "cat /proc/1/environ >/dev/null 2>&1; echo env=$?; ls /proc/1/fd >/dev/null 2>&1; echo fd=$?; readlink /proc/1/root; echo root=$?")
+            #expect(r.stdout.contains("env=1\n") && r.stdout.contains("fd=2\n") && r.stdout.contains("root=1\n"))
+        }
+    }
+
+    @Test func killingTheAgentFromInsideDoesNothing() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "kill -9 1; kill -TERM 1; kill -STOP 1; echo sent")
+            #expect(r.stdout == "sent\n")
+            #expect(try a.sh(sb, "echo alive").stdout == "alive\n")
+        }
+    }
+
+    @Test func keyringsAreUnavailable() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            #expect(try a.syscall(sb, "keyctl", 0) == "-1 1")
+            #expect(try a.syscall(sb, "add_key") == "-1 1")
+            #expect(try a.syscall(sb, "request_key") == "-1 1")
+        }
+    }
+
+    @Test func kernelAttackSurfaceIsDenied() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            for call in ["bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "init_module", "finit_module", "kexec_load",
+                         "open_by_handle_at", "reboot", "swapon", "clock_settime", "acct"] {
+                #expect(try a.syscall(sb, call) == "-1 1", "\(call) must be denied")
+            }
+        }
+    }
+
+    @Test func foreignArchitectureSyscallsKillTheProcess() throws {
+        #if arch(x86_64)
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            // x32 getpid (0x40000000 | 39) shares the x86_64 audit arch; the filter kills the caller.
+            let r = try a.sh(sb, "python3 -c 'import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)'; echo rc=$?")
+            #expect(r.stdout == "rc=159\n")   // 128 + SIGSYS
+        }
+        #endif
+    }
+
+    @Test func terminalInjectionIsDenied() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            // TIOCSTI, also with junk in the upper 32 bits the kernel ignores.
+            let out = try a.python(sb, """
+                import ctypes
+                l = ctypes.CDLL(None, use_errno=True)
+                for req in (0x5412, 0x5412 | (1 << 32), 0x541C):
+                    print(l.syscall(\(Arena.nr("ioctl")), 0, ctypes.c_ulong(req), ctypes.c_char_p(b"x")), ctypes.get_errno())
+                """)
+            #expect(out == "-1 1\n-1 1\n-1 1\n")
+        }
+    }
+
+    @Test func devicesAreMinimalAndCannotBeCreated() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "echo \" $(ls /dev | tr '\\n' ' ')\"; mknod /tmp/sda b 8 0 2>/dev/null; echo mknod=$?; test -e /dev/mem; echo mem=$?")
+            for dev in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"] { #expect(r.stdout.contains(" \(dev) "), "missing /dev/\(dev)") }
+            for dev in ["sda", "vda", "mem", "kmem", "kmsg", "loop0", "loop-control", "fuse", "port"] { #expect(!r.stdout.contains(" \(dev) "), "/dev/\(dev) exposed") }
+            #expect(r.stdout.contains("mknod=1\n"))
+            #expect(r.stdout.hasSuffix("mem=1\n"))
+        }
+    }
+
+    @Test func procAndSysfsCannotBeWritten() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, """
+                for f in /proc/sys/kernel/hostname /proc/sys/vm/drop_caches /proc/sysrq-trigger /proc/sys/kernel/core_pattern; do
+                  (echo 1 > $f) 2>/dev/null && echo "wrote $f"
+                done
+                cat /proc/kcore > /dev/null 2>&1 && echo "read kcore"
+                (echo 1 > /sys/kernel/uevent_helper) 2>/dev/null && echo "wrote sysfs"
+                echo done
+                """)
+            #expect(r.stdout == "done\n")
+        }
+    }
+
+    @Test func privilegeEscalationFails() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let out = try a.python(sb, """
+                import os
+                for f in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.chroot("/tmp")):
+                    try: f(); print("escalated")
+                    except PermissionError: print("denied")
+                print(os.getuid(), os.geteuid())
+                """)
+            #expect(out == "denied\ndenied\ndenied\n1000 1000\n")
+            // setuid-root binaries (su from the host's /usr) gain nothing under no_new_privs.
+            let su = try a.sh(sb, "su -c id root </dev/null 2>&1; echo rc=$?")
+            #expect(!su.stdout.contains("uid=0"))
+        }
+    }
+
+    @Test func noHostDescriptorsAndACleanEnvironment() throws {
+        setenv("SANDPIT_TEST_CANARY", "leak-me-if-you-can", 1)
+        defer { unsetenv("SANDPIT_TEST_CANARY") }
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let out = try a.python(sb, """
+                import os
+                fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+                print([os.readlink("/proc/self/fd/%d" % f).split(":")[0] for f in fds[:3]], len(fds))
+                print(sorted(os.environ))
+                """)
+            #expect(out == "['/dev/null', 'pipe', 'pipe'] 4\n['HOME', 'LANG', 'LOGNAME', 'PATH', 'PYTHONUNBUFFERED', 'SHELL', 'USER']\n")
+            #expect(!(try a.sh(sb, "env").stdout.contains("leak-me")))
+        }
+    }
+
+    @Test func noNetworkEgressAndNoRawSockets() throws {
+        try Arena.with { a in
+            // A listener on every host address: the sandbox must not reach it.
+            let listener = try TCPListener()
+            defer { listener.close() }
+            let hostIP = Host.sh("hostname -I").output.split(separator: " ").first.map(String.init) ?? "127.0.0.1"
+            let sb = try a.sandbox()
+            let out = try a.python(sb, """
+                import socket
+                for host in ("\(hostIP)", "127.0.0.1"):
+                    s = socket.socket()
+                    s.settimeout(2)
+                    try: s.connect((host, \(listener.port))); print("connected", host)
+                    except OSError as e: print("refused" if e.errno == 111 else "unreachable" if e.errno in (101, 113) else e)
+                for fam, kind in ((socket.AF_NETLINK, socket.SOCK_RAW), (socket.AF_PACKET, socket.SOCK_RAW), (17, socket.SOCK_DGRAM)):
+                    try: socket.socket(fam, kind); print("opened", fam)
+                    except OSError as e: print(e.errno)
+                print(sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]))
+                """)
+            #expect(out == "\(hostIP == "127.0.0.1" ? "refused" : "unreachable")\nrefused\n97\n97\n97\n['lo']\n")
+            #expect(listener.accepted() == 0)
+        }
+    }
+
+    @Test func theControlSocketIsNotReachableFromInside() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "test -e '\(a.daemon.socketPath!)'; echo path=$?; grep -c sandpit /proc/net/unix; ls /run /var/run 2>/dev/null | grep -c sock")
+            #expect(r.stdout == "path=1\n0\n0\n")
+        }
+    }
+
+    @Test func rootInsideIsAnUnprivilegedHostUser() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "cat /proc/self/uid_map /proc/self/gid_map; echo made > /home/user/owned; sync")
+            #expect(r.stdout.split(separator: "\n").map { $0.split(separator: " ").map(String.init) } == [["0", "100000", "65536"], ["0", "100000", "65536"]])
+            // The file lands on the host owned by the mapped uid (101000), never 0.
+            let image = a.daemon.dataDir + "/store/sandboxes/\(sb)/disk.img"
+            let stat = Host.sh("debugfs -R 'stat /upper/home/user/owned' '\(image)' 2>/dev/null | grep -o 'User: *[0-9]*'").output
+            #expect(stat.contains("101000"), "got \(stat)")
+        }
+    }
+
+    @Test func hostnameAndClockAreTheSandboxsOwn() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "hostname evil 2>/dev/null; echo h=$?; uname -n; date -s '2001-01-01' >/dev/null 2>&1; echo d=$?")
+            #expect(r.stdout == "h=1\nsandpit\nd=1\n")
+        }
+    }
+
+    // MARK: resource exhaustion
+
+    @Test func memoryBombIsOOMKilledAndReported() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["memoryBytes": .int(64 << 20)])
+            let r = try a.sh(sb, "python3 -c 'x = bytearray(512 << 20); print(len(x))'")
+            #expect(r.result["oomKilled"] == true)
+            #expect(r.result["signal"] == "SIGKILL")
+            #expect(try a.sh(sb, "echo recovered").stdout == "recovered\n")
+        }
+    }
+
+    @Test func forkBombStopsAtThePidsLimit() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["pids": 64])
+            // Every process forks forever and never exits, so the command runs into its wall time.
+            let r = try a.sh(sb, "python3 -c 'import os, time\nwhile True:\n  try: os.fork()\n  except OSError: time.sleep(0.01)'",
+                             extra: ["timeoutMs": 3000])
+            #expect(r.result["timedOut"] == true)
+            let inCgroup = Host.cgroups(matching: sb).map { $0 + "/pids.max" }.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+            #expect(inCgroup.contains("64\n"))
+            // The tree is gone after the timeout; the sandbox itself works again.
+            #expect(try a.sh(sb, "echo usable").stdout == "usable\n")
+            // A bomb whose command returns at once leaves its tree running; exec.kill still reaches it.
+            let left = try a.sh(sb, "bomb() { bomb | bomb & }; bomb; exit 0")
+            #expect(left.result["exitCode"] == 0)
+            _ = try a.client.result("exec.kill", ["sandboxId": .string(sb), "execId": left.result["execId"]!])
+            #expect(eventually { (try? a.sh(sb, "echo usable").stdout) == "usable\n" })
+            let pids = try a.sh(sb, "ls -d /proc/[0-9]* | wc -l").stdout
+            #expect((Int(pids.filter(\.isNumber)) ?? 99) < 10, "leftover processes: \(pids)")
+        }
+    }
+
+    @Test func cpuHogIsThrottledToItsQuota() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["cpuMillicores": 100])
+            _ = try a.sh(sb, "timeout 1 sh -c 'while :; do :; done'; true")
+            let stats = Host.cgroups(matching: sb).map { $0 + "/cpu.stat" }.filter { FileManager.default.fileExists(atPath: $0) }
+            #expect(!stats.isEmpty)
+            let text = stats.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }.joined()
+            let throttled = text.split(separator: "\n").first { $0.hasPrefix("nr_throttled") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
+            #expect(throttled > 0, "cpu.stat: \(text)")
+        }
+    }
+
+    @Test func diskFillGetsENOSPCAndTheStoreStaysWritable() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["diskBytes": .int(64 << 20)])
+            let r = try a.sh(sb, "dd if=/dev/zero of=/home/user/fill bs=1M count=200 2>/tmp/err; echo rc=$?; grep -o 'No space left' /tmp/err")
+            #expect(r.stdout == "rc=1\nNo space left\n")
+            // Other sandboxes and the catalog keep working.
+            let other = try a.sandbox()
+            #expect(try a.sh(other, "echo data > /home/user/f && cat /home/user/f").stdout == "data\n")
+            #expect(try a.sh(sb, "rm /home/user/fill && echo freed").stdout == "freed\n")
+        }
+    }
+
+    @Test func inodeExhaustionIsContained() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["diskInodes": 2048])
+            let r = try a.sh(sb, "mkdir /home/user/many; cd /home/user/many; for i in $(seq 5000); do : > f$i 2>/dev/null || { echo stopped; break; }; done; ls | wc -l")
+            #expect(r.stdout.hasPrefix("stopped\n"))
+            #expect((Int(r.stdout.split(separator: "\n").last ?? "") ?? 5000) < 2048)
+        }
+    }
+
+    @Test func tmpIsBounded() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["tmpBytes": .int(8 << 20)])
+            let r = try a.sh(sb, "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/stdout | grep -o 'No space left'")
+            #expect(r.stdout == "No space left\n")
+        }
+    }
+
+    @Test func openFileLimitHolds() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["openFiles": 64])
+            let out = try a.python(sb, """
+                import resource
+                print(resource.getrlimit(resource.RLIMIT_NOFILE))
+                fs = []
+                try:
+                    for i in range(1000): fs.append(open("/dev/null"))
+                except OSError as e: print(e.errno, len(fs) < 64)
+                try: resource.setrlimit(resource.RLIMIT_NOFILE, (10000, 10000)); print("raised")
+                except ValueError: print("capped")
+                """)
+            #expect(out == "(64, 64)\n24 True\ncapped\n")
+        }
+    }
+
+    @Test func outputFloodIsTruncatedAndDaemonMemoryStaysFlat() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["outputBytes": .int(1 << 20)])
+            let before = a.daemonRSS()
+            // In the background, so the flood meets only the daemon's retention, not this client's reading speed.
+            let started = try a.client.result("exec.run", ["sandboxId": .string(sb), "background": true,
+                                                           "shell": "head -c 300000000 /dev/zero | tr '\\0' x; echo; echo END"])
+            var logs: JSONValue = .null
+            for _ in 0..<600 {
+                logs = try a.client.result("exec.logs", ["sandboxId": .string(sb), "execId": started["execId"]!])
+                if logs["done"] == true { break }
+                usleep(100_000)
+            }
+            #expect(logs["result"]?["truncated"] == true)
+            #expect(logs["result"]?["stdoutBytes"] == .int(300_000_005))
+            let grew = a.daemonRSS() - before
+            #expect(grew < 64 << 20, "daemon RSS grew by \(grew >> 20) MiB")
+            let tail = logs["chunks"]?.arrayValue?.last?["data"]?.stringValue ?? ""
+            #expect(tail.hasSuffix("END\n"), "the tail is kept")
+        }
+    }
+
+    @Test func zombiesAreReaped() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            _ = try a.python(sb, """
+                import os
+                for i in range(50):
+                    if os.fork() == 0: os._exit(0)
+                """)
+            // The orphans were reparented to the agent (PID 1), which reaps them.
+            let r = try a.sh(sb, "for i in $(seq 50); do z=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); [ $z = 0 ] && break; sleep 0.1; done; echo zombies=$z")
+            #expect(r.stdout == "zombies=0\n")
+        }
+    }
+
+    @Test func timeoutKillsTheWholeTreeEvenAcrossSessions() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "setsid sleep 4343 & (setsid sh -c 'trap \"\" TERM HUP; sleep 4344' &); echo started; sleep 100", extra: ["timeoutMs": 800])
+            #expect(r.result["timedOut"] == true)
+            #expect(r.stdout == "started\n")
+            #expect(eventually { Host.pids(matching: "sleep 434").isEmpty }, "a process escaped the timeout kill")
+            #expect(try a.sh(sb, "echo fine").stdout == "fine\n")
+        }
+    }
+
+    @Test func processesCannotSurviveTeardown() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            _ = try a.client.result("exec.run", ["sandboxId": .string(sb), "background": true,
+                                                 "shell": "trap '' TERM HUP INT; setsid nohup sh -c 'trap \"\" TERM; sleep 4545' >/dev/null 2>&1 & sleep 4546"])
+            #expect(eventually { Host.pids(matching: "sleep 4545").count >= 1 && Host.pids(matching: "sleep 4546").count >= 1 })
+            _ = try a.client.result("sandbox.delete", ["sandboxId": .string(sb)])
+            #expect(Host.pids(matching: "sleep 454").isEmpty)
+            #expect(Host.cgroups(matching: sb).isEmpty)
+            #expect(!Host.mountinfo().contains(sb))
+        }
+    }
+
+    // MARK: protocol abuse
+
+    @Test func giantLinesInvalidUTF8AndDeepNestingAreRefused() throws {
+        try Arena.with(extraArgs: ["--max-line-bytes", "65536"]) { a in
+            let c = try a.daemon.connect()
+            c.send(String(repeating: "[", count: 200_000))
+            #expect(c.readMessage()?["error"]?["data"]?["code"] == "request_too_large")
+            c.sendRaw([0x7B, 0xC3, 0x28, 0x7D, 0x0A])
+            #expect(c.readMessage()?["error"]?["code"] == -32700)
+            c.send(#"{"jsonrpc":"2.0","id":1,"method":"server.info","params":"# + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000) + "}")
+            let deep = c.readMessage()
+            #expect(deep?["error"]?["code"] == -32700 || deep?["error"]?["code"] == -32600)
+            #expect(try c.result("server.info")["backend"] == "linux-namespaces")
+        }
+    }
+
+    @Test func wrongTypesUnknownFieldsAndDuplicateIdsGetTypedErrors() throws {
+        try Arena.with { a in
+            let c = try a.daemon.connect()
+            let wrong = try c.call("exec.run", ["sandboxId": .string(a.bystander), "cmd": "not-a-list"])
+            #expect(wrong["error"]?["data"]?["field"] == "cmd")
+            let unknown = try c.call("exec.run", ["sandboxId": .string(a.bystander), "shell": "true", "sudo": true])
+            #expect(unknown["error"]?["data"]?["field"] == "sudo")
+            let nul = try c.call("exec.run", ["sandboxId": .string(a.bystander), "cmd": ["/bin/echo", "a\u{0}b"]])
+            #expect(nul["error"]?["code"] == -32602)
+            // Two requests with one id: both are answered, neither is lost.
+            let req = #"{"jsonrpc":"2.0","id":7,"method":"server.info"}"#
+            c.send(req); c.send(req)
+            #expect(c.readMessage()?["id"] == 7)
+            #expect(c.readMessage()?["id"] == 7)
+        }
+    }
+
+    @Test func manyIdleConnectionsDoNotStarveOthers() throws {
+        try Arena.with { a in
+            var idle: [LineConnection] = []
+            for _ in 0..<300 { idle.append(try a.daemon.connect()) }
+            defer { idle.forEach { $0.close() } }
+            idle[0].send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.info\"") // half a request, never finished
+            #expect(try a.daemon.connect().result("server.info")["backend"] == "linux-namespaces")
+        }
+    }
+
+    @Test func clientVanishingMidStreamLeaksNothing() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let flaky = try a.daemon.connect()
+            flaky.send(JSONCodec.encode(["jsonrpc": "2.0", "id": 1, "method": "exec.run",
+                                         "params": ["sandboxId": .string(sb), "shell": "yes | head -c 50000000"]]))
+            #expect(flaky.readMessage()?["method"] == "exec.output")
+            flaky.close()
+            #expect(try a.sh(sb, "echo after").stdout == "after\n")
+        }
+    }
+
+    // MARK: tenancy
+
+    @Test func tenantsSeeOnlyTheirOwnSandboxes() throws {
+        let token = "t0ken-" + Identifier.make("x")
+        try Arena.with(extraArgs: ["--socket-mode", "0666"], env: ["SANDPIT_ADMIN_TOKEN": token]) { a in
+            let mine = a.bystander   // created by root, the daemon's owner
+            let ghost = "sb_" + String(repeating: "Z", count: 12)
+            let alice = Tenant(uid: 4242, socket: a.daemon.socketPath!, scratch: a.daemon.scratch)
+            let bob = Tenant(uid: 4343, socket: a.daemon.socketPath!, scratch: a.daemon.scratch)
+            let seen = try alice.calls([
+                ["sandbox.get", ["sandboxId": .string(mine)]],
+                ["sandbox.get", ["sandboxId": .string(ghost)]],
+                ["exec.run", ["sandboxId": .string(mine), "shell": "echo pwned"]],
+                ["sandbox.delete", ["sandboxId": .string(mine)]],
+                ["sandbox.list", [:]],
+                ["sandbox.create", ["metadata": ["who": "alice"]]],
+                ["server.info", [:]],
+            ])
+            func code(_ v: JSONValue) -> JSONValue? { v["error"]?["data"]?["code"] }
+            // Someone else's sandbox looks exactly like one that does not exist.
+            #expect(code(seen[0]) == "not_found")
+            #expect(seen[0]["error"]?["message"]?.stringValue?.replacingOccurrences(of: mine, with: "X")
+                    == seen[1]["error"]?["message"]?.stringValue?.replacingOccurrences(of: ghost, with: "X"))
+            #expect(code(seen[2]) == "not_found" && code(seen[3]) == "not_found")
+            #expect(seen[4]["result"]?["sandboxes"] == [])
+            let aliceBox = seen[5]["result"]?["sandboxId"]?.stringValue ?? ""
+            #expect(aliceBox.hasPrefix("sb_"))
+            #expect(seen[6]["result"]?["caller"]?["uid"] == 4242 && seen[6]["result"]?["caller"]?["admin"] == false)
+            // Bob cannot touch Alice's sandbox until he presents the admin token.
+            let bobs = try bob.calls([
+                ["sandbox.get", ["sandboxId": .string(aliceBox)]],
+                ["server.auth", ["token": "wrong-token-123456"]],
+                ["server.auth", ["token": .string(token)]],
+                ["sandbox.get", ["sandboxId": .string(aliceBox)]],
+            ])
+            #expect(code(bobs[0]) == "not_found")
+            #expect(code(bobs[1]) == "permission_denied")
+            #expect(bobs[3]["result"]?["sandboxId"] == .string(aliceBox))
+            // The daemon's owner sees everyone's.
+            #expect(try a.client.result("sandbox.get", ["sandboxId": .string(aliceBox)])["sandboxId"] == .string(aliceBox))
+            #expect(try a.client.result("sandbox.list")["sandboxes"]?.arrayValue?.count == 2)
+        }
+    }
+
+    // MARK: policies
+
+    @Test func looserLimitsThanThePolicyAreRefused() throws {
+        try Arena.with { a in
+            let loose = try a.client.call("sandbox.create", ["policy": "strict", "limits": ["memoryBytes": .int(4 << 30)]])
+            #expect(loose["error"]?["data"]?["code"] == "permission_denied")
+            #expect(loose["error"]?["data"]?["field"] == "limits.memoryBytes")
+            let net = try a.client.call("sandbox.create", ["limits": ["network": "allowlist"]])
+            #expect(net["error"]?["data"]?["code"] == "permission_denied")
+            let build = try a.client.call("sandbox.create", ["policy": "build"])
+            #expect(build["error"]?["data"]?["code"] == "permission_denied")
+            let longer = try a.client.call("exec.run", ["sandboxId": .string(try a.sandbox(policy: "strict")), "shell": "true", "timeoutMs": 600_000])
+            #expect(longer["error"]?["data"]?["code"] == "permission_denied")
+            // Tighter values are applied for real.
+            let sb = try a.sandbox(limits: ["memoryBytes": .int(100 << 20), "pids": 32])
+            let got = try a.client.result("sandbox.get", ["sandboxId": .string(sb)])
+            #expect(got["limits"]?["memoryBytes"] == .int(100 << 20))
+            let mem = Host.cgroups(matching: sb).first { FileManager.default.fileExists(atPath: $0 + "/memory.limit_in_bytes") || FileManager.default.fileExists(atPath: $0 + "/memory.max") }
+            let limit = mem.flatMap { (try? String(contentsOfFile: $0 + "/memory.limit_in_bytes", encoding: .utf8)) ?? (try? String(contentsOfFile: $0 + "/memory.max", encoding: .utf8)) }
+            #expect(limit?.trimmingCharacters(in: .whitespacesAndNewlines) == String(100 << 20))
+        }
+    }
+
+    // MARK: posture
+
+    /// Printed and checked from inside, like gVisor's posture test.
+    @Test func postureFromInside() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, """
+                grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
+                echo "uid_map: $(cat /proc/self/uid_map | tr -s ' ')"
+                for n in user pid mnt net ipc uts cgroup; do echo "ns $n $(readlink /proc/self/ns/$n)"; done
+                echo "fds: $(ls /proc/self/fd | tr '\\n' ' ')"
+                echo "env: $(env | cut -d= -f1 | sort | tr '\\n' ' ')"
+                echo "pid1: $(cat /proc/1/comm 2>/dev/null || echo hidden)"
+                """)
+            print(r.stdout)   // the posture, for the log
+            var f: [String: String] = [:]
+            for line in r.stdout.split(separator: "\n") {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                f[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] { #expect(f[cap] == "0000000000000000", "\(cap)") }
+            #expect(f["NoNewPrivs"] == "1")
+            #expect(f["Seccomp"] == "2")
+            #expect(f["Uid"]?.split(separator: "\t").allSatisfy { $0 == "1000" } == true)
+            #expect(f["Groups"] == "1000")
+            #expect(f["uid_map"] == "0 100000 65536")
+            // Every namespace differs from the host's.
+            for n in ["user", "pid", "mnt", "net", "ipc", "uts", "cgroup"] {
+                let host = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\(n)")) ?? "?"
+                let inside = r.stdout.split(separator: "\n").first { $0.hasPrefix("ns \(n) ") }?.split(separator: " ").last.map(String.init)
+                #expect(inside != nil && inside != host, "namespace \(n) is shared with the host")
+            }
+            #expect(f["fds"] == "0 1 2 3")
+            #expect(f["env"] == "HOME LANG LOGNAME PATH PWD PYTHONUNBUFFERED SHELL SHLVL USER _")
+        }
+    }
+}
+
+// MARK: - support
+
+/// Polls a condition the system reaches asynchronously (a process finishing
+/// dying); true once it holds. Not a timing assertion: the bound is generous.
+func eventually(_ condition: () -> Bool) -> Bool {
+    for _ in 0..<250 {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+/// A daemon with a bystander sandbox. `with` checks, after the attack, that the
+/// bystander still answers and that deleting everything leaves no process,
+/// cgroup or mount behind.
+struct Arena {
+    let daemon: DaemonProcess
+    let client: LineConnection
+    let bystander: String
+    let created: Box
+
+    final class Box: @unchecked Sendable { var ids: [String] = [] }
+
+    static func with(extraArgs: [String] = [], env: [String: String] = [:], _ name: String = #function, _ body: (Arena) throws -> Void) throws {
+        for (k, v) in env { setenv(k, v, 1) }
+        defer { for k in env.keys { unsetenv(k) } }
+        let d = try DaemonProcess(socket: true, name: String(name.filter { $0.isLetter }.prefix(20)), extraArgs: extraArgs)
+        defer { d.cleanup() }
+        let c = try d.connect()
+        let by = try c.result("sandbox.create", ["metadata": ["role": "bystander"]])["sandboxId"]!.stringValue!
+        let a = Arena(daemon: d, client: c, bystander: by, created: Box())
+        try body(a)
+        let ok = try a.sh(by, "echo ok")
+        #expect(ok.stdout == "ok\n" && ok.result["exitCode"] == 0, "the bystander sandbox stopped answering")
+        let all = try c.result("sandbox.list")["sandboxes"]!.arrayValue!.compactMap { $0["sandboxId"]?.stringValue }
+        for id in all { _ = try? c.call("sandbox.delete", ["sandboxId": .string(id)]) }
+        for id in all + a.created.ids {
+            #expect(Host.cgroups(matching: id).isEmpty, "cgroup of \(id) leaked")
+            #expect(!Host.mountinfo().contains(id), "mount of \(id) leaked")
+        }
+        #expect(Host.pids(matching: "sandpit-agent").isEmpty, "an agent outlived its sandbox")
+    }
+
+    func sandbox(limits: JSONObject = [:], policy: String = "default") throws -> String {
+        var p: JSONObject = ["policy": .string(policy)]
+        if limits.count > 0 { p["limits"] = .object(limits) }
+        let id = try client.result("sandbox.create", .object(p))["sandboxId"]!.stringValue!
+        created.ids.append(id)
+        return id
+    }
+
+    func sh(_ sb: String, _ script: String, extra: JSONObject = [:]) throws -> (result: JSONValue, stdout: String, stderr: String) {
+        client.notifications = []
+        var p: JSONObject = ["sandboxId": .string(sb), "shell": .string(script)]
+        for (k, v) in extra { p[k] = v }
+        let r = try client.result("exec.run", .object(p))
+        let notes = client.notifications.compactMap { $0["method"] == "exec.output" ? $0["params"] : nil }
+        client.notifications = []
+        func text(_ s: String) -> String {
+            notes.filter { $0["stream"] == .string(s) }.map { n -> String in
+                let d = n["data"]!.stringValue!
+                return n["encoding"] == "base64" ? String(decoding: Base64.decode(d) ?? [], as: UTF8.self) : d
+            }.joined()
+        }
+        return (r, text("stdout"), text("stderr"))
+    }
+
+    func python(_ sb: String, _ code: String) throws -> String {
+        client.notifications = []
+        _ = try client.result("exec.run", ["sandboxId": .string(sb), "cmd": ["python3", "-c", .string(code)]])
+        let out = client.notifications.compactMap { $0["method"] == "exec.output" && $0["params"]?["stream"] == "stdout" ? $0["params"]?["data"]?.stringValue : nil }.joined()
+        client.notifications = []
+        return out
+    }
+
+    /// Calls a syscall by name with zeroed (or given) arguments; returns "ret errno".
+    func syscall(_ sb: String, _ name: String, _ arg0: Int = 0) throws -> String {
+        let out = try python(sb, "import ctypes; l=ctypes.CDLL(None,use_errno=True); print(l.syscall(\(Self.nr(name)), \(arg0), 0, 0, 0, 0), ctypes.get_errno())")
+        return out.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func nr(_ name: String) -> Int {
+        #if arch(x86_64)
+        let t = ["clone": 56, "ioctl": 16, "unshare": 272, "mount": 165, "umount2": 166, "pivot_root": 155, "fsopen": 430, "open_tree": 428,
+                 "move_mount": 429, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
+                 "userfaultfd": 323, "io_uring_setup": 425, "init_module": 175, "finit_module": 313, "kexec_load": 246,
+                 "open_by_handle_at": 304, "reboot": 169, "swapon": 167, "clock_settime": 227, "acct": 163]
+        #else
+        let t = ["clone": 220, "ioctl": 29, "unshare": 97, "mount": 40, "umount2": 39, "pivot_root": 41, "fsopen": 430, "open_tree": 428,
+                 "move_mount": 429, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241,
+                 "userfaultfd": 282, "io_uring_setup": 425, "init_module": 105, "finit_module": 273, "kexec_load": 104,
+                 "open_by_handle_at": 265, "reboot": 142, "swapon": 224, "clock_settime": 112, "acct": 89]
+        #endif
+        return t[name]!
+    }
+
+    func daemonRSS() -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(daemon.process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let kb = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }?.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return kb * 1024
+    }
+}
+
+/// A client running as another host uid (setpriv), speaking to the socket.
+struct Tenant {
+    let uid: Int
+    let socket: String
+    let scratch: String
+
+    /// Sends the calls in order on one connection; returns each response.
+    func calls(_ calls: [[JSONValue]]) throws -> [JSONValue] {
+        let script = scratch + "/tenant.py"
+        try """
+            import json, socket, sys
+            s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rwb")
+            for i, line in enumerate(sys.stdin):
+                m, p = json.loads(line)
+                f.write((json.dumps({"jsonrpc": "2.0", "id": i, "method": m, "params": p}) + "\\n").encode()); f.flush()
+                while True:
+                    r = json.loads(f.readline())
+                    if r.get("id") == i: print(json.dumps(r)); break
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o644)
+        let input = calls.map { JSONCodec.encode(.array($0)) }.joined(separator: "\n") + "\n"
+        let r = Host.sh("printf '%s' '\(input.replacingOccurrences(of: "'", with: "'\\''"))' | setpriv --reuid \(uid) --regid \(uid) --clear-groups /usr/bin/python3 '\(script)' '\(socket)'")
+        let lines = r.output.split(separator: "\n").compactMap { try? JSONCodec.parse(String($0)) }
+        guard lines.count == calls.count else { throw TestFailure("tenant \(uid): \(r.output)") }
+        return lines
+    }
+}
+
+/// A TCP listener on every host address, counting connections it accepted.
+final class TCPListener: @unchecked Sendable {
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = INADDR_ANY
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard ok else { throw TestFailure("listen: \(errno)") }
+        port = Int(UInt16(bigEndian: addr.sin_port))
+        _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+    }
+
+    func accepted() -> Int {
+        var n = 0
+        while true {
+            let c = accept(fd, nil, nil)
+            if c < 0 { return n }
+            Glibc.close(c)
+            n += 1
+        }
+    }
+
+    func close() { Glibc.close(fd) }
+}
