@@ -266,6 +266,10 @@ public final class Engine: Sendable {
             record.state = .running
             record.lastActiveAt = Clock.nowMs()
             rt.state.withLock { $0.record = record }
+            if let port = plan.proxyPort {
+                let proxy = try await EgressProxy.start(pid: spawned.pid, port: UInt16(port), allow: policy.allow, sandboxId: id, logger: logger)
+                rt.proxy.withLock { $0 = proxy }
+            }
             registry.withLock { $0[id] = rt }
             if let ms = policy.sandboxTimeoutMs {
                 Task { [weak self, weak rt] in
@@ -280,6 +284,7 @@ public final class Engine: Sendable {
         } catch {
             logger.error("sandbox create failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
             if let rt = runtime {
+                rt.proxy.withLock { $0 }?.close()
                 rt.state.withLock { $0.deleting = true }
                 SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
                 rt.state.withLock { $0.channel }?.close()
@@ -309,6 +314,7 @@ public final class Engine: Sendable {
             await rt.waitExited()
             return false
         }
+        rt.proxy.withLock { $0 }?.close()
         SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
         await rt.waitExited()
         try? rt.cgroup.destroy()
@@ -345,6 +351,7 @@ public final class Engine: Sendable {
     func agentDied(_ rt: SandboxRuntime, _ why: String) {
         guard registry.withLock({ $0.removeValue(forKey: rt.id) }) != nil else { return }
         logger.warning("sandbox stopped unexpectedly", metadata: ["sandbox": "\(rt.id)", "reason": "\(why)"])
+        rt.proxy.withLock { $0 }?.close()
         try? rt.cgroup.destroy()
         close(rt.spawned.pidfd)
         rt.disk?.close()
@@ -458,6 +465,11 @@ public final class Engine: Sendable {
         rt.noteOOMBaseline(n)
 
         var env = Self.baseEnv
+        if let port = rt.plan.proxyPort {
+            let url = "http://127.0.0.1:\(port)"
+            env += [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
+                    ("NO_PROXY", "localhost,127.0.0.1,::1"), ("no_proxy", "localhost,127.0.0.1,::1")]
+        }
         for (k, v) in req.env.sorted(by: { $0.key < $1.key }) {
             env.removeAll { $0.0 == k }
             env.append((k, v))

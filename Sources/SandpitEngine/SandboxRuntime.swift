@@ -12,6 +12,8 @@ final class SandboxRuntime: Sendable {
     /// The sandbox's own disk (a detached ext4 mount), when its policy sets one.
     let disk: FileDescriptor?
     var policy: Policy { plan.policy }
+    /// The allowlist proxy serving this sandbox, when its network mode asks for one.
+    let proxy = Mutex<EgressProxy?>(nil)
 
     enum Readiness { case waiting, ready(UInt64), failed(String) }
 

@@ -195,6 +195,39 @@ struct SecurityTests {
         }
     }
 
+    @Test func allowlistEgressReachesOnlyListedHostsThroughTheProxy() throws {
+        let web = try HostHTTPServer()
+        defer { web.stop() }
+        let policies = try TestEnv.scratch("policies")
+        defer { try? FileManager.default.removeItem(atPath: policies) }
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: TestEnv.policiesDir)) ?? [] {
+            try? FileManager.default.copyItem(atPath: TestEnv.policiesDir + "/" + f, toPath: policies + "/" + f)
+        }
+        try #"{"name": "egress", "network": "allowlist", "allow": ["127.0.0.1:\#(web.port)"]}"#.write(toFile: policies + "/egress.json", atomically: true, encoding: .utf8)
+        try Arena.with(extraArgs: ["--policies", policies]) { a in
+            let sb = try a.sandbox(policy: "egress")
+            let out = try a.python(sb, """
+                import os, socket
+                def ask(req):
+                    s = socket.create_connection(("127.0.0.1", 3128)); s.sendall(req); data = b""
+                    while len(data) < 12: data += s.recv(100) or b"!!!!!!!!!!!!"
+                    return s, data[:12].decode()
+                print(os.environ["HTTPS_PROXY"])
+                print(ask(b"GET http://127.0.0.1:\(web.port)/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")[1])
+                s, head = ask(b"CONNECT 127.0.0.1:\(web.port) HTTP/1.1\\r\\n\\r\\n"); print(head)
+                s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); print(s.recv(12).decode())
+                print(ask(b"CONNECT 127.0.0.1:\(web.port + 1) HTTP/1.1\\r\\n\\r\\n")[1])
+                print(ask(b"CONNECT localhost:\(web.port) HTTP/1.1\\r\\n\\r\\n")[1])
+                print(ask(b"GET http://169.254.169.254/latest/meta-data HTTP/1.1\\r\\n\\r\\n")[1])
+                try: socket.create_connection(("\(a.hostIP)", \(web.port)), timeout=2); print("direct")
+                except OSError as e: print("no route")
+                """)
+            #expect(out == "http://127.0.0.1:3128\nHTTP/1.0 200\nHTTP/1.1 200\nHTTP/1.0 200\nHTTP/1.1 403\nHTTP/1.1 403\nHTTP/1.1 403\nno route\n")
+            // A sandbox under the default policy has no proxy at all.
+            #expect(try a.python(try a.sandbox(), "import socket\ntry: socket.create_connection(('127.0.0.1', 3128)); print('proxy')\nexcept OSError: print('none')") == "none\n")
+        }
+    }
+
     @Test func theControlSocketIsNotReachableFromInside() throws {
         try Arena.with { a in
             let sb = try a.sandbox()
@@ -630,6 +663,8 @@ struct Arena {
         return t[name]!
     }
 
+    var hostIP: String { Host.sh("hostname -I").output.split(separator: " ").first.map(String.init) ?? "127.0.0.1" }
+
     func daemonRSS() -> Int {
         let status = (try? String(contentsOfFile: "/proc/\(daemon.process.processIdentifier)/status", encoding: .utf8)) ?? ""
         let kb = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }?.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
@@ -697,4 +732,40 @@ final class TCPListener: @unchecked Sendable {
     }
 
     func close() { Glibc.close(fd) }
+}
+
+/// A plain HTTP server on the host's loopback (python3's http.server).
+final class HostHTTPServer: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+
+    init() throws {
+        let probe = try TCPListener()
+        port = probe.port
+        probe.close()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-m", "http.server", String(port), "--bind", "127.0.0.1"]
+        process.currentDirectoryURL = URL(fileURLWithPath: "/tmp")
+        process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try process.run()
+        // Ready once it accepts a connection.
+        for _ in 0..<250 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = UInt16(port).bigEndian
+            addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+            Glibc.close(fd)
+            if ok { return }
+            usleep(20_000)
+        }
+        throw TestFailure("http.server did not start")
+    }
+
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        for _ in 0..<500 where process.isRunning { usleep(10_000) }
+    }
 }

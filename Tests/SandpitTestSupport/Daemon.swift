@@ -23,6 +23,15 @@ public enum TestEnv {
 
     public static var sandpit: String { productsDir + "/sandpit" }
 
+    /// The repository's Policies/ directory.
+    public static var policiesDir: String {
+        var url = URL(fileURLWithPath: productsDir)
+        while !FileManager.default.fileExists(atPath: url.appendingPathComponent("Policies/default.json").path), url.path != "/" {
+            url = url.deletingLastPathComponent()
+        }
+        return url.appendingPathComponent("Policies").path
+    }
+
     /// A fresh scratch directory traversable by sandbox uids (mode 0755).
     public static func scratch(_ name: String) throws -> String {
         let dir = "/tmp/sandpit-test-\(name)-\(getpid())-\(Identifier.make("t").dropFirst(2))"

@@ -5,3 +5,4 @@
 #include "sp_agent.h"
 #include "sp_seccomp.h"
 #include "sp_loop.h"
+#include "sp_netns.h"

@@ -3,6 +3,7 @@
 #define SP_SYS_H
 int sp_pipe_cloexec(int fds[2]);
 int sp_socketpair_cloexec(int fds[2]);
+int sp_accept_cloexec(int fd);
 
 // open(path, O_PATH | O_CLOEXEC): a handle usable with execveat(AT_EMPTY_PATH).
 int sp_open_path(const char *path);
