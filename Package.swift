@@ -57,7 +57,8 @@ let package = Package(
         ]),
 
         .target(name: "SandpitTestSupport", dependencies: ["SandpitCore"], path: "Tests/SandpitTestSupport"),
-        .testTarget(name: "SandpitCoreTests", dependencies: ["SandpitCore"]),
+        .testTarget(name: "SandpitCoreTests", dependencies: ["SandpitCore"], exclude: ["Golden"]),
+        .testTarget(name: "SandpitOSTests", dependencies: ["SandpitOS"]),
         .testTarget(name: "SandpitProtocolTests", dependencies: ["SandpitProtocol", "SandpitCore"]),
         .testTarget(name: "SandpitCatalogTests", dependencies: ["SandpitCatalog", "SandpitCore", "SandpitTestSupport"]),
         .testTarget(name: "SandpitIntegrationTests", dependencies: ["SandpitCore", "SandpitTestSupport"]),

@@ -2,6 +2,8 @@
 """Sandpit latency benchmark: medians and p90 against baselines measured in the same run.
 
   (a) new sandbox -> first output of `echo ok`   vs  bwrap --unshare-all echo ok, bare fork+exec
+      warm: a pre-started sandbox from the pool (the pool refills between creates, untimed);
+      cold: the pool bypassed, every namespace, mount and cgroup made on the request path
   (b) exec.run `true` in a live sandbox           vs  bare fork+exec+wait of /bin/true, bwrap
 
 Usage: sudo python3 Benchmarks/bench.py [--n 50] [--sandpit .build/release/sandpit]
@@ -60,7 +62,15 @@ def main():
     if not exe: sys.exit("build sandpit first (swift build -c release)")
     scratch = tempfile.mkdtemp(prefix="sandpit-bench-", dir="/tmp"); os.chmod(scratch, 0o755)
     sock = f"{scratch}/s.sock"
-    d = subprocess.Popen([exe, "serve", "--socket", sock, "--data-dir", f"{scratch}/data", "--storage-gib", "4"],
+    policies = f"{scratch}/policies"
+    shutil.copytree(f"{root}/Policies", policies)
+    with open(f"{policies}/bench-nobarriers.json", "w") as f:
+        json.dump({"name": "bench-nobarriers", "description": "default without seccomp and cgroups (benchmark only)",
+                   "seccomp": False, "cgroup": False}, f)
+    with open(f"{policies}/bench-nodisk.json", "w") as f:
+        json.dump({"name": "bench-nodisk", "description": "default without an own disk image (benchmark only)",
+                   "diskBytes": None, "diskInodes": None}, f)
+    d = subprocess.Popen([exe, "serve", "--socket", sock, "--data-dir", f"{scratch}/data", "--storage-gib", "4", "--policies", policies, "--warm-pool", "2"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(f"{scratch}/daemon.log", "w"))
     try:
         for _ in range(600):
@@ -70,27 +80,43 @@ def main():
         # warm-up
         sb = c.call("sandbox.create")["sandboxId"]; c.call("exec.run", {"sandboxId": sb, "cmd": ["true"]}); c.call("sandbox.delete", {"sandboxId": sb})
 
-        first_out, create_only = [], []
-        for _ in range(a.n):
-            t0 = time.perf_counter_ns()
-            sb = c.call("sandbox.create")["sandboxId"]
-            t1 = time.perf_counter_ns()
-            got = []
-            def note(m):
-                if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
-            c.call("exec.run", {"sandboxId": sb, "cmd": ["echo", "ok"]}, on_note=note)
-            first_out.append((got[0] - t0) / 1e6); create_only.append((t1 - t0) / 1e6)
-            c.call("sandbox.delete", {"sandboxId": sb})
+        def pool_ready():
+            for _ in range(2000):
+                w = c.call("server.info")["warmPool"]
+                if w["ready"] >= w["target"]: return
+                time.sleep(0.005)
 
-        sb = c.call("sandbox.create")["sandboxId"]
-        rt, agent_run = [], []
-        for _ in range(a.n * 4):
-            t = time.perf_counter_ns()
-            r = c.call("exec.run", {"sandboxId": sb, "cmd": ["/bin/true"]})
-            rt.append((time.perf_counter_ns() - t) / 1e6)
-            agent_run.append((r["timings"]["spawnUs"] + r["timings"]["runUs"]) / 1000)
+        def measure(policy, n, warm=False):
+            first_out, create_only = [], []
+            for _ in range(n):
+                params = {"policy": policy}
+                if warm: pool_ready()   # outside the timed region: the pool refills between creates
+                else: params["limits"] = {"pids": 512}   # any override bypasses the pool: a cold start
+                t0 = time.perf_counter_ns()
+                sb = c.call("sandbox.create", params)["sandboxId"]
+                t1 = time.perf_counter_ns()
+                got = []
+                def note(m):
+                    if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
+                c.call("exec.run", {"sandboxId": sb, "cmd": ["echo", "ok"]}, on_note=note)
+                first_out.append((got[0] - t0) / 1e6); create_only.append((t1 - t0) / 1e6)
+                c.call("sandbox.delete", {"sandboxId": sb})
+            sb = c.call("sandbox.create", {"policy": policy})["sandboxId"]
+            rt, agent_run = [], []
+            for _ in range(n * 4):
+                t = time.perf_counter_ns()
+                r = c.call("exec.run", {"sandboxId": sb, "cmd": ["/bin/true"]})
+                rt.append((time.perf_counter_ns() - t) / 1e6)
+                agent_run.append((r["timings"]["spawnUs"] + r["timings"]["runUs"]) / 1000)
+            c.call("sandbox.delete", {"sandboxId": sb})
+            return first_out, create_only, rt, agent_run
+
+        warm_first, warm_create, _, _ = measure("default", a.n, warm=True)
+        first_out, create_only, rt, agent_run = measure("default", a.n)
+        # The cost of the barriers: the same with seccomp and cgroups off, and without an own disk.
+        bare_first, _, bare_rt, _ = measure("bench-nobarriers", a.n)
+        nodisk_first, _, nodisk_rt, _ = measure("bench-nodisk", a.n)
         info = c.call("server.info")
-        c.call("sandbox.delete", {"sandboxId": sb})
 
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
@@ -108,7 +134,9 @@ def main():
         print(f"  {name:48s} median {statistics.median(xs):8.3f} ms   p90 {pct(xs, 0.9):8.3f} ms  {ratio}")
     print(f"sandpit bench: n={a.n}, {os.cpu_count()} cores, cgroup {info['cgroup']}, storage {info['storage']['mode']}, binary {exe}")
     print("(a) new sandbox -> first output of `echo ok`   (ratio vs bwrap)")
-    row("sandpit create + exec.run echo (socket)", first_out, bwrap_echo)
+    row("sandpit, warm pool ready (default)", warm_first, bwrap_echo)
+    row("  of which sandbox.create", warm_create, bwrap_echo)
+    row("sandpit, cold start (pool bypassed)", first_out, bwrap_echo)
     row("  of which sandbox.create", create_only, bwrap_echo)
     if bwrap_echo: row("bwrap --unshare-all echo ok", bwrap_echo, bwrap_echo)
     row("bare fork+exec+wait echo ok", bare_echo, bwrap_echo)
@@ -117,6 +145,13 @@ def main():
     row("  of which agent spawn+run", agent_run, bare)
     row("bare fork+exec+wait /bin/true", bare, bare)
     if bwrap_true: row("bwrap --unshare-all /bin/true", bwrap_true, bare)
+    print("(c) what the barriers cost   (ratio vs the default policy)")
+    row("cold first output, default policy", first_out, first_out)
+    row("cold first output, seccomp + cgroups off", bare_first, first_out)
+    row("cold first output, no own disk image", nodisk_first, first_out)
+    row("exec.run true, default policy", rt, rt)
+    row("exec.run true, seccomp + cgroups off", bare_rt, rt)
+    row("exec.run true, no own disk image", nodisk_rt, rt)
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB")
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ public struct SandboxPlan: Sendable, Equatable {
             parts.append("memory " + (p.memoryBytes.map { Self.bytes($0) + ", swap off" } ?? "unlimited"))
             parts.append("pids " + (p.pids.map(String.init) ?? "unlimited"))
             parts.append("cpu " + (p.cpuMillicores.map { "\($0)m (\($0 * 100)us per 100000us)" } ?? "unlimited"))
-            add("cgroup-\(host.cgroup)", parts.joined(separator: "; "))
+            add("cgroup-\(host.cgroup)", parts.joined(separator: "; ") + "; delegated to the agent for one child group per exec")
         } else {
             add("cgroup", p.cgroup ? "unavailable on this host: no memory, pids or cpu limits" : "disabled by policy: no memory, pids or cpu limits")
         }
@@ -71,10 +71,10 @@ public struct SandboxPlan: Sendable, Equatable {
         } else {
             add("seccomp", "disabled by policy")
         }
-        add("fds", "every host descriptor closed but the agent's control socket")
+        add("fds", "every host descriptor closed but the agent's control socket and cgroup dir (close-on-exec: commands get neither)")
         add("rlimits", "open files " + (p.openFiles.map(String.init) ?? "inherited") + "; core dumps 0")
         add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
-        add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + " (whole process tree killed); output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
+        add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
         add("sandbox", "wall time " + (p.sandboxTimeoutMs.map { "\($0) ms, then stopped (files kept)" } ?? "unlimited"))
         var plan = SandboxPlan(policy: p, steps: s)
         if p.network == .allowlist { plan.proxyPort = host.proxyPort }

@@ -186,6 +186,8 @@ public final class RPCService: Sendable {
             "storage": .object(["mode": .string(engine.storage.mode.rawValue), "root": .string(engine.storage.root)]),
             "dataDir": .string(engine.config.dataDir),
             "sandboxes": .int(Int64(engine.liveCount)),
+            "warmPool": .object(["target": .int(Int64(engine.config.warmPool)), "ready": .int(Int64(engine.warmCount)),
+                                 "policy": .string(engine.config.warmPolicy)]),
             "agentRssBytes": .int(Int64(engine.agentRssBytes)),
             "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
             "templates": ["default"],

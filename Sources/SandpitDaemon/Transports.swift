@@ -165,7 +165,6 @@ public enum Transports {
     /// JSON-RPC on a Unix socket (mode 0600), many clients at once. Runs until cancelled.
     public static func serveSocket(path: String, service: RPCService, logger: Logger, mode: mode_t = 0o600) async throws {
         let max = service.limits.maxLineBytes
-        let old = umask(0o177)
         let server: NIOAsyncChannel<NIOAsyncChannel<LineFramer.Item, ByteBuffer>, Never>
         do {
             server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -174,11 +173,12 @@ public enum Transports {
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
                     channel.eventLoop.makeCompletedFuture { try configure(channel, maxLineBytes: max) }
                 }
-            umask(old)
         } catch {
-            umask(old)
             throw SandpitError(.unavailable, "cannot listen on \(path): \(error)")
         }
+        // The socket is created with the process umask (no write bit for others,
+        // so nobody else can connect yet); then it gets its configured mode. The
+        // umask is never changed: other threads create files meanwhile.
         chmod(path, mode)
         logger.info("listening", metadata: ["socket": "\(path)"])
         defer { unlink(path) }

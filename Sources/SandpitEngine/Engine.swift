@@ -17,12 +17,17 @@ public struct EngineConfig: Sendable {
     public var ids: IDMapping
     public var maxSandboxes: Int
     public var readyTimeoutMs: Int
+    /// Sandboxes kept started ahead of demand for `sandbox.create` with the
+    /// default template, `warmPolicy` and no limit overrides. 0 disables.
+    public var warmPool: Int
+    public var warmPolicy: String
+    public var warmRefillDelayMs: Int = 150
 
     public static let defaultIDs = IDMapping(hostBase: 100_000, count: 65_536)
 
     public init(dataDir: String, storageMode: StorageMode = .loop, storageBytes: Int64 = 32 << 30, agentPath: String,
                 policiesDir: String?, ids: IDMapping = EngineConfig.defaultIDs,
-                maxSandboxes: Int = 256, readyTimeoutMs: Int = 15_000) {
+                maxSandboxes: Int = 256, readyTimeoutMs: Int = 15_000, warmPool: Int = 2, warmPolicy: String = "default") {
         self.dataDir = dataDir
         self.storageMode = storageMode
         self.storageBytes = storageBytes
@@ -31,6 +36,8 @@ public struct EngineConfig: Sendable {
         self.ids = ids
         self.maxSandboxes = maxSandboxes
         self.readyTimeoutMs = readyTimeoutMs
+        self.warmPool = warmPool
+        self.warmPolicy = warmPolicy
     }
 }
 
@@ -67,6 +74,9 @@ public final class Engine: Sendable {
     let lockFd: FileDescriptor
     let defaultLayer: String
     let registry = Mutex<[String: SandboxRuntime]>([:])
+    /// Pre-started sandboxes (template default, policy `config.warmPolicy`), not yet handed out.
+    let warmPool = Mutex<[SandboxRuntime]>([])
+    let refilling = Atomic<Bool>(false)
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
 
@@ -99,6 +109,7 @@ public final class Engine: Sendable {
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         try reconcile()
+        refillWarmPool()
     }
 
     static func fnv1a(_ s: String) -> UInt32 {
@@ -150,6 +161,9 @@ public final class Engine: Sendable {
     public var cgroupVersion: CgroupVersion { cgroups.version }
     public var agentRssBytes: UInt64 { lastAgentRss.load(ordering: .relaxed) }
     public var liveCount: Int { registry.withLock { $0.count } }
+    public var warmCount: Int { warmPool.withLock { $0.count } }
+    /// Host pids of the pooled sandboxes' agents (for tests and diagnostics).
+    public var warmAgentPids: [Int32] { warmPool.withLock { $0.map(\.spawned.pid) } }
 
     // MARK: sandboxes
 
@@ -189,15 +203,106 @@ public final class Engine: Sendable {
             throw SandpitError(.notFound, "template \(template) does not exist (available: default)", details: ["template": .string(template)])
         }
         let plan = try plan(policy: policyName, limits: limits)
-        let policy = plan.policy
         guard liveCount < config.maxSandboxes else {
             throw SandpitError(.limitExceeded, "this daemon already runs \(config.maxSandboxes) sandboxes (--max-sandboxes)")
         }
         let now = Clock.nowMs()
-        let id = Identifier.make("sb")
-        var record = SandboxRecord(id: id, state: .starting, template: template, policy: policy.name, metadata: metadata,
-                                   createdAt: now, lastActiveAt: now, owner: caller.uid)
-        try await catalog.insertSandbox(record)
+        let rt: SandboxRuntime
+        if limits.count == 0, let warm = claimWarm(policy: policyName) {
+            // A pre-started sandbox of the same template and policy: it becomes this one.
+            rt = warm
+            let record = SandboxRecord(id: rt.id, state: .running, template: template, policy: plan.policy.name, metadata: metadata,
+                                       createdAt: now, lastActiveAt: now, owner: caller.uid)
+            rt.state.withLock { $0.record = record }
+            do {
+                try await catalog.insertSandbox(record)
+            } catch {
+                await teardown(rt)
+                try? FS.removeTree(storage.root + "/sandboxes/" + rt.id)
+                throw error
+            }
+        } else {
+            let id = Identifier.make("sb")
+            var record = SandboxRecord(id: id, state: .starting, template: template, policy: plan.policy.name, metadata: metadata,
+                                       createdAt: now, lastActiveAt: now, owner: caller.uid)
+            // Recorded before anything exists on the host, so a crash mid-start is reconciled.
+            try await catalog.insertSandbox(record)
+            do {
+                rt = try await launch(record, plan: plan)
+            } catch {
+                try? await catalog.deleteSandbox(id, at: Clock.nowMs())
+                throw error
+            }
+            record.state = .running
+            record.lastActiveAt = Clock.nowMs()
+            rt.state.withLock { $0.record = record }
+            try await catalog.updateSandbox(record)
+        }
+        registry.withLock { $0[rt.id] = rt }
+        if let ms = plan.policy.sandboxTimeoutMs {
+            Task { [weak self, weak rt] in
+                try? await Task.sleep(for: .milliseconds(ms))
+                guard let self, let rt else { return }
+                await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(plan.policy.name)) exceeded; files kept")
+            }
+        }
+        await catalog.event("created", sandbox: rt.id, detail: "template=\(template) policy=\(plan.policy.name)")
+        refillWarmPool()
+        return rt.record
+    }
+
+    // MARK: warm pool
+
+    /// Takes a live pre-started sandbox for `policy`, if one is ready.
+    func claimWarm(policy: String) -> SandboxRuntime? {
+        guard policy == config.warmPolicy else { return nil }
+        while let rt = warmPool.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            if !rt.hasExited && SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd) { return rt }
+            Task { await self.discard(rt) }
+        }
+        return nil
+    }
+
+    /// Starts sandboxes in the background until the pool holds `config.warmPool`.
+    /// One refill runs at a time; a failure is logged and retried on the next create.
+    func refillWarmPool() {
+        guard config.warmPool > 0, !closing.load(ordering: .relaxed),
+              !refilling.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Task.detached(priority: .utility) { [self] in
+            defer { refilling.store(false, ordering: .releasing) }
+            // A client that just got a sandbox usually runs something in it at
+            // once: stay off the CPU for that first request (2-core hosts feel it).
+            try? await Task.sleep(for: .milliseconds(config.warmRefillDelayMs))
+            while !closing.load(ordering: .relaxed), warmPool.withLock({ $0.count }) < config.warmPool,
+                  liveCount + warmPool.withLock({ $0.count }) < config.maxSandboxes {
+                do {
+                    let plan = try plan(policy: config.warmPolicy)
+                    let now = Clock.nowMs()
+                    let record = SandboxRecord(id: Identifier.make("sb"), state: .starting, template: "default", policy: plan.policy.name,
+                                               metadata: [:], createdAt: now, lastActiveAt: now)
+                    let rt = try await launch(record, plan: plan)
+                    if closing.load(ordering: .relaxed) { await discard(rt); return }
+                    warmPool.withLock { $0.append(rt) }
+                } catch {
+                    logger.warning("warm pool refill failed", metadata: ["error": "\(error)"])
+                    return
+                }
+            }
+        }
+    }
+
+    /// Tears down a sandbox that was never handed out (no catalog record).
+    func discard(_ rt: SandboxRuntime) async {
+        await teardown(rt)
+        try? FS.removeTree(storage.root + "/sandboxes/" + rt.id)
+    }
+
+    /// Builds a sandbox on the host and waits for its agent: write layer,
+    /// mounts, cgroup, namespaces, agent, proxy. Touches neither the catalog
+    /// nor the registry; on failure everything it made is undone.
+    func launch(_ record: SandboxRecord, plan: SandboxPlan) async throws -> SandboxRuntime {
+        let id = record.id
+        let policy = plan.policy
         let dir = storage.root + "/sandboxes/" + id
         var cgroup: CgroupHandle?
         var runtime: SandboxRuntime?
@@ -263,26 +368,13 @@ public final class Engine: Sendable {
             rt.state.withLock { $0.channel = channel }
             let rss = try await withReadyTimeout(rt)
             lastAgentRss.store(rss, ordering: .relaxed)
-            record.state = .running
-            record.lastActiveAt = Clock.nowMs()
-            rt.state.withLock { $0.record = record }
             if let port = plan.proxyPort {
                 let proxy = try await EgressProxy.start(pid: spawned.pid, port: UInt16(port), allow: policy.allow, sandboxId: id, logger: logger)
                 rt.proxy.withLock { $0 = proxy }
             }
-            registry.withLock { $0[id] = rt }
-            if let ms = policy.sandboxTimeoutMs {
-                Task { [weak self, weak rt] in
-                    try? await Task.sleep(for: .milliseconds(ms))
-                    guard let self, let rt else { return }
-                    await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(policy.name)) exceeded; files kept")
-                }
-            }
-            try await catalog.updateSandbox(record)
-            await catalog.event("created", sandbox: id, detail: "template=\(template) policy=\(policy.name)")
-            return record
+            return rt
         } catch {
-            logger.error("sandbox create failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
+            logger.error("sandbox start failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
             if let rt = runtime {
                 rt.proxy.withLock { $0 }?.close()
                 rt.state.withLock { $0.deleting = true }
@@ -295,7 +387,6 @@ public final class Engine: Sendable {
             disk?.close()
             try? cgroup?.destroy()
             try? FS.removeTree(dir)
-            try? await catalog.deleteSandbox(id, at: Clock.nowMs())
             if let e = error as? SandpitError { throw e }
             throw SandpitError(.sandboxFailed, "could not start sandbox: \(error)")
         }
@@ -569,6 +660,9 @@ public final class Engine: Sendable {
     /// stay and they are listed as stopped; otherwise they are deleted.
     public func shutdown(keep: Bool) async {
         closing.store(true, ordering: .relaxed)
+        while refilling.load(ordering: .acquiring) { try? await Task.sleep(for: .milliseconds(5)) }
+        let warm = warmPool.withLock { p -> [SandboxRuntime] in defer { p = [] }; return p }
+        for rt in warm { await discard(rt) }
         let all = registry.withLock { Array($0.values) }
         await withTaskGroup(of: Void.self) { g in
             for rt in all {

@@ -61,6 +61,10 @@ public enum SandboxDisk {
         try FS.mkdir(skel + "/" + upper, mode: 0o755)
         try FS.mkdir(skel + "/" + work, mode: 0o700)
         try FS.chown(skel + "/" + upper, uid: rootUid, gid: rootUid)
+        // Explicit modes: the image is cached, so a stray umask must not bake into it.
+        try FS.chmod(skel, 0o755)
+        try FS.chmod(skel + "/" + upper, 0o755)
+        try FS.chmod(skel + "/" + work, 0o700)
         let fd = try sys("open", path: tmp) { open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
         let rc = ftruncate(fd, off_t(bytes))
         close(fd)

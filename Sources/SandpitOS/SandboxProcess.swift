@@ -71,6 +71,12 @@ public enum SandboxSpawner {
         _ = sp_pidfd_send_signal(pidfd, signal)
     }
 
+    /// False once the process has exited (a pidfd polls readable then).
+    public static func isAlive(pidfd: Int32) -> Bool {
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) == 0
+    }
+
     /// Blocks until `pid` has exited and returns its wait status.
     public static func reap(_ pid: Int32) -> Int32 {
         var st: Int32 = 0

@@ -38,22 +38,26 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
+    @Option(help: "Sandboxes kept started ahead of demand (default template and policy), so sandbox.create returns at once. 0 disables. Ignored without a daemon.")
+    var warmPool: Int = 2
+
     func makeLogger() -> Logger {
         var l = Logger(label: "sandpit")
         l.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         return l
     }
 
-    func engineConfig() throws -> EngineConfig {
+    func engineConfig(warmPool pool: Int? = nil) throws -> EngineConfig {
         guard let mode = StorageMode(rawValue: storage) else { throw ValidationError("--storage must be loop or dir") }
         let exe = Executable.directory()
         let agent = ProcessEnv.get("SANDPIT_AGENT") ?? exe + "/sandpit-agent"
         return EngineConfig(dataDir: dataDir, storageMode: mode, storageBytes: Int64(storageGib) << 30, agentPath: agent,
-                            policiesDir: policies ?? Executable.findPolicies(), maxSandboxes: maxSandboxes)
+                            policiesDir: policies ?? Executable.findPolicies(), maxSandboxes: maxSandboxes, warmPool: max(0, pool ?? warmPool))
     }
 
+    /// An in-process engine for one CLI command: no warm pool (nothing would use it).
     func makeService(logger: Logger) throws -> RPCService {
-        let engine = try Engine(config: try engineConfig(), logger: logger)
+        let engine = try Engine(config: try engineConfig(warmPool: 0), logger: logger)
         return RPCService(engine: engine, logger: logger)
     }
 }
@@ -103,6 +107,10 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var engine: EngineOptions
 
     func run() async throws {
+        // Before any thread exists: whatever the caller's umask, nothing the
+        // daemon creates is group- or world-writable (the socket included,
+        // until it gets its configured mode).
+        umask(umask(0o022) | 0o022)
         LoggingSystem.bootstrapOnce()
         var log = engine.makeLogger()
         if engine.logLevel == "warning" { log.logLevel = .info }

@@ -136,4 +136,41 @@ struct IsolationTests {
         #expect(v["result"]?["exitCode"] == 0)
         #expect(!Host.isMounted(scratch + "/data/store"))
     }
+
+    @Test func warmPoolHandsOutWorkingSandboxesAndLeavesNothing() throws {
+        let d = try DaemonProcess(socket: true, name: "warmpool", extraArgs: ["--warm-pool", "2"])
+        defer { d.cleanup() }
+        let c = try d.connect()
+        func ready() -> Int64 { (try? c.result("server.info"))?["warmPool"]?["ready"]?.intValue ?? -1 }
+        #expect(eventually { ready() == 2 })
+        #expect(Host.pids(matching: "sandpit-agent").count == 2)
+        // A pooled sandbox whose agent died is never handed out.
+        let victim = Host.pids(matching: "sandpit-agent").first!
+        kill(victim, SIGKILL)
+        #expect(eventually { Host.pids(matching: "sandpit-agent").count == 1 })
+        var ids: [String] = []
+        for i in 0..<3 {
+            let sb = try c.result("sandbox.create", ["metadata": ["n": .string("\(i)")]])
+            #expect(sb["state"] == "running" && sb["metadata"]?["n"] == .string("\(i)"))
+            let id = sb["sandboxId"]!.stringValue!
+            ids.append(id)
+            _ = try c.result("exec.run", ["sandboxId": .string(id), "shell": .string("echo $((\(i) + 40)) > /home/user/n")])
+        }
+        #expect(Set(ids).count == 3)
+        for (i, id) in ids.enumerated() {
+            c.notifications = []
+            _ = try c.result("exec.run", ["sandboxId": .string(id), "shell": "cat /home/user/n"])
+            #expect(c.notifications.first?["params"]?["data"] == .string("\(i + 40)\n"), "sandboxes share nothing")
+        }
+        // Overridden limits bypass the pool and still work.
+        let tight = try c.result("sandbox.create", ["limits": ["pids": 32]])
+        #expect(tight["limits"]?["pids"] == 32)
+        #expect(try c.result("sandbox.list")["sandboxes"]?.arrayValue?.count == 4, "pooled sandboxes are not listed")
+        #expect(eventually { ready() == 2 })
+        #expect(d.stop() == 0)
+        #expect(Host.pids(matching: "sandpit-agent").isEmpty)
+        for id in ids + [tight["sandboxId"]!.stringValue!] { #expect(Host.cgroups(matching: id).isEmpty) }
+        #expect(Host.cgroups(matching: "sb_").isEmpty, "pooled sandboxes' cgroups are gone too")
+        #expect(!Host.isMounted(d.dataDir + "/store"))
+    }
 }

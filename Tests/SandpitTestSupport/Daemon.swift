@@ -145,7 +145,9 @@ public final class DaemonProcess: @unchecked Sendable {
         self.dataDir = dataDir ?? scratch + "/data"
         process = Process()
         process.executableURL = URL(fileURLWithPath: TestEnv.sandpit)
-        var args = ["serve", "--data-dir", self.dataDir, "--storage-gib", "4", "--log-level", "debug"] + extraArgs
+        // No warm pool unless a test asks: leak checks count agents, and pooled ones are alive by design.
+        let pool = extraArgs.contains("--warm-pool") ? [] : ["--warm-pool", "0"]
+        var args = ["serve", "--data-dir", self.dataDir, "--storage-gib", "4", "--log-level", "debug"] + pool + extraArgs
         if socket {
             socketPath = scratch + "/sandpit.sock"
             args += ["--socket", socketPath!]
