@@ -208,7 +208,7 @@ public final class Engine: Sendable {
         }
         let now = Clock.nowMs()
         let rt: SandboxRuntime
-        if limits.count == 0, let warm = claimWarm(policy: policyName) {
+        if limits.count == 0, let warm = await claimWarm(policy: policyName) {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
             let record = SandboxRecord(id: rt.id, state: .running, template: template, policy: plan.policy.name, metadata: metadata,
@@ -254,13 +254,25 @@ public final class Engine: Sendable {
     // MARK: warm pool
 
     /// Takes a live pre-started sandbox for `policy`, if one is ready.
-    func claimWarm(policy: String) -> SandboxRuntime? {
+    /// Its agent must answer a ping first: a pooled sandbox can die unseen
+    /// (killed from outside), and one that did is discarded, never handed out.
+    func claimWarm(policy: String) async -> SandboxRuntime? {
         guard policy == config.warmPolicy else { return nil }
         while let rt = warmPool.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
-            if !rt.hasExited && SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd) { return rt }
+            if !rt.hasExited && SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd), await answers(rt) { return rt }
             Task { await self.discard(rt) }
         }
         return nil
+    }
+
+    /// True when the agent replies to a stats request within a second.
+    func answers(_ rt: SandboxRuntime) async -> Bool {
+        await withTaskGroup(of: Bool.self) { g in
+            g.addTask { await rt.stats() > 0 }
+            g.addTask { try? await Task.sleep(for: .seconds(1)); return false }
+            defer { g.cancelAll() }
+            return await g.next() ?? false
+        }
     }
 
     /// Starts sandboxes in the background until the pool holds `config.warmPool`.
