@@ -394,6 +394,22 @@ struct SecurityTests {
         }
     }
 
+    @Test func sandboxWallTimeStopsItAndKeepsItsFiles() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["sandboxTimeoutMs": 1500])
+            _ = try a.sh(sb, "echo kept > /home/user/f; sleep 4747 >/dev/null 2>&1 &")
+            #expect(eventually { (try? a.client.result("sandbox.get", ["sandboxId": .string(sb)]))?["state"] == "stopped" })
+            let got = try a.client.result("sandbox.get", ["sandboxId": .string(sb)])
+            #expect(got["stateReason"]?.stringValue?.contains("wall time") == true)
+            #expect(Host.pids(matching: "sleep 4747").isEmpty)
+            #expect(Host.cgroups(matching: sb).isEmpty)
+            let image = a.daemon.dataDir + "/store/sandboxes/\(sb)/disk.img"
+            #expect(Host.sh("debugfs -R 'cat /upper/home/user/f' '\(image)' 2>/dev/null").output == "kept\n")
+            let late = try a.client.call("exec.run", ["sandboxId": .string(sb), "shell": "true"])
+            #expect(late["error"]?["data"]?["code"] == "invalid_state")
+        }
+    }
+
     @Test func processesCannotSurviveTeardown() throws {
         try Arena.with { a in
             let sb = try a.sandbox()
