@@ -60,6 +60,7 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = a.sandpit or next((p for p in [f"{root}/.build/release/sandpit", f"{root}/.build/debug/sandpit"] if os.path.exists(p)), None)
     if not exe: sys.exit("build sandpit first (swift build -c release)")
+    subprocess.run([f"{root}/scripts/build-agent", os.path.dirname(exe)], check=True)   # the lean, libc-only agent
     scratch = tempfile.mkdtemp(prefix="sandpit-bench-", dir="/tmp"); os.chmod(scratch, 0o755)
     sock = f"{scratch}/s.sock"
     policies = f"{scratch}/policies"
@@ -152,7 +153,7 @@ def main():
     row("exec.run true, default policy", rt, rt)
     row("exec.run true, seccomp + cgroups off", bare_rt, rt)
     row("exec.run true, no own disk image", nodisk_rt, rt)
-    print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB")
+    print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":
     main()

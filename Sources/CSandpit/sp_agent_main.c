@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -34,6 +35,8 @@ int sp_agent_main(int argc, char **argv) {
         fprintf(stderr, "sandpit-agent: runs only as PID 1 of a sandbox started by the sandpit daemon\n");
         return 2;
     }
+    // The name ps shows, whatever file the agent was executed from.
+    prctl(PR_SET_NAME, "sandpit-agent", 0, 0, 0);
     fcntl(SP_AGENT_FD_CTRL, F_SETFD, FD_CLOEXEC);
     const char *step = "unshare cgroup namespace";
     if (unshare(CLONE_NEWCGROUP) != 0) return fatal(step);

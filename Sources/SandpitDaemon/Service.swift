@@ -189,6 +189,7 @@ public final class RPCService: Sendable {
             "warmPool": .object(["target": .int(Int64(engine.config.warmPool)), "ready": .int(Int64(engine.warmCount)),
                                  "policy": .string(engine.config.warmPolicy)]),
             "agentRssBytes": .int(Int64(engine.agentRssBytes)),
+            "agent": .string(engine.config.agentPath),
             "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
             "templates": ["default"],
             "methods": .array(Self.methods.map { .string($0) }),

@@ -50,7 +50,7 @@ struct EngineOptions: ParsableArguments {
     func engineConfig(warmPool pool: Int? = nil) throws -> EngineConfig {
         guard let mode = StorageMode(rawValue: storage) else { throw ValidationError("--storage must be loop or dir") }
         let exe = Executable.directory()
-        let agent = ProcessEnv.get("SANDPIT_AGENT") ?? exe + "/sandpit-agent"
+        let agent = ProcessEnv.get("SANDPIT_AGENT") ?? Executable.findAgent(in: exe)
         return EngineConfig(dataDir: dataDir, storageMode: mode, storageBytes: Int64(storageGib) << 30, agentPath: agent,
                             policiesDir: policies ?? Executable.findPolicies(), maxSandboxes: maxSandboxes, warmPool: max(0, pool ?? warmPool))
     }

@@ -26,6 +26,13 @@ enum Executable {
         return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
     }
 
+    /// The agent next to this binary: the lean C-only build (`scripts/build-agent`)
+    /// when it is there, else the one SwiftPM built.
+    static func findAgent(in dir: String) -> String {
+        let lean = dir + "/sandpit-agent.lean"
+        return access(lean, X_OK) == 0 ? lean : dir + "/sandpit-agent"
+    }
+
     /// Policies shipped with the checkout (`.build/<config>/sandpit` → `Policies/`), or /etc/sandpit/policies.
     static func findPolicies() -> String? {
         var dir = directory()

@@ -183,7 +183,13 @@ public final class DaemonProcess: @unchecked Sendable {
     public var log: String { (try? String(contentsOfFile: scratch + "/daemon.log", encoding: .utf8)) ?? "" }
 
     public func connect() throws -> LineConnection {
-        if let s = socketPath { return try LineConnection.unix(s) }
+        if let s = socketPath {
+            // The socket file appears at bind(), a moment before listen().
+            for _ in 0..<100 {
+                do { return try LineConnection.unix(s) } catch let e as POSIXError where e.code == .ECONNREFUSED { usleep(10_000) }
+            }
+            return try LineConnection.unix(s)
+        }
         return stdio!
     }
 
