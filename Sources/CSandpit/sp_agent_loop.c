@@ -244,12 +244,6 @@ done:
 static void close_fd(int *fd) { if (*fd >= 0) { close(*fd); *fd = -1; } }
 
 static void finish(struct exec *x) {
-    if (config->cgroup_fd >= 0) {
-        // Fails (EBUSY) while processes the command left running are in it; teardown removes it then.
-        char name[32];
-        snprintf(name, sizeof name, "ex_%u", x->id);
-        unlinkat(config->cgroup_fd, name, AT_REMOVEDIR);
-    }
     close_fd(&x->out_fd);
     close_fd(&x->err_fd);
     close_fd(&x->in_fd);
@@ -258,6 +252,13 @@ static void finish(struct exec *x) {
     uint32_t id = x->id;
     memset(x, 0, sizeof *x);
     send_or_die(SP_FRAME_EXITED, 0, id, &st, sizeof st, NULL, 0);
+    if (config->cgroup_fd >= 0) {
+        // After the reply, off the request's path. Fails (EBUSY) while processes
+        // the command left running are in it; teardown removes it then.
+        char name[32];
+        snprintf(name, sizeof name, "ex_%u", id);
+        unlinkat(config->cgroup_fd, name, AT_REMOVEDIR);
+    }
 }
 
 static void do_stdin(uint32_t id, const char *data, size_t len) {

@@ -16,6 +16,9 @@ final class SQLiteDB: @unchecked Sendable {
     }
 
     private var db: OpaquePointer?
+    /// Prepared statements by SQL text: the catalog runs the same few
+    /// statements for every exec, and preparing costs more than running them.
+    private var statements: [String: OpaquePointer] = [:]
 
     init(path: String) throws {
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
@@ -28,7 +31,10 @@ final class SQLiteDB: @unchecked Sendable {
         sqlite3_busy_timeout(db, 5000)
     }
 
-    deinit { sqlite3_close(db) }
+    deinit {
+        for st in statements.values { sqlite3_finalize(st) }
+        sqlite3_close(db)
+    }
 
     func execute(_ sql: String) throws {
         var err: UnsafeMutablePointer<CChar>?
@@ -47,10 +53,21 @@ final class SQLiteDB: @unchecked Sendable {
     }
 
     func query(_ sql: String, _ binds: [Value] = []) throws -> [[Value]] {
-        var stmt: OpaquePointer?
-        var rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
-        guard rc == SQLITE_OK else { throw Failure(code: rc, message: String(cString: sqlite3_errmsg(db))) }
-        defer { sqlite3_finalize(stmt) }
+        var rc: Int32
+        let stmt: OpaquePointer
+        if let cached = statements[sql] {
+            stmt = cached
+        } else {
+            var fresh: OpaquePointer?
+            rc = sqlite3_prepare_v2(db, sql, -1, &fresh, nil)
+            guard rc == SQLITE_OK, let f = fresh else { throw Failure(code: rc, message: String(cString: sqlite3_errmsg(db))) }
+            stmt = f
+            statements[sql] = f
+        }
+        defer {
+            sqlite3_reset(stmt)
+            sqlite3_clear_bindings(stmt)
+        }
         for (i, b) in binds.enumerated() {
             let idx = Int32(i + 1)
             switch b {

@@ -234,7 +234,8 @@ public final class RPCService: Sendable {
         let timeout = try p.int("timeoutMs", min: 1, max: 7 * 24 * 3_600_000).map { Int($0) }
         let background = try p.bool("background") ?? false
 
-        let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received), caller: caller)
+        let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received),
+                                              caller: caller, awaitStart: background)
         if background {
             return .object(["execId": .string(session.execId), "state": .string(session.isFinished ? "exited" : "running"), "background": true])
         }

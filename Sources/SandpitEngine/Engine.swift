@@ -549,8 +549,10 @@ public final class Engine: Sendable {
                            details: ["state": .string(r.state.rawValue)])
     }
 
-    /// Starts a command; returns once it is running (or failed to start).
-    public func exec(_ id: String, _ req: ExecRequest, caller: Caller) async throws -> ExecSession {
+    /// Starts a command. With `awaitStart` it returns once the command runs
+    /// (or failed to start); without, at once (a foreground caller reads the
+    /// outcome from the session anyway, and saves a thread hop).
+    public func exec(_ id: String, _ req: ExecRequest, caller: Caller, awaitStart: Bool = true) async throws -> ExecSession {
         let rt = try await liveRuntime(id, caller: caller)
         // A client may shorten the policy's wall time, never lengthen it.
         if let asked = req.timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
@@ -628,7 +630,7 @@ public final class Engine: Sendable {
                 exitCode: o.exitCode, signal: o.signal.map { Int($0) }, timedOut: o.timedOut, startedAt: startedAt,
                 endedAt: Clock.nowMs(), stdoutBytes: o.stdoutBytes, stderrBytes: o.stderrBytes), sandboxStep: step)
         }
-        await session.waitStarted()
+        if awaitStart { await session.waitStarted() }
         return session
     }
 
