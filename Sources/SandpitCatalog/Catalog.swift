@@ -57,6 +57,22 @@ public final class Catalog: @unchecked Sendable {
             PRIMARY KEY (name, tag)
         );
         """,
+        // 2: checkpoints. A sandbox's head is the checkpoint its files were last
+        // saved as or restored from; the next checkpoint's parent.
+        """
+        CREATE TABLE checkpoints (
+            id TEXT PRIMARY KEY,
+            sandbox_id TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            name TEXT,
+            parent_id TEXT,
+            created_at INTEGER NOT NULL,
+            diff TEXT NOT NULL,
+            bytes INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX checkpoints_sandbox ON checkpoints(sandbox_id, created_at);
+        ALTER TABLE sandboxes ADD COLUMN head TEXT;
+        """,
     ]
 
     public init(path: String) throws {
@@ -110,30 +126,30 @@ public final class Catalog: @unchecked Sendable {
         return out
     }
 
-    static let sandboxColumns = "id, state, template, policy, metadata, created_at, last_active_at, step, exec_seq, owner, state_reason"
+    static let sandboxColumns = "id, state, template, policy, metadata, created_at, last_active_at, step, exec_seq, owner, state_reason, head"
 
     static func sandbox(_ r: [SQLiteDB.Value]) -> SandboxRecord {
         SandboxRecord(id: r[0].text ?? "", state: SandboxState(rawValue: r[1].text ?? "") ?? .stopped,
                       template: r[2].text ?? "", policy: r[3].text ?? "", metadata: decodeMetadata(r[4].text ?? "{}"),
                       createdAt: r[5].int ?? 0, lastActiveAt: r[6].int ?? 0, step: Int(r[7].int ?? 0),
-                      execSeq: Int(r[8].int ?? 0), owner: r[9].int ?? -1, stateReason: r[10].text)
+                      execSeq: Int(r[8].int ?? 0), owner: r[9].int ?? -1, stateReason: r[10].text, head: r[11].text)
     }
 
     public func insertSandbox(_ s: SandboxRecord) async throws {
         try await onQueue { db in
-            try db.run("INSERT INTO sandboxes (\(Self.sandboxColumns)) VALUES (?,?,?,?,?,?,?,?,?,?,?)", [
+            try db.run("INSERT INTO sandboxes (\(Self.sandboxColumns)) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
                 .text(s.id), .text(s.state.rawValue), .text(s.template), .text(s.policy), .text(Self.encodeMetadata(s.metadata)),
                 .int(s.createdAt), .int(s.lastActiveAt), .int(Int64(s.step)), .int(Int64(s.execSeq)), .int(s.owner),
-                s.stateReason.map { .text($0) } ?? .null,
+                s.stateReason.map { .text($0) } ?? .null, s.head.map { .text($0) } ?? .null,
             ])
         }
     }
 
     public func updateSandbox(_ s: SandboxRecord) async throws {
         try await onQueue { db in
-            try db.run("UPDATE sandboxes SET state=?, last_active_at=?, step=?, exec_seq=?, state_reason=? WHERE id=?", [
+            try db.run("UPDATE sandboxes SET state=?, last_active_at=?, step=?, exec_seq=?, state_reason=?, head=? WHERE id=?", [
                 .text(s.state.rawValue), .int(s.lastActiveAt), .int(Int64(s.step)), .int(Int64(s.execSeq)),
-                s.stateReason.map { .text($0) } ?? .null, .text(s.id),
+                s.stateReason.map { .text($0) } ?? .null, s.head.map { .text($0) } ?? .null, .text(s.id),
             ])
         }
     }
@@ -227,6 +243,71 @@ public final class Catalog: @unchecked Sendable {
     /// Marks execs that were running when the daemon died as lost.
     public func loseRunningExecs(at: Int64) throws {
         try queue.sync { _ = try db.run("UPDATE execs SET state='lost', ended_at=? WHERE state='running'", [.int(at)]) }
+    }
+
+    // MARK: checkpoints
+
+    static let checkpointColumns = "id, sandbox_id, step, name, parent_id, created_at, diff, bytes"
+
+    static func checkpoint(_ r: [SQLiteDB.Value]) -> CheckpointRecord {
+        var d = CheckpointDiff()
+        if let v = try? JSONCodec.parse(r[6].text ?? "{}") {
+            d.added = v["added"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            d.modified = v["modified"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            d.deleted = v["deleted"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            d.bytes = v["bytes"]?.intValue ?? 0
+        }
+        return CheckpointRecord(id: r[0].text ?? "", sandboxId: r[1].text ?? "", step: Int(r[2].int ?? 0), name: r[3].text,
+                                parentId: r[4].text, createdAt: r[5].int ?? 0, diff: d, bytes: r[7].int ?? 0)
+    }
+
+    /// Diff paths are stored whole (the wire shows the first few).
+    static func encodeDiff(_ d: CheckpointDiff) -> String {
+        JSONCodec.encode(.object([
+            "added": .array(d.added.map { .string($0) }), "modified": .array(d.modified.map { .string($0) }),
+            "deleted": .array(d.deleted.map { .string($0) }), "bytes": .int(d.bytes),
+        ]))
+    }
+
+    /// Records a checkpoint and makes it the sandbox's head, in one transaction.
+    public func insertCheckpoint(_ c: CheckpointRecord) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                try db.run("INSERT INTO checkpoints (\(Self.checkpointColumns)) VALUES (?,?,?,?,?,?,?,?)", [
+                    .text(c.id), .text(c.sandboxId), .int(Int64(c.step)), c.name.map { .text($0) } ?? .null,
+                    c.parentId.map { .text($0) } ?? .null, .int(c.createdAt), .text(Self.encodeDiff(c.diff)), .int(c.bytes),
+                ])
+                try db.run("UPDATE sandboxes SET head=? WHERE id=?", [.text(c.id), .text(c.sandboxId)])
+            }
+        }
+    }
+
+    public func checkpoints(of sandboxId: String) async throws -> [CheckpointRecord] {
+        try await onQueue { db in
+            try db.query("SELECT \(Self.checkpointColumns) FROM checkpoints WHERE sandbox_id=? ORDER BY created_at, rowid",
+                         [.text(sandboxId)]).map(Self.checkpoint)
+        }
+    }
+
+    public func checkpoint(_ id: String) async throws -> CheckpointRecord? {
+        try await onQueue { db in
+            try db.query("SELECT \(Self.checkpointColumns) FROM checkpoints WHERE id=?", [.text(id)]).first.map(Self.checkpoint)
+        }
+    }
+
+    public func deleteCheckpoints(of sandboxId: String) async throws {
+        try await onQueue { db in _ = try db.run("DELETE FROM checkpoints WHERE sandbox_id=?", [.text(sandboxId)]) }
+    }
+
+    /// Every checkpoint id, for reconciling the files on disk with the catalog.
+    public func allCheckpointIds() throws -> Set<String> {
+        try queue.sync { Set(try db.query("SELECT id FROM checkpoints").compactMap { $0[0].text }) }
+    }
+
+    public func dropCheckpoints(_ ids: [String]) throws {
+        try queue.sync {
+            try db.transaction { for id in ids { _ = try db.run("DELETE FROM checkpoints WHERE id=?", [.text(id)]) } }
+        }
     }
 
     // MARK: events

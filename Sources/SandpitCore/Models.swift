@@ -34,10 +34,11 @@ public struct SandboxRecord: Sendable, Equatable {
     public var execSeq: Int
     public var owner: Int64          // uid of the client that created it (-1 = in-process)
     public var stateReason: String?
+    public var head: String?         // the checkpoint the files were last saved as or restored from
 
     public init(id: String, state: SandboxState, template: String, policy: String, metadata: [String: String],
                 createdAt: Int64, lastActiveAt: Int64, step: Int = 0, execSeq: Int = 0, owner: Int64 = -1,
-                stateReason: String? = nil) {
+                stateReason: String? = nil, head: String? = nil) {
         self.id = id
         self.state = state
         self.template = template
@@ -49,6 +50,7 @@ public struct SandboxRecord: Sendable, Equatable {
         self.execSeq = execSeq
         self.owner = owner
         self.stateReason = stateReason
+        self.head = head
     }
 
     public var json: JSONValue {
@@ -65,6 +67,7 @@ public struct SandboxRecord: Sendable, Equatable {
             "metadata": .object(meta),
         ]
         if let r = stateReason { o["stateReason"] = .string(r) }
+        if let h = head { o["checkpointId"] = .string(h) }
         return .object(o)
     }
 }

@@ -24,6 +24,8 @@ public struct Policy: Sendable, Equatable {
     public var socketFamilies: SocketFamilies = .inet
     /// Off only for benchmarks that measure what the barriers cost.
     public var cgroup: Bool = true
+    /// When the daemon checkpoints the sandbox's files (needs `diskBytes`).
+    public var checkpoints: CheckpointMode = .everyStep
 
     public enum Purpose: String, Sendable, CaseIterable { case sandbox, build }
     public enum NetworkMode: String, Sendable, CaseIterable {
@@ -87,7 +89,7 @@ public struct Policy: Sendable, Equatable {
     ]
 
     static let knownKeys: Set<String> = Set(limitKeys).union(["name", "description", "purpose", "network", "allow", "seccomp",
-                                                              "socketFamilies", "cgroup"])
+                                                              "socketFamilies", "cgroup", "checkpoints"])
 
     /// Decodes a policy document. `source` names the file in errors. A limit
     /// given as `null` is unlimited; an absent one keeps the built-in default.
@@ -135,6 +137,7 @@ public struct Policy: Sendable, Equatable {
         p.purpose = try choice("purpose", Purpose.self) ?? p.purpose
         p.network = try choice("network", NetworkMode.self) ?? p.network
         p.socketFamilies = try choice("socketFamilies", SocketFamilies.self) ?? p.socketFamilies
+        p.checkpoints = try choice("checkpoints", CheckpointMode.self) ?? p.checkpoints
         p.seccomp = try flag("seccomp") ?? p.seccomp
         p.cgroup = try flag("cgroup") ?? p.cgroup
         if let a = o["allow"] {
@@ -149,6 +152,7 @@ public struct Policy: Sendable, Equatable {
         }
         if p.network == .allowlist && p.allow.isEmpty { throw fail("allow", "must list at least one host for network \"allowlist\"") }
         if p.network != .allowlist && !p.allow.isEmpty { throw fail("allow", "is only meaningful with network \"allowlist\"") }
+        if p.checkpoints != .off && p.diskBytes == nil { throw fail("checkpoints", "needs a sandbox disk (diskBytes); set \"off\" with diskBytes null") }
         return p
     }
 
@@ -182,6 +186,12 @@ public struct Policy: Sendable, Equatable {
                 }
                 p.network = .none
                 p.allow = []
+            case "checkpoints":
+                // Any mode is allowed: checkpoints cost the sandbox's own disk only.
+                guard let s = v.stringValue, let m = CheckpointMode(rawValue: s) else {
+                    throw SandpitError.invalidParams("limits.checkpoints", "must be \"every-step\", \"manual\" or \"off\"")
+                }
+                p.checkpoints = m
             case "allow":
                 guard let arr = v.arrayValue?.compactMap(\.stringValue), arr.count == v.arrayValue?.count else {
                     throw SandpitError.invalidParams("limits.allow", "must be a list of \"host:port\" strings")
@@ -193,7 +203,7 @@ public struct Policy: Sendable, Equatable {
                 p.allow = arr
                 if arr.isEmpty { p.network = .none }
             default:
-                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow"]).joined(separator: ", ")))")
+                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow", "checkpoints"]).joined(separator: ", ")))")
             }
         }
         return p
@@ -209,6 +219,7 @@ public struct Policy: Sendable, Equatable {
         o["seccomp"] = .bool(seccomp)
         o["socketFamilies"] = .string(socketFamilies.rawValue)
         o["cgroup"] = .bool(cgroup)
+        o["checkpoints"] = .string(checkpoints.rawValue)
         return .object(o)
     }
 }

@@ -75,6 +75,11 @@ public struct SandboxPlan: Sendable, Equatable {
         add("rlimits", "open files " + (p.openFiles.map(String.init) ?? "inherited") + "; core dumps 0")
         add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
         add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
+        switch p.checkpoints {
+        case .everyStep: add("checkpoints", "after every exec: freeze the disk, clone its image by reference, record the diff")
+        case .manual: add("checkpoints", "only on checkpoint.create")
+        case .off: add("checkpoints", "off")
+        }
         add("sandbox", "wall time " + (p.sandboxTimeoutMs.map { "\($0) ms, then stopped (files kept)" } ?? "unlimited"))
         var plan = SandboxPlan(policy: p, steps: s)
         if p.network == .allowlist { plan.proxyPort = host.proxyPort }

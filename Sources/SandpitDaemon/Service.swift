@@ -54,7 +54,8 @@ public final class RPCService: Sendable {
     }
 
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.get", "sandbox.list", "sandbox.delete",
-                                 "exec.run", "exec.kill", "exec.logs"]
+                                 "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
+                                 "sandbox.fork", "storage.info"]
 
     /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
@@ -149,9 +150,45 @@ public final class RPCService: Sendable {
                 ])
                 return .object(o)
             }
+        case "checkpoint.list":
+            try p.expect(only: ["sandboxId"])
+            let list = try await engine.checkpoints(try p.requireString("sandboxId"), caller: caller)
+            return .object(["checkpoints": .array(list.map(\.json))])
+        case "checkpoint.create":
+            try p.expect(only: ["sandboxId", "name"])
+            let name = try p.string("name")
+            if let n = name, n.isEmpty || n.count > 200 { throw SandpitError.invalidParams("name", "1 to 200 characters") }
+            return try await engine.createCheckpoint(try p.requireString("sandboxId"), name: name, caller: caller).json
+        case "sandbox.restore":
+            try p.expect(only: ["sandboxId", "checkpointId", "step"])
+            let (step, ck) = try Self.checkpointRef(p, required: true)
+            let r = try await engine.restore(try p.requireString("sandboxId"), step: step, checkpointId: ck, caller: caller)
+            guard case .object(var o) = sandboxJSON(r.sandbox, caller: caller) else { return .null }
+            o["restored"] = .array(r.restored.map { .string($0) })
+            o["lost"] = .array(r.lost.map { .string($0) })
+            o["checkpoint"] = r.checkpoint.json
+            return .object(o)
+        case "sandbox.fork":
+            try p.expect(only: ["sandboxId", "checkpointId", "step", "count"])
+            let (step, ck) = try Self.checkpointRef(p, required: false)
+            let count = Int(try p.int("count", min: 1, max: 32) ?? 1)
+            let made = try await engine.fork(try p.requireString("sandboxId"), step: step, checkpointId: ck, count: count, caller: caller)
+            return .object(["sandboxes": .array(made.map { sandboxJSON($0, caller: caller) })])
+        case "storage.info":
+            try p.expect(only: [])
+            return engine.storageReport()
         default:
             throw SandpitError(.methodNotFound, "method not found: \(req.method)", details: ["method": .string(req.method)])
         }
+    }
+
+    static func checkpointRef(_ p: Params, required: Bool) throws(SandpitError) -> (Int?, String?) {
+        let step = try p.int("step", min: 0).map { Int($0) }
+        let ck = try p.string("checkpointId")
+        if step != nil && ck != nil { throw SandpitError.invalidParams("step", "give step or checkpointId, not both") }
+        if required && step == nil && ck == nil { throw SandpitError.invalidParams("checkpointId", "one of checkpointId or step is required") }
+        if let c = ck, !Identifier.isValid(c, prefix: "ck") { throw SandpitError.notFound("Checkpoint", c) }
+        return (step, ck)
     }
 
     /// A sandbox as on the wire, plus its effective `limits` while it is live.
@@ -250,7 +287,10 @@ public final class RPCService: Sendable {
                 try await out.send(RPC.notification("exec.output", .object(o)))
                 last = c.seq
             }
-            if let outcome { return Self.resultJSON(session.execId, outcome) }
+            if let outcome {
+                let rec = await session.waitRecorded()
+                return Self.resultJSON(session.execId, outcome, step: rec)
+            }
         }
     }
 
@@ -261,7 +301,7 @@ public final class RPCService: Sendable {
         return .object(o)
     }
 
-    public static func resultJSON(_ execId: String, _ o: ExecOutcome) -> JSONValue {
+    public static func resultJSON(_ execId: String, _ o: ExecOutcome, step: ExecSession.StepRecord? = nil) -> JSONValue {
         var r: JSONObject = ["execId": .string(execId), "exitCode": .int(Int64(o.exitCode))]
         if let s = o.signal { r["signal"] = .string(Signals.name(s)) }
         r["timedOut"] = .bool(o.timedOut)
@@ -273,6 +313,19 @@ public final class RPCService: Sendable {
         r["timings"] = .object(["queueUs": .int(o.timings.queueUs), "spawnUs": .int(o.timings.spawnUs), "runUs": .int(o.timings.runUs)])
         if let e = o.spawnError { r["spawnError"] = .string(e) }
         if let k = o.killedBy { r["killedBy"] = .string(k) }
+        if let step {
+            r["step"] = .int(Int64(step.step))
+            if let c = step.checkpoint {
+                r["checkpoint"] = .object(["step": .int(Int64(c.step)), "checkpointId": .string(c.id), "diff": c.diff.json, "bytes": .int(c.bytes)])
+                if case .object(var t) = r["timings"] {
+                    t["checkpointUs"] = .int(step.checkpointUs)
+                    r["timings"] = .object(t)
+                }
+            } else if let e = step.checkpointError {
+                r["checkpoint"] = .null
+                r["checkpointError"] = .string(e)
+            }
+        }
         return .object(r)
     }
 }

@@ -154,6 +154,23 @@ public final class Engine: Sendable {
         for d in FS.listDirectory(storage.root + "/sandboxes") where !known.contains(d) {
             try? FS.removeTree(storage.root + "/sandboxes/" + d)
         }
+        // Checkpoints: files a crash left without a catalog row (or half
+        // written) go; rows whose files are missing go too.
+        let listed = try catalog.allCheckpointIds()
+        var present = Set<String>()
+        for sb in known {
+            let dir = checkpointDir(sb)
+            for f in FS.listDirectory(dir) {
+                let id = String(f.prefix { $0 != "." })
+                if f.hasSuffix(".tmp") || !listed.contains(id) { unlink(dir + "/" + f) } else if f.hasSuffix(".img") { present.insert(id) }
+            }
+            unlink(sandboxDir(sb) + "/disk.img.restore")
+        }
+        let dangling = listed.subtracting(present)
+        if !dangling.isEmpty {
+            logger.warning("dropping checkpoints whose files are gone", metadata: ["count": "\(dangling.count)"])
+            try catalog.dropCheckpoints(Array(dangling))
+        }
     }
 
     // MARK: info
@@ -312,7 +329,7 @@ public final class Engine: Sendable {
     /// Builds a sandbox on the host and waits for its agent: write layer,
     /// mounts, cgroup, namespaces, agent, proxy. Touches neither the catalog
     /// nor the registry; on failure everything it made is undone.
-    func launch(_ record: SandboxRecord, plan: SandboxPlan) async throws -> SandboxRuntime {
+    func launch(_ record: SandboxRecord, plan: SandboxPlan, fresh: Bool = true) async throws -> SandboxRuntime {
         let id = record.id
         let policy = plan.policy
         let dir = storage.root + "/sandboxes/" + id
@@ -320,12 +337,14 @@ public final class Engine: Sendable {
         var runtime: SandboxRuntime?
         var disk: FileDescriptor?
         do {
-            try FS.mkdir(dir, mode: 0o700)
+            if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
             let rootUid = config.ids.hostID(0)
             let upper: String, work: String
             if let bytes = policy.diskBytes {
                 let image = dir + "/disk.img"
-                try SandboxDisk.create(image: image, blanksDir: storage.root + "/blank", bytes: bytes, inodes: policy.diskInodes, rootUid: rootUid)
+                if !FS.exists(image) {
+                    try SandboxDisk.create(image: image, storage: storage, bytes: bytes, inodes: policy.diskInodes, rootUid: rootUid)
+                }
                 let d = try SandboxDisk.mount(image)
                 disk = d
                 upper = SandboxDisk.path(in: d, SandboxDisk.upper)
@@ -398,7 +417,8 @@ public final class Engine: Sendable {
             }
             disk?.close()
             try? cgroup?.destroy()
-            try? FS.removeTree(dir)
+            // A sandbox being restored or revived keeps its files and checkpoints.
+            if fresh { try? FS.removeTree(dir) }
             if let e = error as? SandpitError { throw e }
             throw SandpitError(.sandboxFailed, "could not start sandbox: \(error)")
         }
@@ -530,6 +550,7 @@ public final class Engine: Sendable {
             guard let r = try await catalog.sandbox(id), r.state != .deleted, caller.owns(r) else { throw SandpitError.notFound("Sandbox", id) }
         }
         try FS.removeTree(storage.root + "/sandboxes/" + id)
+        try await catalog.deleteCheckpoints(of: id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
         await catalog.event("deleted", sandbox: id)
     }
@@ -614,17 +635,18 @@ public final class Engine: Sendable {
         // One task records the exec's start, waits for its end and records that,
         // so the two catalog writes can never land out of order. A crash between
         // them is reconciled on start (running execs become lost).
-        Task { [weak rt, timer] in
+        Task { [weak rt, weak self, timer] in
             try? await cat.insertExec(ExecRecord(sandboxId: id, execId: session.execId, command: req.argv, state: .running,
                                                  startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
             let o = await session.waitFinished()
             timer?.cancel()
-            guard let rt else { return }
-            let step = rt.state.withLock { s -> Int in
-                s.record.step += 1
-                s.record.lastActiveAt = Clock.nowMs()
-                return s.record.step
+            guard let rt, let self else {
+                session.markRecorded(.init(step: record.step, checkpoint: nil, checkpointError: "sandbox gone"))
+                return
             }
+            let rec = await self.recordStep(rt)
+            session.markRecorded(rec)
+            let step = rec.step
             try? await cat.finishExec(ExecRecord(
                 sandboxId: id, execId: session.execId, command: req.argv, state: o.spawnError == nil ? .exited : .failed,
                 exitCode: o.exitCode, signal: o.signal.map { Int($0) }, timedOut: o.timedOut, startedAt: startedAt,
@@ -666,6 +688,230 @@ public final class Engine: Sendable {
     public func agentStats(_ id: String, caller: Caller) async throws -> UInt64 {
         let rt = try await liveRuntime(id, caller: caller)
         return await rt.stats()
+    }
+
+    // MARK: steps and checkpoints
+
+    func sandboxDir(_ id: String) -> String { storage.root + "/sandboxes/" + id }
+    func checkpointDir(_ id: String) -> String { sandboxDir(id) + "/checkpoints" }
+    func checkpointImage(_ sb: String, _ ck: String) -> String { checkpointDir(sb) + "/" + ck + ".img" }
+    func checkpointManifest(_ sb: String, _ ck: String) -> String { checkpointDir(sb) + "/" + ck + ".manifest" }
+
+    /// Advances the step counter after an exec and, under `every-step`,
+    /// checkpoints the files. Never throws: a failed checkpoint is reported
+    /// in the result and the step still counts.
+    func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
+        do {
+            return try await rt.steps.run { [self] in
+                let step = rt.state.withLock { s -> Int in
+                    s.record.step += 1
+                    s.record.lastActiveAt = Clock.nowMs()
+                    return s.record.step
+                }
+                guard rt.policy.checkpoints == .everyStep, rt.disk != nil, !rt.state.withLock({ $0.deleting }) else {
+                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: nil)
+                }
+                do {
+                    let t0 = Clock.monotonicNs()
+                    let ck = try await snapshot(rt, name: nil)
+                    return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
+                                                  checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
+                } catch {
+                    logger.warning("checkpoint failed", metadata: ["sandbox": "\(rt.id)", "error": "\(error)"])
+                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: "\(error)")
+                }
+            }
+        } catch {
+            return ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: "\(error)")
+        }
+    }
+
+    /// Takes a checkpoint of a live sandbox's files now (`checkpoint.create`).
+    public func createCheckpoint(_ id: String, name: String?, caller: Caller) async throws -> CheckpointRecord {
+        let rt = try await liveRuntime(id, caller: caller)
+        guard rt.disk != nil else {
+            throw SandpitError(.invalidState, "sandbox \(id) has no disk of its own (its policy sets diskBytes null), so it cannot be checkpointed")
+        }
+        return try await rt.steps.run { [self] in try await snapshot(rt, name: name) }
+    }
+
+    /// The checkpoint itself; the caller holds the sandbox's step lock.
+    /// Files first (image and manifest under temporary names, then renamed),
+    /// the catalog last: a crash in between leaves files the next start
+    /// removes, never a listed checkpoint without its files.
+    private func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
+        guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
+        let id = Identifier.make("ck")
+        let sb = rt.id
+        let dir = checkpointDir(sb)
+        let image = sandboxDir(sb) + "/disk.img", copy = checkpointImage(sb, id)
+        let parent = rt.record.head
+        let previous = rt.headManifest.withLock { $0 } ?? parent.flatMap { loadManifest(sb, $0) } ?? Manifest()
+        let store = storage
+        let t0 = Clock.monotonicNs()
+        let manifest: Manifest = try await EngineThread.run {
+            if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
+            let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
+                try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
+            }
+            Fault.point("checkpoint.cloned")
+            try FS.writeBytes(copy + ".manifest.tmp", m.encoded())
+            _ = try sys("rename", path: copy) { rename(copy + ".manifest.tmp", self.checkpointManifest(sb, id)) }
+            _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
+            return m
+        }
+        let layer = defaultLayer
+        let diff = CheckpointDiff.compute(old: previous, new: manifest) { FS.lexists(layer + "/" + $0) }
+        let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
+                                      createdAt: Clock.nowMs(), diff: diff, bytes: diff.bytes)
+        Fault.point("checkpoint.files-written")
+        try await catalog.insertCheckpoint(record)
+        rt.headManifest.withLock { $0 = manifest }
+        rt.state.withLock { $0.record.head = id }
+        logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
+        return record
+    }
+
+    func loadManifest(_ sb: String, _ ck: String) -> Manifest? {
+        (try? FS.readFile(checkpointManifest(sb, ck), limit: 1 << 30)).flatMap(Manifest.decode)
+    }
+
+    public func checkpoints(_ id: String, caller: Caller) async throws -> [CheckpointRecord] {
+        _ = try await sandbox(id, caller: caller)
+        return try await catalog.checkpoints(of: id)
+    }
+
+    /// The checkpoint a restore or fork names: by id, or by step on the
+    /// sandbox's current branch (the head and its ancestors); the newest
+    /// checkpoint with that step when no ancestor has it.
+    func resolveCheckpoint(_ r: SandboxRecord, step: Int?, checkpointId: String?) async throws -> CheckpointRecord {
+        let all = try await catalog.checkpoints(of: r.id)
+        if let cid = checkpointId {
+            guard let c = all.first(where: { $0.id == cid }) else { throw SandpitError.notFound("Checkpoint", cid) }
+            return c
+        }
+        guard let step else {
+            guard let head = r.head, let c = all.first(where: { $0.id == head }) ?? all.last else {
+                throw SandpitError(.notFound, "sandbox \(r.id) has no checkpoints yet")
+            }
+            return c
+        }
+        let byId = Dictionary(all.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var cursor = r.head.flatMap { byId[$0] }
+        while let c = cursor {
+            if c.step == step { return c }
+            cursor = c.parentId.flatMap { byId[$0] }
+        }
+        guard let c = all.last(where: { $0.step == step }) else {
+            throw SandpitError(.notFound, "sandbox \(r.id) has no checkpoint at step \(step) (steps: \(Set(all.map(\.step)).sorted().map(String.init).joined(separator: ", ")))",
+                               details: ["step": .int(Int64(step))])
+        }
+        return c
+    }
+
+    public struct Restored: Sendable {
+        public var sandbox: SandboxRecord
+        public var checkpoint: CheckpointRecord
+        public var restored: [String]
+        public var lost: [String]
+    }
+
+    /// Puts the sandbox's files back to a checkpoint. Its processes are
+    /// stopped (a fresh agent runs on the restored files); a stopped sandbox
+    /// comes back running. The next step is the checkpoint's step + 1, on a
+    /// new branch; later checkpoints stay listed.
+    public func restore(_ id: String, step: Int?, checkpointId: String?, caller: Caller) async throws -> Restored {
+        var record = try await sandbox(id, caller: caller)
+        let ck = try await resolveCheckpoint(record, step: step, checkpointId: checkpointId)
+        var lost: [String] = []
+        let old = try runtime(id, caller: caller)
+        let plan: SandboxPlan
+        if let rt = old {
+            plan = rt.plan
+            // Hold the step lock so no checkpoint of the old files lands after the restore.
+            let stopped = try await rt.steps.run { [self] in await teardown(rt) }
+            if stopped { lost.append("processes") }
+            record = rt.record
+        } else {
+            plan = try self.plan(policy: record.policy)
+            lost.append("processes")
+        }
+        let image = sandboxDir(id) + "/disk.img"
+        try? FS.remove(image + ".restore")
+        try storage.copyFile(checkpointImage(id, ck.id), to: image + ".restore")
+        Fault.point("restore.cloned")
+        _ = try sys("rename", path: image) { rename(image + ".restore", image) }
+        record.state = .starting
+        record.step = ck.step
+        record.head = ck.id
+        record.stateReason = nil
+        let rt = try await launch(record, plan: plan, fresh: false)
+        record.state = .running
+        record.lastActiveAt = Clock.nowMs()
+        rt.state.withLock { $0.record = record }
+        rt.headManifest.withLock { $0 = loadManifest(id, ck.id) }
+        registry.withLock { $0[id] = rt }
+        try await catalog.updateSandbox(record)
+        await catalog.event("restored", sandbox: id, detail: "checkpoint=\(ck.id) step=\(ck.step)")
+        return Restored(sandbox: record, checkpoint: ck, restored: ["filesystem"], lost: lost)
+    }
+
+    /// `count` new sandboxes whose files are the checkpoint's. Nothing is
+    /// copied: each gets reflink clones (its disk and its own base checkpoint).
+    public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> [SandboxRecord] {
+        let source = try await sandbox(id, caller: caller)
+        let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
+        guard liveCount + count <= config.maxSandboxes else {
+            throw SandpitError(.limitExceeded, "forking \(count) would exceed \(config.maxSandboxes) sandboxes (--max-sandboxes)")
+        }
+        let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
+        var out: [SandboxRecord] = []
+        for _ in 0..<count {
+            let now = Clock.nowMs()
+            let newId = Identifier.make("sb"), base = Identifier.make("ck")
+            var meta = source.metadata
+            meta["forkedFrom"] = source.id
+            var record = SandboxRecord(id: newId, state: .starting, template: source.template, policy: source.policy, metadata: meta,
+                                       createdAt: now, lastActiveAt: now, step: ck.step, owner: caller.uid, head: base)
+            try await catalog.insertSandbox(record)
+            do {
+                try FS.mkdirs(checkpointDir(newId), mode: 0o700)
+                try storage.copyFile(checkpointImage(id, ck.id), to: checkpointImage(newId, base))
+                try storage.copyFile(checkpointManifest(id, ck.id), to: checkpointManifest(newId, base))
+                try storage.copyFile(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img")
+                try await catalog.insertCheckpoint(CheckpointRecord(
+                    id: base, sandboxId: newId, step: ck.step, name: "fork of \(ck.id)", parentId: nil, createdAt: now,
+                    diff: CheckpointDiff(), bytes: 0))
+                let rt = try await launch(record, plan: plan)
+                record.state = .running
+                record.lastActiveAt = Clock.nowMs()
+                rt.state.withLock { $0.record = record }
+                rt.headManifest.withLock { $0 = loadManifest(newId, base) }
+                registry.withLock { $0[newId] = rt }
+                try await catalog.updateSandbox(record)
+                await catalog.event("forked", sandbox: newId, detail: "from=\(id) checkpoint=\(ck.id)")
+                out.append(record)
+            } catch {
+                try? FS.removeTree(sandboxDir(newId))
+                try? await catalog.deleteCheckpoints(of: newId)
+                try? await catalog.deleteSandbox(newId, at: Clock.nowMs())
+                throw error
+            }
+        }
+        return out
+    }
+
+    /// What the store holds: its size and use, and per-sandbox apparent sizes.
+    public func storageReport() -> JSONValue {
+        var st = statvfs()
+        _ = statvfs(storage.root, &st)
+        let total = Int64(st.f_blocks) * Int64(st.f_frsize), free = Int64(st.f_bavail) * Int64(st.f_frsize)
+        let sandboxes = FS.listDirectory(storage.root + "/sandboxes").count
+        return .object([
+            "root": .string(storage.root), "mode": .string(storage.mode.rawValue), "reflink": .bool(storage.reflink),
+            "totalBytes": .int(total), "usedBytes": .int(total - free), "freeBytes": .int(free),
+            "sandboxDirs": .int(Int64(sandboxes)),
+        ])
     }
 
     // MARK: shutdown

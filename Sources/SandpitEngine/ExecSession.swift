@@ -43,6 +43,9 @@ public final class ExecSession: Sendable {
         var spawnSentNs: UInt64 = 0
         var startedNs: UInt64 = 0
         var spawnError: String?
+        /// Set once the step is recorded (step number advanced, checkpoint taken or not).
+        var recorded: StepRecord?
+        var recordWaiters: [CheckedContinuation<StepRecord, Never>] = []
     }
 
     let state: Mutex<State>
@@ -117,6 +120,34 @@ public final class ExecSession: Sendable {
     }
 
     /// Waits until the process has started (or the exec ended without starting).
+    /// What finishing this exec did to its sandbox: the step it became and
+    /// its checkpoint (or why there is none).
+    public struct StepRecord: Sendable {
+        public var step: Int
+        public var checkpoint: CheckpointRecord?
+        public var checkpointError: String?
+        public var checkpointUs: Int64 = 0
+    }
+
+    func markRecorded(_ r: StepRecord) {
+        let waiters = state.withLock { s -> [CheckedContinuation<StepRecord, Never>] in
+            s.recorded = r
+            defer { s.recordWaiters = [] }
+            return s.recordWaiters
+        }
+        for w in waiters { w.resume(returning: r) }
+    }
+
+    public func waitRecorded() async -> StepRecord {
+        await withCheckedContinuation { (c: CheckedContinuation<StepRecord, Never>) in
+            let r = state.withLock { s -> StepRecord? in
+                if s.recorded == nil { s.recordWaiters.append(c) }
+                return s.recorded
+            }
+            if let r { c.resume(returning: r) }
+        }
+    }
+
     public func waitStarted() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let ready = state.withLock { s -> Bool in

@@ -14,6 +14,10 @@ final class SandboxRuntime: Sendable {
     var policy: Policy { plan.policy }
     /// The allowlist proxy serving this sandbox, when its network mode asks for one.
     let proxy = Mutex<EgressProxy?>(nil)
+    /// One step at a time: step numbers, checkpoints and restores never interleave.
+    let steps = StepLock()
+    /// The writable layer as of the head checkpoint (the base of the next diff).
+    let headManifest = Mutex<Manifest?>(nil)
 
     enum Readiness { case waiting, ready(UInt64), failed(String) }
 
@@ -220,6 +224,13 @@ public enum EngineThread {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         init(_ b: @escaping @Sendable () -> Void) { body = b }
+    }
+
+    /// Runs blocking work on its own thread and awaits its result.
+    public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+            detach { c.resume(with: Result { try body() }) }
+        }
     }
 
     public static func detach(_ body: @escaping @Sendable () -> Void) {

@@ -20,13 +20,24 @@ public enum SandboxDisk {
     /// Creates `image` for a sandbox: a sparse copy of the blank image for
     /// `bytes`/`inodes` whose `upper` directory is owned by `rootUid` (the
     /// sandbox's root as seen from the host).
-    public static func create(image: String, blanksDir: String, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws {
-        let blank = try ensureBlank(dir: blanksDir, bytes: bytes, inodes: inodes, rootUid: rootUid)
-        let input = FileDescriptor(try sys("open", path: blank) { open(blank, O_RDONLY | O_CLOEXEC) })
-        defer { input.close() }
-        let output = FileDescriptor(try sys("open", path: image) { open(image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) })
-        defer { output.close() }
-        _ = try sys("copy sparse image", path: image) { sp_copy_sparse(input.raw, output.raw) }
+    public static func create(image: String, storage: StorageVolume, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws {
+        let blank = try ensureBlank(dir: storage.root + "/blank", bytes: bytes, inodes: inodes, rootUid: rootUid)
+        try storage.copyFile(blank, to: image)
+    }
+
+    /// A point-in-time copy of a mounted sandbox disk: the filesystem is
+    /// frozen (writes flushed, new ones held), `during` runs (to read the
+    /// layer consistently), the image is cloned to `copy`, and the filesystem
+    /// is thawed, whatever happens.
+    public static func snapshot<T>(mount: FileDescriptor, image: String, to copy: String, storage: StorageVolume,
+                                   during: () throws -> T) throws -> T {
+        // The mount fd is a path handle; ioctls need a file opened on the filesystem.
+        let root = FileDescriptor(try sys("open", path: image) { openat(mount.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+        _ = try sys("freeze sandbox disk", path: image) { sp_fs_freeze(root.raw) }
+        defer { _ = sp_fs_thaw(root.raw) }
+        let r = try during()
+        try storage.copyFile(image, to: copy)
+        return r
     }
 
     /// Mounts `image` (detached, nodev, nosuid, noatime). The returned fd is
@@ -50,7 +61,7 @@ public enum SandboxDisk {
     public static func path(in mount: FileDescriptor, _ sub: String) -> String { "/proc/self/fd/\(mount.raw)/\(sub)" }
 
     static func ensureBlank(dir: String, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws -> String {
-        let path = dir + "/ext4-\(bytes)-\(inodes.map(String.init) ?? "auto")-\(rootUid).img"
+        let path = dir + "/ext4b4k-\(bytes)-\(inodes.map(String.init) ?? "auto")-\(rootUid).img"
         if FS.exists(path) { return path }
         try FS.mkdirs(dir, mode: 0o700)
         // Concurrent creators each build their own copy and the rename makes one win.
@@ -71,7 +82,9 @@ public enum SandboxDisk {
         if rc != 0 { throw OSError(call: "ftruncate", errno: errno, path: tmp) }
         // No journal: a sandbox layer is scratch space reconciled on start;
         // lazy init keeps the image ~2 MiB however large the disk.
-        var argv = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0", "-d", skel]
+        // 4 KiB blocks always: mkfs picks 1 KiB for small disks, which a loop
+        // device in direct-I/O mode (logical blocks of the store's size) refuses.
+        var argv = ["mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1,root_owner=0:0", "-d", skel]
         if let n = inodes { argv += ["-N", String(n)] }
         try HostCommand.run(argv + [tmp])
         _ = try sys("rename", path: path) { rename(tmp, path) }

@@ -81,14 +81,30 @@ public enum FS {
     }
 
     public static func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644) throws(OSError) {
+        try writeBytes(path, Array(text.utf8), mode: mode)
+    }
+
+    /// Writes `bytes` to `path` and fsyncs it (callers rename it into place next).
+    public static func writeBytes(_ path: String, _ data: [UInt8], mode: mode_t = 0o644, sync: Bool = false) throws(OSError) {
         let fd = try sys("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
         defer { close(fd) }
-        var bytes = Array(text.utf8)
+        var bytes = data
         var off = 0
         while off < bytes.count {
             let n = try sys("write", path: path) { bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + off, $0.count - off) } }
             off += n
         }
+        if sync { _ = fsync(fd) }
+    }
+
+    /// True when `path` exists, without following a final symlink.
+    public static func lexists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    public static func remove(_ path: String) throws(OSError) {
+        _ = try sys("unlink", path: path) { unlink(path) }
     }
 
     public static func readFile(_ path: String, limit: Int = 1 << 20) throws(OSError) -> [UInt8] {

@@ -6,3 +6,4 @@
 #include "sp_seccomp.h"
 #include "sp_loop.h"
 #include "sp_netns.h"
+#include "sp_snapshot.h"

@@ -1,0 +1,17 @@
+/// Serialises a sandbox's steps: advancing the step counter, checkpoints,
+/// restore. FIFO; a waiter's cancellation does not skip its turn.
+actor StepLock {
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        if busy {
+            await withCheckedContinuation { waiters.append($0) }
+        }
+        busy = true
+        defer {
+            if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+}

@@ -1,0 +1,197 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import SandpitCore
+import SandpitTestSupport
+
+/// Checkpoints after every step, restore and fork, over the real protocol.
+@Suite(.serialized, .enabled(if: TestEnv.isRoot, "needs root"))
+struct CheckpointTests {
+    /// A fingerprint of /home/user and /etc taken inside the sandbox: every
+    /// path with its type, mode, owner, size and link target, plus every
+    /// regular file's content hash.
+    static let fingerprint = """
+        cd / && find home/user etc -xdev -printf '%p %y %m %U %s %l\\n' 2>/dev/null | sort | sha256sum | cut -c1-16
+        find home/user etc -xdev -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum 2>/dev/null | sha256sum | cut -c1-16
+        """
+
+    func fingerprint(_ a: Arena, _ sb: String) throws -> String { try a.sh(sb, Self.fingerprint).stdout }
+
+    @Test func everyStepIsCheckpointedWithItsDiff() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let s1 = try a.sh(sb, "echo one > /home/user/a; mkdir -p /home/user/empty; dd if=/dev/zero of=/home/user/sparse bs=1 count=1 seek=100M 2>/dev/null")
+            let c1 = s1.result["checkpoint"]
+            #expect(c1?["step"] == 1)
+            #expect(c1?["diff"]?["added"] == 3)
+            #expect(c1?["diff"]?["paths"]?["added"] == ["/home/user/a", "/home/user/empty", "/home/user/sparse"])
+            let s2 = try a.sh(sb, "echo two >> /home/user/a; ln /home/user/a /home/user/hard; ln -s a /home/user/soft; chmod 600 /home/user/a")
+            #expect(s2.result["checkpoint"]?["diff"]?["added"] == 2)
+            #expect(s2.result["checkpoint"]?["diff"]?["modified"] == 1)
+            #expect(s2.result["checkpoint"]?["diff"]?["paths"]?["modified"] == ["/home/user/a"])
+            // Deleting a file of the template leaves a whiteout: a deletion.
+            let s3 = try a.sh(sb, "rm /home/user/.bashrc /home/user/hard; rmdir /home/user/empty")
+            #expect(s3.result["checkpoint"]?["diff"]?["deleted"] == 3)
+            #expect(s3.result["checkpoint"]?["diff"]?["paths"]?["deleted"] == ["/home/user/.bashrc", "/home/user/empty", "/home/user/hard"])
+            let list = try a.client.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
+            #expect(list.map { $0["step"] } == [1, 2, 3])
+            #expect(list[1]["parentId"] == list[0]["checkpointId"])
+            // A named checkpoint, taken on request, keeps the step number.
+            let named = try a.client.result("checkpoint.create", ["sandboxId": .string(sb), "name": "before-refactor"])
+            #expect(named["step"] == 3 && named["name"] == "before-refactor")
+            #expect(try a.client.result("sandbox.get", ["sandboxId": .string(sb)])["checkpointId"] == named["checkpointId"])
+        }
+    }
+
+    @Test func restoreBringsBackEachStepExactly() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let steps = [
+                "echo hello > /home/user/f; mkdir -p /home/user/dir/sub; printf 'x%.0s' $(seq 5000) > /home/user/dir/big",
+                "echo more >> /home/user/f; ln -s dir/big /home/user/link; ln /home/user/f /home/user/f2; chmod 700 /home/user/dir",
+                "rm -rf /home/user/dir /home/user/.profile; echo new > /home/user/g; truncate -s 50M /home/user/holes",
+                "mv /home/user/g /home/user/h; rm /home/user/f; mkdir /home/user/emptydir",
+            ]
+            var prints: [String] = [try fingerprint(a, sb)]
+            for st in steps {
+                let r = try a.sh(sb, st)
+                #expect(r.result["exitCode"] == 0, "\(st): \(r.stderr)")
+                prints.append(try fingerprint(a, sb))
+            }
+            // Steps were also taken by the fingerprint execs: find each step's checkpoint by its exec.
+            let list = try a.client.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
+            #expect(list.count == 9)
+            for (i, expected) in prints.enumerated().reversed() where i > 0 {
+                let step = 2 * i   // step 2i is the fingerprint after change i (checkpoint after it equals it)
+                let r = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "step": .int(Int64(step))])
+                #expect(r["restored"] == ["filesystem"] && r["lost"] == ["processes"])
+                #expect(r["step"] == .int(Int64(step)))
+                #expect(try fingerprint(a, sb) == expected, "step \(step) differs after restore")
+            }
+            // The next step after a restore continues from the restored one, on a new branch.
+            let next = try a.sh(sb, "true")
+            #expect(next.result["checkpoint"]?["step"] == 4)
+            let all = try a.client.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
+            #expect(all.count > list.count, "later steps stay listed")
+        }
+    }
+
+    @Test func restoreStopsRunningProcessesAndSaysSo() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            _ = try a.sh(sb, "echo v1 > /home/user/v")
+            _ = try a.client.result("exec.run", ["sandboxId": .string(sb), "background": true, "shell": "echo v2 > /home/user/v; sleep 4848"])
+            #expect(eventually { !Host.pids(matching: "sleep 4848").isEmpty })
+            let r = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "step": 1])
+            #expect(r["lost"] == ["processes"])
+            #expect(Host.pids(matching: "sleep 4848").isEmpty)
+            #expect(try a.sh(sb, "cat /home/user/v").stdout == "v1\n")
+        }
+    }
+
+    @Test func forksAreIndependentAndShareNothing() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            _ = try a.sh(sb, "echo base > /home/user/shared; head -c 20000000 /dev/urandom > /home/user/blob")
+            let base = try fingerprint(a, sb)
+            let forks = try a.client.result("sandbox.fork", ["sandboxId": .string(sb), "count": 3])["sandboxes"]!.arrayValue!
+            #expect(forks.count == 3)
+            let ids = forks.map { $0["sandboxId"]!.stringValue! }
+            for (i, f) in ids.enumerated() {
+                #expect(try fingerprint(a, f) == base, "fork \(i) starts from the checkpoint")
+                _ = try a.sh(f, "echo branch\(i) > /home/user/shared; echo \(i) > /home/user/only\(i)")
+            }
+            _ = try a.sh(sb, "echo parent > /home/user/shared")
+            for (i, f) in ids.enumerated() {
+                #expect(try a.sh(f, "cat /home/user/shared; ls /home/user | grep -c only").stdout == "branch\(i)\n1\n")
+            }
+            #expect(try a.sh(sb, "cat /home/user/shared; ls /home/user | grep -c only").stdout == "parent\n0\n")
+            // Deleting the parent leaves the forks whole.
+            _ = try a.client.result("sandbox.delete", ["sandboxId": .string(sb)])
+            #expect(try a.sh(ids[0], "sha256sum < /home/user/blob | cut -c1-8; cat /home/user/shared").stdout.hasSuffix("branch0\n"))
+            // A fork can itself be restored to its base.
+            let baseCk = try a.client.result("checkpoint.list", ["sandboxId": .string(ids[1])])["checkpoints"]!.arrayValue![0]
+            #expect(baseCk["step"] == forks[1]["step"])
+            let r = try a.client.result("sandbox.restore", ["sandboxId": .string(ids[1]), "checkpointId": baseCk["checkpointId"]!])
+            #expect(r["restored"] == ["filesystem"])
+            #expect(try fingerprint(a, ids[1]) == base)
+        }
+    }
+
+    @Test func storageReturnsToItsStartingSizeAfterDeletes() throws {
+        try Arena.with { a in
+            func used() throws -> Int64 { try a.client.result("storage.info")["usedBytes"]!.intValue! }
+            // The bystander's disk and the cached blank image are in the baseline.
+            let before = try used()
+            let sb = try a.sandbox()
+            _ = try a.sh(sb, "head -c 30000000 /dev/urandom > /home/user/r1")
+            _ = try a.sh(sb, "head -c 30000000 /dev/urandom > /home/user/r2")
+            let forks = try a.client.result("sandbox.fork", ["sandboxId": .string(sb), "count": 2])["sandboxes"]!.arrayValue!
+            _ = try a.sh(forks[0]["sandboxId"]!.stringValue!, "head -c 10000000 /dev/urandom > /home/user/r3")
+            #expect(try used() > before + (50 << 20))
+            for id in [sb] + forks.map({ $0["sandboxId"]!.stringValue! }) {
+                _ = try a.client.result("sandbox.delete", ["sandboxId": .string(id)])
+            }
+            // XFS frees the blocks of unlinked files in the background: give it a moment.
+            #expect(eventually { ((try? used()) ?? .max) - before < 4 << 20 }, "store used \(before) before, \((try? used()) ?? -1) after")
+        }
+    }
+
+    @Test func manualAndOffModesAndDisklessPolicies() throws {
+        try Arena.with { a in
+            let manual = try a.sandbox(limits: ["checkpoints": "manual"])
+            let r = try a.sh(manual, "echo x > /home/user/x")
+            #expect(r.result["checkpoint"] == nil && r.result["step"] == 1)
+            #expect(try a.client.result("checkpoint.list", ["sandboxId": .string(manual)])["checkpoints"] == [])
+            let ck = try a.client.result("checkpoint.create", ["sandboxId": .string(manual)])
+            #expect(ck["diff"]?["added"] == 1)
+            let off = try a.sandbox(limits: ["checkpoints": "off"])
+            #expect(try a.sh(off, "true").result["checkpoint"] == nil)
+            let missing = try a.client.call("sandbox.restore", ["sandboxId": .string(off), "step": 1])
+            #expect(missing["error"]?["data"]?["code"] == "not_found")
+        }
+    }
+
+    /// SIGKILL (via the daemon's crash points) in the middle of a checkpoint
+    /// or a restore: after restart the catalog lists only whole checkpoints,
+    /// stray files are gone, and the sandbox restores to any listed one.
+    @Test(arguments: ["checkpoint.cloned", "checkpoint.files-written", "restore.cloned"])
+    func crashMidOperationLeavesOldOrNewState(point: String) throws {
+        let scratch = try TestEnv.scratch("crash")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let data = scratch + "/data"
+        setenv("SANDPIT_CRASH_AT", point, 1)
+        let first = try DaemonProcess(socket: true, name: "crash1", dataDir: data)
+        unsetenv("SANDPIT_CRASH_AT")
+        defer { first.cleanup() }
+        let c = try first.connect()
+        let sb = try c.result("sandbox.create")["sandboxId"]!.stringValue!
+        if point == "restore.cloned" {
+            // Restore needs a checkpoint to exist first: take one by hand (a different crash point).
+            _ = try c.result("exec.run", ["sandboxId": .string(sb), "shell": "echo keep > /home/user/k", "timeoutMs": 10000])
+        } else {
+            _ = try? c.call("exec.run", ["sandboxId": .string(sb), "shell": "echo lost > /home/user/k"], timeout: 10)
+        }
+        if point == "restore.cloned" { _ = try? c.call("sandbox.restore", ["sandboxId": .string(sb), "step": 1], timeout: 10) }
+        #expect(eventually { !first.process.isRunning }, "the daemon reached \(point)")
+        let second = try DaemonProcess(socket: true, name: "crash2", dataDir: data)
+        defer { second.cleanup() }
+        let c2 = try second.connect()
+        let list = try c2.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
+        let dir = data + "/store/sandboxes/\(sb)/checkpoints"
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        #expect(!files.contains { $0.hasSuffix(".tmp") }, "half-written files are cleaned up: \(files)")
+        #expect(Set(files.filter { $0.hasSuffix(".img") }.map { String($0.dropLast(4)) }) == Set(list.compactMap { $0["checkpointId"]?.stringValue }))
+        for ck in list {
+            let r = try c2.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": ck["checkpointId"]!])
+            #expect(r["state"] == "running")
+        }
+        if point == "restore.cloned" {
+            c2.notifications = []
+            _ = try c2.result("exec.run", ["sandboxId": .string(sb), "shell": "cat /home/user/k"])
+            #expect(c2.notifications.first?["params"]?["data"] == "keep\n")
+        }
+    }
+}
