@@ -70,13 +70,15 @@ def main():
                    "seccomp": False, "cgroup": False}, f)
     with open(f"{policies}/bench-nodisk.json", "w") as f:
         json.dump({"name": "bench-nodisk", "description": "default without an own disk image (benchmark only)",
-                   "diskBytes": None, "diskInodes": None}, f)
+                   "diskBytes": None, "diskInodes": None, "checkpoints": "off"}, f)
     d = subprocess.Popen([exe, "serve", "--socket", sock, "--data-dir", f"{scratch}/data", "--storage-gib", "4", "--policies", policies, "--warm-pool", "2"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(f"{scratch}/daemon.log", "w"))
     try:
         for _ in range(600):
-            if os.path.exists(sock): break
+            if os.path.exists(sock) or d.poll() is not None: break
             time.sleep(0.05)
+        if not os.path.exists(sock):
+            sys.exit("the daemon did not start:\n" + open(f"{scratch}/daemon.log").read())
         c = Client(sock)
         # warm-up
         sb = c.call("sandbox.create")["sandboxId"]; c.call("exec.run", {"sandboxId": sb, "cmd": ["true"]}); c.call("sandbox.delete", {"sandboxId": sb})
@@ -119,6 +121,27 @@ def main():
         nodisk_first, _, nodisk_rt, _ = measure("bench-nodisk", a.n)
         info = c.call("server.info")
 
+        # (d) checkpoints: a one-file change in an empty sandbox and in one holding 500 MB of its own files;
+        # restore and fork from a 1 MB and a 500 MB state.
+        def ck_costs(fill_mb, n):
+            sb = c.call("sandbox.create", {"limits": {"pids": 512}})["sandboxId"]
+            if fill_mb:
+                c.call("exec.run", {"sandboxId": sb, "shell": f"head -c {fill_mb << 20} /dev/urandom > /home/user/fill", "timeoutMs": 600000})
+            ck, restore, fork = [], [], []
+            for i in range(n):
+                r = c.call("exec.run", {"sandboxId": sb, "shell": f"echo {i} > /home/user/one"})
+                ck.append(r["timings"]["checkpointUs"] / 1000)
+            k = r["checkpoint"]["step"]
+            for _ in range(max(5, n // 4)):
+                t = time.perf_counter_ns(); c.call("sandbox.restore", {"sandboxId": sb, "step": k}); restore.append((time.perf_counter_ns() - t) / 1e6)
+                t = time.perf_counter_ns(); f = c.call("sandbox.fork", {"sandboxId": sb, "step": k})["sandboxes"][0]["sandboxId"]
+                fork.append((time.perf_counter_ns() - t) / 1e6)
+                c.call("sandbox.delete", {"sandboxId": f})
+            c.call("sandbox.delete", {"sandboxId": sb})
+            return ck, restore, fork
+        ck_small, restore_small, fork_small = ck_costs(1, a.n)
+        ck_big, restore_big, fork_big = ck_costs(500, a.n)
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -153,6 +176,13 @@ def main():
     row("exec.run true, default policy", rt, rt)
     row("exec.run true, seccomp + cgroups off", bare_rt, rt)
     row("exec.run true, no own disk image", nodisk_rt, rt)
+    print("(d) checkpoints, restore, fork   (ratio vs the 1 MB sandbox)")
+    row("checkpoint of a one-file change, 1 MB sandbox", ck_small, ck_small)
+    row("checkpoint of a one-file change, 500 MB sandbox", ck_big, ck_small)
+    row("restore to step k, 1 MB", restore_small, restore_small)
+    row("restore to step k, 500 MB", restore_big, restore_small)
+    row("fork from step k, 1 MB", fork_small, fork_small)
+    row("fork from step k, 500 MB", fork_big, fork_small)
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":
