@@ -26,6 +26,8 @@ public struct Policy: Sendable, Equatable {
     public var cgroup: Bool = true
     /// When the daemon checkpoints the sandbox's files (needs `diskBytes`).
     public var checkpoints: CheckpointMode = .everyStep
+    /// Idle lifecycle defaults, and the longest values a client may ask for.
+    public var idle = IdlePolicy(pauseAfterMs: 300_000, hibernateAfterMs: 1_800_000, deleteAfterMs: nil, backgroundKeepsAwake: true)
 
     public enum Purpose: String, Sendable, CaseIterable { case sandbox, build }
     public enum NetworkMode: String, Sendable, CaseIterable {
@@ -89,7 +91,7 @@ public struct Policy: Sendable, Equatable {
     ]
 
     static let knownKeys: Set<String> = Set(limitKeys).union(["name", "description", "purpose", "network", "allow", "seccomp",
-                                                              "socketFamilies", "cgroup", "checkpoints"])
+                                                              "socketFamilies", "cgroup", "checkpoints", "idle"])
 
     /// Decodes a policy document. `source` names the file in errors. A limit
     /// given as `null` is unlimited; an absent one keeps the built-in default.
@@ -138,6 +140,25 @@ public struct Policy: Sendable, Equatable {
         p.network = try choice("network", NetworkMode.self) ?? p.network
         p.socketFamilies = try choice("socketFamilies", SocketFamilies.self) ?? p.socketFamilies
         p.checkpoints = try choice("checkpoints", CheckpointMode.self) ?? p.checkpoints
+        if let i = o["idle"] {
+            guard let io = i.objectValue else { throw fail("idle", "must be an object") }
+            for (k, _) in io where !["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs", "backgroundKeepsAwake"].contains(k) {
+                throw fail("idle.\(k)", "is not a known field")
+            }
+            func ms(_ k: String, _ current: Int64?) throws(SandpitError) -> Int64? {
+                guard let v = io[k] else { return current }
+                if v == .null { return nil }
+                guard let n = v.intValue, n >= 0 else { throw fail("idle.\(k)", "must be null (never) or milliseconds ≥ 0") }
+                return n
+            }
+            p.idle.pauseAfterMs = try ms("pauseAfterMs", p.idle.pauseAfterMs)
+            p.idle.hibernateAfterMs = try ms("hibernateAfterMs", p.idle.hibernateAfterMs)
+            p.idle.deleteAfterMs = try ms("deleteAfterMs", p.idle.deleteAfterMs)
+            if let b = io["backgroundKeepsAwake"] {
+                guard case .bool(let v) = b else { throw fail("idle.backgroundKeepsAwake", "must be true or false") }
+                p.idle.backgroundKeepsAwake = v
+            }
+        }
         p.seccomp = try flag("seccomp") ?? p.seccomp
         p.cgroup = try flag("cgroup") ?? p.cgroup
         if let a = o["allow"] {
@@ -209,6 +230,37 @@ public struct Policy: Sendable, Equatable {
         return p
     }
 
+    /// The policy's idle settings narrowed by a client's `idle` request: each
+    /// value at most the policy's (a value the policy leaves null, "never",
+    /// accepts any); longer is `permission_denied`.
+    public func idle(narrowedBy request: JSONObject) throws(SandpitError) -> IdlePolicy {
+        var out = idle
+        for (k, v) in request {
+            let current: Int64?
+            switch k {
+            case "pauseAfterMs": current = idle.pauseAfterMs
+            case "hibernateAfterMs": current = idle.hibernateAfterMs
+            case "deleteAfterMs": current = idle.deleteAfterMs
+            default: throw SandpitError.invalidParams("idle.\(k)", "unknown field (known: pauseAfterMs, hibernateAfterMs, deleteAfterMs)")
+            }
+            let asked: Int64?
+            if v == .null { asked = nil } else {
+                guard let n = v.intValue, n >= 0 else { throw SandpitError.invalidParams("idle.\(k)", "must be null or milliseconds ≥ 0") }
+                asked = n
+            }
+            if let c = current, asked.map({ $0 > c }) ?? true {
+                throw SandpitError(.permissionDenied, "idle.\(k) = \(asked.map(String.init) ?? "null") is longer than policy \(name) allows (\(c))",
+                                   details: ["field": .string("idle.\(k)"), "allowed": .int(c)])
+            }
+            switch k {
+            case "pauseAfterMs": out.pauseAfterMs = asked
+            case "hibernateAfterMs": out.hibernateAfterMs = asked
+            default: out.deleteAfterMs = asked
+            }
+        }
+        return out
+    }
+
     public var json: JSONValue {
         var o: JSONObject = ["name": .string(name)]
         if !description.isEmpty { o["description"] = .string(description) }
@@ -220,6 +272,7 @@ public struct Policy: Sendable, Equatable {
         o["socketFamilies"] = .string(socketFamilies.rawValue)
         o["cgroup"] = .bool(cgroup)
         o["checkpoints"] = .string(checkpoints.rawValue)
+        o["idle"] = idle.json
         return .object(o)
     }
 }

@@ -27,6 +27,8 @@ public struct SandboxPlan: Sendable, Equatable {
 
     public var policy: Policy
     public var steps: [Step]
+    /// The sandbox's idle settings (the policy's, narrowed by the client's `idle`).
+    public var idle: IdlePolicy = IdlePolicy()
 
     public var useCgroup: Bool { policy.cgroup }
     public var seccompEnabled: Bool { policy.seccomp }
@@ -80,8 +82,11 @@ public struct SandboxPlan: Sendable, Equatable {
         case .manual: add("checkpoints", "only on checkpoint.create")
         case .off: add("checkpoints", "off")
         }
+        func dur(_ ms: Int64?) -> String { ms.map { $0 % 60_000 == 0 ? "\($0 / 60_000) min" : "\($0) ms" } ?? "never" }
+        add("idle", "pause after \(dur(p.idle.pauseAfterMs)), hibernate after \(dur(p.idle.hibernateAfterMs)), delete after \(dur(p.idle.deleteAfterMs)); background processes \(p.idle.backgroundKeepsAwake ? "keep it awake" : "do not count")")
         add("sandbox", "wall time " + (p.sandboxTimeoutMs.map { "\($0) ms, then stopped (files kept)" } ?? "unlimited"))
         var plan = SandboxPlan(policy: p, steps: s)
+        plan.idle = p.idle
         if p.network == .allowlist { plan.proxyPort = host.proxyPort }
         return plan
     }

@@ -26,6 +26,8 @@ public final class Peer: Sendable {
     }
     public var caller: Caller { Caller(uid: uid, admin: isAdmin.load(ordering: .acquiring)) }
     func elevate() { isAdmin.store(true, ordering: .releasing) }
+    /// Sandboxes this connection holds awake (`sandbox.keepalive` with `whileConnected`).
+    let holds = Mutex<Set<String>>([])
 }
 
 /// The JSON-RPC service: validates params, calls the engine, shapes results.
@@ -53,7 +55,8 @@ public final class RPCService: Sendable {
         self.logger = logger
     }
 
-    public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.get", "sandbox.list", "sandbox.delete",
+    public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
+                                 "sandbox.hibernate", "sandbox.keepalive", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
                                  "sandbox.fork", "storage.info"]
 
@@ -97,12 +100,11 @@ public final class RPCService: Sendable {
             try p.expect(only: ["template", "policy", "limits", "metadata", "idle"])
             let metadata = try p.stringMap("metadata") ?? [:]
             if metadata.count > 64 { throw SandpitError.invalidParams("metadata", "at most 64 keys") }
-            if let idle = try p.object("idle") {
-                try idle.expect(only: ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"])
-                for k in ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"] { _ = try idle.int(k, min: 0) }
-            }
+            let idle = try p.object("idle")
+            try idle?.expect(only: ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"])
             let r = try await engine.create(template: try p.string("template") ?? "default", policy: try p.string("policy") ?? "default",
-                                            limits: try p.object("limits")?.object ?? [:], metadata: metadata, caller: caller)
+                                            limits: try p.object("limits")?.object ?? [:], idle: idle?.object ?? [:],
+                                            metadata: metadata, caller: caller)
             return sandboxJSON(r, caller: caller)
         case "sandbox.get":
             try p.expect(only: ["sandboxId"])
@@ -150,6 +152,31 @@ public final class RPCService: Sendable {
                 ])
                 return .object(o)
             }
+        case "sandbox.pause":
+            try p.expect(only: ["sandboxId"])
+            return sandboxJSON(try await engine.pause(try p.requireString("sandboxId"), caller: caller), caller: caller)
+        case "sandbox.resume":
+            try p.expect(only: ["sandboxId"])
+            let (r, w) = try await engine.resume(try p.requireString("sandboxId"), caller: caller)
+            return withWake(sandboxJSON(r, caller: caller), w)
+        case "sandbox.hibernate":
+            try p.expect(only: ["sandboxId"])
+            return sandboxJSON(try await engine.hibernate(try p.requireString("sandboxId"), caller: caller), caller: caller)
+        case "sandbox.keepalive":
+            try p.expect(only: ["sandboxId", "forMs", "whileConnected"])
+            let id = try p.requireString("sandboxId")
+            let forMs = try p.int("forMs", min: 0, max: 7 * 24 * 3_600_000) ?? 600_000
+            let (r, w) = try await engine.keepalive(id, forMs: forMs, caller: caller)
+            if try p.bool("whileConnected") == true {
+                let fresh = peer.holds.withLock { $0.insert(id).inserted }
+                if fresh { try engine.hold(id, caller: caller) }
+            }
+            var o = withWake(sandboxJSON(r, caller: caller), w)
+            if case .object(var obj) = o {
+                obj["keepaliveUntil"] = .string(Timestamp.iso8601(ms: Clock.nowMs() + forMs))
+                o = .object(obj)
+            }
+            return o
         case "checkpoint.list":
             try p.expect(only: ["sandboxId"])
             let list = try await engine.checkpoints(try p.requireString("sandboxId"), caller: caller)
@@ -180,6 +207,18 @@ public final class RPCService: Sendable {
         default:
             throw SandpitError(.methodNotFound, "method not found: \(req.method)", details: ["method": .string(req.method)])
         }
+    }
+
+    /// Releases the sandboxes a closed connection held awake.
+    public func disconnected(_ peer: Peer) {
+        let held = peer.holds.withLock { h -> Set<String> in defer { h = [] }; return h }
+        for id in held { engine.release(id) }
+    }
+
+    func withWake(_ v: JSONValue, _ w: Wake?) -> JSONValue {
+        guard let w, case .object(var o) = v else { return v }
+        o["wake"] = w.json
+        return .object(o)
     }
 
     static func checkpointRef(_ p: Params, required: Bool) throws(SandpitError) -> (Int?, String?) {
@@ -289,7 +328,7 @@ public final class RPCService: Sendable {
             }
             if let outcome {
                 let rec = await session.waitRecorded()
-                return Self.resultJSON(session.execId, outcome, step: rec)
+                return withWake(Self.resultJSON(session.execId, outcome, step: rec), session.wake)
             }
         }
     }

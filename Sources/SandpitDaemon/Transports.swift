@@ -54,6 +54,8 @@ struct ChannelOutbound: RPCOutbound {
 enum ConnectionServer {
     static func serve<S: AsyncSequence & Sendable>(_ inbound: S, out: any RPCOutbound, service: RPCService, peer: Peer, logger: Logger) async throws
     where S.Element == LineFramer.Item {
+        // Whatever ends the connection, what it held awake is released.
+        defer { service.disconnected(peer) }
         try await withThrowingDiscardingTaskGroup { group in
             for try await item in inbound {
                 switch item {

@@ -77,6 +77,11 @@ public final class Engine: Sendable {
     /// Pre-started sandboxes (template default, policy `config.warmPolicy`), not yet handed out.
     let warmPool = Mutex<[SandboxRuntime]>([])
     let refilling = Atomic<Bool>(false)
+    /// Hibernated sandboxes' idle clocks (for delete-after) and plans (to wake them as they were).
+    let dormant = Mutex<[String: IdleTracker]>([:])
+    let dormantPlans = Mutex<[String: SandboxPlan]>([:])
+    let waking = Mutex<[String: Task<Wake, Error>]>([:])
+    let idleService = Mutex<Task<Void, Never>?>(nil)
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
 
@@ -110,6 +115,7 @@ public final class Engine: Sendable {
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         try reconcile()
         refillWarmPool()
+        startIdleService()
     }
 
     static func fnv1a(_ s: String) -> UInt32 {
@@ -143,8 +149,13 @@ public final class Engine: Sendable {
         for s in all {
             known.insert(s.id)
             if s.state.isLive {
-                try catalog.setState(s.id, .stopped, reason: "daemon restarted; files kept, processes lost")
+                // Its files are intact on its disk: it wakes on the next request.
+                try catalog.setState(s.id, .hibernated, reason: "daemon restarted; files kept, processes lost")
                 logger.info("reconciled sandbox", metadata: ["sandbox": "\(s.id)", "was": "\(s.state.rawValue)"])
+            }
+            if s.state.isLive || s.state == .hibernated {
+                let policy = (try? policies.policy(s.policy).idle) ?? IdlePolicy()
+                dormant.withLock { $0[s.id] = IdleTracker(policy: policy, phase: .hibernated, now: now) }
             }
         }
         try catalog.loseRunningExecs(at: now)
@@ -213,13 +224,14 @@ public final class Engine: Sendable {
         return SandboxPlan.compile(try base.tightened(by: limits), host: hostFacts)
     }
 
-    public func create(template: String, policy policyName: String, limits: JSONObject = [:], metadata: [String: String],
-                       caller: Caller) async throws -> SandboxRecord {
+    public func create(template: String, policy policyName: String, limits: JSONObject = [:], idle: JSONObject = [:],
+                       metadata: [String: String], caller: Caller) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
         guard template == "default" else {
             throw SandpitError(.notFound, "template \(template) does not exist (available: default)", details: ["template": .string(template)])
         }
-        let plan = try plan(policy: policyName, limits: limits)
+        var plan = try plan(policy: policyName, limits: limits)
+        plan.idle = try plan.policy.idle(narrowedBy: idle)
         guard liveCount < config.maxSandboxes else {
             throw SandpitError(.limitExceeded, "this daemon already runs \(config.maxSandboxes) sandboxes (--max-sandboxes)")
         }
@@ -228,6 +240,7 @@ public final class Engine: Sendable {
         if limits.count == 0, let warm = await claimWarm(policy: policyName) {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
+            rt.idle.withLock { $0.policy = plan.idle; $0.touch(now: now) }
             let record = SandboxRecord(id: rt.id, state: .running, template: template, policy: plan.policy.name, metadata: metadata,
                                        createdAt: now, lastActiveAt: now, owner: caller.uid)
             rt.state.withLock { $0.record = record }
@@ -257,10 +270,11 @@ public final class Engine: Sendable {
         }
         registry.withLock { $0[rt.id] = rt }
         if let ms = plan.policy.sandboxTimeoutMs {
+            let name = plan.policy.name
             Task { [weak self, weak rt] in
                 try? await Task.sleep(for: .milliseconds(ms))
                 guard let self, let rt else { return }
-                await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(plan.policy.name)) exceeded; files kept")
+                await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(name)) exceeded; files kept")
             }
         }
         await catalog.event("created", sandbox: rt.id, detail: "template=\(template) policy=\(plan.policy.name)")
@@ -439,6 +453,7 @@ public final class Engine: Sendable {
         }
         rt.proxy.withLock { $0 }?.close()
         SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
+        rt.cgroup.thaw()   // frozen processes cannot die
         await rt.waitExited()
         try? rt.cgroup.destroy()
         close(rt.spawned.pidfd)
@@ -549,6 +564,8 @@ public final class Engine: Sendable {
         } else {
             guard let r = try await catalog.sandbox(id), r.state != .deleted, caller.owns(r) else { throw SandpitError.notFound("Sandbox", id) }
         }
+        dormant.withLock { _ = $0.removeValue(forKey: id) }
+        dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
         try FS.removeTree(storage.root + "/sandboxes/" + id)
         try await catalog.deleteCheckpoints(of: id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
@@ -574,6 +591,7 @@ public final class Engine: Sendable {
     /// (or failed to start); without, at once (a foreground caller reads the
     /// outcome from the session anyway, and saves a thread hop).
     public func exec(_ id: String, _ req: ExecRequest, caller: Caller, awaitStart: Bool = true) async throws -> ExecSession {
+        let woke = try await wake(id, caller: caller)
         let rt = try await liveRuntime(id, caller: caller)
         // A client may shorten the policy's wall time, never lengthen it.
         if let asked = req.timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
@@ -587,8 +605,10 @@ public final class Engine: Sendable {
         }
         let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: Int(rt.policy.outputBytes ?? 16 << 20),
                                   receivedNs: req.receivedNs)
+        session.wake = woke
         rt.register(session)
         rt.noteOOMBaseline(n)
+        rt.idle.withLock { $0.begin(now: Clock.nowMs()) }
 
         var env = Self.baseEnv
         if let port = rt.plan.proxyPort {
@@ -645,6 +665,7 @@ public final class Engine: Sendable {
                 return
             }
             let rec = await self.recordStep(rt)
+            rt.idle.withLock { $0.end(now: Clock.nowMs()) }
             session.markRecorded(rec)
             let step = rec.step
             try? await cat.finishExec(ExecRecord(
@@ -665,6 +686,7 @@ public final class Engine: Sendable {
     }
 
     public func kill(_ id: String, execId: String, signal: Int32, caller: Caller) async throws {
+        _ = try await wake(id, caller: caller)
         let rt = try await liveRuntime(id, caller: caller)
         guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
         // Sent even when the command has ended: the agent signals whatever
@@ -728,6 +750,7 @@ public final class Engine: Sendable {
 
     /// Takes a checkpoint of a live sandbox's files now (`checkpoint.create`).
     public func createCheckpoint(_ id: String, name: String?, caller: Caller) async throws -> CheckpointRecord {
+        _ = try await wake(id, caller: caller)
         let rt = try await liveRuntime(id, caller: caller)
         guard rt.disk != nil else {
             throw SandpitError(.invalidState, "sandbox \(id) has no disk of its own (its policy sets diskBytes null), so it cannot be checkpointed")
@@ -739,7 +762,7 @@ public final class Engine: Sendable {
     /// Files first (image and manifest under temporary names, then renamed),
     /// the catalog last: a crash in between leaves files the next start
     /// removes, never a listed checkpoint without its files.
-    private func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
+    func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
         guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
         let id = Identifier.make("ck")
         let sb = rt.id
@@ -833,8 +856,8 @@ public final class Engine: Sendable {
             if stopped { lost.append("processes") }
             record = rt.record
         } else {
-            plan = try self.plan(policy: record.policy)
-            lost.append("processes")
+            plan = try dormantPlans.withLock({ $0[id] }) ?? self.plan(policy: record.policy)
+            if record.state != .hibernated { lost.append("processes") }
         }
         let image = sandboxDir(id) + "/disk.img"
         try? FS.remove(image + ".restore")
@@ -850,6 +873,8 @@ public final class Engine: Sendable {
         record.lastActiveAt = Clock.nowMs()
         rt.state.withLock { $0.record = record }
         rt.headManifest.withLock { $0 = loadManifest(id, ck.id) }
+        dormant.withLock { _ = $0.removeValue(forKey: id) }
+        dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
         registry.withLock { $0[id] = rt }
         try await catalog.updateSandbox(record)
         await catalog.event("restored", sandbox: id, detail: "checkpoint=\(ck.id) step=\(ck.step)")
@@ -920,6 +945,7 @@ public final class Engine: Sendable {
     /// stay and they are listed as stopped; otherwise they are deleted.
     public func shutdown(keep: Bool) async {
         closing.store(true, ordering: .relaxed)
+        idleService.withLock { $0 }?.cancel()
         while refilling.load(ordering: .acquiring) { try? await Task.sleep(for: .milliseconds(5)) }
         let warm = warmPool.withLock { p -> [SandboxRuntime] in defer { p = [] }; return p }
         for rt in warm { await discard(rt) }
@@ -928,7 +954,8 @@ public final class Engine: Sendable {
             for rt in all {
                 g.addTask {
                     if keep {
-                        await self.stop(rt, reason: "daemon stopped; files kept, processes lost")
+                        guard await self.teardown(rt) else { return }
+                        try? self.catalog.setState(rt.id, .hibernated, reason: "daemon stopped; files kept, processes lost")
                     } else {
                         try? await self.delete(rt.id, caller: .inProcess)
                     }

@@ -49,6 +49,12 @@ public final class ExecSession: Sendable {
     }
 
     let state: Mutex<State>
+    /// Set when starting this exec had to wake its sandbox.
+    private let wakeInfo = Mutex<Wake?>(nil)
+    public var wake: Wake? {
+        get { wakeInfo.withLock { $0 } }
+        set { wakeInfo.withLock { $0 = newValue } }
+    }
 
     init(sandboxId: String, numericId: UInt32, command: [String], outputBudget: Int, receivedNs: UInt64) {
         self.sandboxId = sandboxId

@@ -18,6 +18,8 @@ final class SandboxRuntime: Sendable {
     let steps = StepLock()
     /// The writable layer as of the head checkpoint (the base of the next diff).
     let headManifest = Mutex<Manifest?>(nil)
+    /// Idle bookkeeping (the pure state machine); `phase` is running or paused here.
+    let idle: Mutex<IdleTracker>
 
     enum Readiness { case waiting, ready(UInt64), failed(String) }
 
@@ -48,6 +50,7 @@ final class SandboxRuntime: Sendable {
         self.id = record.id
         self.plan = plan
         self.disk = disk
+        self.idle = Mutex(IdleTracker(policy: plan.idle, now: Clock.nowMs()))
         self.cgroup = cgroup
         self.spawned = spawned
         self.state = Mutex(State(record: record))

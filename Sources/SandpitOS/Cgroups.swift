@@ -38,9 +38,37 @@ public struct CgroupHandle: Sendable {
     public var procsFiles: [String]    // files to write a pid into
     public var memoryDir: String?
     public var version: CgroupVersion
+
+    /// Freezes every process in the group (no CPU, memory kept) and waits
+    /// until the kernel reports it frozen.
+    public func freeze() throws(OSError) {
+        guard let d = freezerDir else { throw OSError(call: "freeze", errno: ENOTSUP, path: nil) }
+        if version == .v2 {
+            try FS.writeFile(d + "/cgroup.freeze", "1")
+            for _ in 0..<400 {
+                if (try? FS.readText(d + "/cgroup.events"))?.contains("frozen 1") == true { return }
+                usleep(2_500)
+            }
+        } else {
+            for _ in 0..<400 {
+                try FS.writeFile(d + "/freezer.state", "FROZEN")
+                if (try? FS.readText(d + "/freezer.state"))?.hasPrefix("FROZEN") == true { return }
+                usleep(2_500)
+            }
+        }
+        throw OSError(call: "freeze", errno: EBUSY, path: d)
+    }
+
+    public func thaw() {
+        guard let d = freezerDir else { return }
+        if version == .v2 { try? FS.writeFile(d + "/cgroup.freeze", "0") } else { try? FS.writeFile(d + "/freezer.state", "THAWED") }
+    }
+
     /// The directory delegated to the sandbox's agent (v1: the pids hierarchy),
     /// where it makes one child group per exec to find a command's whole tree.
     public var trackingDir: String?
+    /// Where freezing happens (v1: the freezer hierarchy; v2: the group).
+    public var freezerDir: String?
 
     /// Lets the sandbox's root (`uid` on the host) create child groups here
     /// and move processes into them; the limit files stay the host's.
@@ -84,6 +112,7 @@ public struct CgroupHandle: Sendable {
     /// SIGKILLs every process in the group until it is empty, then removes the
     /// directories. Children first is not needed: each sandbox group is a leaf.
     public func destroy() throws(OSError) {
+        thaw()   // frozen processes do not die until thawed
         for _ in 0..<200 {
             let pids = processes()
             if pids.isEmpty { break }
@@ -189,7 +218,7 @@ public struct CgroupV1Driver: CgroupDriver {
         let dirs = bases.sorted(by: { $0.key < $1.key }).map { $0.value + "/" + name }
         return CgroupHandle(name: name, dirs: dirs, procsFiles: dirs.map { $0 + "/cgroup.procs" },
                             memoryDir: bases["memory"].map { $0 + "/" + name }, version: .v1,
-                            trackingDir: bases["pids"].map { $0 + "/" + name })
+                            trackingDir: bases["pids"].map { $0 + "/" + name }, freezerDir: bases["freezer"].map { $0 + "/" + name })
     }
 
     public func removeParent() { for b in bases.values { rmdir(b) } }
@@ -232,7 +261,7 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public func handle(_ name: String) -> CgroupHandle {
         let dir = base + "/" + name
-        return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2, trackingDir: dir)
+        return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2, trackingDir: dir, freezerDir: dir)
     }
 
     public func removeParent() { rmdir(base) }
@@ -248,7 +277,7 @@ public struct NoCgroupDriver: CgroupDriver {
     public init() {}
     public func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle { handle(name) }
     public func handle(_ name: String) -> CgroupHandle {
-        CgroupHandle(name: name, dirs: [], procsFiles: [], memoryDir: nil, version: .none, trackingDir: nil)
+        CgroupHandle(name: name, dirs: [], procsFiles: [], memoryDir: nil, version: .none, trackingDir: nil, freezerDir: nil)
     }
     public func existing() -> [String] { [] }
     public func removeParent() {}

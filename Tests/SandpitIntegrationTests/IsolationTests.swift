@@ -109,15 +109,17 @@ struct IsolationTests {
         defer { second.cleanup(); first.cleanup() }
         let c2 = try second.connect()
         let got = try c2.result("sandbox.get", ["sandboxId": .string(sb)])
-        #expect(got["state"] == "stopped")
+        #expect(got["state"] == "hibernated")
         #expect(got["metadata"]?["keep"] == "me")
         // The writable layer is the sandbox's own ext4 image; read the file back out of it.
         let image = data + "/store/sandboxes/\(sb)/disk.img"
         #expect(Host.sh("debugfs -R 'cat /upper/home/user/file' '\(image)' 2>/dev/null").output == "kept\n")
         #expect(!Host.sh("losetup -j '\(image)'").output.contains(image), "the loop device is released with the sandbox")
         #expect(Host.cgroups(matching: sb).isEmpty)
-        let exec = try c2.call("exec.run", ["sandboxId": .string(sb), "shell": "true"])
-        #expect(exec["error"]?["data"]?["code"] == "invalid_state")
+        // The next request wakes it on its files; the processes are gone.
+        let exec = try c2.result("exec.run", ["sandboxId": .string(sb), "shell": "cat /home/user/file; pgrep -c sleep"])
+        #expect(exec["wake"]?["from"] == "hibernated" && exec["wake"]?["lost"] == ["processes", "memory"])
+        #expect(c2.notifications.compactMap { $0["params"]?["data"]?.stringValue }.joined() == "kept\n0\n")
         _ = try c2.result("sandbox.delete", ["sandboxId": .string(sb)])
         #expect(!FileManager.default.fileExists(atPath: data + "/store/sandboxes/\(sb)"))
         #expect(second.stop() == 0)
