@@ -142,6 +142,29 @@ def main():
         ck_small, restore_small, fork_small = ck_costs(1, a.n)
         ck_big, restore_big, fork_big = ck_costs(500, a.n)
 
+        # (e) lifecycle: a sandbox holding 100 MB of its own files and a running python process.
+        sb = c.call("sandbox.create", {"limits": {"pids": 512}})["sandboxId"]
+        c.call("exec.run", {"sandboxId": sb, "shell": "head -c 104857600 /dev/urandom > /home/user/data", "timeoutMs": 600000})
+        def cg_memory(sid):
+            for root in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
+                for dirpath, dirs, files in os.walk(root):
+                    if os.path.basename(dirpath) == sid:
+                        for f in ("memory.usage_in_bytes", "memory.current"):
+                            if f in files: return int(open(os.path.join(dirpath, f)).read())
+            return 0
+        pause_t, unpause_t, hib_t, unhib_t, mem_paused = [], [], [], [], []
+        for _ in range(max(5, a.n // 4)):
+            c.call("exec.run", {"sandboxId": sb, "background": True, "cmd": ["python3", "-c", "import time; x = bytearray(50 << 20); time.sleep(3600)"]})
+            time.sleep(0.3)
+            t = time.perf_counter_ns(); c.call("sandbox.pause", {"sandboxId": sb}); pause_t.append((time.perf_counter_ns() - t) / 1e6)
+            mem_paused.append(cg_memory(sb) / 1048576)
+            t = time.perf_counter_ns(); c.call("sandbox.resume", {"sandboxId": sb}); unpause_t.append((time.perf_counter_ns() - t) / 1e6)
+            t = time.perf_counter_ns(); c.call("sandbox.hibernate", {"sandboxId": sb}); hib_t.append((time.perf_counter_ns() - t) / 1e6)
+            t = time.perf_counter_ns(); c.call("sandbox.resume", {"sandboxId": sb}); unhib_t.append((time.perf_counter_ns() - t) / 1e6)
+        c.call("sandbox.hibernate", {"sandboxId": sb})
+        mem_hibernated = cg_memory(sb) / 1048576
+        c.call("sandbox.delete", {"sandboxId": sb})
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -183,6 +206,12 @@ def main():
     row("restore to step k, 500 MB", restore_big, restore_small)
     row("fork from step k, 1 MB", fork_small, fork_small)
     row("fork from step k, 500 MB", fork_big, fork_small)
+    print("(e) idle lifecycle, sandbox with 100 MB of its own files and a 50 MB process")
+    row("pause (freeze)", pause_t)
+    row("resume from pause", unpause_t)
+    row("hibernate (checkpoint + stop)", hib_t)
+    row("resume from hibernation", unhib_t)
+    print(f"  memory charged while paused: {statistics.median(mem_paused):.1f} MiB; while hibernated: {mem_hibernated:.1f} MiB (no cgroup, nothing resident)")
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ public protocol RPCOutbound: Sendable {
 /// as the daemon's owner, or it presented the admin token with `server.auth`.
 public final class Peer: Sendable {
     public let uid: Int64
+    /// This connection's number: the unit of fairness in admission queues.
+    public let connection: Int64 = Peer.counter.add(1, ordering: .relaxed).newValue
+    static let counter = Atomic<Int64>(0)
     private let isAdmin: Atomic<Bool>
     public init(uid: Int64, admin: Bool) {
         self.uid = uid
@@ -28,6 +31,8 @@ public final class Peer: Sendable {
     func elevate() { isAdmin.store(true, ordering: .releasing) }
     /// Sandboxes this connection holds awake (`sandbox.keepalive` with `whileConnected`).
     let holds = Mutex<Set<String>>([])
+    /// `sandbox.watch`: the engine observer token and the ids watched (empty = all this client may see).
+    let watch = Mutex<(token: Int64?, ids: Set<String>)>((nil, []))
 }
 
 /// The JSON-RPC service: validates params, calls the engine, shapes results.
@@ -56,7 +61,7 @@ public final class RPCService: Sendable {
     }
 
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
-                                 "sandbox.hibernate", "sandbox.keepalive", "sandbox.get", "sandbox.list", "sandbox.delete",
+                                 "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
                                  "sandbox.fork", "storage.info"]
 
@@ -97,15 +102,20 @@ public final class RPCService: Sendable {
                                        purpose: engine.policies.policies[try p.string("name") ?? "default"]?.purpose ?? .sandbox)
             return plan.json
         case "sandbox.create":
-            try p.expect(only: ["template", "policy", "limits", "metadata", "idle"])
+            try p.expect(only: ["template", "policy", "limits", "metadata", "idle", "queueTimeoutMs"])
             let metadata = try p.stringMap("metadata") ?? [:]
             if metadata.count > 64 { throw SandpitError.invalidParams("metadata", "at most 64 keys") }
             let idle = try p.object("idle")
             try idle?.expect(only: ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"])
+            let t0 = Clock.monotonicNs()
+            let queued = Queued()
             let r = try await engine.create(template: try p.string("template") ?? "default", policy: try p.string("policy") ?? "default",
                                             limits: try p.object("limits")?.object ?? [:], idle: idle?.object ?? [:],
-                                            metadata: metadata, caller: caller)
-            return sandboxJSON(r, caller: caller)
+                                            metadata: metadata, caller: caller,
+                                            admit: try ticket(p, peer: peer, requestId: requestId, out: out, waitingFor: "sandbox", queued: queued))
+            guard case .object(var o) = sandboxJSON(r, caller: caller) else { return .null }
+            o["timings"] = .object(["queueUs": .int(queued.us), "totalUs": .int(Int64((Clock.monotonicNs() - t0) / 1000))])
+            return .object(o)
         case "sandbox.get":
             try p.expect(only: ["sandboxId"])
             return sandboxJSON(try await engine.sandbox(try p.requireString("sandboxId"), caller: caller), caller: caller)
@@ -120,7 +130,7 @@ public final class RPCService: Sendable {
             }
             let limit = Int(try p.int("limit", min: 1, max: 1000) ?? 100)
             let page = try await engine.list(state: state, metadata: try p.stringMap("metadata") ?? [:], limit: limit, cursor: try p.string("cursor"), caller: caller)
-            var o: JSONObject = ["sandboxes": .array(page.sandboxes.map(\.json))]
+            var o: JSONObject = ["sandboxes": .array(page.sandboxes.map { sandboxJSON($0, caller: caller) })]
             if let n = page.nextCursor { o["nextCursor"] = .string(n) }
             return .object(o)
         case "sandbox.delete":
@@ -128,7 +138,7 @@ public final class RPCService: Sendable {
             try await engine.delete(try p.requireString("sandboxId"), caller: caller)
             return .object([:])
         case "exec.run":
-            return try await execRun(p, requestId: requestId, caller: caller, out: out)
+            return try await execRun(p, requestId: requestId, peer: peer, out: out)
         case "exec.kill":
             try p.expect(only: ["sandboxId", "execId", "signal"])
             let sig = try Signals.parse(p.object["signal"]) ?? SIGKILL
@@ -177,6 +187,32 @@ public final class RPCService: Sendable {
                 o = .object(obj)
             }
             return o
+        case "sandbox.watch":
+            try p.expect(only: ["sandboxId"])
+            if let id = try p.string("sandboxId") { _ = try await engine.sandbox(id, caller: caller) }
+            let id = try p.string("sandboxId")
+            let needsObserver = peer.watch.withLock { w -> Bool in
+                if let id { w.ids.insert(id) } else { w.ids = [] }
+                return w.token == nil
+            }
+            if needsObserver {
+                let token = engine.observe { [weak peer] e in
+                    guard let peer else { return }
+                    let (ids, c) = (peer.watch.withLock { $0.ids }, peer.caller)
+                    guard c.admin || e.owner == c.uid, ids.isEmpty || ids.contains(e.sandboxId) else { return }
+                    var o: JSONObject = ["sandboxId": .string(e.sandboxId), "state": .string(e.state.rawValue)]
+                    o["reason"] = e.reason.map { .string($0) } ?? .null
+                    if let w = e.wake { o["wake"] = w.json }
+                    let line = RPC.notification("sandbox.state", .object(o))
+                    Task { try? await out.send(line) }
+                }
+                peer.watch.withLock { $0.token = token }
+            }
+            return .object(["watching": id.map { .string($0) } ?? "all"])
+        case "sandbox.unwatch":
+            try p.expect(only: [])
+            if let t = peer.watch.withLock({ w -> Int64? in defer { w = (nil, []) }; return w.token }) { engine.unobserve(t) }
+            return .object([:])
         case "checkpoint.list":
             try p.expect(only: ["sandboxId"])
             let list = try await engine.checkpoints(try p.requireString("sandboxId"), caller: caller)
@@ -209,10 +245,31 @@ public final class RPCService: Sendable {
         }
     }
 
+    /// Measures how long a request waited for admission.
+    final class Queued: Sendable {
+        let since = Mutex<UInt64?>(nil)
+        let total = Mutex<Int64>(0)
+        func start() { since.withLock { $0 = Clock.monotonicNs() } }
+        var us: Int64 { since.withLock { s in s.map { Int64((Clock.monotonicNs() - $0) / 1000) } ?? 0 } }
+    }
+
+    /// The admission ticket for a request: its client, its `queueTimeoutMs`,
+    /// and a `queued` notification with its place when it has to wait.
+    func ticket(_ p: Params, peer: Peer, requestId: JSONValue, out: any RPCOutbound, waitingFor: String, queued: Queued? = nil) throws(SandpitError) -> AdmissionTicket {
+        let deadline = try p.int("queueTimeoutMs", min: 0, max: 24 * 3_600_000).map { Int($0) }
+        return AdmissionTicket(client: peer.connection, deadlineMs: deadline) { position in
+            queued?.start()
+            try? await out.send(RPC.notification("queued", .object([
+                "requestId": requestId, "position": .int(Int64(position)), "waitingFor": .string(waitingFor),
+            ])))
+        }
+    }
+
     /// Releases the sandboxes a closed connection held awake.
     public func disconnected(_ peer: Peer) {
         let held = peer.holds.withLock { h -> Set<String> in defer { h = [] }; return h }
         for id in held { engine.release(id) }
+        if let t = peer.watch.withLock({ w -> Int64? in defer { w = (nil, []) }; return w.token }) { engine.unobserve(t) }
     }
 
     func withWake(_ v: JSONValue, _ w: Wake?) -> JSONValue {
@@ -230,9 +287,14 @@ public final class RPCService: Sendable {
         return (step, ck)
     }
 
-    /// A sandbox as on the wire, plus its effective `limits` while it is live.
+    /// A sandbox as on the wire, plus its effective `limits`, idle time and
+    /// memory in use while it is live.
     func sandboxJSON(_ r: SandboxRecord, caller: Caller) -> JSONValue {
         guard case .object(var o) = r.json else { return r.json }
+        if let live = engine.liveStats(r.id) {
+            o["idleMs"] = .int(live.idleMs)
+            o["memoryBytes"] = .int(live.memoryBytes)
+        }
         if let plan = try? engine.livePlan(r.id, caller: caller), case .object(var limits) = plan.policy.json {
             for k in ["name", "description", "purpose"] { limits[k] = nil }
             o["limits"] = .object(limits)
@@ -262,6 +324,7 @@ public final class RPCService: Sendable {
             "storage": .object(["mode": .string(engine.storage.mode.rawValue), "root": .string(engine.storage.root)]),
             "dataDir": .string(engine.config.dataDir),
             "sandboxes": .int(Int64(engine.liveCount)),
+            "usage": engine.usageJSON,
             "warmPool": .object(["target": .int(Int64(engine.config.warmPool)), "ready": .int(Int64(engine.warmCount)),
                                  "policy": .string(engine.config.warmPolicy)]),
             "agentRssBytes": .int(Int64(engine.agentRssBytes)),
@@ -274,9 +337,10 @@ public final class RPCService: Sendable {
         ])
     }
 
-    func execRun(_ p: Params, requestId: JSONValue, caller: Caller, out: any RPCOutbound) async throws -> JSONValue {
+    func execRun(_ p: Params, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
+        let caller = peer.caller
         let received = Clock.monotonicNs()
-        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background"])
+        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background", "queueTimeoutMs"])
         let id = try p.requireString("sandboxId")
         let cmd = try p.stringArray("cmd")
         let shell = try p.string("shell")
@@ -311,7 +375,8 @@ public final class RPCService: Sendable {
         let background = try p.bool("background") ?? false
 
         let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received),
-                                              caller: caller, awaitStart: background)
+                                              caller: caller, awaitStart: background,
+                                              admit: try ticket(p, peer: peer, requestId: requestId, out: out, waitingFor: "exec"))
         if background {
             return .object(["execId": .string(session.execId), "state": .string(session.isFinished ? "exited" : "running"), "background": true])
         }

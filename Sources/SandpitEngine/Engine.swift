@@ -22,6 +22,10 @@ public struct EngineConfig: Sendable {
     public var warmPool: Int
     public var warmPolicy: String
     public var warmRefillDelayMs: Int = 150
+    /// Sum of live sandboxes' policy memory limits the daemon admits (nil: no budget).
+    public var memoryBudgetBytes: Int64?
+    /// Concurrent execs across all sandboxes (nil: no cap).
+    public var maxExecs: Int?
 
     public static let defaultIDs = IDMapping(hostBase: 100_000, count: 65_536)
 
@@ -82,6 +86,8 @@ public final class Engine: Sendable {
     let dormantPlans = Mutex<[String: SandboxPlan]>([:])
     let waking = Mutex<[String: Task<Wake, Error>]>([:])
     let idleService = Mutex<Task<Void, Never>?>(nil)
+    let admission: Admission
+    let observers = Mutex<[Int64: @Sendable (StateEvent) -> Void]>([:])
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
 
@@ -94,6 +100,7 @@ public final class Engine: Sendable {
     public init(config: EngineConfig, logger: Logger) throws {
         self.config = config
         self.logger = logger
+        admission = Admission(maxSandboxes: config.maxSandboxes, memoryBudget: config.memoryBudgetBytes, maxExecs: config.maxExecs)
         guard geteuid() == 0 else {
             throw SandpitError(.unavailable, "sandpit needs root to create sandboxes (user namespaces with a uid range, cgroups, overlay mounts); run it as root")
         }
@@ -225,16 +232,20 @@ public final class Engine: Sendable {
     }
 
     public func create(template: String, policy policyName: String, limits: JSONObject = [:], idle: JSONObject = [:],
-                       metadata: [String: String], caller: Caller) async throws -> SandboxRecord {
+                       metadata: [String: String], caller: Caller, admit: AdmissionTicket? = nil) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
         guard template == "default" else {
             throw SandpitError(.notFound, "template \(template) does not exist (available: default)", details: ["template": .string(template)])
         }
         var plan = try plan(policy: policyName, limits: limits)
         plan.idle = try plan.policy.idle(narrowedBy: idle)
-        guard liveCount < config.maxSandboxes else {
-            throw SandpitError(.limitExceeded, "this daemon already runs \(config.maxSandboxes) sandboxes (--max-sandboxes)")
+        let memory = plan.policy.memoryBytes ?? 0
+        if let b = config.memoryBudgetBytes, memory > b {
+            throw SandpitError(.limitExceeded, "policy \(plan.policy.name) asks for \(memory) bytes of memory; the daemon's whole budget is \(b)")
         }
+        try await admitSandbox(memory: memory, admit ?? AdmissionTicket(client: caller.uid))
+        var admitted = true
+        defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let now = Clock.nowMs()
         let rt: SandboxRuntime
         if limits.count == 0, let warm = await claimWarm(policy: policyName) {
@@ -268,6 +279,8 @@ public final class Engine: Sendable {
             rt.state.withLock { $0.record = record }
             try await catalog.updateSandbox(record)
         }
+        rt.admittedMemory.withLock { $0 = memory }
+        admitted = false
         registry.withLock { $0[rt.id] = rt }
         if let ms = plan.policy.sandboxTimeoutMs {
             let name = plan.policy.name
@@ -460,6 +473,7 @@ public final class Engine: Sendable {
         rt.disk?.close()
         rt.state.withLock { $0.channel }?.close()
         registry.withLock { _ = $0.removeValue(forKey: rt.id) }
+        releaseAdmission(rt)
         return true
     }
 
@@ -469,6 +483,7 @@ public final class Engine: Sendable {
         logger.info("sandbox stopped", metadata: ["sandbox": "\(rt.id)", "reason": "\(reason)"])
         try? catalog.setState(rt.id, .stopped, reason: reason)
         await catalog.event("stopped", sandbox: rt.id, detail: reason)
+        emit(rt.id, .stopped, reason: reason, owner: rt.record.owner)
     }
 
     private func withReadyTimeout(_ rt: SandboxRuntime) async throws -> UInt64 {
@@ -494,6 +509,7 @@ public final class Engine: Sendable {
         close(rt.spawned.pidfd)
         rt.disk?.close()
         rt.state.withLock { $0.channel }?.close()
+        releaseAdmission(rt)
         try? catalog.setState(rt.id, .stopped, reason: why)
     }
 
@@ -559,10 +575,13 @@ public final class Engine: Sendable {
     /// namespace, so SIGKILL to it takes all of them, including stopped and
     /// setsid'd ones), removes its cgroup and write layer, and marks it deleted.
     public func delete(_ id: String, caller: Caller) async throws {
+        let owner: Int64
         if let rt = try runtime(id, caller: caller) {
+            owner = rt.record.owner
             guard await teardown(rt) else { return }
         } else {
             guard let r = try await catalog.sandbox(id), r.state != .deleted, caller.owns(r) else { throw SandpitError.notFound("Sandbox", id) }
+            owner = r.owner
         }
         dormant.withLock { _ = $0.removeValue(forKey: id) }
         dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
@@ -570,6 +589,7 @@ public final class Engine: Sendable {
         try await catalog.deleteCheckpoints(of: id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
         await catalog.event("deleted", sandbox: id)
+        emit(id, .deleted, reason: "deleted", owner: owner)
     }
 
     // MARK: execs
@@ -590,8 +610,12 @@ public final class Engine: Sendable {
     /// Starts a command. With `awaitStart` it returns once the command runs
     /// (or failed to start); without, at once (a foreground caller reads the
     /// outcome from the session anyway, and saves a thread hop).
-    public func exec(_ id: String, _ req: ExecRequest, caller: Caller, awaitStart: Bool = true) async throws -> ExecSession {
-        let woke = try await wake(id, caller: caller)
+    public func exec(_ id: String, _ req: ExecRequest, caller: Caller, awaitStart: Bool = true,
+                     admit: AdmissionTicket? = nil) async throws -> ExecSession {
+        let woke = try await wake(id, caller: caller, admit: admit)
+        try await admitExec(admit ?? AdmissionTicket(client: caller.uid))
+        var execAdmitted = true
+        defer { if execAdmitted { admission.release(.exec) } }
         let rt = try await liveRuntime(id, caller: caller)
         // A client may shorten the policy's wall time, never lengthen it.
         if let asked = req.timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
@@ -606,6 +630,7 @@ public final class Engine: Sendable {
         let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: Int(rt.policy.outputBytes ?? 16 << 20),
                                   receivedNs: req.receivedNs)
         session.wake = woke
+        execAdmitted = false   // released when the exec finishes
         rt.register(session)
         rt.noteOOMBaseline(n)
         rt.idle.withLock { $0.begin(now: Clock.nowMs()) }
@@ -660,6 +685,7 @@ public final class Engine: Sendable {
                                                  startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
             let o = await session.waitFinished()
             timer?.cancel()
+            self?.admission.release(.exec)
             guard let rt, let self else {
                 session.markRecorded(.init(step: record.step, checkpoint: nil, checkpointError: "sandbox gone"))
                 return
@@ -859,6 +885,10 @@ public final class Engine: Sendable {
             plan = try dormantPlans.withLock({ $0[id] }) ?? self.plan(policy: record.policy)
             if record.state != .hibernated { lost.append("processes") }
         }
+        let memory = plan.policy.memoryBytes ?? 0
+        try await admitSandbox(memory: memory, AdmissionTicket(client: caller.uid))
+        var admitted = true
+        defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let image = sandboxDir(id) + "/disk.img"
         try? FS.remove(image + ".restore")
         try storage.copyFile(checkpointImage(id, ck.id), to: image + ".restore")
@@ -875,9 +905,12 @@ public final class Engine: Sendable {
         rt.headManifest.withLock { $0 = loadManifest(id, ck.id) }
         dormant.withLock { _ = $0.removeValue(forKey: id) }
         dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
+        rt.admittedMemory.withLock { $0 = memory }
+        admitted = false
         registry.withLock { $0[id] = rt }
         try await catalog.updateSandbox(record)
         await catalog.event("restored", sandbox: id, detail: "checkpoint=\(ck.id) step=\(ck.step)")
+        emit(id, .running, reason: "restored to step \(ck.step)", owner: record.owner)
         return Restored(sandbox: record, checkpoint: ck, restored: ["filesystem"], lost: lost)
     }
 
@@ -886,12 +919,13 @@ public final class Engine: Sendable {
     public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> [SandboxRecord] {
         let source = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
-        guard liveCount + count <= config.maxSandboxes else {
-            throw SandpitError(.limitExceeded, "forking \(count) would exceed \(config.maxSandboxes) sandboxes (--max-sandboxes)")
-        }
         let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
+        let memory = plan.policy.memoryBytes ?? 0
         var out: [SandboxRecord] = []
         for _ in 0..<count {
+            try await admitSandbox(memory: memory, AdmissionTicket(client: caller.uid))
+            var admitted = true
+            defer { if admitted { admission.release(.sandbox(memory: memory)) } }
             let now = Clock.nowMs()
             let newId = Identifier.make("sb"), base = Identifier.make("ck")
             var meta = source.metadata
@@ -912,6 +946,8 @@ public final class Engine: Sendable {
                 record.lastActiveAt = Clock.nowMs()
                 rt.state.withLock { $0.record = record }
                 rt.headManifest.withLock { $0 = loadManifest(newId, base) }
+                rt.admittedMemory.withLock { $0 = memory }
+                admitted = false
                 registry.withLock { $0[newId] = rt }
                 try await catalog.updateSandbox(record)
                 await catalog.event("forked", sandbox: newId, detail: "from=\(id) checkpoint=\(ck.id)")

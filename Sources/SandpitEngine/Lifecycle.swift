@@ -114,6 +114,7 @@ extension Engine {
             rt.state.withLock { $0.record.state = .paused; $0.record.stateReason = reason }
             try await catalog.updateSandbox(rt.record)
             await catalog.event("paused", sandbox: rt.id, detail: reason)
+            emit(rt.id, .paused, reason: reason)
         }
     }
 
@@ -136,11 +137,12 @@ extension Engine {
         dormant.withLock { $0[r.id] = IdleTracker(policy: rt.plan.idle, phase: .hibernated, now: Clock.nowMs()) }
         dormantPlans.withLock { $0[r.id] = rt.plan }
         await catalog.event("hibernated", sandbox: r.id, detail: reason)
+        emit(r.id, .hibernated, reason: r.stateReason, owner: r.owner)
     }
 
     /// Brings a paused or hibernated sandbox back; nil when it was running.
     /// Concurrent callers share one wake.
-    public func wake(_ id: String, caller: Caller) async throws -> Wake? {
+    public func wake(_ id: String, caller: Caller, admit: AdmissionTicket? = nil) async throws -> Wake? {
         if let rt = try runtime(id, caller: caller), !rt.hasExited {
             rt.idle.withLock { $0.touch(now: Clock.nowMs()) }
             guard rt.idle.withLock({ $0.phase }) == .paused else { return nil }
@@ -152,13 +154,16 @@ extension Engine {
                 rt.state.withLock { $0.record.state = .running; $0.record.stateReason = nil }
                 try await catalog.updateSandbox(rt.record)
             }
-            return Wake(from: "paused", restored: ["processes", "memory", "filesystem"], lost: [], ms: Double(Clock.monotonicNs() - t0) / 1e6)
+            let w = Wake(from: "paused", restored: ["processes", "memory", "filesystem"], lost: [], ms: Double(Clock.monotonicNs() - t0) / 1e6)
+            emit(id, .running, reason: "woke", wake: w)
+            return w
         }
         let r = try await sandbox(id, caller: caller)
         guard r.state == .hibernated else { return nil }
         let task = waking.withLock { w -> Task<Wake, Error> in
             if let t = w[id] { return t }
-            let t = Task { try await self.revive(r) }
+            let ticket = admit ?? AdmissionTicket(client: caller.uid)
+            let t = Task { try await self.revive(r, ticket) }
             w[id] = t
             return t
         }
@@ -167,12 +172,16 @@ extension Engine {
     }
 
     /// Starts a fresh agent on a hibernated sandbox's files.
-    private func revive(_ r: SandboxRecord) async throws -> Wake {
+    private func revive(_ r: SandboxRecord, _ ticket: AdmissionTicket) async throws -> Wake {
         let t0 = Clock.monotonicNs()
         if let rt = registry.withLock({ $0[r.id] }), !rt.hasExited {   // another wake won
             return Wake(from: "hibernated", restored: ["filesystem"], lost: ["processes", "memory"], ms: 0)
         }
         let plan = try dormantPlans.withLock({ $0[r.id] }) ?? self.plan(policy: r.policy)
+        let memory = plan.policy.memoryBytes ?? 0
+        try await admitSandbox(memory: memory, ticket)
+        var admitted = true
+        defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         var record = r
         record.state = .starting
         let rt = try await launch(record, plan: plan, fresh: false)
@@ -181,11 +190,45 @@ extension Engine {
         record.lastActiveAt = Clock.nowMs()
         rt.state.withLock { $0.record = record }
         if let head = r.head { rt.headManifest.withLock { $0 = loadManifest(r.id, head) } }
+        rt.admittedMemory.withLock { $0 = memory }
+        admitted = false
         registry.withLock { $0[r.id] = rt }
         dormant.withLock { _ = $0.removeValue(forKey: r.id) }
         dormantPlans.withLock { _ = $0.removeValue(forKey: r.id) }
         try await catalog.updateSandbox(record)
         await catalog.event("woke", sandbox: r.id, detail: "from hibernation")
-        return Wake(from: "hibernated", restored: ["filesystem"], lost: ["processes", "memory"], ms: Double(Clock.monotonicNs() - t0) / 1e6)
+        let w = Wake(from: "hibernated", restored: ["filesystem"], lost: ["processes", "memory"], ms: Double(Clock.monotonicNs() - t0) / 1e6)
+        emit(r.id, .running, reason: "woke", owner: r.owner, wake: w)
+        return w
+    }
+}
+
+/// A sandbox changed state (for `sandbox.state` notifications to watchers).
+public struct StateEvent: Sendable {
+    public var sandboxId: String
+    public var owner: Int64
+    public var state: SandboxState
+    public var reason: String?
+    public var wake: Wake?
+}
+
+extension Engine {
+    /// Registers an observer of state changes; returns its token for `unobserve`.
+    public func observe(_ f: @escaping @Sendable (StateEvent) -> Void) -> Int64 {
+        observers.withLock { o in
+            let t = (o.keys.max() ?? 0) + 1
+            o[t] = f
+            return t
+        }
+    }
+
+    public func unobserve(_ token: Int64) { observers.withLock { _ = $0.removeValue(forKey: token) } }
+
+    func emit(_ id: String, _ state: SandboxState, reason: String?, owner: Int64? = nil, wake: Wake? = nil) {
+        let fs = observers.withLock { Array($0.values) }
+        guard !fs.isEmpty else { return }
+        let o = owner ?? registry.withLock { $0[id] }?.record.owner ?? -1
+        let e = StateEvent(sandboxId: id, owner: o, state: state, reason: reason, wake: wake)
+        for f in fs { f(e) }
     }
 }

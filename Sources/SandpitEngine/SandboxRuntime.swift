@@ -18,6 +18,8 @@ final class SandboxRuntime: Sendable {
     let steps = StepLock()
     /// The writable layer as of the head checkpoint (the base of the next diff).
     let headManifest = Mutex<Manifest?>(nil)
+    /// The memory this sandbox was admitted with (nil: not admitted, or already released).
+    let admittedMemory = Mutex<Int64?>(nil)
     /// Idle bookkeeping (the pure state machine); `phase` is running or paused here.
     let idle: Mutex<IdleTracker>
 

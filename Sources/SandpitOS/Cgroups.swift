@@ -97,6 +97,13 @@ public struct CgroupHandle: Sendable {
         FS.listDirectory(dir).filter { FS.isDirectory(dir + "/" + $0) }.flatMap { n in children(of: dir + "/" + n) + [dir + "/" + n] }
     }
 
+    /// Memory charged to the group now (0 when unknown).
+    public func memoryUsage() -> Int64 {
+        guard let dir = memoryDir else { return 0 }
+        let f = version == .v2 ? dir + "/memory.current" : dir + "/memory.usage_in_bytes"
+        return (try? FS.readText(f)).flatMap { Int64($0.split(separator: "\n").first ?? "") } ?? 0
+    }
+
     /// True when the kernel recorded an OOM kill in this group.
     public func oomKills() -> Int {
         guard let dir = memoryDir else { return 0 }

@@ -32,8 +32,14 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Directory of policy files (default: the Policies/ directory shipped with sandpit).")
     var policies: String?
 
-    @Option(help: "Maximum number of live sandboxes.")
+    @Option(help: "Maximum number of live sandboxes; more wait in a fair queue (idle ones are hibernated first).")
     var maxSandboxes: Int = 256
+
+    @Option(help: "Memory budget in GiB: the sum of live sandboxes' policy memory limits (default: none).")
+    var memoryBudgetGib: Int?
+
+    @Option(help: "Maximum concurrent execs across all sandboxes (default: none).")
+    var maxExecs: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "warning"
@@ -51,8 +57,11 @@ struct EngineOptions: ParsableArguments {
         guard let mode = StorageMode(rawValue: storage) else { throw ValidationError("--storage must be loop or dir") }
         let exe = Executable.directory()
         let agent = ProcessEnv.get("SANDPIT_AGENT") ?? Executable.findAgent(in: exe)
-        return EngineConfig(dataDir: dataDir, storageMode: mode, storageBytes: Int64(storageGib) << 30, agentPath: agent,
+        var cfg = EngineConfig(dataDir: dataDir, storageMode: mode, storageBytes: Int64(storageGib) << 30, agentPath: agent,
                             policiesDir: policies ?? Executable.findPolicies(), maxSandboxes: maxSandboxes, warmPool: max(0, pool ?? warmPool))
+        cfg.memoryBudgetBytes = memoryBudgetGib.map { Int64($0) << 30 }
+        cfg.maxExecs = maxExecs
+        return cfg
     }
 
     /// An in-process engine for one CLI command: no warm pool (nothing would use it).
@@ -267,9 +276,15 @@ struct Ps: AsyncParsableCommand {
         await c.close()
         if json { print(JSONCodec.encode(.array(all))); return }
         func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-        print(pad("SANDBOX", 17) + pad("STATE", 11) + pad("TEMPLATE", 10) + pad("POLICY", 9) + pad("STEP", 6) + "CREATED")
+        func idle(_ ms: Int64?) -> String {
+            guard let ms else { return "-" }
+            return ms < 1000 ? "0s" : ms < 60_000 ? "\(ms / 1000)s" : ms < 3_600_000 ? "\(ms / 60_000)m" : "\(ms / 3_600_000)h"
+        }
+        func mem(_ b: Int64?) -> String { b.map { "\($0 >> 20)M" } ?? "-" }
+        print(pad("SANDBOX", 17) + pad("STATE", 11) + pad("IDLE", 6) + pad("MEMORY", 8) + pad("TEMPLATE", 10) + pad("POLICY", 9) + pad("STEP", 6) + "CREATED")
         for s in all {
-            print(pad(s["sandboxId"]?.stringValue ?? "", 17) + pad(s["state"]?.stringValue ?? "", 11) + pad(s["template"]?.stringValue ?? "", 10)
+            print(pad(s["sandboxId"]?.stringValue ?? "", 17) + pad(s["state"]?.stringValue ?? "", 11) + pad(idle(s["idleMs"]?.intValue), 6)
+                  + pad(mem(s["memoryBytes"]?.intValue), 8) + pad(s["template"]?.stringValue ?? "", 10)
                   + pad(s["policy"]?.stringValue ?? "", 9) + pad(String(s["step"]?.intValue ?? 0), 6) + (s["createdAt"]?.stringValue ?? ""))
         }
     }

@@ -78,6 +78,23 @@ struct LifecycleTests {
         }
     }
 
+    @Test func watchersHearStateChangesWithWakeDetails() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let watcher = try a.daemon.connect()
+            #expect(try watcher.result("sandbox.watch", ["sandboxId": .string(sb)])["watching"] == .string(sb))
+            _ = try a.client.result("sandbox.pause", ["sandboxId": .string(sb)])
+            _ = try a.sh(sb, "true")
+            _ = try a.client.result("sandbox.hibernate", ["sandboxId": .string(sb)])
+            _ = try a.sh(sb, "true")
+            var seen: [JSONValue] = []
+            while seen.count < 4, let m = watcher.readMessage(timeout: 10) { if m["method"] == "sandbox.state" { seen.append(m["params"]!) } }
+            #expect(seen.map { $0["state"] } == ["paused", "running", "hibernated", "running"])
+            #expect(seen[1]["wake"]?["from"] == "paused" && seen[3]["wake"]?["from"] == "hibernated")
+            #expect(seen.allSatisfy { $0["sandboxId"] == .string(sb) })
+        }
+    }
+
     @Test func keepaliveLeasesAndConnectedClientsHoldItAwake() throws {
         try Arena.with { a in
             let sb = try create(a, idle: ["pauseAfterMs": 300])
