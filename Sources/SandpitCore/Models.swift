@@ -36,6 +36,10 @@ public struct SandboxRecord: Sendable, Equatable {
     public var stateReason: String?
     public var head: String?         // the checkpoint the files were last saved as or restored from
 
+    /// Marked keep (metadata `"sandpit.keep": "true"`): idle deletion never
+    /// removes it (or its checkpoints); it is hibernated instead.
+    public var keep: Bool { metadata["sandpit.keep"] == "true" }
+
     public init(id: String, state: SandboxState, template: String, policy: String, metadata: [String: String],
                 createdAt: Int64, lastActiveAt: Int64, step: Int = 0, execSeq: Int = 0, owner: Int64 = -1,
                 stateReason: String? = nil, head: String? = nil) {

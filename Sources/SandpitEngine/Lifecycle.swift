@@ -50,7 +50,12 @@ extension Engine {
                 switch action {
                 case .pause: try await pause(rt, reason: "idle")
                 case .hibernate: try await hibernate(rt, reason: "idle")
-                case .delete: try await delete(rt.id, caller: .inProcess)
+                case .delete:
+                    if rt.record.keep {   // marked keep: hibernate instead, never deleted for idleness
+                        if rt.idle.withLock({ $0.phase }) != .hibernated { try await hibernate(rt, reason: "idle") }
+                    } else {
+                        try await delete(rt.id, caller: .inProcess)
+                    }
                 }
             } catch {
                 logger.warning("idle action failed", metadata: ["sandbox": "\(rt.id)", "action": "\(action.rawValue)", "error": "\(error)"])
@@ -58,6 +63,10 @@ extension Engine {
             }
         }
         for (id, tracker) in dormant.withLock({ $0 }) where tracker.due(now: now) == .delete {
+            if (try? await catalog.sandbox(id))?.keep == true {
+                dormant.withLock { $0[id]?.policy.deleteAfterMs = nil }
+                continue
+            }
             do { try await delete(id, caller: .inProcess) } catch {
                 logger.warning("idle delete failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
             }

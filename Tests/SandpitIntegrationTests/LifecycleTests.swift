@@ -58,6 +58,17 @@ struct LifecycleTests {
         }
     }
 
+    @Test func sandboxesMarkedKeepAreNeverDeletedForIdleness() throws {
+        try Arena.with { a in
+            let sb = try a.client.result("sandbox.create", ["idle": ["deleteAfterMs": 300], "metadata": ["sandpit.keep": "true"]])["sandboxId"]!.stringValue!
+            _ = try a.sh(sb, "echo precious > /home/user/p")
+            #expect(eventually { state(a, sb) == "hibernated" })
+            usleep(800_000)
+            #expect(state(a, sb) == "hibernated", "kept, not deleted")
+            #expect(try a.sh(sb, "cat /home/user/p").stdout == "precious\n")
+        }
+    }
+
     @Test func explicitPauseResumeHibernate() throws {
         try Arena.with { a in
             let sb = try a.sandbox()
