@@ -16,7 +16,7 @@ struct Sandpit: AsyncParsableCommand {
         commandName: "sandpit",
         abstract: "A local code-interpreter runtime: isolated, checkpointed sandboxes for AI agents.",
         version: Engine.version,
-        subcommands: [Serve.self, Run.self, Exec.self, Ps.self, Rm.self, Info.self, PolicyCommand.self])
+        subcommands: [Serve.self, Run.self, Exec.self, Ps.self, Rm.self, Info.self, PolicyCommand.self, StorageCommand.self])
 }
 
 struct EngineOptions: ParsableArguments {
@@ -360,5 +360,26 @@ struct PolicyCommand: AsyncParsableCommand {
                 for r in Engine.seccompRules { print("  \(r.name) (\(r.nr)) -> \(r.action)") }
             }
         }
+    }
+}
+
+struct StorageCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "storage",
+        abstract: "Show the store holding sandbox disks and checkpoints: size, use, whether clones are by reference.")
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try await client.connect()
+        let r = try await c.call("storage.info")
+        await c.close()
+        if json { print(JSONCodec.encode(r)); return }
+        func gib(_ v: JSONValue?) -> String {
+            let tenths = Int(((Double(v?.intValue ?? 0) / Double(1 << 30)) * 10).rounded())
+            return "\(tenths / 10).\(tenths % 10) GiB"
+        }
+        print("store     \(r["root"]?.stringValue ?? "?") (\(r["mode"]?.stringValue ?? "?"), reflink \(r["reflink"] == true ? "yes" : "no: checkpoints and forks copy data"))")
+        print("used      \(gib(r["usedBytes"])) of \(gib(r["totalBytes"])), \(gib(r["freeBytes"])) free")
+        print("sandboxes \(r["sandboxDirs"]?.intValue ?? 0) with files on the store")
     }
 }
