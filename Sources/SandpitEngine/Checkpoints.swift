@@ -1,0 +1,244 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SandpitCore
+import SandpitOS
+
+extension Engine {
+    // MARK: steps and checkpoints
+
+    func sandboxDir(_ id: String) -> String { storage.root + "/sandboxes/" + id }
+    func checkpointDir(_ id: String) -> String { sandboxDir(id) + "/checkpoints" }
+    func checkpointImage(_ sb: String, _ ck: String) -> String { checkpointDir(sb) + "/" + ck + ".img" }
+    func checkpointManifest(_ sb: String, _ ck: String) -> String { checkpointDir(sb) + "/" + ck + ".manifest" }
+
+    /// Advances the step counter after an exec and, under `every-step`,
+    /// checkpoints the files. Never throws: a failed checkpoint is reported
+    /// in the result and the step still counts.
+    func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
+        do {
+            return try await rt.steps.run { [self] in
+                let step = rt.state.withLock { s -> Int in
+                    s.record.step += 1
+                    s.record.lastActiveAt = Clock.nowMs()
+                    return s.record.step
+                }
+                guard rt.policy.checkpoints == .everyStep, rt.disk != nil, !rt.state.withLock({ $0.deleting }) else {
+                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: nil)
+                }
+                do {
+                    let t0 = Clock.monotonicNs()
+                    let ck = try await snapshot(rt, name: nil)
+                    return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
+                                                  checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
+                } catch {
+                    logger.warning("checkpoint failed", metadata: ["sandbox": "\(rt.id)", "error": "\(error)"])
+                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: "\(error)")
+                }
+            }
+        } catch {
+            return ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: "\(error)")
+        }
+    }
+
+    /// Takes a checkpoint of a live sandbox's files now (`checkpoint.create`).
+    public func createCheckpoint(_ id: String, name: String?, caller: Caller) async throws -> CheckpointRecord {
+        _ = try await wake(id, caller: caller)
+        let rt = try await liveRuntime(id, caller: caller)
+        guard rt.disk != nil else {
+            throw SandpitError(.invalidState, "sandbox \(id) has no disk of its own (its policy sets diskBytes null), so it cannot be checkpointed")
+        }
+        return try await rt.steps.run { [self] in try await snapshot(rt, name: name) }
+    }
+
+    /// The checkpoint itself; the caller holds the sandbox's step lock.
+    /// Files first (image and manifest under temporary names, then renamed),
+    /// the catalog last: a crash in between leaves files the next start
+    /// removes, never a listed checkpoint without its files.
+    func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
+        guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
+        let id = Identifier.make("ck")
+        let sb = rt.id
+        let dir = checkpointDir(sb)
+        let image = sandboxDir(sb) + "/disk.img", copy = checkpointImage(sb, id)
+        let parent = rt.record.head
+        let previous = rt.headManifest.withLock { $0 } ?? parent.flatMap { loadManifest(sb, $0) } ?? Manifest()
+        let store = storage
+        let t0 = Clock.monotonicNs()
+        let manifest: Manifest = try await EngineThread.run {
+            if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
+            let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
+                try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
+            }
+            Fault.point("checkpoint.cloned")
+            try FS.writeBytes(copy + ".manifest.tmp", m.encoded())
+            _ = try sys("rename", path: copy) { rename(copy + ".manifest.tmp", self.checkpointManifest(sb, id)) }
+            _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
+            return m
+        }
+        let layer = defaultLayer
+        let diff = CheckpointDiff.compute(old: previous, new: manifest) { FS.lexists(layer + "/" + $0) }
+        let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
+                                      createdAt: Clock.nowMs(), diff: diff, bytes: diff.bytes)
+        Fault.point("checkpoint.files-written")
+        try await catalog.insertCheckpoint(record)
+        rt.headManifest.withLock { $0 = manifest }
+        rt.state.withLock { $0.record.head = id }
+        logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
+        return record
+    }
+
+    func loadManifest(_ sb: String, _ ck: String) -> Manifest? {
+        (try? FS.readFile(checkpointManifest(sb, ck), limit: 1 << 30)).flatMap(Manifest.decode)
+    }
+
+    public func checkpoints(_ id: String, caller: Caller) async throws -> [CheckpointRecord] {
+        _ = try await sandbox(id, caller: caller)
+        return try await catalog.checkpoints(of: id)
+    }
+
+    /// The checkpoint a restore or fork names: by id, or by step on the
+    /// sandbox's current branch (the head and its ancestors); the newest
+    /// checkpoint with that step when no ancestor has it.
+    func resolveCheckpoint(_ r: SandboxRecord, step: Int?, checkpointId: String?) async throws -> CheckpointRecord {
+        let all = try await catalog.checkpoints(of: r.id)
+        if let cid = checkpointId {
+            guard let c = all.first(where: { $0.id == cid }) else { throw SandpitError.notFound("Checkpoint", cid) }
+            return c
+        }
+        guard let step else {
+            guard let head = r.head, let c = all.first(where: { $0.id == head }) ?? all.last else {
+                throw SandpitError(.notFound, "sandbox \(r.id) has no checkpoints yet")
+            }
+            return c
+        }
+        let byId = Dictionary(all.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var cursor = r.head.flatMap { byId[$0] }
+        while let c = cursor {
+            if c.step == step { return c }
+            cursor = c.parentId.flatMap { byId[$0] }
+        }
+        guard let c = all.last(where: { $0.step == step }) else {
+            throw SandpitError(.notFound, "sandbox \(r.id) has no checkpoint at step \(step) (steps: \(Set(all.map(\.step)).sorted().map(String.init).joined(separator: ", ")))",
+                               details: ["step": .int(Int64(step))])
+        }
+        return c
+    }
+
+    public struct Restored: Sendable {
+        public var sandbox: SandboxRecord
+        public var checkpoint: CheckpointRecord
+        public var restored: [String]
+        public var lost: [String]
+    }
+
+    /// Puts the sandbox's files back to a checkpoint. Its processes are
+    /// stopped (a fresh agent runs on the restored files); a stopped sandbox
+    /// comes back running. The next step is the checkpoint's step + 1, on a
+    /// new branch; later checkpoints stay listed.
+    public func restore(_ id: String, step: Int?, checkpointId: String?, caller: Caller) async throws -> Restored {
+        var record = try await sandbox(id, caller: caller)
+        let ck = try await resolveCheckpoint(record, step: step, checkpointId: checkpointId)
+        var lost: [String] = []
+        let old = try runtime(id, caller: caller)
+        let plan: SandboxPlan
+        if let rt = old {
+            plan = rt.plan
+            // Hold the step lock so no checkpoint of the old files lands after the restore.
+            let stopped = try await rt.steps.run { [self] in await teardown(rt) }
+            if stopped { lost.append("processes") }
+            record = rt.record
+        } else {
+            plan = try dormantPlans.withLock({ $0[id] }) ?? self.plan(policy: record.policy)
+            if record.state != .hibernated { lost.append("processes") }
+        }
+        let memory = plan.policy.memoryBytes ?? 0
+        try await admitSandbox(memory: memory, AdmissionTicket(client: caller.uid))
+        var admitted = true
+        defer { if admitted { admission.release(.sandbox(memory: memory)) } }
+        let image = sandboxDir(id) + "/disk.img"
+        try? FS.remove(image + ".restore")
+        try storage.copyFile(checkpointImage(id, ck.id), to: image + ".restore")
+        Fault.point("restore.cloned")
+        _ = try sys("rename", path: image) { rename(image + ".restore", image) }
+        record.state = .starting
+        record.step = ck.step
+        record.head = ck.id
+        record.stateReason = nil
+        let rt = try await launch(record, plan: plan, fresh: false)
+        record.state = .running
+        record.lastActiveAt = Clock.nowMs()
+        rt.state.withLock { $0.record = record }
+        rt.headManifest.withLock { $0 = loadManifest(id, ck.id) }
+        dormant.withLock { _ = $0.removeValue(forKey: id) }
+        dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
+        rt.admittedMemory.withLock { $0 = memory }
+        admitted = false
+        registry.withLock { $0[id] = rt }
+        try await catalog.updateSandbox(record)
+        await catalog.event("restored", sandbox: id, detail: "checkpoint=\(ck.id) step=\(ck.step)")
+        emit(id, .running, reason: "restored to step \(ck.step)", owner: record.owner)
+        return Restored(sandbox: record, checkpoint: ck, restored: ["filesystem"], lost: lost)
+    }
+
+    /// `count` new sandboxes whose files are the checkpoint's. Nothing is
+    /// copied: each gets reflink clones (its disk and its own base checkpoint).
+    public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> [SandboxRecord] {
+        let source = try await sandbox(id, caller: caller)
+        let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
+        let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
+        let memory = plan.policy.memoryBytes ?? 0
+        var out: [SandboxRecord] = []
+        for _ in 0..<count {
+            try await admitSandbox(memory: memory, AdmissionTicket(client: caller.uid))
+            var admitted = true
+            defer { if admitted { admission.release(.sandbox(memory: memory)) } }
+            let now = Clock.nowMs()
+            let newId = Identifier.make("sb"), base = Identifier.make("ck")
+            var meta = source.metadata
+            meta["forkedFrom"] = source.id
+            var record = SandboxRecord(id: newId, state: .starting, template: source.template, policy: source.policy, metadata: meta,
+                                       createdAt: now, lastActiveAt: now, step: ck.step, owner: caller.uid, head: base)
+            try await catalog.insertSandbox(record)
+            do {
+                try FS.mkdirs(checkpointDir(newId), mode: 0o700)
+                try storage.copyFile(checkpointImage(id, ck.id), to: checkpointImage(newId, base))
+                try storage.copyFile(checkpointManifest(id, ck.id), to: checkpointManifest(newId, base))
+                try storage.copyFile(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img")
+                try await catalog.insertCheckpoint(CheckpointRecord(
+                    id: base, sandboxId: newId, step: ck.step, name: "fork of \(ck.id)", parentId: nil, createdAt: now,
+                    diff: CheckpointDiff(), bytes: 0))
+                let rt = try await launch(record, plan: plan)
+                record.state = .running
+                record.lastActiveAt = Clock.nowMs()
+                rt.state.withLock { $0.record = record }
+                rt.headManifest.withLock { $0 = loadManifest(newId, base) }
+                rt.admittedMemory.withLock { $0 = memory }
+                admitted = false
+                registry.withLock { $0[newId] = rt }
+                try await catalog.updateSandbox(record)
+                await catalog.event("forked", sandbox: newId, detail: "from=\(id) checkpoint=\(ck.id)")
+                out.append(record)
+            } catch {
+                try? FS.removeTree(sandboxDir(newId))
+                try? await catalog.deleteCheckpoints(of: newId)
+                try? await catalog.deleteSandbox(newId, at: Clock.nowMs())
+                throw error
+            }
+        }
+        return out
+    }
+
+    /// What the store holds: its size and use, and per-sandbox apparent sizes.
+    public func storageReport() -> JSONValue {
+        var st = statvfs()
+        _ = statvfs(storage.root, &st)
+        let total = Int64(st.f_blocks) * Int64(st.f_frsize), free = Int64(st.f_bavail) * Int64(st.f_frsize)
+        let sandboxes = FS.listDirectory(storage.root + "/sandboxes").count
+        return .object([
+            "root": .string(storage.root), "mode": .string(storage.mode.rawValue), "reflink": .bool(storage.reflink),
+            "totalBytes": .int(total), "usedBytes": .int(total - free), "freeBytes": .int(free),
+            "sandboxDirs": .int(Int64(sandboxes)),
+        ])
+    }
+}
