@@ -82,8 +82,8 @@ public struct IdleTracker: Sendable, Equatable {
     /// The action the policy asks for now, if any: the furthest one reached
     /// (a sandbox idle past both pause and hibernate hibernates directly).
     public func due(now: Int64) -> Action? {
+        guard isIdle(now: now) else { return nil }
         let idle = idleMs(now: now)
-        guard idle > 0 || isIdle(now: now) else { return nil }
         if let d = policy.deleteAfterMs, idle >= d { return .delete }
         if phase != .hibernated, let h = policy.hibernateAfterMs, idle >= h { return .hibernate }
         if phase == .running, let p = policy.pauseAfterMs, idle >= p { return .pause }

@@ -98,9 +98,9 @@ public final class RPCService: Sendable {
             return .object(["admin": true, "uid": .int(peer.uid)])
         case "policy.get":
             try p.expect(only: ["name", "limits"])
-            let plan = try engine.plan(policy: try p.string("name") ?? "default", limits: try p.object("limits")?.object ?? [:],
-                                       purpose: engine.policies.policies[try p.string("name") ?? "default"]?.purpose ?? .sandbox)
-            return plan.json
+            let name = try p.string("name") ?? "default"
+            let purpose = engine.policies.policies[name]?.purpose ?? .sandbox
+            return try engine.plan(policy: name, limits: try p.object("limits")?.object ?? [:], purpose: purpose).json
         case "sandbox.create":
             try p.expect(only: ["template", "policy", "limits", "metadata", "idle", "queueTimeoutMs"])
             let metadata = try p.stringMap("metadata") ?? [:]
@@ -189,8 +189,8 @@ public final class RPCService: Sendable {
             return o
         case "sandbox.watch":
             try p.expect(only: ["sandboxId"])
-            if let id = try p.string("sandboxId") { _ = try await engine.sandbox(id, caller: caller) }
             let id = try p.string("sandboxId")
+            if let id { _ = try await engine.sandbox(id, caller: caller) }
             let needsObserver = peer.watch.withLock { w -> Bool in
                 if let id { w.ids.insert(id) } else { w.ids = [] }
                 return w.token == nil
@@ -248,7 +248,6 @@ public final class RPCService: Sendable {
     /// Measures how long a request waited for admission.
     final class Queued: Sendable {
         let since = Mutex<UInt64?>(nil)
-        let total = Mutex<Int64>(0)
         func start() { since.withLock { $0 = Clock.monotonicNs() } }
         var us: Int64 { since.withLock { s in s.map { Int64((Clock.monotonicNs() - $0) / 1000) } ?? 0 } }
     }

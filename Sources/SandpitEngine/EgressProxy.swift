@@ -42,11 +42,8 @@ final class EgressProxy: Sendable {
         let nsPath = "/proc/\(pid)/ns/net"
         let ns = FileDescriptor(try sys("open", path: nsPath) { open(nsPath, O_RDONLY | O_CLOEXEC) })
         // setns changes only the calling thread: do it on a thread of its own, which then ends.
-        let fd: Int32 = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, Error>) in
-            EngineThread.detach {
-                let r = sp_listen_in_netns(ns.raw, port)
-                if r >= 0 { c.resume(returning: r) } else { c.resume(throwing: OSError(call: "listen in sandbox netns", errno: errno, path: nsPath)) }
-            }
+        let fd = try await EngineThread.run {
+            try sys("listen in sandbox netns", path: nsPath) { sp_listen_in_netns(ns.raw, port) }
         }
         let proxy = EgressProxy(listenFd: fd, rules: allow.compactMap(AllowRule.init), sandboxId: sandboxId, logger: logger)
         EngineThread.detach { proxy.acceptLoop() }

@@ -73,6 +73,8 @@ public final class Engine: Sendable {
     public let storage: StorageVolume
     public let cgroups: any CgroupDriver
     public let policies: PolicyStore
+    /// Facts about this host that policies compile against (fixed for the daemon's life).
+    public let hostFacts: SandboxPlan.Host
     let logger: Logger
     let agentFd: FileDescriptor
     let lockFd: FileDescriptor
@@ -118,6 +120,7 @@ public final class Engine: Sendable {
         }
         // One parent group per data dir, named stably so a restarted daemon finds what its predecessor left.
         cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(Self.fnv1a(config.dataDir), radix: 36))
+        hostFacts = Self.hostFacts(cgroup: cgroups.version, ids: config.ids)
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         try reconcile()
@@ -197,28 +200,24 @@ public final class Engine: Sendable {
     public var agentRssBytes: UInt64 { lastAgentRss.load(ordering: .relaxed) }
     public var liveCount: Int { registry.withLock { $0.count } }
     public var warmCount: Int { warmPool.withLock { $0.count } }
-    /// Host pids of the pooled sandboxes' agents (for tests and diagnostics).
-    public var warmAgentPids: [Int32] { warmPool.withLock { $0.map(\.spawned.pid) } }
 
     // MARK: sandboxes
 
-    /// Facts about this host that policies compile against.
-    public var hostFacts: SandboxPlan.Host { Self.hostFacts(cgroup: cgroups.version, ids: config.ids) }
 
     public static func hostFacts(cgroup: CgroupVersion, ids: IDMapping) -> SandboxPlan.Host {
         SandboxPlan.Host(cgroup: cgroup.rawValue, uidBase: Int64(ids.hostBase), uidCount: Int64(ids.count),
                          seccompArch: String(cString: sp_seccomp_arch()), seccompRules: seccompRules.count)
     }
 
-    /// The seccomp filter's rules, for display.
-    public static var seccompRules: [(name: String, nr: Int, action: String)] {
+    /// The seccomp filter's rules, for display (read from the C table once).
+    public static let seccompRules: [(name: String, nr: Int, action: String)] = {
         var rules: UnsafePointer<sp_seccomp_rule>?
         let n = sp_seccomp_rules(&rules)
         return (0..<n).map { i in
             let r = rules![i]
             return (String(cString: r.name), Int(r.nr), String(cString: r.action))
         }
-    }
+    }()
 
     /// Compiles a named policy, narrowed by a client's `limits`, for a sandbox
     /// (`purpose: build` policies are refused) or for a template build.
@@ -410,16 +409,23 @@ public final class Engine: Sendable {
         SandboxSpawner.kill(pidfd: rt.spawned.pidfd)
         rt.cgroup.thaw()   // frozen processes cannot die
         await rt.waitExited()
+        registry.withLock { _ = $0.removeValue(forKey: rt.id) }
+        freeHostResources(rt)
+        return true
+    }
+
+    /// What a sandbox holds on the host once its agent is gone: proxy,
+    /// cgroup, pidfd, disk mount, control channel, admission room.
+    func freeHostResources(_ rt: SandboxRuntime) {
+        rt.proxy.withLock { $0 }?.close()
         try? rt.cgroup.destroy()
         close(rt.spawned.pidfd)
         rt.disk?.close()
         rt.state.withLock { $0.channel }?.close()
-        registry.withLock { _ = $0.removeValue(forKey: rt.id) }
         releaseAdmission(rt)
-        return true
     }
 
-    /// Stops a live sandbox, keeping its files (wall time exceeded, daemon stopping with --keep).
+    /// Stops a live sandbox, keeping its files (its wall time passed).
     func stop(_ rt: SandboxRuntime, reason: String) async {
         guard await teardown(rt) else { return }
         logger.info("sandbox stopped", metadata: ["sandbox": "\(rt.id)", "reason": "\(reason)"])
@@ -446,12 +452,7 @@ public final class Engine: Sendable {
     func agentDied(_ rt: SandboxRuntime, _ why: String) {
         guard registry.withLock({ $0.removeValue(forKey: rt.id) }) != nil else { return }
         logger.warning("sandbox stopped unexpectedly", metadata: ["sandbox": "\(rt.id)", "reason": "\(why)"])
-        rt.proxy.withLock { $0 }?.close()
-        try? rt.cgroup.destroy()
-        close(rt.spawned.pidfd)
-        rt.disk?.close()
-        rt.state.withLock { $0.channel }?.close()
-        releaseAdmission(rt)
+        freeHostResources(rt)
         try? catalog.setState(rt.id, .stopped, reason: why)
     }
 

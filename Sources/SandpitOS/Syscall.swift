@@ -84,8 +84,8 @@ public enum FS {
         try writeBytes(path, Array(text.utf8), mode: mode)
     }
 
-    /// Writes `bytes` to `path` and fsyncs it (callers rename it into place next).
-    public static func writeBytes(_ path: String, _ data: [UInt8], mode: mode_t = 0o644, sync: Bool = false) throws(OSError) {
+    /// Writes `data` to `path`, replacing what was there.
+    public static func writeBytes(_ path: String, _ data: [UInt8], mode: mode_t = 0o644) throws(OSError) {
         let fd = try sys("open", path: path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
         defer { close(fd) }
         var bytes = data
@@ -94,7 +94,6 @@ public enum FS {
             let n = try sys("write", path: path) { bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + off, $0.count - off) } }
             off += n
         }
-        if sync { _ = fsync(fd) }
     }
 
     /// True when `path` exists, without following a final symlink.

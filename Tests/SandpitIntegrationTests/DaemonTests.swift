@@ -19,18 +19,7 @@ struct DaemonTests {
     }
 
     func run(_ c: LineConnection, _ sb: String, shell: String, _ extra: JSONObject = [:]) throws -> (result: JSONValue, stdout: String, stderr: String, notes: [JSONValue]) {
-        c.notifications = []
-        var p: JSONObject = ["sandboxId": .string(sb), "shell": .string(shell)]
-        for (k, v) in extra { p[k] = v }
-        let r = try c.result("exec.run", .object(p))
-        let notes = c.notifications.filter { $0["method"] == "exec.output" }.map { $0["params"]! }
-        func text(_ s: String) -> String {
-            notes.filter { $0["stream"] == .string(s) }.map { n -> String in
-                let d = n["data"]!.stringValue!
-                return n["encoding"] == "base64" ? String(decoding: Base64.decode(d)!, as: UTF8.self) : d
-            }.joined()
-        }
-        return (r, text("stdout"), text("stderr"), notes)
+        try c.exec(sb, shell: shell, extra)
     }
 
     @Test func createExecStreamDeleteOverStdio() throws {

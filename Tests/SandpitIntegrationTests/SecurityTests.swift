@@ -635,19 +635,8 @@ struct Arena {
     }
 
     func sh(_ sb: String, _ script: String, extra: JSONObject = [:]) throws -> (result: JSONValue, stdout: String, stderr: String) {
-        client.notifications = []
-        var p: JSONObject = ["sandboxId": .string(sb), "shell": .string(script)]
-        for (k, v) in extra { p[k] = v }
-        let r = try client.result("exec.run", .object(p))
-        let notes = client.notifications.compactMap { $0["method"] == "exec.output" ? $0["params"] : nil }
-        client.notifications = []
-        func text(_ s: String) -> String {
-            notes.filter { $0["stream"] == .string(s) }.map { n -> String in
-                let d = n["data"]!.stringValue!
-                return n["encoding"] == "base64" ? String(decoding: Base64.decode(d) ?? [], as: UTF8.self) : d
-            }.joined()
-        }
-        return (r, text("stdout"), text("stderr"))
+        let r = try client.exec(sb, shell: script, extra)
+        return (r.result, r.stdout, r.stderr)
     }
 
     func python(_ sb: String, _ code: String) throws -> String {

@@ -126,6 +126,28 @@ public final class LineConnection: @unchecked Sendable {
     }
 }
 
+extension LineConnection {
+    /// `exec.run` in the foreground: the result, plus stdout and stderr put
+    /// back together from the exec's `exec.output` notifications.
+    public func exec(_ sandboxId: String, shell: String, _ extra: JSONObject = [:]) throws
+        -> (result: JSONValue, stdout: String, stderr: String, notes: [JSONValue])
+    {
+        notifications = []
+        var p: JSONObject = ["sandboxId": .string(sandboxId), "shell": .string(shell)]
+        for (k, v) in extra { p[k] = v }
+        let r = try result("exec.run", .object(p))
+        let notes = notifications.compactMap { $0["method"] == "exec.output" ? $0["params"] : nil }
+        notifications = []
+        func text(_ s: String) -> String {
+            notes.filter { $0["stream"] == .string(s) }.map { n -> String in
+                let d = n["data"]?.stringValue ?? ""
+                return n["encoding"] == "base64" ? String(decoding: Base64.decode(d) ?? [], as: UTF8.self) : d
+            }.joined()
+        }
+        return (r, text("stdout"), text("stderr"), notes)
+    }
+}
+
 public struct TestFailure: Error, CustomStringConvertible {
     public var description: String
     public init(_ d: String) { description = d }
