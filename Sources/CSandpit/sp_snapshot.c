@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <sys/xattr.h>
 #include "sp_snapshot.h"
 
 #include <linux/fs.h>
@@ -9,6 +10,7 @@
 int sp_fs_freeze(int fd) { return ioctl(fd, FIFREEZE, 0); }
 int sp_fs_thaw(int fd) { return ioctl(fd, FITHAW, 0); }
 int sp_clone_file(int src_fd, int dst_fd) { return ioctl(dst_fd, FICLONE, src_fd); }
+int sp_mark_opaque(int dir_fd) { return fsetxattr(dir_fd, "trusted.overlay.opaque", "y", 1, 0); }
 int sp_is_whiteout(unsigned mode, unsigned long long rdev) {
     return S_ISCHR(mode) && major((dev_t)rdev) == 0 && minor((dev_t)rdev) == 0;
 }

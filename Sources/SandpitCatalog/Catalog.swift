@@ -73,6 +73,33 @@ public final class Catalog: @unchecked Sendable {
         CREATE INDEX checkpoints_sandbox ON checkpoints(sandbox_id, created_at);
         ALTER TABLE sandboxes ADD COLUMN head TEXT;
         """,
+        // 3: templates. A template is an immutable layer stack; tags name
+        // templates; layers are content addressed (the build cache).
+        """
+        DROP TABLE templates;
+        CREATE TABLE templates (
+            template_id TEXT PRIMARY KEY,
+            created_at INTEGER NOT NULL,
+            layers TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            config TEXT NOT NULL,
+            parent TEXT
+        );
+        CREATE TABLE tags (
+            name TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            template_id TEXT NOT NULL REFERENCES templates(template_id),
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (name, tag)
+        );
+        CREATE TABLE layers (
+            key TEXT PRIMARY KEY,
+            created_by TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        ALTER TABLE sandboxes ADD COLUMN template_id TEXT NOT NULL DEFAULT 'default';
+        """,
     ]
 
     public init(path: String) throws {
@@ -126,21 +153,22 @@ public final class Catalog: @unchecked Sendable {
         return out
     }
 
-    static let sandboxColumns = "id, state, template, policy, metadata, created_at, last_active_at, step, exec_seq, owner, state_reason, head"
+    static let sandboxColumns = "id, state, template, policy, metadata, created_at, last_active_at, step, exec_seq, owner, state_reason, head, template_id"
 
     static func sandbox(_ r: [SQLiteDB.Value]) -> SandboxRecord {
         SandboxRecord(id: r[0].text ?? "", state: SandboxState(rawValue: r[1].text ?? "") ?? .stopped,
                       template: r[2].text ?? "", policy: r[3].text ?? "", metadata: decodeMetadata(r[4].text ?? "{}"),
                       createdAt: r[5].int ?? 0, lastActiveAt: r[6].int ?? 0, step: Int(r[7].int ?? 0),
-                      execSeq: Int(r[8].int ?? 0), owner: r[9].int ?? -1, stateReason: r[10].text, head: r[11].text)
+                      execSeq: Int(r[8].int ?? 0), owner: r[9].int ?? -1, stateReason: r[10].text, head: r[11].text,
+                      templateId: r[12].text ?? "default")
     }
 
     public func insertSandbox(_ s: SandboxRecord) async throws {
         try await onQueue { db in
-            try db.run("INSERT INTO sandboxes (\(Self.sandboxColumns)) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
+            try db.run("INSERT INTO sandboxes (\(Self.sandboxColumns)) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
                 .text(s.id), .text(s.state.rawValue), .text(s.template), .text(s.policy), .text(Self.encodeMetadata(s.metadata)),
                 .int(s.createdAt), .int(s.lastActiveAt), .int(Int64(s.step)), .int(Int64(s.execSeq)), .int(s.owner),
-                s.stateReason.map { .text($0) } ?? .null, s.head.map { .text($0) } ?? .null,
+                s.stateReason.map { .text($0) } ?? .null, s.head.map { .text($0) } ?? .null, .text(s.templateId),
             ])
         }
     }
@@ -178,6 +206,12 @@ public final class Catalog: @unchecked Sendable {
 
     public func allSandboxes() throws -> [SandboxRecord] {
         try queue.sync { try db.query("SELECT \(Self.sandboxColumns) FROM sandboxes WHERE state != 'deleted'").map(Self.sandbox) }
+    }
+
+    /// Marks a sandbox deleted at once (start-up reconciliation; call inside `sync`).
+    public func forget(_ id: String) throws {
+        _ = try db.run("UPDATE sandboxes SET state='deleted', state_reason='build sandbox of a daemon that stopped' WHERE id=?", [.text(id)])
+        _ = try db.run("DELETE FROM checkpoints WHERE sandbox_id=?", [.text(id)])
     }
 
     public func setState(_ id: String, _ state: SandboxState, reason: String?) throws {
@@ -307,6 +341,132 @@ public final class Catalog: @unchecked Sendable {
     public func dropCheckpoints(_ ids: [String]) throws {
         try queue.sync {
             try db.transaction { for id in ids { _ = try db.run("DELETE FROM checkpoints WHERE id=?", [.text(id)]) } }
+        }
+    }
+
+    // MARK: templates
+
+    static func template(_ r: [SQLiteDB.Value]) -> TemplateRecord {
+        let layers = (try? JSONCodec.parse(r[5].text ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
+        let config = (try? JSONCodec.parse(r[7].text ?? "{}")).flatMap(ImageConfig.init(json:)) ?? .default
+        return TemplateRecord(templateId: r[2].text ?? "", name: r[0].text ?? "", tag: r[1].text ?? "", createdAt: r[3].int ?? 0,
+                              layers: layers, bytes: r[6].int ?? 0, config: config, parent: r[8].text)
+    }
+
+    static let taggedSelect = """
+        SELECT g.name, g.tag, t.template_id, g.created_at, t.created_at, t.layers, t.bytes, t.config, t.parent
+        FROM tags g JOIN templates t ON t.template_id = g.template_id
+        """
+
+    /// The template a tag names.
+    public func template(name: String, tag: String) async throws -> TemplateRecord? {
+        try await onQueue { db in
+            try db.query(Self.taggedSelect + " WHERE g.name=? AND g.tag=?", [.text(name), .text(tag)]).first.map(Self.template)
+        }
+    }
+
+    /// A template by id, whether or not a tag still names it (a sandbox keeps
+    /// the exact template it was created from).
+    public func template(id: String) async throws -> TemplateRecord? {
+        try await onQueue { db in
+            try db.query("""
+                SELECT COALESCE(g.name, ''), COALESCE(g.tag, ''), t.template_id, t.created_at, t.created_at, t.layers, t.bytes, t.config, t.parent
+                FROM templates t LEFT JOIN tags g ON g.template_id = t.template_id WHERE t.template_id=? LIMIT 1
+                """, [.text(id)]).first.map(Self.template)
+        }
+    }
+
+    /// Tagged templates, by name then tag (`name` filters).
+    public func templates(name: String?) async throws -> [TemplateRecord] {
+        try await onQueue { db in
+            if let name {
+                return try db.query(Self.taggedSelect + " WHERE g.name=? ORDER BY g.tag", [.text(name)]).map(Self.template)
+            }
+            return try db.query(Self.taggedSelect + " ORDER BY g.name, g.tag").map(Self.template)
+        }
+    }
+
+    /// Records a built template and points `name:tag` at it, in one transaction.
+    public func tagTemplate(_ t: TemplateRecord) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                try db.run("""
+                    INSERT INTO templates (template_id, created_at, layers, bytes, config, parent) VALUES (?,?,?,?,?,?)
+                    ON CONFLICT(template_id) DO NOTHING
+                    """, [.text(t.templateId), .int(t.createdAt), .text(JSONCodec.encode(.array(t.layers.map { .string($0) }))),
+                          .int(t.bytes), .text(JSONCodec.encode(t.config.json)), t.parent.map { .text($0) } ?? .null])
+                try db.run("INSERT OR REPLACE INTO tags (name, tag, template_id, created_at) VALUES (?,?,?,?)",
+                           [.text(t.name), .text(t.tag), .text(t.templateId), .int(t.createdAt)])
+            }
+        }
+    }
+
+    public func untag(name: String, tag: String) async throws {
+        try await onQueue { db in _ = try db.run("DELETE FROM tags WHERE name=? AND tag=?", [.text(name), .text(tag)]) }
+    }
+
+    /// What still depends on a template: sandboxes (not deleted) created from
+    /// it and templates built from it.
+    public func templateDependents(_ id: String) async throws -> (sandboxes: [String], templates: [String]) {
+        try await onQueue { db in
+            let sbs = try db.query("SELECT id FROM sandboxes WHERE template_id=? AND state != 'deleted' ORDER BY created_at",
+                                   [.text(id)]).compactMap { $0[0].text }
+            let tps = try db.query("""
+                SELECT COALESCE(g.name || ':' || g.tag, t.template_id) FROM templates t LEFT JOIN tags g ON g.template_id = t.template_id
+                WHERE t.parent=?
+                """, [.text(id)]).compactMap { $0[0].text }
+            return (sbs, tps)
+        }
+    }
+
+    /// Drops templates that no tag names, no sandbox uses and no other
+    /// template was built from (repeated until nothing changes), then the
+    /// layers no remaining template lists. Returns the layer keys dropped.
+    public func collectTemplates() async throws -> [String] {
+        try await onQueue { db in
+            try db.transaction {
+                while true {
+                    let n = try db.run("""
+                        DELETE FROM templates WHERE template_id NOT IN (SELECT template_id FROM tags)
+                        AND template_id NOT IN (SELECT template_id FROM sandboxes WHERE state != 'deleted')
+                        AND template_id NOT IN (SELECT parent FROM templates WHERE parent IS NOT NULL)
+                        """)
+                    if n == 0 { break }
+                }
+                var used = Set<String>()
+                for r in try db.query("SELECT layers FROM templates") {
+                    for k in (try? JSONCodec.parse(r[0].text ?? "[]"))?.arrayValue ?? [] { if let s = k.stringValue { used.insert(s) } }
+                }
+                let all = try db.query("SELECT key FROM layers").compactMap { $0[0].text }
+                let dead = all.filter { !used.contains($0) }
+                for k in dead { try db.run("DELETE FROM layers WHERE key=?", [.text(k)]) }
+                return dead
+            }
+        }
+    }
+
+    public func layer(_ key: String) async throws -> LayerRecord? {
+        try await onQueue { db in
+            try db.query("SELECT key, created_by, bytes, created_at FROM layers WHERE key=?", [.text(key)]).first.map {
+                LayerRecord(key: $0[0].text ?? "", createdBy: $0[1].text ?? "", bytes: $0[2].int ?? 0, createdAt: $0[3].int ?? 0)
+            }
+        }
+    }
+
+    public func insertLayer(_ l: LayerRecord) async throws {
+        try await onQueue { db in
+            try db.run("INSERT OR REPLACE INTO layers (key, created_by, bytes, created_at) VALUES (?,?,?,?)",
+                       [.text(l.key), .text(l.createdBy), .int(l.bytes), .int(l.createdAt)])
+        }
+    }
+
+    public func allLayerKeys() throws -> Set<String> {
+        try queue.sync { Set(try db.query("SELECT key FROM layers").compactMap { $0[0].text }) }
+    }
+
+    public func dropLayers(_ keys: [String]) throws {
+        try queue.sync {
+            try db.transaction { for k in keys { _ = try db.run("DELETE FROM layers WHERE key=?", [.text(k)]) } }
         }
     }
 

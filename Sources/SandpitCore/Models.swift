@@ -35,6 +35,7 @@ public struct SandboxRecord: Sendable, Equatable {
     public var owner: Int64          // uid of the client that created it (-1 = in-process)
     public var stateReason: String?
     public var head: String?         // the checkpoint the files were last saved as or restored from
+    public var templateId: String    // the exact template it was created from ("default" for the built-in one)
 
     /// Marked keep (metadata `"sandpit.keep": "true"`): idle deletion never
     /// removes it (or its checkpoints); it is hibernated instead.
@@ -42,8 +43,9 @@ public struct SandboxRecord: Sendable, Equatable {
 
     public init(id: String, state: SandboxState, template: String, policy: String, metadata: [String: String],
                 createdAt: Int64, lastActiveAt: Int64, step: Int = 0, execSeq: Int = 0, owner: Int64 = -1,
-                stateReason: String? = nil, head: String? = nil) {
+                stateReason: String? = nil, head: String? = nil, templateId: String = "default") {
         self.id = id
+        self.templateId = templateId
         self.state = state
         self.template = template
         self.policy = policy

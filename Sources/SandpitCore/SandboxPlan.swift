@@ -15,7 +15,11 @@ public struct SandboxPlan: Sendable, Equatable {
         public var seccompArch: String
         public var seccompRules: Int
         public var proxyPort: Int
-        public init(cgroup: String, uidBase: Int64, uidCount: Int64, seccompArch: String, seccompRules: Int, proxyPort: Int = 3128) {
+        /// The daemon's hard RLIMIT_NOFILE: sandboxes cannot go above it (nil: no ceiling).
+        public var openFilesCeiling: Int64?
+        public init(cgroup: String, uidBase: Int64, uidCount: Int64, seccompArch: String, seccompRules: Int, proxyPort: Int = 3128,
+                    openFilesCeiling: Int64? = nil) {
+            self.openFilesCeiling = openFilesCeiling
             self.cgroup = cgroup
             self.uidBase = uidBase
             self.uidCount = uidCount
@@ -74,7 +78,12 @@ public struct SandboxPlan: Sendable, Equatable {
             add("seccomp", "disabled by policy")
         }
         add("fds", "every host descriptor closed but the agent's control socket and cgroup dir (close-on-exec: commands get neither)")
-        add("rlimits", "open files " + (p.openFiles.map(String.init) ?? "inherited") + "; core dumps 0")
+        var capped = false
+        if let c = host.openFilesCeiling, let o = p.openFiles, o > c {
+            p.openFiles = c
+            capped = true
+        }
+        add("rlimits", "open files " + (p.openFiles.map(String.init) ?? "inherited") + (capped ? " (capped at the daemon's own hard limit)" : "") + "; core dumps 0")
         add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
         add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
         switch p.checkpoints {

@@ -19,6 +19,8 @@ public struct SandpitError: Error, Sendable, Equatable, CustomStringConvertible 
         case permissionDenied = "permission_denied"
         case sandboxFailed = "sandbox_failed"
         case requestTooLarge = "request_too_large"
+        /// A template build step failed (its output is in `data`).
+        case buildFailed = "build_failed"
     }
 
     public var code: Code
@@ -50,6 +52,7 @@ public struct SandpitError: Error, Sendable, Equatable, CustomStringConvertible 
         case .permissionDenied: -32001
         case .sandboxFailed: -32050
         case .requestTooLarge: -32600
+        case .buildFailed: -32051
         }
     }
 

@@ -63,7 +63,7 @@ public final class RPCService: Sendable {
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
-                                 "sandbox.fork", "storage.info"]
+                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"]
 
     /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
@@ -240,9 +240,90 @@ public final class RPCService: Sendable {
         case "storage.info":
             try p.expect(only: [])
             return engine.storageReport()
+        case "template.build":
+            return try await templateBuild(p, requestId: requestId, caller: caller, out: out)
+        case "template.list":
+            try p.expect(only: ["name"])
+            var out: [JSONValue] = []
+            for t in try await engine.templates(name: try p.string("name")) { out.append(await templateJSON(t)) }
+            return .object(["templates": .array(out)])
+        case "template.get":
+            try p.expect(only: ["name", "tag"])
+            return await templateJSON(try await engine.resolveTemplate(try Self.templateRef(p).joined(separator: ":")))
+        case "template.delete":
+            try p.expect(only: ["name", "tag", "force"])
+            let ref = try Self.templateRef(p)
+            let t = try await engine.deleteTemplate(name: ref[0], tag: ref[1], force: try p.bool("force") ?? false, caller: caller)
+            return .object(["deleted": await templateJSON(t)])
         default:
             throw SandpitError(.methodNotFound, "method not found: \(req.method)", details: ["method": .string(req.method)])
         }
+    }
+
+    /// `name` (`NAME` or `NAME:TAG`) and `tag?` as [name, tag].
+    static func templateRef(_ p: Params) throws(SandpitError) -> [String] {
+        let name = try p.requireString("name")
+        if let tag = try p.string("tag") {
+            guard !name.contains(":") else { throw SandpitError.invalidParams("tag", "give the tag in name or in tag, not both") }
+            let r = try TemplateRef.parse(name + ":" + tag, field: "name")
+            return [r.name, r.tag]
+        }
+        let r = try TemplateRef.parse(name, field: "name")
+        return [r.name, r.tag]
+    }
+
+    func templateJSON(_ t: TemplateRecord) async -> JSONValue {
+        var o: JSONObject = ["name": .string(t.name), "tag": .string(t.tag), "templateId": .string(t.templateId),
+                             "createdAt": .int(t.createdAt), "bytes": .int(t.bytes)]
+        o["layers"] = .array(((try? await engine.layers(of: t)) ?? []).map(\.json))
+        o["config"] = t.config.json
+        if let parent = t.parent { o["parent"] = .string(parent) }
+        if t.templateId == TemplateRecord.builtin.templateId { o["builtin"] = true }
+        return .object(o)
+    }
+
+    /// `template.build`: progress goes out as `template.progress`
+    /// notifications, in order, before the result.
+    func templateBuild(_ p: Params, requestId: JSONValue, caller: Caller, out: any RPCOutbound) async throws -> JSONValue {
+        try p.expect(only: ["name", "tag", "spec", "file", "context", "policy"])
+        let ref = try Self.templateRef(p)
+        var spec = try p.string("spec")
+        var context = try p.string("context")
+        if let file = try p.string("file") {
+            guard spec == nil else { throw SandpitError.invalidParams("file", "give spec or file, not both") }
+            guard file.hasPrefix("/"), !file.utf8.contains(0) else { throw SandpitError.invalidParams("file", "must be an absolute path on the daemon's host") }
+            guard caller.admin else { throw SandpitError(.permissionDenied, "reading a spec file from the host needs an admin client") }
+            do { spec = try FS.readText(file) } catch {
+                throw SandpitError(.notFound, "cannot read spec file \(file): \(error)", details: ["path": .string(file)])
+            }
+            if context == nil { context = String(file[..<(file.lastIndex(of: "/") ?? file.startIndex)]) }
+            if context == "" { context = "/" }
+        }
+        guard let spec else { throw SandpitError.invalidParams("spec", "one of spec or file is required") }
+        if let c = context, !c.hasPrefix("/") || c.utf8.contains(0) { throw SandpitError.invalidParams("context", "must be an absolute path on the daemon's host") }
+        let (stream, cont) = AsyncStream.makeStream(of: BuildEvent.self)
+        let sender = Task {
+            for await e in stream {
+                var o: JSONObject = ["requestId": requestId, "step": .int(Int64(e.step)), "total": .int(Int64(e.total)), "message": .string(e.message)]
+                if let c = e.cached { o["cached"] = .bool(c) }
+                if let s = e.stream, let d = e.data {
+                    let (data, enc) = OutputChunk(seq: 0, stream: s, bytes: d).wireFields()
+                    o["stream"] = .string(s.rawValue)
+                    o["data"] = .string(data)
+                    if let enc { o["encoding"] = .string(enc) }
+                }
+                try? await out.send(RPC.notification("template.progress", .object(o)))
+            }
+        }
+        let result: Result<TemplateRecord, Error>
+        do {
+            result = .success(try await engine.buildTemplate(
+                BuildRequest(name: ref[0], tag: ref[1], spec: spec, context: context, policy: try p.string("policy") ?? "build"),
+                caller: caller) { cont.yield($0) })
+        } catch { result = .failure(error) }
+        cont.finish()
+        await sender.value
+        return await templateJSON(try result.get())
     }
 
     /// Measures how long a request waited for admission.

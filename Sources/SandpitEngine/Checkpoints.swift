@@ -76,8 +76,8 @@ extension Engine {
             _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
             return m
         }
-        let layer = defaultLayer
-        let diff = CheckpointDiff.compute(old: previous, new: manifest) { FS.lexists(layer + "/" + $0) }
+        let lower = rt.image.lower
+        let diff = CheckpointDiff.compute(old: previous, new: manifest) { p in lower.contains { FS.lexists($0 + "/" + p) } }
         let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
                                       createdAt: Clock.nowMs(), diff: diff, bytes: diff.bytes)
         Fault.point("checkpoint.files-written")
@@ -198,7 +198,8 @@ extension Engine {
             var meta = source.metadata
             meta["forkedFrom"] = source.id
             var record = SandboxRecord(id: newId, state: .starting, template: source.template, policy: source.policy, metadata: meta,
-                                       createdAt: now, lastActiveAt: now, step: ck.step, owner: caller.uid, head: base)
+                                       createdAt: now, lastActiveAt: now, step: ck.step, owner: caller.uid, head: base,
+                                       templateId: source.templateId)
             try await catalog.insertSandbox(record)
             do {
                 try FS.mkdirs(checkpointDir(newId), mode: 0o700)

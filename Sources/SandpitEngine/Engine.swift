@@ -92,6 +92,8 @@ public final class Engine: Sendable {
     let observers = Mutex<[Int64: @Sendable (StateEvent) -> Void]>([:])
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
+    /// Template builds and layer garbage collection, one at a time.
+    let buildLock = StepLock()
 
     public static let version = "0.1.0"
     public static let cgroupPrefix = "sandpit"
@@ -107,6 +109,7 @@ public final class Engine: Sendable {
             throw SandpitError(.unavailable, "sandpit needs root to create sandboxes (user namespaces with a uid range, cgroups, overlay mounts); run it as root")
         }
         try FS.mkdirs(config.dataDir, mode: 0o711)
+        Self.raiseFileLimitCeiling()
         lockFd = try Self.lock(config.dataDir)
         let agent = try sys("open", path: config.agentPath) { sp_open_path(config.agentPath) }
         agentFd = FileDescriptor(agent)
@@ -124,8 +127,23 @@ public final class Engine: Sendable {
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         try reconcile()
+        try reconcileLayers()
         refillWarmPool()
         startIdleService()
+    }
+
+    /// Sandboxes inherit the daemon's hard RLIMIT_NOFILE and cannot raise it
+    /// (no CAP_SYS_RESOURCE outside their namespace), so a policy's
+    /// `openFiles` above the daemon's ceiling would fail every exec. As root,
+    /// lift the ceiling to the kernel's (the soft limit stays as it was).
+    static func raiseFileLimitCeiling() {
+        var rl = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return }
+        let max = (try? FS.readText("/proc/sys/fs/nr_open")).flatMap { UInt($0.trimmingWhitespace) } ?? 1_048_576
+        if rl.rlim_max < rlim_t(max) {
+            rl.rlim_max = rlim_t(max)
+            _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl)
+        }
     }
 
     static func fnv1a(_ s: String) -> UInt32 {
@@ -157,6 +175,12 @@ public final class Engine: Sendable {
         let all = try catalog.allSandboxes()
         var known = Set<String>()
         for s in all {
+            if s.metadata["sandpit.build"] != nil {
+                // A template build's throwaway sandbox: the build died with the daemon.
+                try? FS.removeTree(storage.root + "/sandboxes/" + s.id)
+                try catalog.sync { c in try c.forget(s.id) }
+                continue
+            }
             known.insert(s.id)
             if s.state.isLive {
                 // Its files are intact on its disk: it wakes on the next request.
@@ -205,8 +229,10 @@ public final class Engine: Sendable {
 
 
     public static func hostFacts(cgroup: CgroupVersion, ids: IDMapping) -> SandboxPlan.Host {
-        SandboxPlan.Host(cgroup: cgroup.rawValue, uidBase: Int64(ids.hostBase), uidCount: Int64(ids.count),
-                         seccompArch: String(cString: sp_seccomp_arch()), seccompRules: seccompRules.count)
+        var rl = rlimit()
+        let ceiling: Int64? = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl) == 0 && rl.rlim_max < rlim_t(Int64.max) ? Int64(rl.rlim_max) : nil
+        return SandboxPlan.Host(cgroup: cgroup.rawValue, uidBase: Int64(ids.hostBase), uidCount: Int64(ids.count),
+                                seccompArch: String(cString: sp_seccomp_arch()), seccompRules: seccompRules.count, openFilesCeiling: ceiling)
     }
 
     /// The seccomp filter's rules, for display (read from the C table once).
@@ -233,9 +259,8 @@ public final class Engine: Sendable {
     public func create(template: String, policy policyName: String, limits: JSONObject = [:], idle: JSONObject = [:],
                        metadata: [String: String], caller: Caller, admit: AdmissionTicket? = nil) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
-        guard template == "default" else {
-            throw SandpitError(.notFound, "template \(template) does not exist (available: default)", details: ["template": .string(template)])
-        }
+        let tpl = try await resolveTemplate(template)
+        let templateName = tpl.templateId == TemplateRecord.builtin.templateId ? "default" : tpl.reference
         var plan = try plan(policy: policyName, limits: limits)
         plan.idle = try plan.policy.idle(narrowedBy: idle)
         let memory = plan.policy.memoryBytes ?? 0
@@ -247,12 +272,12 @@ public final class Engine: Sendable {
         defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let now = Clock.nowMs()
         let rt: SandboxRuntime
-        if limits.count == 0, let warm = await claimWarm(policy: policyName) {
+        if limits.count == 0, tpl.templateId == TemplateRecord.builtin.templateId, let warm = await claimWarm(policy: policyName) {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
             rt.idle.withLock { $0.policy = plan.idle; $0.touch(now: now) }
-            let record = SandboxRecord(id: rt.id, state: .running, template: template, policy: plan.policy.name, metadata: metadata,
-                                       createdAt: now, lastActiveAt: now, owner: caller.uid)
+            let record = SandboxRecord(id: rt.id, state: .running, template: templateName, policy: plan.policy.name, metadata: metadata,
+                                       createdAt: now, lastActiveAt: now, owner: caller.uid, templateId: tpl.templateId)
             rt.state.withLock { $0.record = record }
             do {
                 try await catalog.insertSandbox(record)
@@ -263,8 +288,8 @@ public final class Engine: Sendable {
             }
         } else {
             let id = Identifier.make("sb")
-            var record = SandboxRecord(id: id, state: .starting, template: template, policy: plan.policy.name, metadata: metadata,
-                                       createdAt: now, lastActiveAt: now, owner: caller.uid)
+            var record = SandboxRecord(id: id, state: .starting, template: templateName, policy: plan.policy.name, metadata: metadata,
+                                       createdAt: now, lastActiveAt: now, owner: caller.uid, templateId: tpl.templateId)
             // Recorded before anything exists on the host, so a crash mid-start is reconciled.
             try await catalog.insertSandbox(record)
             do {
@@ -289,7 +314,7 @@ public final class Engine: Sendable {
                 await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(name)) exceeded; files kept")
             }
         }
-        await catalog.event("created", sandbox: rt.id, detail: "template=\(template) policy=\(plan.policy.name)")
+        await catalog.event("created", sandbox: rt.id, detail: "template=\(templateName) (\(tpl.templateId)) policy=\(plan.policy.name)")
         refillWarmPool()
         return rt.record
     }
@@ -297,8 +322,10 @@ public final class Engine: Sendable {
     /// Builds a sandbox on the host and waits for its agent: write layer,
     /// mounts, cgroup, namespaces, agent, proxy. Touches neither the catalog
     /// nor the registry; on failure everything it made is undone.
-    func launch(_ record: SandboxRecord, plan: SandboxPlan, fresh: Bool = true) async throws -> SandboxRuntime {
+    func launch(_ record: SandboxRecord, plan: SandboxPlan, fresh: Bool = true, image given: SandboxImage? = nil) async throws -> SandboxRuntime {
         let id = record.id
+        let image: SandboxImage
+        if let given { image = given } else { image = try await self.image(record.templateId) }
         let policy = plan.policy
         let dir = storage.root + "/sandboxes/" + id
         var cgroup: CgroupHandle?
@@ -324,8 +351,8 @@ public final class Engine: Sendable {
                 try FS.mkdir(work, mode: 0o700)
                 try FS.chown(upper, uid: rootUid, gid: rootUid)
             }
-            let root = try DetachedMount.overlay(lower: [defaultLayer], upper: upper, work: work)
-            let usr = try DetachedMount.readOnlyBind("/usr")
+            let root = try DetachedMount.overlay(lower: image.lower, upper: upper, work: work)
+            let usr = image.hostUsr ? try DetachedMount.readOnlyBind("/usr") : nil
             let limits = CgroupLimits(memoryBytes: policy.memoryBytes, pids: policy.pids.map { Int($0) },
                                       cpuMillicores: policy.cpuMillicores.map { Int($0) })
             let cg = plan.useCgroup ? try cgroups.create(id, limits: limits) : NoCgroupDriver().handle(id)
@@ -342,7 +369,7 @@ public final class Engine: Sendable {
             if plan.seccompEnabled { seccomp = 1 << 8 | (plan.restrictSockets ? SP_SECCOMP_RESTRICT_SOCKETS : 0) }
             let spawned = try SandboxSpawner.spawn(
                 agentFd: agentFd.raw,
-                argv: ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", "1",
+                argv: ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1",
                        "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"],
                 rootMount: root, usrMount: usr, cgroupDir: tracking
             ) { pid in
@@ -351,12 +378,12 @@ public final class Engine: Sendable {
                 // Show host-root-owned /usr as root-owned inside; purely cosmetic, so failures only log.
                 let nsPath = "/proc/\(pid)/ns/user"
                 let ns = open(nsPath, O_RDONLY | O_CLOEXEC)
-                if ns >= 0 {
+                if ns >= 0, let usr {
                     do { try DetachedMount.idmap(usr, usernsFd: ns) } catch { log.debug("idmapped /usr unavailable", metadata: ["error": "\(error)"]) }
                     close(ns)
                 }
             }
-            let rt = SandboxRuntime(record: record, plan: plan, cgroup: cg, spawned: spawned, disk: disk) { [weak self] rt, why in
+            let rt = SandboxRuntime(record: record, plan: plan, image: image, cgroup: cg, spawned: spawned, disk: disk) { [weak self] rt, why in
                 self?.agentDied(rt, why)
             }
             runtime = rt
@@ -518,13 +545,15 @@ public final class Engine: Sendable {
     /// namespace, so SIGKILL to it takes all of them, including stopped and
     /// setsid'd ones), removes its cgroup and write layer, and marks it deleted.
     public func delete(_ id: String, caller: Caller) async throws {
-        let owner: Int64
+        let owner: Int64, templateId: String
         if let rt = try runtime(id, caller: caller) {
             owner = rt.record.owner
+            templateId = rt.record.templateId
             guard await teardown(rt) else { return }
         } else {
             guard let r = try await catalog.sandbox(id), r.state != .deleted, caller.owns(r) else { throw SandpitError.notFound("Sandbox", id) }
             owner = r.owner
+            templateId = r.templateId
         }
         dormant.withLock { _ = $0.removeValue(forKey: id) }
         dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
@@ -533,6 +562,7 @@ public final class Engine: Sendable {
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
         await catalog.event("deleted", sandbox: id)
         emit(id, .deleted, reason: "deleted", owner: owner)
+        collectAfterDelete(templateId: templateId)
     }
 
     // MARK: execs
@@ -578,7 +608,16 @@ public final class Engine: Sendable {
         rt.noteOOMBaseline(n)
         rt.idle.withLock { $0.begin(now: Clock.nowMs()) }
 
+        let config = rt.image.config
         var env = Self.baseEnv
+        if config.uid != 1000 {
+            env.removeAll { ["HOME", "USER", "LOGNAME"].contains($0.0) }
+            env += [("HOME", config.home), ("USER", config.user), ("LOGNAME", config.user)]
+        }
+        for (k, v) in config.env.sorted(by: { $0.key < $1.key }) {
+            env.removeAll { $0.0 == k }
+            env.append((k, v))
+        }
         if let port = rt.plan.proxyPort {
             let url = "http://127.0.0.1:\(port)"
             env += [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
@@ -590,11 +629,11 @@ public final class Engine: Sendable {
         }
         var payload: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v) { payload += $0 } }
-        u32(1000); u32(1000)
+        u32(config.uid); u32(config.gid)
         u32(req.stdin != nil ? SP_SPAWN_STDIN : 0)
         u32(UInt32(req.argv.count)); u32(UInt32(env.count))
         func str(_ s: String) { payload += Array(s.utf8); payload.append(0) }
-        str(req.cwd ?? "/home/user")
+        str(req.cwd ?? config.workdir)
         for a in req.argv { str(a) }
         for (k, v) in env { str(k + "=" + v) }
         guard payload.count <= Int(SP_FRAME_MAX_PAYLOAD) else {

@@ -7,6 +7,8 @@ import Synchronization
 final class SandboxRuntime: Sendable {
     let id: String
     let plan: SandboxPlan
+    /// The template's layers and command defaults.
+    let image: SandboxImage
     let cgroup: CgroupHandle
     let spawned: SandboxSpawner.Spawned
     /// The sandbox's own disk (a detached ext4 mount), when its policy sets one.
@@ -47,10 +49,11 @@ final class SandboxRuntime: Sendable {
 
     static let keepFinishedExecs = 64
 
-    init(record: SandboxRecord, plan: SandboxPlan, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned, disk: FileDescriptor?,
+    init(record: SandboxRecord, plan: SandboxPlan, image: SandboxImage, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned, disk: FileDescriptor?,
          onUnexpectedExit: @escaping @Sendable (SandboxRuntime, String) -> Void) {
         self.id = record.id
         self.plan = plan
+        self.image = image
         self.disk = disk
         self.idle = Mutex(IdleTracker(policy: plan.idle, now: Clock.nowMs()))
         self.cgroup = cgroup

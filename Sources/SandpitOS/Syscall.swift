@@ -97,6 +97,11 @@ public enum FS {
     }
 
     /// True when `path` exists, without following a final symlink.
+    public static func isSymlink(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
+    }
+
     public static func lexists(_ path: String) -> Bool {
         var st = stat()
         return lstat(path, &st) == 0

@@ -24,7 +24,11 @@ extension RPCClient {
 func decodeResponse(_ v: JSONValue) throws -> JSONValue {
     if let e = v["error"]?.objectValue {
         let code = e["data"]?["code"]?.stringValue.flatMap(SandpitError.Code.init(rawValue:)) ?? .internal
-        throw SandpitError(code, e["message"]?.stringValue ?? "error")
+        var details = e["data"]?.objectValue ?? JSONObject()
+        details["code"] = nil
+        var d: [String: JSONValue] = [:]
+        for (k, v) in details { d[k] = v }
+        throw SandpitError(code, e["message"]?.stringValue ?? "error", details: d)
     }
     return v["result"] ?? .null
 }
