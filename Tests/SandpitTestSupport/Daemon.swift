@@ -32,6 +32,11 @@ public enum TestEnv {
         return url.appendingPathComponent("Policies").path
     }
 
+    /// The repository's Fixtures/ directory.
+    public static var fixturesDir: String {
+        URL(fileURLWithPath: policiesDir).deletingLastPathComponent().appendingPathComponent("Fixtures").path
+    }
+
     /// A fresh scratch directory traversable by sandbox uids (mode 0755).
     public static func scratch(_ name: String) throws -> String {
         let dir = "/tmp/sandpit-test-\(name)-\(getpid())-\(Identifier.make("t").dropFirst(2))"
