@@ -165,6 +165,28 @@ def main():
         mem_hibernated = cg_memory(sb) / 1048576
         c.call("sandbox.delete", {"sandboxId": sb})
 
+        # (f) create from a template of 1 MB and of 500 MB (rootfs tarballs made here; the template's layers are
+        # overlay lower layers, so nothing is copied at create).
+        tpl = {}
+        for name, pad in (("bench-1mb", 0), ("bench-500mb", 500)):
+            ctx = f"{scratch}/{name}"; os.makedirs(ctx)
+            subprocess.run(["sh", f"{root}/Fixtures/templates/rootfs/make-rootfs.sh", f"{ctx}/rootfs.tar.gz"] + (["--pad-mb", str(pad)] if pad else []), check=True)
+            t = time.perf_counter_ns()
+            built = c.call("template.build", {"name": name, "spec": "FROM ./rootfs.tar.gz\n", "context": ctx})
+            build_s = (time.perf_counter_ns() - t) / 1e9
+            firsts, creates = [], []
+            for _ in range(a.n):
+                t0 = time.perf_counter_ns()
+                sb = c.call("sandbox.create", {"template": name})["sandboxId"]
+                t1 = time.perf_counter_ns()
+                got = []
+                def note(m):
+                    if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
+                c.call("exec.run", {"sandboxId": sb, "cmd": ["/bin/sh", "-c", "echo ok"]}, on_note=note)
+                firsts.append((got[0] - t0) / 1e6); creates.append((t1 - t0) / 1e6)
+                c.call("sandbox.delete", {"sandboxId": sb})
+            tpl[name] = (built["bytes"], build_s, firsts, creates)
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -212,6 +234,11 @@ def main():
     row("hibernate (checkpoint + stop)", hib_t)
     row("resume from hibernation", unhib_t)
     print(f"  memory charged while paused: {statistics.median(mem_paused):.1f} MiB; while hibernated: {mem_hibernated:.1f} MiB (no cgroup, nothing resident)")
+    print("(f) create from a template   (ratio vs the 1 MB template)")
+    for name in ("bench-1mb", "bench-500mb"):
+        size, build_s, firsts, creates = tpl[name]
+        row(f"{name} ({size / 1048576:.0f} MiB, built in {build_s:.1f} s): create", creates, tpl["bench-1mb"][3])
+        row(f"{name}: create -> first output", firsts, tpl["bench-1mb"][2])
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

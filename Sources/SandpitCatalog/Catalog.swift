@@ -460,6 +460,9 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
+    /// Bytes of all layers (call inside `sync`).
+    public func layerBytes() throws -> Int64 { try db.query("SELECT COALESCE(SUM(bytes), 0) FROM layers").first?.first?.int ?? 0 }
+
     public func allLayerKeys() throws -> Set<String> {
         try queue.sync { Set(try db.query("SELECT key FROM layers").compactMap { $0[0].text }) }
     }

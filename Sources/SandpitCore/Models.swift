@@ -66,6 +66,7 @@ public struct SandboxRecord: Sendable, Equatable {
             "sandboxId": .string(id),
             "state": .string(state.rawValue),
             "template": .string(template),
+            "templateId": .string(templateId),
             "policy": .string(policy),
             "createdAt": .string(Timestamp.iso8601(ms: createdAt)),
             "lastActiveAt": .string(Timestamp.iso8601(ms: lastActiveAt)),

@@ -87,7 +87,7 @@ public final class RPCService: Sendable {
         switch req.method {
         case "server.info":
             try p.expect(only: [])
-            return info(caller)
+            return await info(caller)
         case "server.auth":
             try p.expect(only: ["token"])
             let token = try p.requireString("token")
@@ -274,7 +274,7 @@ public final class RPCService: Sendable {
 
     func templateJSON(_ t: TemplateRecord) async -> JSONValue {
         var o: JSONObject = ["name": .string(t.name), "tag": .string(t.tag), "templateId": .string(t.templateId),
-                             "createdAt": .int(t.createdAt), "bytes": .int(t.bytes)]
+                             "createdAt": .string(Timestamp.iso8601(ms: t.createdAt)), "bytes": .int(t.bytes)]
         o["layers"] = .array(((try? await engine.layers(of: t)) ?? []).map(\.json))
         o["config"] = t.config.json
         if let parent = t.parent { o["parent"] = .string(parent) }
@@ -389,8 +389,14 @@ public final class RPCService: Sendable {
         return diff == 0
     }
 
-    func info(_ caller: Caller) -> JSONValue {
-        .object([
+    func info(_ caller: Caller) async -> JSONValue {
+        var templates: [JSONValue] = []
+        let known: [TemplateRecord] = (try? await engine.templates(name: nil)) ?? [TemplateRecord.builtin]
+        for t in known {
+            let name = t.templateId == TemplateRecord.builtin.templateId ? "default" : t.reference
+            templates.append(.string(name))
+        }
+        return .object([
             "version": .string(Engine.version),
             "backend": "linux-namespaces",
             "cgroup": .string(engine.cgroupVersion.rawValue),
@@ -410,7 +416,7 @@ public final class RPCService: Sendable {
             "agentRssBytes": .int(Int64(engine.agentRssBytes)),
             "agent": .string(engine.config.agentPath),
             "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
-            "templates": ["default"],
+            "templates": .array(templates),
             "methods": .array(Self.methods.map { .string($0) }),
             "caller": .object(["uid": .int(caller.uid), "admin": .bool(caller.admin)]),
             "seccomp": .object(["arch": .string(engine.hostFacts.seccompArch), "rules": .int(Int64(engine.hostFacts.seccompRules))]),

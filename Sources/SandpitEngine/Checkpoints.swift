@@ -236,10 +236,12 @@ extension Engine {
         _ = statvfs(storage.root, &st)
         let total = Int64(st.f_blocks) * Int64(st.f_frsize), free = Int64(st.f_bavail) * Int64(st.f_frsize)
         let sandboxes = FS.listDirectory(storage.root + "/sandboxes").count
+        let layers = FS.listDirectory(storage.root + "/layers").filter { !$0.hasSuffix(".partial") }
+        let layerBytes = (try? catalog.sync { c in try c.layerBytes() }) ?? 0
         return .object([
             "root": .string(storage.root), "mode": .string(storage.mode.rawValue), "reflink": .bool(storage.reflink),
             "totalBytes": .int(total), "usedBytes": .int(total - free), "freeBytes": .int(free),
-            "sandboxDirs": .int(Int64(sandboxes)),
+            "sandboxDirs": .int(Int64(sandboxes)), "layers": .int(Int64(layers.count)), "layerBytes": .int(layerBytes),
         ])
     }
 }

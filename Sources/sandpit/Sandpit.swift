@@ -381,5 +381,6 @@ struct StorageCommand: AsyncParsableCommand {
         print("store     \(r["root"]?.stringValue ?? "?") (\(r["mode"]?.stringValue ?? "?"), reflink \(r["reflink"] == true ? "yes" : "no: checkpoints and forks copy data"))")
         print("used      \(gib(r["usedBytes"])) of \(gib(r["totalBytes"])), \(gib(r["freeBytes"])) free")
         print("sandboxes \(r["sandboxDirs"]?.intValue ?? 0) with files on the store")
+        print("layers    \(r["layers"]?.intValue ?? 0) template layers, \(gib(r["layerBytes"]))")
     }
 }
