@@ -31,6 +31,8 @@ public final class Peer: Sendable {
     func elevate() { isAdmin.store(true, ordering: .releasing) }
     /// Sandboxes this connection holds awake (`sandbox.keepalive` with `whileConnected`).
     let holds = Mutex<Set<String>>([])
+    /// Uploads this connection started and has not finished (aborted when it goes away).
+    let uploads = Mutex<Set<String>>([])
     /// `sandbox.watch`: the engine observer token and the ids watched (empty = all this client may see).
     let watch = Mutex<(token: Int64?, ids: Set<String>)>((nil, []))
 }
@@ -63,7 +65,7 @@ public final class RPCService: Sendable {
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
-                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"]
+                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted()
 
     /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
@@ -212,6 +214,11 @@ public final class RPCService: Sendable {
         case "sandbox.unwatch":
             try p.expect(only: [])
             if let t = peer.watch.withLock({ w -> Int64? in defer { w = (nil, []) }; return w.token }) { engine.unobserve(t) }
+        let uploads = peer.uploads.withLock { u -> Set<String> in defer { u = [] }; return u }
+        if !uploads.isEmpty {
+            let engine = engine, caller = peer.caller
+            Task { for id in uploads { await engine.abortUpload(id, caller: caller) } }
+        }
             return .object([:])
         case "checkpoint.list":
             try p.expect(only: ["sandboxId"])
@@ -240,6 +247,8 @@ public final class RPCService: Sendable {
         case "storage.info":
             try p.expect(only: [])
             return engine.storageReport()
+        case let m where Self.fileMethods.contains(m):
+            return try await fileMethod(m, p, requestId: requestId, peer: peer, out: out)
         case "template.build":
             return try await templateBuild(p, requestId: requestId, caller: caller, out: out)
         case "template.list":
@@ -350,6 +359,11 @@ public final class RPCService: Sendable {
         let held = peer.holds.withLock { h -> Set<String> in defer { h = [] }; return h }
         for id in held { engine.release(id) }
         if let t = peer.watch.withLock({ w -> Int64? in defer { w = (nil, []) }; return w.token }) { engine.unobserve(t) }
+        let uploads = peer.uploads.withLock { u -> Set<String> in defer { u = [] }; return u }
+        if !uploads.isEmpty {
+            let engine = engine, caller = peer.caller
+            Task { for id in uploads { await engine.abortUpload(id, caller: caller) } }
+        }
     }
 
     func withWake(_ v: JSONValue, _ w: Wake?) -> JSONValue {

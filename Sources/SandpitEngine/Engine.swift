@@ -92,6 +92,8 @@ public final class Engine: Sendable {
     let observers = Mutex<[Int64: @Sendable (StateEvent) -> Void]>([:])
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
+    /// Uploads in progress (`fs.upload`), by id.
+    let uploads = Mutex<[String: Upload]>([:])
     /// Template builds and layer garbage collection, one at a time.
     let buildLock = StepLock()
 

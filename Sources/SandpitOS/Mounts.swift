@@ -20,6 +20,16 @@ public enum DetachedMount {
         return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV) })
     }
 
+    /// A read-only overlayfs of `lower` only (top first): a hibernated
+    /// sandbox's files as it would see them, without starting it.
+    public static func readOnlyOverlay(lower: [String]) throws(OSError) -> FileDescriptor {
+        let fs = FileDescriptor(try sys("fsopen(overlay)") { sp_fsopen("overlay") })
+        defer { fs.close() }
+        for l in lower { _ = try sys("fsconfig(lowerdir+)", path: l) { sp_fsconfig_string(fs.raw, "lowerdir+", l) } }
+        _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
+        return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_RDONLY | SP_MOUNT_ATTR_NOSUID) })
+    }
+
     /// A recursive read-only, nosuid, nodev bind of `path`.
     public static func readOnlyBind(_ path: String) throws(OSError) -> FileDescriptor {
         let fd = FileDescriptor(try sys("open_tree", path: path) { sp_open_tree_clone(path) })

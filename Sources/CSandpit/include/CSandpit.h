@@ -7,3 +7,4 @@
 #include "sp_loop.h"
 #include "sp_netns.h"
 #include "sp_snapshot.h"
+#include "sp_files.h"

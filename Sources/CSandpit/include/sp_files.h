@@ -1,0 +1,18 @@
+// File access inside a sandbox's root from the daemon: openat2 confined to
+// a root directory, and per-thread filesystem credentials.
+#ifndef SP_FILES_H
+#define SP_FILES_H
+#include <stdint.h>
+
+// openat2(dirfd, path, {flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS}):
+// ".." and absolute symlinks stay inside dirfd, /proc magic links are refused,
+// and the kernel checks every component atomically (no symlink-swap race).
+int sp_open_in_root(int root_fd, const char *path, int flags, unsigned mode);
+// The calling thread's filesystem uid/gid (setfsuid/setfsgid). Switching away
+// from 0 drops the thread's file capabilities (DAC override, chown, fowner);
+// switching back restores them. Returns the previous id.
+int sp_set_fsids(unsigned uid, unsigned gid);
+// Flag values Swift's Glibc module does not export.
+int sp_o_path(void);
+int sp_o_tmpfile(void);
+#endif

@@ -1,0 +1,32 @@
+#define _GNU_SOURCE
+#include "sp_files.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/fsuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+int sp_open_in_root(int root_fd, const char *path, int flags, unsigned mode) {
+    struct open_how how = { 0 };
+    how.flags = (uint64_t)(flags | O_CLOEXEC);
+    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    return (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+}
+
+int sp_set_fsids(unsigned uid, unsigned gid) {
+    // Group first: once the uid is not 0 the thread may no longer change it.
+    setfsgid(gid);
+    setfsgid(gid);
+    int prev = setfsuid(uid);
+    return (unsigned)setfsuid(uid) == uid ? prev : -1;
+}
+
+int sp_o_path(void) { return O_PATH; }
+int sp_o_tmpfile(void) { return O_TMPFILE; }

@@ -1,0 +1,158 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSandpit
+import SandpitCore
+import SandpitOS
+import Synchronization
+
+/// How a file request reached the sandbox's files.
+public struct FileAccess: Sendable {
+    /// The sandbox was hibernated and had to be started (writes only).
+    public var woke: Bool
+    /// Served from a hibernated sandbox's saved files without starting it.
+    public var fromCheckpoint: Bool
+
+    public var json: JSONObject {
+        var o: JSONObject = ["woke": .bool(woke)]
+        if fromCheckpoint { o["fromCheckpoint"] = true }
+        return o
+    }
+}
+
+/// An open upload: a temporary file that becomes `path` on commit.
+final class Upload: Sendable {
+    let id: String
+    let sandboxId: String
+    let path: [UInt8]
+    let temp: [UInt8]
+    let fd: Int32
+    let owner: Int64
+    let written = Atomic<Int64>(0)
+    init(id: String, sandboxId: String, path: [UInt8], temp: [UInt8], fd: Int32, owner: Int64) {
+        self.id = id
+        self.sandboxId = sandboxId
+        self.path = path
+        self.temp = temp
+        self.fd = fd
+        self.owner = owner
+    }
+}
+
+extension Engine {
+    /// Paths from clients: absolute, or relative to the template's working directory.
+    func absolute(_ path: [UInt8], workdir: String) -> [UInt8] {
+        path.first == UInt8(ascii: "/") ? path : Array(workdir.utf8) + [UInt8(ascii: "/")] + path
+    }
+
+    /// Runs `body` on a dedicated thread with a directory fd of the sandbox's
+    /// root as the sandbox sees it and the sandbox user's filesystem ids.
+    /// Running and paused sandboxes are reached through their agent's root
+    /// (paused ones stay frozen); a hibernated one is read from its saved
+    /// files (a read-only overlay) unless `write`, which wakes it.
+    public func withFiles<T: Sendable>(_ id: String, caller: Caller, write: Bool,
+                                       _ body: @escaping @Sendable (_ root: Int32, _ resolve: @Sendable ([UInt8]) -> [UInt8]) throws -> T)
+        async throws -> (T, FileAccess)
+    {
+        var access = FileAccess(woke: false, fromCheckpoint: false)
+        if write, try await wake(id, caller: caller) != nil { access.woke = true }
+        if let rt = try runtime(id, caller: caller), !rt.hasExited {
+            rt.idle.withLock { $0.touch(now: Clock.nowMs()) }
+            let pid = rt.spawned.pid, cfg = rt.image.config, ids = config.ids
+            let result = try await EngineThread.run { () throws -> T in
+                let root = try sys("open", path: "/proc/\(pid)/root") { open("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+                defer { close(root) }
+                return try FileCredentials.with(uid: ids.hostID(cfg.uid), gid: ids.hostID(cfg.gid)) {
+                    try body(root) { self.absolute($0, workdir: cfg.workdir) }
+                }
+            }
+            return (result, access)
+        }
+        let r = try await sandbox(id, caller: caller)
+        guard r.state == .hibernated || r.state == .stopped else {
+            throw SandpitError(.invalidState, "sandbox \(id) is \(r.state.rawValue)", details: ["state": .string(r.state.rawValue)])
+        }
+        guard !write else {
+            throw SandpitError(.invalidState, "sandbox \(id) is stopped; restore it (sandbox.restore) to write files", details: ["state": .string(r.state.rawValue)])
+        }
+        let img = try await image(r.templateId)
+        let diskPath = sandboxDir(id) + "/disk.img"
+        guard FS.exists(diskPath) else {
+            throw SandpitError(.invalidState, "sandbox \(id) has no saved disk to read from", details: ["state": .string(r.state.rawValue)])
+        }
+        let ids = config.ids
+        access.fromCheckpoint = true
+        let result = try await EngineThread.run { () throws -> T in
+            let disk = try SandboxDisk.mount(diskPath)
+            defer { disk.close() }
+            let root = try DetachedMount.readOnlyOverlay(lower: [SandboxDisk.path(in: disk, SandboxDisk.upper)] + img.lower)
+            defer { root.close() }
+            return try FileCredentials.with(uid: ids.hostID(img.config.uid), gid: ids.hostID(img.config.gid)) {
+                try body(root.raw) { self.absolute($0, workdir: img.config.workdir) }
+            }
+        }
+        return (result, access)
+    }
+
+    // MARK: uploads
+
+    /// Starts an upload: an exclusive temporary file beside `path`.
+    public func beginUpload(_ id: String, path: [UInt8], mode: UInt32?, caller: Caller) async throws -> (String, FileAccess) {
+        let uploadId = Identifier.make("up")
+        let tag = String(uploadId.dropFirst(3))
+        let ((fd, temp, target), access) = try await withFiles(id, caller: caller, write: true) { root, resolve in
+            let p = resolve(path)
+            try SandboxFiles.makeParents(root, p)
+            let (fd, temp) = try SandboxFiles.createTemp(root, near: p, tag: "upload-" + tag, mode: mode)
+            return (fd, temp, p)
+        }
+        uploads.withLock { $0[uploadId] = Upload(id: uploadId, sandboxId: id, path: target, temp: temp, fd: fd, owner: caller.uid) }
+        return (uploadId, access)
+    }
+
+    func upload(_ uploadId: String, caller: Caller) throws(SandpitError) -> Upload {
+        guard let u = uploads.withLock({ $0[uploadId] }), caller.admin || u.owner == caller.uid else {
+            throw SandpitError.notFound("Upload", uploadId)
+        }
+        return u
+    }
+
+    /// Writes one chunk at `offset` (chunks may arrive in any order).
+    public func uploadChunk(_ uploadId: String, offset: Int64, data: [UInt8], caller: Caller) async throws -> Int64 {
+        let u = try upload(uploadId, caller: caller)
+        try await EngineThread.run { try SandboxFiles.writeAll(u.fd, data, at: offset, path: u.path) }
+        let end = offset + Int64(data.count)
+        var cur = u.written.load(ordering: .relaxed)
+        while end > cur {
+            let (ok, now) = u.written.compareExchange(expected: cur, desired: end, ordering: .relaxed)
+            if ok { break }
+            cur = now
+        }
+        return max(end, cur)
+    }
+
+    /// Renames the finished upload over its path; returns its size.
+    public func commitUpload(_ uploadId: String, caller: Caller) async throws -> Int64 {
+        let u = try upload(uploadId, caller: caller)
+        uploads.withLock { _ = $0.removeValue(forKey: uploadId) }
+        defer { close(u.fd) }
+        var st = stat()
+        _ = fstat(u.fd, &st)
+        let size = Int64(st.st_size)
+        _ = try await withFiles(u.sandboxId, caller: caller, write: true) { root, _ in
+            do { try SandboxFiles.rename(root, u.temp, u.path) } catch {
+                SandboxFiles.unlink(root, u.temp)
+                throw error
+            }
+        }
+        return size
+    }
+
+    /// Drops an upload and its temporary file (abort, or the client went away).
+    public func abortUpload(_ uploadId: String, caller: Caller) async {
+        guard let u = try? upload(uploadId, caller: caller) else { return }
+        uploads.withLock { _ = $0.removeValue(forKey: uploadId) }
+        close(u.fd)
+        _ = try? await withFiles(u.sandboxId, caller: .inProcess, write: false) { root, _ in SandboxFiles.unlink(root, u.temp) }
+    }
+}
