@@ -89,21 +89,25 @@ def main():
                 if w["ready"] >= w["target"]: return
                 time.sleep(0.005)
 
+        def create_and_run(params, cmd, first_out, create_only):
+            """sandbox.create, then cmd: appends create time and create -> first output (ms); deletes it."""
+            t0 = time.perf_counter_ns()
+            sb = c.call("sandbox.create", params)["sandboxId"]
+            t1 = time.perf_counter_ns()
+            got = []
+            def note(m):
+                if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
+            c.call("exec.run", {"sandboxId": sb, "cmd": cmd}, on_note=note)
+            first_out.append((got[0] - t0) / 1e6); create_only.append((t1 - t0) / 1e6)
+            c.call("sandbox.delete", {"sandboxId": sb})
+
         def measure(policy, n, warm=False):
             first_out, create_only = [], []
             for _ in range(n):
                 params = {"policy": policy}
                 if warm: pool_ready()   # outside the timed region: the pool refills between creates
                 else: params["limits"] = {"pids": 512}   # any override bypasses the pool: a cold start
-                t0 = time.perf_counter_ns()
-                sb = c.call("sandbox.create", params)["sandboxId"]
-                t1 = time.perf_counter_ns()
-                got = []
-                def note(m):
-                    if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
-                c.call("exec.run", {"sandboxId": sb, "cmd": ["echo", "ok"]}, on_note=note)
-                first_out.append((got[0] - t0) / 1e6); create_only.append((t1 - t0) / 1e6)
-                c.call("sandbox.delete", {"sandboxId": sb})
+                create_and_run(params, ["echo", "ok"], first_out, create_only)
             sb = c.call("sandbox.create", {"policy": policy})["sandboxId"]
             rt, agent_run = [], []
             for _ in range(n * 4):
@@ -176,15 +180,7 @@ def main():
             build_s = (time.perf_counter_ns() - t) / 1e9
             firsts, creates = [], []
             for _ in range(a.n):
-                t0 = time.perf_counter_ns()
-                sb = c.call("sandbox.create", {"template": name})["sandboxId"]
-                t1 = time.perf_counter_ns()
-                got = []
-                def note(m):
-                    if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
-                c.call("exec.run", {"sandboxId": sb, "cmd": ["/bin/sh", "-c", "echo ok"]}, on_note=note)
-                firsts.append((got[0] - t0) / 1e6); creates.append((t1 - t0) / 1e6)
-                c.call("sandbox.delete", {"sandboxId": sb})
+                create_and_run({"template": name}, ["/bin/sh", "-c", "echo ok"], firsts, creates)
             tpl[name] = (built["bytes"], build_s, firsts, creates)
 
         bare = time_cmd(["/bin/true"], a.n * 4)

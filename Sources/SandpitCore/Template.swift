@@ -123,6 +123,11 @@ public struct TemplateRecord: Sendable, Equatable {
 
     public var reference: String { name + ":" + tag }
 
+    public var isBuiltin: Bool { templateId == Self.builtin.templateId }
+
+    /// How sandboxes and listings name it: `default` for the built-in one, else `name:tag`.
+    public var displayName: String { isBuiltin ? "default" : reference }
+
     /// The built-in `default` template (the host's /usr and a generated /etc).
     public static let builtin = TemplateRecord(templateId: "default", name: "default", tag: "latest", createdAt: 0, layers: [],
                                                bytes: 0, config: .default, parent: nil)

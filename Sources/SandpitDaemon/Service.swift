@@ -287,7 +287,7 @@ public final class RPCService: Sendable {
         o["layers"] = .array(((try? await engine.layers(of: t)) ?? []).map(\.json))
         o["config"] = t.config.json
         if let parent = t.parent { o["parent"] = .string(parent) }
-        if t.templateId == TemplateRecord.builtin.templateId { o["builtin"] = true }
+        if t.isBuiltin { o["builtin"] = true }
         return .object(o)
     }
 
@@ -404,12 +404,8 @@ public final class RPCService: Sendable {
     }
 
     func info(_ caller: Caller) async -> JSONValue {
-        var templates: [JSONValue] = []
         let known: [TemplateRecord] = (try? await engine.templates(name: nil)) ?? [TemplateRecord.builtin]
-        for t in known {
-            let name = t.templateId == TemplateRecord.builtin.templateId ? "default" : t.reference
-            templates.append(.string(name))
-        }
+        let templates: [JSONValue] = known.map { .string($0.displayName) }
         return .object([
             "version": .string(Engine.version),
             "backend": "linux-namespaces",

@@ -262,7 +262,7 @@ public final class Engine: Sendable {
                        metadata: [String: String], caller: Caller, admit: AdmissionTicket? = nil) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
         let tpl = try await resolveTemplate(template)
-        let templateName = tpl.templateId == TemplateRecord.builtin.templateId ? "default" : tpl.reference
+        let templateName = tpl.displayName
         var plan = try plan(policy: policyName, limits: limits)
         plan.idle = try plan.policy.idle(narrowedBy: idle)
         let memory = plan.policy.memoryBytes ?? 0
@@ -274,7 +274,7 @@ public final class Engine: Sendable {
         defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let now = Clock.nowMs()
         let rt: SandboxRuntime
-        if limits.count == 0, tpl.templateId == TemplateRecord.builtin.templateId, let warm = await claimWarm(policy: policyName) {
+        if limits.count == 0, tpl.isBuiltin, let warm = await claimWarm(policy: policyName) {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
             rt.idle.withLock { $0.policy = plan.idle; $0.touch(now: now) }
@@ -569,11 +569,20 @@ public final class Engine: Sendable {
 
     // MARK: execs
 
-    static let baseEnv: [(String, String)] = [
-        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-        ("HOME", "/home/user"), ("USER", "user"), ("LOGNAME", "user"), ("SHELL", "/bin/bash"),
-        ("LANG", "C.UTF-8"), ("PYTHONUNBUFFERED", "1"),
-    ]
+    /// The clean environment every command starts from: the template's user
+    /// and home, then the template's `ENV` on top.
+    static func baseEnv(_ config: ImageConfig) -> [(String, String)] {
+        var env: [(String, String)] = [
+            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            ("HOME", config.home), ("USER", config.user), ("LOGNAME", config.user), ("SHELL", "/bin/bash"),
+            ("LANG", "C.UTF-8"), ("PYTHONUNBUFFERED", "1"),
+        ]
+        for (k, v) in config.env.sorted(by: { $0.key < $1.key }) {
+            env.removeAll { $0.0 == k }
+            env.append((k, v))
+        }
+        return env
+    }
 
     func liveRuntime(_ id: String, caller: Caller) async throws -> SandboxRuntime {
         if let rt = try runtime(id, caller: caller), !rt.hasExited { return rt }
@@ -611,15 +620,7 @@ public final class Engine: Sendable {
         rt.idle.withLock { $0.begin(now: Clock.nowMs()) }
 
         let config = rt.image.config
-        var env = Self.baseEnv
-        if config.uid != 1000 {
-            env.removeAll { ["HOME", "USER", "LOGNAME"].contains($0.0) }
-            env += [("HOME", config.home), ("USER", config.user), ("LOGNAME", config.user)]
-        }
-        for (k, v) in config.env.sorted(by: { $0.key < $1.key }) {
-            env.removeAll { $0.0 == k }
-            env.append((k, v))
-        }
+        var env = Self.baseEnv(config)
         if let port = rt.plan.proxyPort {
             let url = "http://127.0.0.1:\(port)"
             env += [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),

@@ -8,6 +8,10 @@ import Synchronization
 /// What a sandbox's root is made of: overlay lower directories (top first),
 /// whether the host's /usr is mounted in, and the template's command defaults.
 struct SandboxImage: Sendable {
+    /// The template id a build step's throwaway sandbox records: no real
+    /// template, and nothing to collect when it is deleted.
+    static let buildStepId = "build"
+
     var templateId: String
     var lower: [String]
     var hostUsr: Bool
@@ -125,7 +129,7 @@ extension Engine {
     /// (Not after a build step's sandbox: the layers of a build that failed
     /// stay as cache until the next collection.)
     func collectAfterDelete(templateId: String) {
-        guard templateId != TemplateRecord.builtin.templateId, templateId != "build" else { return }
+        guard templateId != TemplateRecord.builtin.templateId, templateId != SandboxImage.buildStepId else { return }
         Task { try? await buildLock.run { [self] in try await collectLayers() } }
     }
 
@@ -184,10 +188,10 @@ extension Engine {
     /// and returns the directory holding what it changed (under `dest`).
     func runBuildStep(_ argv: [String], layers: [String], config: ImageConfig, plan: SandboxPlan, label: String,
                       into dest: String, caller: Caller, output: @escaping @Sendable (OutputChunk) -> Void) async throws -> ExecOutcome {
-        let img = image(layers: layers, config: config, id: "build")
+        let img = image(layers: layers, config: config, id: SandboxImage.buildStepId)
         let id = Identifier.make("sb"), now = Clock.nowMs()
         var record = SandboxRecord(id: id, state: .starting, template: label, policy: plan.policy.name, metadata: ["sandpit.build": label],
-                                   createdAt: now, lastActiveAt: now, owner: caller.uid, templateId: "build")
+                                   createdAt: now, lastActiveAt: now, owner: caller.uid, templateId: SandboxImage.buildStepId)
         try await catalog.insertSandbox(record)
         defer { Task { try? await self.delete(id, caller: .inProcess) } }
         let rt = try await launch(record, plan: plan, image: img)
@@ -274,7 +278,7 @@ struct Build {
                 throw SandpitError(.invalidParams, "a template cannot be built FROM itself (\(name):\(tag))", details: ["field": "spec"])
             }
             let t = try await engine.resolveTemplate(name + ":" + tag)
-            if t.templateId != TemplateRecord.builtin.templateId {
+            if !t.isBuiltin {
                 layers = t.layers
                 config = t.config
                 parent = t.templateId

@@ -223,13 +223,7 @@ func execCommand(_ c: any RPCClient, sandbox: String, cmd: [String], env: [Strin
         var bytes: [UInt8]
         let data = p["data"]?.stringValue ?? ""
         if p["encoding"]?.stringValue == "base64" { bytes = Base64.decode(data) ?? [] } else { bytes = Array(data.utf8) }
-        let fd: Int32 = p["stream"]?.stringValue == "stderr" ? 2 : 1
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
-            if n <= 0 { break }
-            off += n
-        }
+        Console.write(bytes, fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
     }
 }
 
