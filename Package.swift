@@ -9,6 +9,12 @@ import PackageDescription
 // - swift-log: the one logging API every server-side Swift library speaks.
 // SQLite is reached through the system libsqlite3 with a ~300-line wrapper
 // (CSQLite + SandpitCatalog): the catalog needs a handful of statements, not an ORM.
+// The byte-level codecs (JSON, base64, line framing) see every byte of every
+// request, file chunks included, so SandpitCore and SandpitProtocol are
+// optimized in debug builds too: unoptimized generic loops there made a
+// debug daemon move files at ~5 MB/s, too slow for the GiB-sized tests.
+let optimizedEvenInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "Sandpit",
     platforms: [.macOS(.v15)],
@@ -29,13 +35,13 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
 
         // No I/O: ids, models, errors, policies, JSON values, state.
-        .target(name: "SandpitCore"),
+        .target(name: "SandpitCore", swiftSettings: optimizedEvenInDebug),
         // Syscall wrappers, mounts, cgroups, user namespaces.
         .target(name: "SandpitOS", dependencies: ["CSandpit", "SandpitCore"]),
         // SQLite catalog.
         .target(name: "SandpitCatalog", dependencies: ["CSQLite", "SandpitCore"]),
         // JSON-RPC codec and framing; no sockets.
-        .target(name: "SandpitProtocol", dependencies: ["SandpitCore"]),
+        .target(name: "SandpitProtocol", dependencies: ["SandpitCore"], swiftSettings: optimizedEvenInDebug),
         // Sandboxes, templates, agent channels, execs.
         .target(name: "SandpitEngine", dependencies: [
             "SandpitCore", "SandpitOS", "SandpitCatalog", "CSandpit",
@@ -56,7 +62,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
-        .target(name: "SandpitTestSupport", dependencies: ["SandpitCore"], path: "Tests/SandpitTestSupport"),
+        .target(name: "SandpitTestSupport", dependencies: ["SandpitCore"], path: "Tests/SandpitTestSupport", swiftSettings: optimizedEvenInDebug),
         .testTarget(name: "SandpitCoreTests", dependencies: ["SandpitCore"], exclude: ["Golden"]),
         .testTarget(name: "SandpitOSTests", dependencies: ["SandpitOS"]),
         .testTarget(name: "SandpitProtocolTests", dependencies: ["SandpitProtocol", "SandpitCore"]),

@@ -60,23 +60,47 @@ public enum JSONCodec {
         }
     }
 
+    /// Escapes `"`, `\\`, control characters and U+2028/U+2029 (line breaks
+    /// to JavaScript); everything else is copied in runs, so big strings
+    /// (base64 file chunks) cost one pass and a few bulk appends.
     static func writeString(_ s: String, into out: inout String) {
         out += "\""
-        var run = ""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": run += "\\\""
-            case "\\": run += "\\\\"
-            case "\n": run += "\\n"
-            case "\r": run += "\\r"
-            case "\t": run += "\\t"
-            case _ where u.value < 0x20 || u.value == 0x2028 || u.value == 0x2029:
-                let hex = String(u.value, radix: 16)
-                run += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: run.unicodeScalars.append(u)
+        var s = s
+        s.withUTF8 { u in
+            var start = 0, i = 0
+            func flush(_ end: Int) {
+                if end > start { out += String(decoding: UnsafeBufferPointer(rebasing: u[start..<end]), as: UTF8.self) }
             }
+            while i < u.count {
+                let c = u[i]
+                var escape: String?
+                if c == 0x22 { escape = "\\\"" }
+                else if c == 0x5C { escape = "\\\\" }
+                else if c < 0x20 {
+                    switch c {
+                    case 0x0A: escape = "\\n"
+                    case 0x0D: escape = "\\r"
+                    case 0x09: escape = "\\t"
+                    default:
+                        let hex = String(c, radix: 16)
+                        escape = "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                    }
+                } else if c == 0xE2, i + 2 < u.count, u[i + 1] == 0x80, u[i + 2] == 0xA8 || u[i + 2] == 0xA9 {
+                    flush(i)
+                    out += u[i + 2] == 0xA8 ? "\\u2028" : "\\u2029"
+                    i += 3
+                    start = i
+                    continue
+                }
+                if let e = escape {
+                    flush(i)
+                    out += e
+                    start = i + 1
+                }
+                i += 1
+            }
+            flush(u.count)
         }
-        out += run
         out += "\""
     }
 
@@ -178,98 +202,82 @@ public enum JSONCodec {
             return .array(a)
         }
 
-        mutating func hex4() throws(ParseError) -> UInt32 {
-            guard i + 4 <= bytes.count else { throw fail("truncated \\u escape") }
-            var v: UInt32 = 0
-            for _ in 0..<4 {
-                let c = bytes[i]
-                let d: UInt32
-                switch c {
-                case UInt8(ascii: "0")...UInt8(ascii: "9"): d = UInt32(c - UInt8(ascii: "0"))
-                case UInt8(ascii: "a")...UInt8(ascii: "f"): d = UInt32(c - UInt8(ascii: "a") + 10)
-                case UInt8(ascii: "A")...UInt8(ascii: "F"): d = UInt32(c - UInt8(ascii: "A") + 10)
-                default: throw fail("invalid \\u escape")
+        /// Copies runs of plain bytes in bulk and validates the result as
+        /// UTF-8 once (the standard library rejects overlongs, surrogates and
+        /// truncated sequences).
+        mutating func parseString() throws(ParseError) -> String {
+            let open = i
+            i += 1
+            var out: [UInt8] = []
+            let n = bytes.count
+            let result: Result<Int, ParseError> = bytes.withUnsafeBufferPointer { b in
+                var j = i
+                var start = j
+                func fail(_ m: String) -> Result<Int, ParseError> { .failure(ParseError(message: m, offset: j)) }
+                while true {
+                    guard j < n else { return fail("unterminated string") }
+                    let c = b[j]
+                    if c == UInt8(ascii: "\"") {
+                        out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<j]))
+                        return .success(j + 1)
+                    }
+                    if c < 0x20 { return fail("control character in string") }
+                    if c != UInt8(ascii: "\\") { j += 1; continue }
+                    out.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<j]))
+                    j += 1
+                    guard j < n else { return fail("unterminated escape") }
+                    let e = b[j]
+                    j += 1
+                    switch e {
+                    case UInt8(ascii: "\""): out.append(0x22)
+                    case UInt8(ascii: "\\"): out.append(0x5C)
+                    case UInt8(ascii: "/"): out.append(0x2F)
+                    case UInt8(ascii: "b"): out.append(0x08)
+                    case UInt8(ascii: "f"): out.append(0x0C)
+                    case UInt8(ascii: "n"): out.append(0x0A)
+                    case UInt8(ascii: "r"): out.append(0x0D)
+                    case UInt8(ascii: "t"): out.append(0x09)
+                    case UInt8(ascii: "u"):
+                        guard var v = Self.hex4(b, j) else { return fail("invalid \\u escape") }
+                        j += 4
+                        if v >= 0xD800 && v <= 0xDBFF {
+                            guard j + 6 <= n, b[j] == UInt8(ascii: "\\"), b[j + 1] == UInt8(ascii: "u"), let lo = Self.hex4(b, j + 2) else {
+                                return fail("lone surrogate in \\u escape")
+                            }
+                            guard lo >= 0xDC00 && lo <= 0xDFFF else { return fail("invalid surrogate pair") }
+                            j += 6
+                            v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00)
+                        } else if v >= 0xDC00 && v <= 0xDFFF {
+                            return fail("lone surrogate in \\u escape")
+                        }
+                        guard let scalar = Unicode.Scalar(v) else { return fail("invalid \\u escape") }
+                        out.append(contentsOf: Array(String(Character(scalar)).utf8))
+                    default: return fail("invalid escape")
+                    }
+                    start = j
                 }
+            }
+            switch result {
+            case .failure(let e): i = e.offset; throw e
+            case .success(let end): i = end
+            }
+            guard let s = String(validating: out, as: UTF8.self) else { throw ParseError(message: "invalid UTF-8 in string", offset: open) }
+            return s
+        }
+
+        static func hex4(_ b: UnsafeBufferPointer<UInt8>, _ at: Int) -> UInt32? {
+            guard at + 4 <= b.count else { return nil }
+            var v: UInt32 = 0
+            for k in at..<(at + 4) {
+                let c = b[k]
+                let d: UInt32
+                if c >= 0x30 && c <= 0x39 { d = UInt32(c - 0x30) }
+                else if c >= 0x61 && c <= 0x66 { d = UInt32(c - 0x61 + 10) }
+                else if c >= 0x41 && c <= 0x46 { d = UInt32(c - 0x41 + 10) }
+                else { return nil }
                 v = v << 4 | d
-                i += 1
             }
             return v
-        }
-
-        mutating func parseString() throws(ParseError) -> String {
-            i += 1
-            var scalars = String.UnicodeScalarView()
-            while true {
-                guard i < bytes.count else { throw fail("unterminated string") }
-                let c = bytes[i]
-                if c == UInt8(ascii: "\"") { i += 1; break }
-                if c < 0x20 { throw fail("control character in string") }
-                if c == UInt8(ascii: "\\") {
-                    i += 1
-                    guard i < bytes.count else { throw fail("unterminated escape") }
-                    let e = bytes[i]
-                    i += 1
-                    switch e {
-                    case UInt8(ascii: "\""): scalars.append("\"")
-                    case UInt8(ascii: "\\"): scalars.append("\\")
-                    case UInt8(ascii: "/"): scalars.append("/")
-                    case UInt8(ascii: "b"): scalars.append("\u{08}")
-                    case UInt8(ascii: "f"): scalars.append("\u{0C}")
-                    case UInt8(ascii: "n"): scalars.append("\n")
-                    case UInt8(ascii: "r"): scalars.append("\r")
-                    case UInt8(ascii: "t"): scalars.append("\t")
-                    case UInt8(ascii: "u"):
-                        var v = try hex4()
-                        if (0xD800...0xDBFF).contains(v) {
-                            guard i + 6 <= bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
-                                throw fail("lone surrogate in \\u escape")
-                            }
-                            i += 2
-                            let lo = try hex4()
-                            guard (0xDC00...0xDFFF).contains(lo) else { throw fail("invalid surrogate pair") }
-                            v = 0x10000 + ((v - 0xD800) << 10) + (lo - 0xDC00)
-                        } else if (0xDC00...0xDFFF).contains(v) {
-                            throw fail("lone surrogate in \\u escape")
-                        }
-                        guard let s = Unicode.Scalar(v) else { throw fail("invalid \\u escape") }
-                        scalars.append(s)
-                    default: throw fail("invalid escape")
-                    }
-                    continue
-                }
-                if c < 0x80 {
-                    scalars.append(Unicode.Scalar(c))
-                    i += 1
-                    continue
-                }
-                scalars.append(try decodeUTF8())
-            }
-            return String(scalars)
-        }
-
-        /// Decodes one multi-byte UTF-8 sequence, rejecting overlongs and surrogates.
-        mutating func decodeUTF8() throws(ParseError) -> Unicode.Scalar {
-            let c = bytes[i]
-            var need = 0
-            var v: UInt32 = 0
-            var minV: UInt32 = 0
-            switch c {
-            case 0xC2...0xDF: need = 1; v = UInt32(c & 0x1F); minV = 0x80
-            case 0xE0...0xEF: need = 2; v = UInt32(c & 0x0F); minV = 0x800
-            case 0xF0...0xF4: need = 3; v = UInt32(c & 0x07); minV = 0x10000
-            default: throw fail("invalid UTF-8")
-            }
-            guard i + need < bytes.count else { throw fail("invalid UTF-8") }
-            for k in 1...need {
-                let b = bytes[i + k]
-                guard b & 0xC0 == 0x80 else { throw fail("invalid UTF-8") }
-                v = v << 6 | UInt32(b & 0x3F)
-            }
-            guard v >= minV, v <= 0x10FFFF, !(0xD800...0xDFFF).contains(v), let s = Unicode.Scalar(v) else {
-                throw fail("invalid UTF-8")
-            }
-            i += need + 1
-            return s
         }
 
         mutating func parseNumber() throws(ParseError) -> JSONValue {

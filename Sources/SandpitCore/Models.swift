@@ -163,52 +163,78 @@ public enum Timestamp {
 
 public enum Base64 {
     static let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    /// Byte → 6-bit value; 0x40 for `=`, 0x41 for CR/LF (skipped), 0xFF for anything else.
+    static let reverse: [UInt8] = {
+        var r = [UInt8](repeating: 0xFF, count: 256)
+        for (i, c) in table.enumerated() { r[Int(c)] = UInt8(i) }
+        r[Int(UInt8(ascii: "="))] = 0x40
+        r[10] = 0x41
+        r[13] = 0x41
+        return r
+    }()
 
     public static func encode(_ bytes: [UInt8]) -> String {
-        var out = [UInt8]()
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
-        var i = 0
-        while i + 3 <= bytes.count {
-            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-            out += [table[Int(v >> 18 & 63)], table[Int(v >> 12 & 63)], table[Int(v >> 6 & 63)], table[Int(v & 63)]]
-            i += 3
+        let n = bytes.count
+        let outCount = (n + 2) / 3 * 4
+        guard outCount > 0 else { return "" }
+        return bytes.withUnsafeBufferPointer { src in
+            table.withUnsafeBufferPointer { t in
+                String(unsafeUninitializedCapacity: outCount) { out in
+                    var i = 0, o = 0
+                    while i + 3 <= n {
+                        let v = UInt32(src[i]) << 16 | UInt32(src[i + 1]) << 8 | UInt32(src[i + 2])
+                        out[o] = t[Int(v >> 18 & 63)]
+                        out[o + 1] = t[Int(v >> 12 & 63)]
+                        out[o + 2] = t[Int(v >> 6 & 63)]
+                        out[o + 3] = t[Int(v & 63)]
+                        i += 3
+                        o += 4
+                    }
+                    if n - i > 0 {
+                        let v = UInt32(src[i]) << 16 | (n - i == 2 ? UInt32(src[i + 1]) << 8 : 0)
+                        out[o] = t[Int(v >> 18 & 63)]
+                        out[o + 1] = t[Int(v >> 12 & 63)]
+                        out[o + 2] = n - i == 2 ? t[Int(v >> 6 & 63)] : UInt8(ascii: "=")
+                        out[o + 3] = UInt8(ascii: "=")
+                        o += 4
+                    }
+                    return o
+                }
+            }
         }
-        let rest = bytes.count - i
-        if rest == 1 {
-            let v = UInt32(bytes[i]) << 16
-            out += [table[Int(v >> 18 & 63)], table[Int(v >> 12 & 63)], UInt8(ascii: "="), UInt8(ascii: "=")]
-        } else if rest == 2 {
-            let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
-            out += [table[Int(v >> 18 & 63)], table[Int(v >> 12 & 63)], table[Int(v >> 6 & 63)], UInt8(ascii: "=")]
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 
+    /// Decodes standard base64 (padding optional, CR/LF ignored); nil on anything else.
     public static func decode(_ s: String) -> [UInt8]? {
-        var out = [UInt8]()
-        var acc: UInt32 = 0
-        var bits = 0
-        var pad = 0
-        for c in s.utf8 {
-            let v: UInt32
-            switch c {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): v = UInt32(c - 65)
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): v = UInt32(c - 97 + 26)
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = UInt32(c - 48 + 52)
-            case UInt8(ascii: "+"): v = 62
-            case UInt8(ascii: "/"): v = 63
-            case UInt8(ascii: "="): pad += 1; continue
-            case UInt8(ascii: "\n"), UInt8(ascii: "\r"): continue
-            default: return nil
-            }
-            if pad > 0 { return nil }
-            acc = acc << 6 | v
-            bits += 6
-            if bits >= 8 {
-                bits -= 8
-                out.append(UInt8(acc >> UInt32(bits) & 0xFF))
+        var s = s
+        return s.withUTF8 { src -> [UInt8]? in
+            reverse.withUnsafeBufferPointer { r -> [UInt8]? in
+                var failed = false
+                let out = [UInt8](unsafeUninitializedCapacity: src.count / 4 * 3 + 3) { buf, count in
+                    var acc: UInt32 = 0, bits = 0, pad = 0, o = 0
+                    for c in src {
+                        let v = r[Int(c)]
+                        if v < 64 {
+                            if pad > 0 { failed = true; break }
+                            acc = acc << 6 | UInt32(v)
+                            bits += 6
+                            if bits >= 8 {
+                                bits -= 8
+                                buf[o] = UInt8(truncatingIfNeeded: acc >> UInt32(bits))
+                                o += 1
+                            }
+                        } else if v == 0x40 {
+                            pad += 1
+                        } else if v != 0x41 {
+                            failed = true
+                            break
+                        }
+                    }
+                    if pad > 2 { failed = true }
+                    count = o
+                }
+                return failed ? nil : out
             }
         }
-        return pad <= 2 ? out : nil
     }
 }

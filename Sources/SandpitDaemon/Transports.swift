@@ -21,7 +21,7 @@ struct LineDecoder: ByteToMessageDecoder {
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard buffer.readableBytes > 0 else { return .needMoreData }
         let items = buffer.readWithUnsafeReadableBytes { ptr in
-            (ptr.count, framer.push(UnsafeRawBufferPointer(ptr).bindMemory(to: UInt8.self)))
+            (ptr.count, framer.push(UnsafeRawBufferPointer(ptr)))
         }
         for i in items { context.fireChannelRead(wrapInboundOut(i)) }
         return .needMoreData

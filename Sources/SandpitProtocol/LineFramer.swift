@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Splits a byte stream into `\n`-terminated lines of at most `maxLineBytes`.
 /// A longer line is reported once as `.oversized` and its remainder is skipped
 /// up to the next newline, so one bad request never desynchronises the stream.
@@ -15,39 +19,51 @@ public struct LineFramer: Sendable {
     public init(maxLineBytes: Int) { self.maxLineBytes = maxLineBytes }
 
     public mutating func push<C: Collection<UInt8>>(_ bytes: C) -> [Item] {
+        if let r = bytes.withContiguousStorageIfAvailable({ push(UnsafeRawBufferPointer($0)) }) { return r }
+        return Array(bytes).withUnsafeBytes { push($0) }
+    }
+
+    /// Works on raw memory with `memchr` and bulk copies: requests carrying
+    /// file chunks are megabytes long, and every byte passes through here.
+    public mutating func push(_ bytes: UnsafeRawBufferPointer) -> [Item] {
         var out: [Item] = []
-        var rest = bytes[...]
-        while !rest.isEmpty {
-            if let nl = rest.firstIndex(of: UInt8(ascii: "\n")) {
-                let part = rest[..<nl]
-                rest = rest[rest.index(after: nl)...]
+        guard let base = bytes.baseAddress else { return out }
+        var off = 0
+        let n = bytes.count
+        while off < n {
+            let hit = memchr(base + off, 0x0A, n - off)
+            guard let hit else {
+                let rest = n - off
                 if discarding {
-                    discarding = false
-                    discarded = 0
-                    continue
-                }
-                if pending.count + part.count > maxLineBytes {
-                    out.append(.oversized(pending.count + part.count))
-                    pending = []
-                    continue
-                }
-                pending.append(contentsOf: part)
-                if pending.last == UInt8(ascii: "\r") { pending.removeLast() }
-                if !pending.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { out.append(.line(pending)) }
-                pending = []
-            } else {
-                if discarding {
-                    discarded += rest.count
-                } else if pending.count + rest.count > maxLineBytes {
-                    out.append(.oversized(pending.count + rest.count))
+                    discarded += rest
+                } else if pending.count + rest > maxLineBytes {
+                    out.append(.oversized(pending.count + rest))
                     discarding = true
-                    discarded = pending.count + rest.count
+                    discarded = pending.count + rest
                     pending = []
                 } else {
-                    pending.append(contentsOf: rest)
+                    pending.append(contentsOf: UnsafeRawBufferPointer(start: base + off, count: rest))
                 }
-                rest = rest[rest.endIndex...]
+                return out
             }
+            let nl = UnsafeRawPointer(hit) - base
+            let part = UnsafeRawBufferPointer(start: base + off, count: nl - off)
+            off = nl + 1
+            if discarding {
+                discarding = false
+                discarded = 0
+                continue
+            }
+            if pending.count + part.count > maxLineBytes {
+                out.append(.oversized(pending.count + part.count))
+                pending = []
+                continue
+            }
+            var line = pending
+            pending = []
+            line.append(contentsOf: part)
+            if line.last == UInt8(ascii: "\r") { line.removeLast() }
+            if line.contains(where: { $0 != 0x20 && $0 != 0x09 }) { out.append(.line(line)) }
         }
         return out
     }

@@ -80,23 +80,37 @@ public final class LineConnection: @unchecked Sendable {
 
     public func send(_ line: String) { sendRaw(Array((line + "\n").utf8)) }
 
-    /// Reads one line; nil on EOF or after `timeout` seconds.
+    /// Bytes of `buffer` already searched for a newline.
+    var scanned = 0
+    /// When set, notifications go here instead of into `notifications` (for long streams).
+    public var onNotification: ((JSONValue) -> Void)?
+
+    /// Reads one line; nil on EOF or after `timeout` seconds. Lines may be
+    /// megabytes long (file chunks), so only new bytes are searched.
     public func readLine(timeout: Double = 60) -> String? {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
-            if let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+            let nl: Int? = buffer.withUnsafeBytes { b in
+                guard b.count > scanned, let hit = memchr(b.baseAddress! + scanned, 0x0A, b.count - scanned) else { return nil }
+                return UnsafeRawPointer(hit) - b.baseAddress!
+            }
+            if let nl {
                 let l = String(decoding: buffer[..<nl], as: UTF8.self)
-                buffer.removeFirst(nl + 1)
+                buffer.removeSubrange(...nl)
+                scanned = 0
                 return l
             }
+            scanned = buffer.count
             let left = deadline.timeIntervalSinceNow
             if left <= 0 { return nil }
             var pfd = pollfd(fd: readFd, events: Int16(POLLIN), revents: 0)
             if poll(&pfd, 1, Int32(left * 1000)) <= 0 { continue }
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            let n = chunk.withUnsafeMutableBytes { read(readFd, $0.baseAddress!, $0.count) }
-            if n <= 0 { return nil }
-            buffer += chunk[0..<n]
+            let n = buffer.count
+            buffer.reserveCapacity(n + (1 << 20))
+            buffer.append(contentsOf: repeatElement(0, count: 1 << 20))
+            let got = buffer.withUnsafeMutableBytes { read(readFd, $0.baseAddress! + n, 1 << 20) }
+            buffer.removeSubrange(max(n, n + got)...)
+            if got <= 0 { return nil }
         }
     }
 
@@ -112,7 +126,10 @@ public final class LineConnection: @unchecked Sendable {
         let id = nextId
         send(JSONCodec.encode(.object(["jsonrpc": "2.0", "id": .int(id), "method": .string(method), "params": params])))
         while let m = readMessage(timeout: timeout) {
-            if m["id"] == nil { notifications.append(m); continue }
+            if m["id"] == nil {
+                if let f = onNotification { f(m) } else { notifications.append(m) }
+                continue
+            }
             if m["id"] == .int(id) { return m }
         }
         throw TestFailure("no response to \(method) within \(timeout)s")
