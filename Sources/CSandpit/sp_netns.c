@@ -31,3 +31,15 @@ int sp_listen_in_netns(int nsfd, unsigned short port) {
     if (fd < 0) errno = err;
     return fd;
 }
+
+int sp_socket_in_netns(int nsfd, int family) {
+    int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home < 0) return -1;
+    if (setns(nsfd, CLONE_NEWNET) != 0) { int e = errno; close(home); errno = e; return -1; }
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int err = fd < 0 ? errno : 0;
+    if (setns(home, CLONE_NEWNET) != 0) { close(home); if (fd >= 0) close(fd); errno = EINVAL; return -2; }
+    close(home);
+    if (fd < 0) errno = err;
+    return fd;
+}

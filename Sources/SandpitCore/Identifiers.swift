@@ -14,6 +14,12 @@ public enum Identifier {
         return make(prefix, using: &rng)
     }
 
+    /// A secret for bearer use (port tokens): `count` base-62 characters from the system RNG.
+    public static func secret(_ count: Int = 32) -> String {
+        var rng = SystemRandomNumberGenerator()
+        return String(decoding: (0..<count).map { _ in alphabet[Int(rng.next(upperBound: UInt64(alphabet.count)))] }, as: UTF8.self)
+    }
+
     /// True when `id` has the shape of an id with this prefix. Ids are used in
     /// paths and cgroup names, so anything else is rejected before lookup.
     public static func isValid(_ id: String, prefix: String) -> Bool {

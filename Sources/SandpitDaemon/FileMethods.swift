@@ -5,11 +5,13 @@ import SandpitCore
 import SandpitEngine
 import SandpitOS
 import SandpitProtocol
+import Synchronization
 
 /// `fs.*`: validation and result shapes; the engine resolves every path inside the sandbox.
 extension RPCService {
     static let fileMethods: Set<String> = ["fs.read", "fs.write", "fs.writeMany", "fs.list", "fs.stat", "fs.mkdir", "fs.remove", "fs.rename",
-                                           "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.uploadAbort", "fs.download"]
+                                           "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.uploadAbort", "fs.download",
+                                           "fs.watch", "fs.unwatch"]
 
     /// A path param: `key` (a string) or `keyBase64` (raw bytes, for names that are not UTF-8).
     static func path(_ p: Params, _ key: String = "path", required: Bool = true) throws(SandpitError) -> [UInt8]? {
@@ -167,6 +169,16 @@ extension RPCService {
                 try SandboxFiles.rename(root, resolve(from), resolve(to))
             }
             return Self.with(access, [:])
+        case "fs.watch":
+            try p.expect(only: ["sandboxId", "path", "pathBase64", "recursive"])
+            return try await watch(try p.requireString("sandboxId"), path: try Self.path(p)!, recursive: try p.bool("recursive") ?? false,
+                                   requestId: requestId, peer: peer, out: out)
+        case "fs.unwatch":
+            try p.expect(only: ["watchId"])
+            let watchId = try p.requireString("watchId")
+            guard let sid = peer.fileWatches.withLock({ $0.removeValue(forKey: watchId) }) else { throw SandpitError.notFound("Watch", watchId) }
+            let stopped = try engine.unwatchFiles(sid, watchId: watchId, caller: caller)
+            return .object(["watchId": .string(watchId), "stopped": .bool(stopped)])
         case "fs.upload":
             try p.expect(only: ["sandboxId", "path", "pathBase64", "mode"])
             let (id, access) = try await engine.beginUpload(try p.requireString("sandboxId"), path: try Self.path(p)!, mode: try Self.mode(p), caller: caller)
@@ -249,3 +261,54 @@ extension RPCService {
         return bytes
     }
 }
+
+extension RPCService {
+    enum WatchItem: Sendable { case events([FileEvent]), ended(String) }
+
+    /// Starts a watch whose `fs.event` notifications go to this connection,
+    /// in order, through one sender task (a slow client loses events, never
+    /// memory: past 10,000 queued events it gets one `overflow` instead).
+    func watch(_ sid: String, path: [UInt8], recursive: Bool, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
+        let (stream, feed) = AsyncStream.makeStream(of: WatchItem.self, bufferingPolicy: .bufferingOldest(10_000))
+        let dropped = Atomic<Bool>(false)
+        let watchId = try await engine.watchFiles(sid, path: path, recursive: recursive, caller: peer.caller, deliver: { events in
+            if case .dropped = feed.yield(.events(events)) { dropped.store(true, ordering: .releasing) }
+        }, ended: { reason in
+            feed.yield(.ended(reason))
+            feed.finish()
+        })
+        peer.fileWatches.withLock { $0[watchId] = sid }
+        Task {
+            func send(_ o: JSONObject) async {
+                var n = o
+                n["requestId"] = requestId
+                n["watchId"] = .string(watchId)
+                n["sandboxId"] = .string(sid)
+                try? await out.send(RPC.notification("fs.event", .object(n)))
+            }
+            for await item in stream {
+                if dropped.exchange(false, ordering: .acquiringAndReleasing) {
+                    var o: JSONObject = ["type": "overflow"]
+                    Self.put(path, "path", into: &o)
+                    await send(o)
+                }
+                switch item {
+                case .events(let events):
+                    for e in events {
+                        var o: JSONObject = ["type": .string(e.type), "isDir": .bool(e.isDirectory)]
+                        Self.put(e.path, "path", into: &o)
+                        if let f = e.from { Self.put(f, "from", into: &o) }
+                        await send(o)
+                    }
+                case .ended(let reason):
+                    peer.fileWatches.withLock { _ = $0.removeValue(forKey: watchId) }
+                    await send(["type": "ended", "reason": .string(reason)])
+                }
+            }
+        }
+        var o: JSONObject = ["watchId": .string(watchId), "recursive": .bool(recursive)]
+        Self.put(path, "path", into: &o)
+        return .object(o)
+    }
+}
+

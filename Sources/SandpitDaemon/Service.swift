@@ -33,8 +33,10 @@ public final class Peer: Sendable {
     let holds = Mutex<Set<String>>([])
     /// Uploads this connection started and has not finished (aborted when it goes away).
     let uploads = Mutex<Set<String>>([])
-    /// `sandbox.watch`: the engine observer token and the ids watched (empty = all this client may see).
-    let watch = Mutex<(token: Int64?, ids: Set<String>)>((nil, []))
+    /// `sandbox.watch`: the engine observer tokens (states, ports) and the ids watched (empty = all this client may see).
+    let watch = Mutex<(token: Int64?, portToken: Int64?, ids: Set<String>)>((nil, nil, []))
+    /// `fs.watch` watches this connection started: watch id → sandbox id.
+    let fileWatches = Mutex<[String: String]>([:])
 }
 
 /// The JSON-RPC service: validates params, calls the engine, shapes results.
@@ -65,7 +67,7 @@ public final class RPCService: Sendable {
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
-                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted()
+                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted()
 
     /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
@@ -199,26 +201,26 @@ public final class RPCService: Sendable {
             }
             if needsObserver {
                 let token = engine.observe { [weak peer] e in
-                    guard let peer else { return }
-                    let (ids, c) = (peer.watch.withLock { $0.ids }, peer.caller)
-                    guard c.admin || e.owner == c.uid, ids.isEmpty || ids.contains(e.sandboxId) else { return }
+                    guard let peer, Self.watches(peer, e.sandboxId, owner: e.owner) else { return }
                     var o: JSONObject = ["sandboxId": .string(e.sandboxId), "state": .string(e.state.rawValue)]
                     o["reason"] = e.reason.map { .string($0) } ?? .null
                     if let w = e.wake { o["wake"] = w.json }
                     let line = RPC.notification("sandbox.state", .object(o))
                     Task { try? await out.send(line) }
                 }
-                peer.watch.withLock { $0.token = token }
+                let portToken = engine.observePorts { [weak peer] e in
+                    guard let peer, Self.watches(peer, e.sandboxId, owner: e.owner) else { return }
+                    guard case .object(var o) = e.port.json else { return }
+                    o["sandboxId"] = .string(e.sandboxId)
+                    let line = RPC.notification(e.opened ? "port.opened" : "port.closed", .object(o))
+                    Task { try? await out.send(line) }
+                }
+                peer.watch.withLock { $0.token = token; $0.portToken = portToken }
             }
             return .object(["watching": id.map { .string($0) } ?? "all"])
         case "sandbox.unwatch":
             try p.expect(only: [])
-            if let t = peer.watch.withLock({ w -> Int64? in defer { w = (nil, []) }; return w.token }) { engine.unobserve(t) }
-        let uploads = peer.uploads.withLock { u -> Set<String> in defer { u = [] }; return u }
-        if !uploads.isEmpty {
-            let engine = engine, caller = peer.caller
-            Task { for id in uploads { await engine.abortUpload(id, caller: caller) } }
-        }
+            stopWatching(peer)
             return .object([:])
         case "checkpoint.list":
             try p.expect(only: ["sandboxId"])
@@ -249,6 +251,8 @@ public final class RPCService: Sendable {
             return engine.storageReport()
         case let m where Self.fileMethods.contains(m):
             return try await fileMethod(m, p, requestId: requestId, peer: peer, out: out)
+        case let m where Self.portMethods.contains(m):
+            return try await portMethod(m, p, peer: peer)
         case "template.build":
             return try await templateBuild(p, requestId: requestId, caller: caller, out: out)
         case "template.list":
@@ -358,12 +362,26 @@ public final class RPCService: Sendable {
     public func disconnected(_ peer: Peer) {
         let held = peer.holds.withLock { h -> Set<String> in defer { h = [] }; return h }
         for id in held { engine.release(id) }
-        if let t = peer.watch.withLock({ w -> Int64? in defer { w = (nil, []) }; return w.token }) { engine.unobserve(t) }
+        stopWatching(peer)
+        let watches = peer.fileWatches.withLock { w -> [String: String] in defer { w = [:] }; return w }
+        for (watchId, sid) in watches { _ = try? engine.unwatchFiles(sid, watchId: watchId, caller: peer.caller) }
         let uploads = peer.uploads.withLock { u -> Set<String> in defer { u = [] }; return u }
         if !uploads.isEmpty {
             let engine = engine, caller = peer.caller
             Task { for id in uploads { await engine.abortUpload(id, caller: caller) } }
         }
+    }
+
+    /// Whether a `sandbox.watch` of this connection covers a sandbox.
+    static func watches(_ peer: Peer, _ sandboxId: String, owner: Int64) -> Bool {
+        let (ids, c) = (peer.watch.withLock { $0.ids }, peer.caller)
+        return (c.admin || owner == c.uid) && (ids.isEmpty || ids.contains(sandboxId))
+    }
+
+    func stopWatching(_ peer: Peer) {
+        let (t, pt) = peer.watch.withLock { w -> (Int64?, Int64?) in defer { w = (nil, nil, []) }; return (w.token, w.portToken) }
+        if let t { engine.unobserve(t) }
+        if let pt { engine.unobservePorts(pt) }
     }
 
     func withWake(_ v: JSONValue, _ w: Wake?) -> JSONValue {

@@ -83,27 +83,27 @@ final class EgressProxy: Sendable {
     }
 
     private func serve(_ client: Int32) {
-        Self.setTimeout(client, seconds: 30)
+        Sock.setTimeout(client, seconds: 30)
         guard let req = readRequest(client) else {
-            reply(client, 400, "sandpit proxy: expected \"CONNECT host:port\" or an absolute http:// URL")
+            reply(client, 400, "expected \"CONNECT host:port\" or an absolute http:// URL")
             return
         }
         guard rules.contains(where: { $0.matches(host: req.host, port: req.port) }) else {
             logger.info("egress denied", metadata: ["sandbox": "\(sandboxId)", "to": "\(req.host):\(req.port)"])
-            reply(client, 403, "sandpit proxy: \(req.host):\(req.port) is not on this sandbox's allowlist")
+            reply(client, 403, "\(req.host):\(req.port) is not on this sandbox's allowlist")
             return
         }
         let upstream: Int32
         switch connectOut(host: req.host, port: req.port) {
         case .success(let fd): upstream = fd
         case .failure(let why):
-            reply(client, 502, "sandpit proxy: cannot reach \(req.host):\(req.port): \(why)")
+            reply(client, 502, "cannot reach \(req.host):\(req.port): \(why)")
             return
         }
         defer { Glibc.close(upstream) }
         logger.debug("egress", metadata: ["sandbox": "\(sandboxId)", "to": "\(req.host):\(req.port)", "method": "\(req.method)"])
         if req.method == "CONNECT" {
-            guard Self.writeAll(client, Array("HTTP/1.1 200 Connection Established\r\n\r\n".utf8)) else { return }
+            guard Sock.writeAll(client, Array("HTTP/1.1 200 Connection Established\r\n\r\n".utf8)) else { return }
         } else {
             // One request per connection keeps the relay a plain byte pipe.
             var head = "\(req.method) \(req.path) HTTP/1.1\r\n"
@@ -113,25 +113,16 @@ final class EgressProxy: Sendable {
                 head += l + "\r\n"
             }
             head += "Connection: close\r\n\r\n"
-            guard Self.writeAll(upstream, Array(head.utf8)) else { return }
+            guard Sock.writeAll(upstream, Array(head.utf8)) else { return }
         }
-        if !req.rest.isEmpty && !Self.writeAll(upstream, req.rest) { return }
-        Self.setTimeout(client, seconds: 0)
-        Self.relay(client, upstream)
+        if !req.rest.isEmpty && !Sock.writeAll(upstream, req.rest) { return }
+        Sock.setTimeout(client, seconds: 0)
+        Sock.relay(client, upstream)
     }
 
     private func readRequest(_ fd: Int32) -> Request? {
-        var buf: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        var end: Int?
-        while end == nil {
-            guard buf.count < Self.headLimit else { return nil }
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-            if n <= 0 { return nil }
-            buf += chunk[0..<n]
-            if let r = Self.find(buf, [13, 10, 13, 10]) { end = r }
-        }
-        let head = String(decoding: buf[..<end!], as: UTF8.self)
+        guard let (headBytes, rest) = Sock.readHead(fd, limit: Self.headLimit) else { return nil }
+        let head = String(decoding: headBytes, as: UTF8.self)
         var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
         let first = lines.removeFirst().split(separator: " ")
         guard first.count == 3, first[2].hasPrefix("HTTP/1.") else { return nil }
@@ -150,7 +141,7 @@ final class EgressProxy: Sendable {
         }
         guard !method.isEmpty, method.allSatisfy({ $0.isLetter }) else { return nil }
         return Request(method: method, host: host.lowercased(), port: port, path: path, headerLines: lines.filter { !$0.isEmpty },
-                       rest: Array(buf[(end! + 4)...]))
+                       rest: rest)
     }
 
     static func hostPort(_ s: String, defaultPort: Int?) -> (String, Int)? {
@@ -166,12 +157,6 @@ final class EgressProxy: Sendable {
         }
         guard let p = port, (1...65535).contains(p), !host.isEmpty, !host.contains("@") else { return nil }
         return (host, p)
-    }
-
-    static func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
-        guard hay.count >= needle.count else { return nil }
-        for i in 0...(hay.count - needle.count) where hay[i] == needle[0] && Array(hay[i..<(i + needle.count)]) == needle { return i }
-        return nil
     }
 
     enum ConnectResult { case success(Int32), failure(String) }
@@ -194,9 +179,9 @@ final class EgressProxy: Sendable {
             if !literal && Self.isLocal(ai.pointee.ai_addr) { lastError = "resolves to a loopback or link-local address"; continue }
             let fd = socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             if fd < 0 { lastError = String(cString: strerror(errno)); continue }
-            Self.setTimeout(fd, seconds: Self.connectTimeoutSec, send: true)
+            Sock.setTimeout(fd, seconds: Self.connectTimeoutSec, send: true)
             if connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0 {
-                Self.setTimeout(fd, seconds: 0, send: true)
+                Sock.setTimeout(fd, seconds: 0, send: true)
                 return .success(fd)
             }
             lastError = String(cString: strerror(errno))
@@ -226,43 +211,6 @@ final class EgressProxy: Sendable {
     }
 
     private func reply(_ fd: Int32, _ status: Int, _ message: String) {
-        let reason = [400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"][status] ?? "Error"
-        let body = message + "\n"
-        _ = Self.writeAll(fd, Array("HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
-    }
-
-    static func setTimeout(_ fd: Int32, seconds: Int, send: Bool = false) {
-        var tv = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, send ? SO_SNDTIMEO : SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + off, $0.count - off, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            off += n
-        }
-        return true
-    }
-
-    /// Copies bytes both ways until both directions have ended.
-    static func relay(_ a: Int32, _ b: Int32) {
-        var open = [true, true]   // a→b, b→a
-        var buf = [UInt8](repeating: 0, count: 64 << 10)
-        while open[0] || open[1] {
-            var fds = [pollfd(fd: open[0] ? a : -1, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: open[1] ? b : -1, events: Int16(POLLIN), revents: 0)]
-            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue }; return }
-            for (i, (from, to)) in [(a, b), (b, a)].enumerated() where open[i] && fds[i].revents != 0 {
-                let n = buf.withUnsafeMutableBytes { read(from, $0.baseAddress!, $0.count) }
-                if n > 0 && writeAll(to, Array(buf[0..<n])) { continue }
-                if n < 0 && errno == EINTR { continue }
-                open[i] = false
-                shutdown(to, Int32(SHUT_WR))
-                if n != 0 { return }   // an error, not a clean EOF: drop both sides
-            }
-        }
+        Sock.reply(fd, status, "sandpit proxy: " + message)
     }
 }

@@ -90,6 +90,7 @@ public final class Engine: Sendable {
     let idleService = Mutex<Task<Void, Never>?>(nil)
     let admission: Admission
     let observers = Mutex<[Int64: @Sendable (StateEvent) -> Void]>([:])
+    let portObservers = Mutex<[Int64: @Sendable (PortEvent) -> Void]>([:])
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
     /// Uploads in progress (`fs.upload`), by id.
@@ -127,6 +128,8 @@ public final class Engine: Sendable {
         cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(Self.fnv1a(config.dataDir), radix: 36))
         hostFacts = Self.hostFacts(cgroup: cgroups.version, ids: config.ids)
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
+        // Exposed ports' socket files belong to runtimes, which never outlive a daemon.
+        try? FS.removeTree(config.dataDir + "/ports")
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         try reconcile()
         try reconcileLayers()
@@ -447,6 +450,8 @@ public final class Engine: Sendable {
     /// cgroup, pidfd, disk mount, control channel, admission room.
     func freeHostResources(_ rt: SandboxRuntime) {
         rt.proxy.withLock { $0 }?.close()
+        for x in rt.exposures.withLock({ x in defer { x = [:] }; return Array(x.values) }) { x.close() }
+        for w in rt.fileWatches.withLock({ w in defer { w = [:] }; return Array(w.values) }) { w.stop() }
         try? rt.cgroup.destroy()
         close(rt.spawned.pidfd)
         rt.disk?.close()

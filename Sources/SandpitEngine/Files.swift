@@ -156,3 +156,53 @@ extension Engine {
         _ = try? await withFiles(u.sandboxId, caller: .inProcess, write: false) { root, _ in SandboxFiles.unlink(root, u.temp) }
     }
 }
+
+extension Engine {
+    /// Directory watches one sandbox may have at once.
+    static let maxFileWatches = 64
+
+    /// Watches a directory of a live (running or paused) sandbox. `deliver`
+    /// gets batches of events in order; `ended` runs once, when the watch
+    /// stops (unwatched, the directory deleted, or the sandbox went away).
+    public func watchFiles(_ id: String, path: [UInt8], recursive: Bool, caller: Caller,
+                           deliver: @escaping @Sendable ([FileEvent]) -> Void,
+                           ended: @escaping @Sendable (String) -> Void) async throws -> String {
+        guard let rt = try runtime(id, caller: caller), !rt.hasExited else {
+            let r = try await sandbox(id, caller: caller)
+            throw SandpitError(.invalidState, "sandbox \(id) is \(r.state.rawValue): watches need a live sandbox (wake it with any request that runs code)",
+                               details: ["state": .string(r.state.rawValue)])
+        }
+        guard rt.fileWatches.withLock({ $0.count }) < Self.maxFileWatches else {
+            throw SandpitError(.limitExceeded, "sandbox \(id) already has \(Self.maxFileWatches) watches")
+        }
+        let watchId = Identifier.make("fw")
+        let pid = rt.spawned.pid, cfg = rt.image.config
+        let uid = config.ids.hostID(cfg.uid), gid = config.ids.hostID(cfg.gid)
+        let target = absolute(path, workdir: cfg.workdir)
+        let w = try await EngineThread.run {
+            try FileCredentials.with(uid: uid, gid: gid) {
+                try FileWatch.start(openRoot: {
+                    // /proc/PID/root is opened with the daemon's own ids, then the caller's are restored.
+                    _ = sp_set_fsids(0, 0)
+                    defer { _ = sp_set_fsids(uid, gid) }
+                    let fd = open("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                    return fd >= 0 ? fd : nil
+                }, path: target, recursive: recursive, uid: uid, gid: gid, deliver: deliver, ended: { [weak rt] reason in
+                    rt?.fileWatches.withLock { _ = $0.removeValue(forKey: watchId) }
+                    ended(reason)
+                })
+            }
+        }
+        rt.fileWatches.withLock { $0[watchId] = w }
+        if rt.hasExited { w.stop() }   // lost a race with teardown
+        return watchId
+    }
+
+    /// Stops a watch; false when it had already ended.
+    @discardableResult
+    public func unwatchFiles(_ id: String, watchId: String, caller: Caller) throws(SandpitError) -> Bool {
+        guard let rt = try runtime(id, caller: caller), let w = rt.fileWatches.withLock({ $0.removeValue(forKey: watchId) }) else { return false }
+        w.stop()
+        return true
+    }
+}

@@ -16,6 +16,10 @@ final class SandboxRuntime: Sendable {
     var policy: Policy { plan.policy }
     /// The allowlist proxy serving this sandbox, when its network mode asks for one.
     let proxy = Mutex<EgressProxy?>(nil)
+    /// Ports exposed to the host (`port.expose`), by id; closed with the runtime.
+    let exposures = Mutex<[String: PortExposure]>([:])
+    /// Directory watches (`fs.watch`), by id; stopped with the runtime.
+    let fileWatches = Mutex<[String: FileWatch]>([:])
     /// One step at a time: step numbers, checkpoints and restores never interleave.
     let steps = StepLock()
     /// The writable layer as of the head checkpoint (the base of the next diff).
@@ -229,11 +233,6 @@ final class SandboxRuntime: Sendable {
 /// A plain detached pthread for blocking waits (waitpid), so they never
 /// occupy a thread of Swift's cooperative pool.
 public enum EngineThread {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        init(_ b: @escaping @Sendable () -> Void) { body = b }
-    }
-
     /// Runs blocking work on its own thread and awaits its result.
     public static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
@@ -241,23 +240,7 @@ public enum EngineThread {
         }
     }
 
-    public static func detach(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var tid = pthread_t()
-        var attr = pthread_attr_t()
-        pthread_attr_init(&attr)
-        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-        pthread_attr_setstacksize(&attr, 256 * 1024)
-        let rc = pthread_create(&tid, &attr, { p in
-            let b = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
-            b.body()
-            return nil
-        }, box)
-        pthread_attr_destroy(&attr)
-        if rc != 0 {
-            Unmanaged<Box>.fromOpaque(box).takeRetainedValue().body()
-        }
-    }
+    public static func detach(_ body: @escaping @Sendable () -> Void) { OSThread.detach(body) }
 }
 
 #if canImport(Glibc)

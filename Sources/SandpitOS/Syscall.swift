@@ -188,3 +188,27 @@ public enum Clock {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 }
+
+/// Plain detached threads, for blocking work kept off Swift's cooperative pool.
+public enum OSThread {
+    final class Box {
+        let body: @Sendable () -> Void
+        init(_ b: @escaping @Sendable () -> Void) { body = b }
+    }
+
+    /// Runs `body` on a new detached thread (inline if no thread can be made).
+    public static func detach(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var tid = pthread_t()
+        var attr = pthread_attr_t()
+        pthread_attr_init(&attr)
+        pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+        pthread_attr_setstacksize(&attr, 256 * 1024)
+        let rc = pthread_create(&tid, &attr, { p in
+            Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().body()
+            return nil
+        }, box)
+        pthread_attr_destroy(&attr)
+        if rc != 0 { Unmanaged<Box>.fromOpaque(box).takeRetainedValue().body() }
+    }
+}

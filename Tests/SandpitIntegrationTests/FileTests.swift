@@ -205,4 +205,107 @@ struct FileTests {
             #expect(try c.call("fs.uploadCommit", ["uploadId": up2])["error"]?["data"]?["code"] == "not_found")
         }
     }
+
+    @Test func watchesReportChangesInOrderUntilUnwatchedOrTheSandboxGoes() throws {
+        try Arena.with { a in
+            // Changes are made on one connection and watched on another.
+            let c = a.client, sb = try a.sandbox(), wc = try a.daemon.connect()
+            _ = try c.result("fs.mkdir", ["sandboxId": .string(sb), "path": "w/old", "recursive": true])
+            let w = try wc.result("fs.watch", ["sandboxId": .string(sb), "path": "w", "recursive": true])
+            let watchId = w["watchId"]!
+            wc.notifications = []
+            _ = try a.sh(sb, "cd w && echo a > f && mv f g && mkdir -p new/deep && echo b > new/deep/h && echo c > old/i && rm g && rm -r new")
+            // Events of a shell's changes arrive in the order they happened.
+            func events() -> [String] {
+                _ = try? wc.call("server.info")
+                return wc.notifications.compactMap { n -> String? in
+                    guard n["method"] == "fs.event", let p = n["params"], p["watchId"] == watchId else { return nil }
+                    let from = p["from"]?.stringValue.map { " from " + $0 } ?? ""
+                    return "\(p["type"]?.stringValue ?? "") \(p["path"]?.stringValue ?? "")\(from)"
+                }
+            }
+            #expect(eventually { events().contains("deleted /home/user/w/new") })
+            let seen = events()
+            let expected = ["created /home/user/w/f", "modified /home/user/w/f", "renamed /home/user/w/g from /home/user/w/f",
+                            "created /home/user/w/new", "created /home/user/w/new/deep/h", "created /home/user/w/old/i",
+                            "deleted /home/user/w/g", "deleted /home/user/w/new/deep/h", "deleted /home/user/w/new"]
+            var at = 0
+            for e in seen where at < expected.count && e == expected[at] { at += 1 }
+            #expect(at == expected.count, "missing or out of order: \(expected[at...].first ?? "") in \(seen)")
+            // After fs.unwatch nothing more arrives (but an `ended` event).
+            #expect(try wc.result("fs.unwatch", ["watchId": watchId])["stopped"] == true)
+            wc.notifications = []
+            _ = try a.sh(sb, "touch w/after")
+            usleep(200_000)
+            #expect(!events().contains { $0.contains("after") })
+            #expect(try wc.call("fs.unwatch", ["watchId": watchId])["error"]?["data"]?["code"] == "not_found")
+            // A watch ends when the watched directory goes, and when the sandbox does.
+            let w2 = try wc.result("fs.watch", ["sandboxId": .string(sb), "path": "/home/user/w/old"])["watchId"]!
+            let w3 = try wc.result("fs.watch", ["sandboxId": .string(sb), "path": "/tmp"])["watchId"]!
+            wc.notifications = []
+            _ = try a.sh(sb, "rm -r w/old")
+            func ended(_ id: JSONValue) -> Bool {
+                _ = try? wc.call("server.info")
+                return wc.notifications.contains { $0["method"] == "fs.event" && $0["params"]?["watchId"] == id && $0["params"]?["type"] == "ended" }
+            }
+            #expect(eventually { ended(w2) })
+            _ = try c.result("sandbox.hibernate", ["sandboxId": .string(sb)])
+            #expect(eventually { ended(w3) })
+            // Watches are for live sandboxes, and paths stay inside them.
+            #expect(try wc.call("fs.watch", ["sandboxId": .string(sb), "path": "/tmp"])["error"]?["data"]?["code"] == "invalid_state")
+            let sb2 = try a.sandbox()
+            #expect(try wc.call("fs.watch", ["sandboxId": .string(sb2), "path": "/proc/1/root"])["error"]?["data"]?["code"] == "invalid_params")
+            #expect(try wc.call("fs.watch", ["sandboxId": .string(sb2), "path": "/etc/hostname"])["error"] != nil, "files are not directories")
+        }
+    }
+
+    /// 2 GiB up and back down through the socket in 8 MiB chunks, checked
+    /// byte for byte with sha256sum, while the daemon's peak memory stays a
+    /// small fraction of the file.
+    @Test func twoGiBStreamUpAndDownWithTheDaemonsMemoryBounded() throws {
+        try Arena.with(extraArgs: ["--storage-gib", "8"]) { a in
+            let c = a.client, sb = try a.sandbox()
+            let dir = try TestEnv.scratch("twogib")
+            defer { _ = Host.sh("rm -rf '\(dir)'") }
+            #expect(Host.sh("head -c 2G /dev/urandom > '\(dir)/ref.bin'").status == 0)
+            let refSum = Host.sh("sha256sum < '\(dir)/ref.bin'").output.prefix(64)
+            let pid = a.daemon.process.processIdentifier
+            func peakRSS() -> Int {
+                let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+                return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
+            }
+            let before = peakRSS()
+
+            let up = try c.result("fs.upload", ["sandboxId": .string(sb), "path": "big.bin"])["uploadId"]!
+            let fd = open(dir + "/ref.bin", O_RDONLY)
+            var chunk = [UInt8](repeating: 0, count: 8 << 20)
+            var offset = 0
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+                guard n > 0 else { break }
+                _ = try c.result("fs.uploadChunk", ["uploadId": up, "offset": .int(Int64(offset)), "data": .string(Base64.encode(Array(chunk[0..<n])))])
+                offset += n
+            }
+            close(fd)
+            #expect(try c.result("fs.uploadCommit", ["uploadId": up])["size"] == .int(2 << 30))
+            #expect(try a.sh(sb, "sha256sum < big.bin").stdout.prefix(64) == refSum)
+
+            let out = open(dir + "/down.bin", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            var received = 0
+            c.onNotification = { n in
+                guard n["method"] == "fs.chunk", let data = Base64.decode(n["params"]?["data"]?.stringValue ?? "") else { return }
+                received += data.count
+                _ = data.withUnsafeBytes { write(out, $0.baseAddress!, $0.count) }
+            }
+            let r = try c.call("fs.download", ["sandboxId": .string(sb), "path": "big.bin", "chunkBytes": .int(8 << 20)], timeout: 600)
+            c.onNotification = nil
+            close(out)
+            #expect(r["result"]?["size"] == .int(2 << 30) && received == 2 << 30)
+            #expect(Host.sh("sha256sum < '\(dir)/down.bin'").output.prefix(64) == refSum)
+            let grew = peakRSS() - before
+            #expect(grew < 512 << 20, "the daemon's peak RSS grew by \(grew >> 20) MiB moving a 2 GiB file")
+            _ = try c.result("fs.remove", ["sandboxId": .string(sb), "path": "big.bin"])
+        }
+    }
 }
