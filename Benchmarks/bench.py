@@ -5,8 +5,11 @@
       warm: a pre-started sandbox from the pool (the pool refills between creates, untimed);
       cold: the pool bypassed, every namespace, mount and cgroup made on the request path
   (b) exec.run `true` in a live sandbox           vs  bare fork+exec+wait of /bin/true, bwrap
+  (c)-(f) barriers, checkpoints, idle lifecycle, templates (see the headings)
+  (g) a 1 GiB upload and download through the socket  vs  `cat FILE > /dev/null` on the host;
+      fs.read of a 1 KiB file                          vs  exec.run `cat` of it
 
-Usage: sudo python3 Benchmarks/bench.py [--n 50] [--sandpit .build/release/sandpit]
+Usage: sudo python3 Benchmarks/bench.py [--n 50] [--file-mb 1024] [--sandpit .build/release/sandpit]
 Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
@@ -19,11 +22,11 @@ class Client:
     def __init__(self, path):
         self.s = socket.socket(socket.AF_UNIX)
         self.s.connect(path)
-        self.f = self.s.makefile("rwb", buffering=0)
+        self.f = self.s.makefile("rb")   # buffered: file chunks arrive as multi-megabyte lines
         self.n = 0
     def send(self, method, params):
         self.n += 1
-        self.f.write((json.dumps({"jsonrpc": "2.0", "id": self.n, "method": method, "params": params}) + "\n").encode())
+        self.s.sendall((json.dumps({"jsonrpc": "2.0", "id": self.n, "method": method, "params": params}) + "\n").encode())
         return self.n
     def read(self):
         return json.loads(self.f.readline())
@@ -56,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--sandpit", default=None)
+    ap.add_argument("--file-mb", type=int, default=1024, help="size of the file for the transfer section (g)")
     a = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = a.sandpit or next((p for p in [f"{root}/.build/release/sandpit", f"{root}/.build/debug/sandpit"] if os.path.exists(p)), None)
@@ -183,6 +187,45 @@ def main():
                 create_and_run({"template": name}, ["/bin/sh", "-c", "echo ok"], firsts, creates)
             tpl[name] = (built["bytes"], build_s, firsts, creates)
 
+        # (g) files through the socket: 8 MiB chunks (base64 in JSON lines), against reading the same file on the host.
+        big = f"{scratch}/big.bin"
+        subprocess.run(f"head -c {a.file_mb}M /dev/urandom > {big}", shell=True, check=True)
+        file_size = os.path.getsize(big)
+        cat_t = []
+        for _ in range(3):
+            t = time.perf_counter_ns(); subprocess.run(f"cat {big} > /dev/null", shell=True, check=True); cat_t.append((time.perf_counter_ns() - t) / 1e9)
+        fsb = c.call("sandbox.create", {})["sandboxId"]
+        up_t, down_t = [], []
+        import base64
+        for _ in range(3):
+            t = time.perf_counter_ns()
+            up = c.call("fs.upload", {"sandboxId": fsb, "path": "big.bin"})["uploadId"]
+            with open(big, "rb") as fh:
+                off = 0
+                while chunk := fh.read(8 << 20):
+                    c.call("fs.uploadChunk", {"uploadId": up, "offset": off, "data": base64.b64encode(chunk).decode()})
+                    off += len(chunk)
+            c.call("fs.uploadCommit", {"uploadId": up})
+            up_t.append((time.perf_counter_ns() - t) / 1e9)
+            got = [0]
+            def on_chunk(m):
+                if m.get("method") == "fs.chunk": got[0] += len(base64.b64decode(m["params"]["data"]))
+            t = time.perf_counter_ns()
+            c.call("fs.download", {"sandboxId": fsb, "path": "big.bin", "chunkBytes": 8 << 20}, on_note=on_chunk)
+            down_t.append((time.perf_counter_ns() - t) / 1e9)
+            assert got[0] == file_size, (got[0], file_size)
+        daemon_hwm = 0
+        for line in open(f"/proc/{d.pid}/status"):
+            if line.startswith("VmHWM:"): daemon_hwm = int(line.split()[1]) * 1024
+        c.call("fs.write", {"sandboxId": fsb, "path": "small.txt", "data": base64.b64encode(os.urandom(1024)).decode()})
+        read_t, cat_small = [], []
+        for _ in range(a.n * 4):
+            t = time.perf_counter_ns(); c.call("fs.read", {"sandboxId": fsb, "path": "small.txt"}); read_t.append((time.perf_counter_ns() - t) / 1e6)
+        for _ in range(a.n):
+            t = time.perf_counter_ns(); c.call("exec.run", {"sandboxId": fsb, "cmd": ["cat", "small.txt"]}, on_note=lambda m: None); cat_small.append((time.perf_counter_ns() - t) / 1e6)
+        c.call("sandbox.delete", {"sandboxId": fsb})
+        os.remove(big)
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -235,6 +278,14 @@ def main():
         size, build_s, firsts, creates = tpl[name]
         row(f"{name} ({size / 1048576:.0f} MiB, built in {build_s:.1f} s): create", creates, tpl["bench-1mb"][3])
         row(f"{name}: create -> first output", firsts, tpl["bench-1mb"][2])
+    print(f"(g) files through the socket: {file_size >> 20} MiB in 8 MiB chunks, median of 3   (ratio vs host cat)")
+    mbps = lambda ts: file_size / 1e6 / statistics.median(ts)
+    print(f"  {'host: cat FILE > /dev/null':48s} {mbps(cat_t):8.0f} MB/s")
+    print(f"  {'fs.upload (fs.uploadChunk x N, commit)':48s} {mbps(up_t):8.0f} MB/s   {mbps(up_t) / mbps(cat_t):6.3f}x")
+    print(f"  {'fs.download (fs.chunk notifications)':48s} {mbps(down_t):8.0f} MB/s   {mbps(down_t) / mbps(cat_t):6.3f}x")
+    print(f"  daemon peak RSS after the transfers: {daemon_hwm / 1048576:.0f} MiB")
+    row("fs.read of a 1 KiB file", read_t, cat_small)
+    row("exec.run `cat` of the same file", cat_small, cat_small)
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":
