@@ -67,7 +67,7 @@ public final class RPCService: Sendable {
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
-                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted()
+                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
     /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
@@ -253,6 +253,8 @@ public final class RPCService: Sendable {
             return try await fileMethod(m, p, requestId: requestId, peer: peer, out: out)
         case let m where Self.portMethods.contains(m):
             return try await portMethod(m, p, peer: peer)
+        case let m where Self.codeMethods.contains(m):
+            return try await codeMethod(m, p, requestId: requestId, peer: peer, out: out)
         case "template.build":
             return try await templateBuild(p, requestId: requestId, caller: caller, out: out)
         case "template.list":

@@ -53,6 +53,12 @@ public struct ExecRequest: Sendable {
     public var stdin: [UInt8]?
     public var timeoutMs: Int?
     public var receivedNs: UInt64
+    /// A helper the daemon runs for a longer-lived feature (an interpreter
+    /// context's driver): its stdin stays open for later frames, it has no
+    /// wall-time limit, takes no exec slot, is not activity for the idle
+    /// policy and ending it is not a step. What it runs on behalf of the
+    /// client is accounted by that feature.
+    var service = false
 
     public init(argv: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil,
                 timeoutMs: Int? = nil, receivedNs: UInt64 = Clock.monotonicNs()) {
@@ -91,6 +97,9 @@ public final class Engine: Sendable {
     let admission: Admission
     let observers = Mutex<[Int64: @Sendable (StateEvent) -> Void]>([:])
     let portObservers = Mutex<[Int64: @Sendable (PortEvent) -> Void]>([:])
+    /// Interpreter contexts of runtimes that ended (sandbox id → context id → language),
+    /// so the next cell restarts them and reports `restarted`.
+    let lostContexts = Mutex<[String: [String: String]]>([:])
     let lastAgentRss = Atomic<UInt64>(0)
     let closing = Atomic<Bool>(false)
     /// Uploads in progress (`fs.upload`), by id.
@@ -452,6 +461,10 @@ public final class Engine: Sendable {
         rt.proxy.withLock { $0 }?.close()
         for x in rt.exposures.withLock({ x in defer { x = [:] }; return Array(x.values) }) { x.close() }
         for w in rt.fileWatches.withLock({ w in defer { w = [:] }; return Array(w.values) }) { w.stop() }
+        let contexts = rt.contexts.withLock { c in defer { c = [:] }; return c }
+        if !contexts.isEmpty, !rt.state.withLock({ $0.record.state == .deleted }) {
+            lostContexts.withLock { l in for (cid, c) in contexts { l[rt.id, default: [:]][cid] = c.language } }
+        }
         try? rt.cgroup.destroy()
         close(rt.spawned.pidfd)
         rt.disk?.close()
@@ -564,6 +577,7 @@ public final class Engine: Sendable {
         }
         dormant.withLock { _ = $0.removeValue(forKey: id) }
         dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
+        lostContexts.withLock { _ = $0.removeValue(forKey: id) }
         try FS.removeTree(storage.root + "/sandboxes/" + id)
         try await catalog.deleteCheckpoints(of: id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
@@ -602,8 +616,8 @@ public final class Engine: Sendable {
     public func exec(_ id: String, _ req: ExecRequest, caller: Caller, awaitStart: Bool = true,
                      admit: AdmissionTicket? = nil) async throws -> ExecSession {
         let woke = try await wake(id, caller: caller, admit: admit)
-        try await admitExec(admit ?? AdmissionTicket(client: caller.uid))
-        var execAdmitted = true
+        if !req.service { try await admitExec(admit ?? AdmissionTicket(client: caller.uid)) }
+        var execAdmitted = !req.service
         defer { if execAdmitted { admission.release(.exec) } }
         let rt = try await liveRuntime(id, caller: caller)
         // A client may shorten the policy's wall time, never lengthen it.
@@ -622,7 +636,7 @@ public final class Engine: Sendable {
         execAdmitted = false   // released when the exec finishes
         rt.register(session)
         rt.noteOOMBaseline(n)
-        rt.idle.withLock { $0.begin(now: Clock.nowMs()) }
+        if !req.service { rt.idle.withLock { $0.begin(now: Clock.nowMs()) } }
 
         let config = rt.image.config
         var env = Self.baseEnv(config)
@@ -638,7 +652,7 @@ public final class Engine: Sendable {
         var payload: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v) { payload += $0 } }
         u32(config.uid); u32(config.gid)
-        u32(req.stdin != nil ? SP_SPAWN_STDIN : 0)
+        u32(req.stdin != nil || req.service ? SP_SPAWN_STDIN : 0)
         u32(UInt32(req.argv.count)); u32(UInt32(env.count))
         func str(_ s: String) { payload += Array(s.utf8); payload.append(0) }
         str(req.cwd ?? config.workdir)
@@ -661,7 +675,7 @@ public final class Engine: Sendable {
         let record = rt.record
         let cat = catalog
         let startedAt = Clock.nowMs()
-        let timeout = req.timeoutMs ?? rt.policy.execTimeoutMs.map { Int($0) }
+        let timeout = req.service ? nil : req.timeoutMs ?? rt.policy.execTimeoutMs.map { Int($0) }
         var timer: Task<Void, Never>?
         if let t = timeout {
             let deadline = ContinuousClock.now + .milliseconds(t)
@@ -675,13 +689,13 @@ public final class Engine: Sendable {
                                                  startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
             let o = await session.waitFinished()
             timer?.cancel()
-            self?.admission.release(.exec)
+            if !req.service { self?.admission.release(.exec) }
             guard let rt, let self else {
                 session.markRecorded(.init(step: record.step, checkpoint: nil, checkpointError: "sandbox gone"))
                 return
             }
-            let rec = await self.recordStep(rt)
-            rt.idle.withLock { $0.end(now: Clock.nowMs()) }
+            let rec = req.service ? ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: nil) : await self.recordStep(rt)
+            if !req.service { rt.idle.withLock { $0.end(now: Clock.nowMs()) } }
             session.markRecorded(rec)
             let step = rec.step
             try? await cat.finishExec(ExecRecord(

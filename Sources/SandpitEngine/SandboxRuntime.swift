@@ -18,6 +18,8 @@ final class SandboxRuntime: Sendable {
     let proxy = Mutex<EgressProxy?>(nil)
     /// Ports exposed to the host (`port.expose`), by id; closed with the runtime.
     let exposures = Mutex<[String: PortExposure]>([:])
+    /// Interpreter contexts (`context.create`, `code.run`), by id; their drivers die with the runtime.
+    let contexts = Mutex<[String: InterpreterContext]>([:])
     /// Directory watches (`fs.watch`), by id; stopped with the runtime.
     let fileWatches = Mutex<[String: FileWatch]>([:])
     /// One step at a time: step numbers, checkpoints and restores never interleave.

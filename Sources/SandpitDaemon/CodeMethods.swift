@@ -1,0 +1,81 @@
+import SandpitCore
+import SandpitEngine
+import SandpitProtocol
+import Synchronization
+
+/// `context.*` and `code.*`: stateful interpreter contexts.
+extension RPCService {
+    static let codeMethods: Set<String> = ["context.create", "context.list", "context.delete", "code.run", "code.interrupt"]
+
+    func codeMethod(_ method: String, _ p: Params, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
+        let caller = peer.caller
+        switch method {
+        case "context.create":
+            try p.expect(only: ["sandboxId", "language"])
+            let language = try p.string("language") ?? "python"
+            let cid = try await engine.createContext(try p.requireString("sandboxId"), language: language, caller: caller)
+            return .object(["contextId": .string(cid), "language": .string(language)])
+        case "context.list":
+            try p.expect(only: ["sandboxId"])
+            let list = try await engine.contexts(try p.requireString("sandboxId"), caller: caller)
+            return .object(["contexts": .array(list.map { c in
+                .object(["contextId": .string(c.id), "language": .string(c.language), "executionCount": .int(Int64(c.executionCount)), "alive": .bool(c.alive)])
+            })])
+        case "context.delete":
+            try p.expect(only: ["sandboxId", "contextId"])
+            try await engine.deleteContext(try p.requireString("sandboxId"), contextId: try p.requireString("contextId"), caller: caller)
+            return .object([:])
+        case "code.interrupt":
+            try p.expect(only: ["sandboxId", "contextId"])
+            try await engine.interrupt(try p.requireString("sandboxId"), contextId: try p.string("contextId") ?? Engine.defaultContextId, caller: caller)
+            return .object([:])
+        case "code.run":
+            try p.expect(only: ["sandboxId", "code", "contextId", "timeoutMs"])
+            let code = try p.requireString("code")
+            if code.utf8.count > limits.maxStdinBytes {
+                throw SandpitError(.limitExceeded, "code is \(code.utf8.count) bytes; the limit is \(limits.maxStdinBytes)", details: ["field": "code"])
+            }
+            let timeout = try p.int("timeoutMs", min: 1, max: 7 * 24 * 3_600_000).map { Int($0) }
+            // Output is sent in order by one task; the result waits for it.
+            let (stream, feed) = AsyncStream.makeStream(of: String.self)
+            let seq = Mutex(0)
+            let sender = Task { for await line in stream { try? await out.send(line) } }
+            let r: CellResult
+            do {
+                r = try await engine.runCode(try p.requireString("sandboxId"), contextId: try p.string("contextId"), code: code, timeoutMs: timeout,
+                                             caller: caller) { cid, s, bytes in
+                    let n = seq.withLock { v -> Int in defer { v += 1 }; return v }
+                    let (data, enc) = OutputChunk(seq: n, stream: s, bytes: bytes).wireFields()
+                    var o: JSONObject = ["requestId": requestId, "contextId": .string(cid), "stream": .string(s.rawValue), "data": .string(data)]
+                    if let enc { o["encoding"] = .string(enc) }
+                    o["seq"] = .int(Int64(n))
+                    feed.yield(RPC.notification("code.output", .object(o)))
+                }
+            } catch {
+                feed.finish()
+                await sender.value
+                throw error
+            }
+            feed.finish()
+            await sender.value
+            var o: JSONObject = ["contextId": .string(r.contextId), "executionCount": .int(Int64(r.executionCount)),
+                                 "results": .array(r.results), "restarted": .bool(r.restarted), "timedOut": .bool(r.timedOut),
+                                 "durationMs": .double((r.durationMs * 1000).rounded() / 1000)]
+            if let e = r.error { o["error"] = .object(e) }
+            if let c = r.exitCode { o["exitCode"] = .int(Int64(c)) }
+            if let why = r.restartReason { o["restartReason"] = .string(why) }
+            if let step = r.step {
+                o["step"] = .int(Int64(step.step))
+                if let c = step.checkpoint {
+                    o["checkpoint"] = .object(["step": .int(Int64(c.step)), "checkpointId": .string(c.id), "diff": c.diff.json, "bytes": .int(c.bytes)])
+                } else if let e = step.checkpointError {
+                    o["checkpoint"] = .null
+                    o["checkpointError"] = .string(e)
+                }
+            }
+            return .object(o)
+        default:
+            throw SandpitError(.methodNotFound, "method not found: \(method)")
+        }
+    }
+}

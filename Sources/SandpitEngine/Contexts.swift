@@ -1,0 +1,375 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSandpit
+import SandpitCore
+import SandpitOS
+import Synchronization
+
+/// What one cell did.
+public struct CellResult: Sendable {
+    public var contextId: String
+    public var executionCount: Int
+    /// MIME bundles (Python): the last expression, then each figure.
+    public var results: [JSONValue]
+    public var error: JSONObject?
+    /// Bash: the cell's exit status.
+    public var exitCode: Int?
+    /// The interpreter was started fresh for this cell because the previous one died.
+    public var restarted: Bool
+    public var restartReason: String?
+    public var timedOut: Bool
+    public var durationMs: Double
+    public var step: ExecSession.StepRecord?
+}
+
+/// A long-lived interpreter in a sandbox: a driver process (an exec the
+/// daemon owns) fed cells on its stdin, whose stdout carries the driver's
+/// records (Python) or the cell's output and an end marker (bash).
+final class InterpreterContext: Sendable {
+    let id: String
+    let language: String
+    let session: ExecSession
+    let nonce: String
+    /// One cell at a time.
+    let cells = StepLock()
+
+    struct Pending {
+        var n: Int
+        var onOutput: @Sendable (OutputStream, [UInt8]) -> Void
+        var continuation: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>?
+        var stdoutDone = false
+        var stderrDone = false
+        var exitCode: Int?
+    }
+
+    struct State {
+        var executionCount = 0
+        var pending: Pending?
+        var stdoutBuffer: [UInt8] = []
+        var stderrBuffer: [UInt8] = []
+        var ready = false
+        var readyWaiter: CheckedContinuation<Void, Error>?
+        var dead: String?
+        var driverErrors: [UInt8] = []
+    }
+    let state = Mutex(State())
+
+    init(id: String, language: String, session: ExecSession, nonce: String) {
+        self.id = id
+        self.language = language
+        self.session = session
+        self.nonce = nonce
+    }
+
+    var isDead: Bool { state.withLock { $0.dead != nil } }
+
+    /// Reads the driver's output until it exits.
+    func pump() async {
+        var last = -1
+        while true {
+            let (chunks, outcome) = await session.next(after: last)
+            for c in chunks {
+                last = c.seq
+                if language == "python" { python(c) } else { bash(c) }
+            }
+            if let o = outcome {
+                let why = o.signal.map { "was killed by signal \($0)" } ?? "exited with status \(o.exitCode)"
+                let errors = state.withLock { String(decoding: $0.driverErrors.suffix(2000), as: UTF8.self) }
+                die("the \(language) interpreter \(why)" + (o.oomKilled ? " (out of memory)" : "") + (errors.isEmpty ? "" : ": \(errors)"))
+                return
+            }
+        }
+    }
+
+    func die(_ reason: String) {
+        let (p, r) = state.withLock { s -> (Pending?, CheckedContinuation<Void, Error>?) in
+            s.dead = s.dead ?? reason
+            defer { s.pending = nil; s.readyWaiter = nil }
+            return (s.pending, s.readyWaiter)
+        }
+        p?.continuation?.resume(throwing: SandpitError(.sandboxFailed, reason))
+        r?.resume(throwing: SandpitError(.sandboxFailed, reason))
+    }
+
+    func waitReady() async throws {
+        if language == "bash" { return }
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+            let now = state.withLock { s -> Result<Bool, SandpitError> in
+                if let d = s.dead { return .failure(SandpitError(.sandboxFailed, d)) }
+                if s.ready { return .success(true) }
+                s.readyWaiter = c
+                return .success(false)
+            }
+            switch now {
+            case .success(true): c.resume()
+            case .success(false): break
+            case .failure(let e): c.resume(throwing: e)
+            }
+        }
+    }
+
+    // MARK: Python: JSON records on stdout
+
+    private func python(_ c: OutputChunk) {
+        guard c.stream == .stdout else {
+            state.withLock { $0.driverErrors = Array(($0.driverErrors + c.bytes).suffix(4096)) }
+            return
+        }
+        let lines = state.withLock { s -> [[UInt8]] in
+            s.stdoutBuffer += c.bytes
+            var out: [[UInt8]] = []
+            while let nl = s.stdoutBuffer.firstIndex(of: 10) {
+                out.append(Array(s.stdoutBuffer[..<nl]))
+                s.stdoutBuffer.removeSubrange(...nl)
+            }
+            return out
+        }
+        for l in lines {
+            guard let rec = try? JSONCodec.parse(l, maxDepth: 256) else { continue }
+            switch rec["t"]?.stringValue {
+            case "ready":
+                let w = state.withLock { s -> CheckedContinuation<Void, Error>? in
+                    s.ready = true
+                    defer { s.readyWaiter = nil }
+                    return s.readyWaiter
+                }
+                w?.resume()
+            case "o":
+                let stream: OutputStream = rec["s"] == "stderr" ? .stderr : .stdout
+                let bytes = rec["b"]?.stringValue.flatMap(Base64.decode) ?? Array((rec["d"]?.stringValue ?? "").utf8)
+                state.withLock { $0.pending?.onOutput }?(stream, bytes)
+            case "r":
+                let p = state.withLock { s -> Pending? in defer { s.pending = nil }; return s.pending }
+                p?.continuation?.resume(returning: (rec["results"]?.arrayValue ?? [], rec["error"]?.objectValue, nil))
+            default:
+                break
+            }
+        }
+    }
+
+    // MARK: bash: raw output with an end marker on each stream
+
+    private var marker: [UInt8] { Array("\u{1E}sandpit:\(nonce):".utf8) }
+
+    private func bash(_ c: OutputChunk) {
+        let mark = marker
+        var deliver: [(OutputStream, [UInt8])] = []
+        var finished: Pending?
+        state.withLock { s in
+            if c.stream == .stdout { s.stdoutBuffer += c.bytes } else { s.stderrBuffer += c.bytes }
+            var buf = c.stream == .stdout ? s.stdoutBuffer : s.stderrBuffer
+            while true {
+                if let at = Self.find(buf, mark), let end = buf[(at + mark.count)...].firstIndex(of: 0x1E) {
+                    deliver.append((c.stream, Array(buf[..<at])))
+                    let fields = String(decoding: buf[(at + mark.count)..<end], as: UTF8.self).split(separator: ":")
+                    buf.removeSubrange(..<(end + 1))
+                    if var p = s.pending {
+                        if c.stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
+                        if fields.count == 2 { p.exitCode = Int(fields[1]) }
+                        s.pending = p
+                        if p.stdoutDone && p.stderrDone {
+                            finished = p
+                            s.pending = nil
+                        }
+                    }
+                    continue
+                }
+                // Keep what could be the start of a marker; pass on the rest.
+                var keep = 0
+                if let lastMark = buf.lastIndex(of: 0x1E), buf.count - lastMark < mark.count + 24 { keep = buf.count - lastMark }
+                deliver.append((c.stream, Array(buf[..<(buf.count - keep)])))
+                buf.removeSubrange(..<(buf.count - keep))
+                break
+            }
+            if c.stream == .stdout { s.stdoutBuffer = buf } else { s.stderrBuffer = buf }
+        }
+        let sink = finished?.onOutput ?? state.withLock { $0.pending?.onOutput }
+        for (stream, bytes) in deliver where !bytes.isEmpty { sink?(stream, bytes) }
+        if let f = finished { f.continuation?.resume(returning: ([], nil, f.exitCode)) }
+    }
+
+    static func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
+        guard hay.count >= needle.count else { return nil }
+        var i = 0
+        while let at = hay[i...].firstIndex(of: needle[0]), at + needle.count <= hay.count {
+            if hay[at..<(at + needle.count)].elementsEqual(needle) { return at }
+            i = at + 1
+        }
+        return nil
+    }
+
+    /// Sends one cell and waits for its end (or the interpreter's death).
+    func run(_ code: String, rt: SandboxRuntime, onOutput: @escaping @Sendable (OutputStream, [UInt8]) -> Void)
+        async throws -> (n: Int, results: [JSONValue], error: JSONObject?, exitCode: Int?)
+    {
+        let n = state.withLock { s -> Int in s.executionCount += 1; return s.executionCount }
+        let payload: [UInt8]
+        if language == "python" {
+            payload = Array((JSONCodec.encode(.object(["n": .int(Int64(n)), "code": .string(code)])) + "\n").utf8)
+        } else {
+            payload = Array("\(n) \(code.utf8.count)\n".utf8) + Array(code.utf8)
+        }
+        let r = try await withCheckedThrowingContinuation { (c: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>) in
+            let dead = state.withLock { s -> String? in
+                if let d = s.dead { return d }
+                s.pending = Pending(n: n, onOutput: onOutput, continuation: c)
+                return nil
+            }
+            if let d = dead { c.resume(throwing: SandpitError(.sandboxFailed, d)); return }
+            var off = 0
+            while off < payload.count {
+                let end = min(off + Int(SP_OUTPUT_CHUNK), payload.count)
+                rt.send(type: SP_FRAME_STDIN.rawValue, id: session.numericId, payload: Array(payload[off..<end]))
+                off = end
+            }
+        }
+        return (n, r.results, r.error, r.exitCode)
+    }
+}
+
+extension Engine {
+    /// Contexts one sandbox may have at once (the default Python one included).
+    static let maxContexts = 8
+    public static let defaultContextId = "default"
+
+    /// Starts an interpreter context in a live sandbox.
+    public func createContext(_ id: String, language: String, caller: Caller) async throws -> String {
+        guard language == "python" || language == "bash" else {
+            throw SandpitError.invalidParams("language", "\"python\" or \"bash\"")
+        }
+        let ctx = try await startContext(id, language: language, contextId: Identifier.make("ctx"), caller: caller)
+        return ctx.id
+    }
+
+    private func startContext(_ id: String, language: String, contextId: String, caller: Caller) async throws -> InterpreterContext {
+        _ = try await wake(id, caller: caller)
+        let rt = try await liveRuntime(id, caller: caller)
+        let live = rt.contexts.withLock { $0.values.filter { !$0.isDead }.count }
+        guard live < Self.maxContexts else {
+            throw SandpitError(.limitExceeded, "sandbox \(id) already has \(Self.maxContexts) interpreter contexts")
+        }
+        let nonce = Identifier.secret(16)
+        var req = language == "python"
+            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python])
+            : ExecRequest(argv: ["/bin/bash", "--norc", "--noprofile", "-c", ContextDrivers.bash, "sandpit-context", nonce])
+        req.service = true
+        let session = try await exec(id, req, caller: caller, awaitStart: true)
+        if let err = session.outcome?.spawnError {
+            throw SandpitError(.invalidState, "cannot start a \(language) context: \(err)" + (language == "python" ? " (the template needs python3)" : " (the template needs bash)"))
+        }
+        let ctx = InterpreterContext(id: contextId, language: language, session: session, nonce: nonce)
+        Task { await ctx.pump() }
+        try await ctx.waitReady()
+        rt.contexts.withLock { $0[contextId] = ctx }
+        return ctx
+    }
+
+    /// Runs a cell. `contextId` nil means the sandbox's default Python
+    /// context, made on first use. A context whose interpreter died is
+    /// started fresh, and the result says so (`restarted`).
+    public func runCode(_ id: String, contextId: String?, code: String, timeoutMs: Int?, caller: Caller,
+                        onOutput: @escaping @Sendable (String, OutputStream, [UInt8]) -> Void) async throws -> CellResult {
+        let t0 = Clock.monotonicNs()
+        _ = try await wake(id, caller: caller)
+        var rt = try await liveRuntime(id, caller: caller)
+        let cid = contextId ?? Self.defaultContextId
+        var restarted: String?
+        var ctx = rt.contexts.withLock { $0[cid] }
+        if ctx == nil {
+            // Contexts of an earlier runtime of this sandbox (before a hibernation or restore) restart fresh, and say so.
+            let lost = lostContexts.withLock { l -> String? in
+                guard let lang = l[id]?[cid] else { return nil }
+                l[id]?[cid] = nil
+                return lang
+            }
+            guard lost != nil || cid == Self.defaultContextId else { throw SandpitError.notFound("Context", cid) }
+            if lost != nil { restarted = "the sandbox's processes were stopped (hibernation, restore or a daemon restart)" }
+            ctx = try await startContext(id, language: lost ?? "python", contextId: cid, caller: caller)
+        } else if let dead = ctx!.state.withLock({ $0.dead }) {
+            restarted = dead
+            ctx = try await startContext(id, language: ctx!.language, contextId: cid, caller: caller)
+        }
+        guard let c = ctx else { throw SandpitError.notFound("Context", cid) }
+        rt = try await liveRuntime(id, caller: caller)
+        let live = rt, restartReason = restarted
+        if let asked = timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
+            throw SandpitError(.permissionDenied, "timeoutMs \(asked) is longer than policy \(rt.policy.name) allows (\(max))",
+                               details: ["field": "timeoutMs", "allowed": .int(max)])
+        }
+        let timeout = timeoutMs ?? rt.policy.execTimeoutMs.map { Int($0) }
+        return try await c.cells.run { [self] in
+            live.idle.withLock { $0.begin(now: Clock.nowMs()) }
+            defer { live.idle.withLock { $0.end(now: Clock.nowMs()) } }
+            let timedOut = Flag()
+            let timer: Task<Void, Never>? = timeout.map { ms in
+                Task { [weak live] in
+                    do { try await Task.sleep(nanoseconds: UInt64(ms) * 1_000_000) } catch { return }
+                    guard let rt = live else { return }
+                    timedOut.set()
+                    self.signal(rt, c, SIGINT)
+                    // A cell that ignores the interrupt loses its interpreter.
+                    do { try await Task.sleep(nanoseconds: 3_000_000_000) } catch { return }
+                    self.signal(rt, c, SIGKILL)
+                }
+            }
+            defer { timer?.cancel() }
+            var result = CellResult(contextId: cid, executionCount: 0, results: [], error: nil, exitCode: nil,
+                                    restarted: restartReason != nil, restartReason: restartReason, timedOut: false, durationMs: 0, step: nil)
+            do {
+                let r = try await c.run(code, rt: live) { stream, bytes in onOutput(cid, stream, bytes) }
+                result.executionCount = r.n
+                result.results = r.results
+                result.error = r.error
+                result.exitCode = r.exitCode
+            } catch let e as SandpitError where e.code == .sandboxFailed {
+                // The interpreter died during the cell: say so; the next cell gets a fresh one.
+                result.executionCount = c.state.withLock { $0.executionCount }
+                result.error = ["name": "InterpreterDied", "value": .string(e.message),
+                                "traceback": .string("The interpreter process ended during this cell (\(e.message)). Its state is lost; the next code.run starts a fresh one and reports restarted: true.")]
+            }
+            result.timedOut = timedOut.isSet
+            result.step = await recordStep(live)
+            result.durationMs = Double(Clock.monotonicNs() - t0) / 1e6
+            return result
+        }
+    }
+
+    func signal(_ rt: SandboxRuntime, _ c: InterpreterContext, _ sig: Int32) {
+        var payload: [UInt8] = []
+        withUnsafeBytes(of: UInt32(sig)) { payload += $0 }
+        rt.send(type: SP_FRAME_SIGNAL.rawValue, id: c.session.numericId, payload: payload)
+    }
+
+    /// Interrupts the running cell (KeyboardInterrupt in Python; SIGINT to the
+    /// foreground command in bash). The context keeps its state.
+    public func interrupt(_ id: String, contextId: String, caller: Caller) async throws {
+        let rt = try await liveRuntime(id, caller: caller)
+        guard let c = rt.contexts.withLock({ $0[contextId] }) else { throw SandpitError.notFound("Context", contextId) }
+        signal(rt, c, SIGINT)
+    }
+
+    public func contexts(_ id: String, caller: Caller) async throws -> [(id: String, language: String, executionCount: Int, alive: Bool)] {
+        guard let rt = try runtime(id, caller: caller), !rt.hasExited else {
+            _ = try await sandbox(id, caller: caller)
+            return []
+        }
+        return rt.contexts.withLock { $0.values.map { c in
+            (c.id, c.language, c.state.withLock { $0.executionCount }, !c.isDead)
+        } }.sorted { $0.id < $1.id }
+    }
+
+    /// Ends a context's interpreter.
+    public func deleteContext(_ id: String, contextId: String, caller: Caller) async throws {
+        let rt = try await liveRuntime(id, caller: caller)
+        guard let c = rt.contexts.withLock({ $0.removeValue(forKey: contextId) }) else { throw SandpitError.notFound("Context", contextId) }
+        signal(rt, c, SIGKILL)
+    }
+}
+
+/// A one-way flag shared with a timer task.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}

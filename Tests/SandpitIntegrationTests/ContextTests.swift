@@ -1,0 +1,154 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import SandpitCore
+import SandpitTestSupport
+
+/// Interpreter contexts over the real protocol: state across cells, rich
+/// results, errors, interrupts, timeouts, and interpreters that die.
+@Suite(.serialized, .enabled(if: TestEnv.isRoot, "needs root"))
+struct ContextTests {
+    /// Runs a cell; returns the result and the cell's output per stream.
+    static func run(_ c: LineConnection, _ sb: String, _ code: String, _ extra: JSONObject = [:]) throws
+        -> (result: JSONValue, stdout: String, stderr: String, order: [String])
+    {
+        c.notifications = []
+        var p: JSONObject = ["sandboxId": .string(sb), "code": .string(code)]
+        for (k, v) in extra { p[k] = v }
+        let r = try c.result("code.run", .object(p))
+        let notes = c.notifications.compactMap { $0["method"] == "code.output" ? $0["params"] : nil }
+        c.notifications = []
+        let seqs = notes.compactMap { $0["seq"]?.intValue }
+        #expect(seqs == Array(0..<Int64(seqs.count)), "code.output seq counts from 0 without gaps")
+        func text(_ s: String) -> String { notes.filter { $0["stream"] == .string(s) }.compactMap { $0["data"]?.stringValue }.joined() }
+        return (r, text("stdout"), text("stderr"), notes.compactMap { $0["data"]?.stringValue })
+    }
+
+    @Test func pythonKeepsStateAndReturnsNotebookStyleResults() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let first = try Self.run(c, sb, "import os, sys\nx = 41\ndef double(v):\n    return 2 * v\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nx + 1")
+            #expect(first.result["executionCount"] == 1 && first.result["restarted"] == false)
+            #expect(first.result["results"] == [["text/plain": "42"]])
+            #expect(first.stdout == "to stdout\n" && first.stderr == "to stderr\n")
+            #expect(first.result["checkpoint"]?["step"] != nil, "every cell is a step with a checkpoint")
+            // Variables, imports, functions, the working directory and the environment persist.
+            _ = try Self.run(c, sb, "os.chdir('/tmp'); os.environ['GREETING'] = 'hi'")
+            let second = try Self.run(c, sb, "print(os.getcwd(), os.environ['GREETING']); os.system('echo from a subprocess; pwd'); double(x)")
+            #expect(second.stdout == "/tmp hi\nfrom a subprocess\n/tmp\n")
+            #expect(second.result["results"] == [["text/plain": "82"]] && second.result["executionCount"] == 3)
+            // No value: no result. Objects that render themselves get their MIME types.
+            #expect(try Self.run(c, sb, "y = 1").result["results"] == [])
+            let rich = try Self.run(c, sb, """
+            import base64
+            class Table:
+                def _repr_html_(self): return '<table><tr><td>1</td></tr></table>'
+                def __repr__(self): return 'Table(1 row)'
+            class Dot:
+                def _repr_png_(self): return base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==')
+            [Table(), Dot()][0]
+            """).result["results"]!.arrayValue!
+            #expect(rich.count == 1 && rich[0]["text/html"] == "<table><tr><td>1</td></tr></table>" && rich[0]["text/plain"] == "Table(1 row)")
+            let png = try Self.run(c, sb, "Dot()").result["results"]!.arrayValue![0]["image/png"]?.stringValue
+            #expect(Base64.decode(png ?? "")?.starts(with: [0x89, 0x50, 0x4E, 0x47]) == true)
+            // The interpreter runs as the sandbox's user under the same barriers as any command.
+            let posture = try Self.run(c, sb, "s = open('/proc/self/status').read(); print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s)")
+            #expect(posture.stdout == "1000 True True True\n")
+        }
+    }
+
+    @Test func errorsPointAtTheUsersCellNotTheDriver() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let r = try Self.run(c, sb, "def inner():\n    return {}['missing']\n\ninner()").result
+            let e = r["error"]!
+            #expect(e["name"] == "KeyError" && e["value"] == "'missing'")
+            let tb = e["traceback"]!.stringValue!
+            #expect(tb.contains("File \"<cell-1>\", line 4, in <module>") && tb.contains("File \"<cell-1>\", line 2, in inner"))
+            #expect(tb.contains("return {}['missing']"), "the traceback quotes the user's line")
+            #expect(!tb.contains("<string>") && !tb.contains("exec(compile"), "no driver frames: \(tb)")
+            let syntax = try Self.run(c, sb, "def broken(:\n    pass").result["error"]!
+            #expect(syntax["name"] == "SyntaxError" && syntax["traceback"]!.stringValue!.contains("<cell-2>"))
+            // sys.exit ends the cell, not the context.
+            #expect(try Self.run(c, sb, "import sys; z = 5; sys.exit(3)").result["error"]?["name"] == "SystemExit")
+            #expect(try Self.run(c, sb, "z").result["results"] == [["text/plain": "5"]])
+        }
+    }
+
+    @Test func interruptAndTimeoutStopACellAndKeepTheState() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            _ = try Self.run(c, sb, "import time\nkept = 'yes'")
+            // code.interrupt from another connection while a cell sleeps.
+            let other = try a.daemon.connect()
+            c.send(JSONCodec.encode(["jsonrpc": "2.0", "id": 77, "method": "code.run", "params": ["sandboxId": .string(sb), "code": "print('before', flush=True)\ntime.sleep(60)\nprint('after')"]]))
+            #expect(eventually {
+                guard let m = c.readMessage(timeout: 0.05) else { return false }
+                return m["method"] == "code.output" && m["params"]?["data"] == "before\n"
+            })
+            _ = try other.result("code.interrupt", ["sandboxId": .string(sb), "contextId": "default"])
+            var result: JSONValue?
+            while result == nil, let m = c.readMessage(timeout: 30) {
+                if m["id"] == 77 { result = m["result"] }
+            }
+            #expect(result?["error"]?["name"] == "KeyboardInterrupt")
+            #expect(result?["error"]?["traceback"]?.stringValue?.contains("<cell-2>") == true)
+            #expect(try Self.run(c, sb, "kept").result["results"] == [["text/plain": "'yes'"]])
+            // Past timeoutMs the cell is interrupted the same way.
+            let slow = try Self.run(c, sb, "time.sleep(60)", ["timeoutMs": 300]).result
+            #expect(slow["timedOut"] == true && slow["error"]?["name"] == "KeyboardInterrupt")
+            #expect(try Self.run(c, sb, "kept").result["restarted"] == false)
+            // A cell that ignores the interrupt loses its interpreter, and the next cell says so.
+            let stubborn = try Self.run(c, sb, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)", ["timeoutMs": 300]).result
+            #expect(stubborn["timedOut"] == true && stubborn["error"]?["name"] == "InterpreterDied")
+            let after = try Self.run(c, sb, "'kept' in globals()").result
+            #expect(after["restarted"] == true && after["results"] == [["text/plain": "False"]])
+        }
+    }
+
+    @Test func aDeadInterpreterIsReportedAndTheNextCellStartsFresh() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            _ = try Self.run(c, sb, "x = 1")
+            let crash = try Self.run(c, sb, "import ctypes; ctypes.string_at(0)").result
+            #expect(crash["error"]?["name"] == "InterpreterDied")
+            #expect(crash["error"]?["value"]?.stringValue?.contains("signal 11") == true)
+            let fresh = try Self.run(c, sb, "'x' in globals()").result
+            #expect(fresh["restarted"] == true && fresh["executionCount"] == 1 && fresh["results"] == [["text/plain": "False"]])
+            #expect(try Self.run(c, sb, "1").result["restarted"] == false, "restarted is said once")
+            _ = try Self.run(c, sb, "import os; os._exit(7)")
+            #expect(try Self.run(c, sb, "2").result["restartReason"]?.stringValue?.contains("status 7") == true)
+            // Hibernation stops every process: the context comes back fresh, and says so.
+            _ = try Self.run(c, sb, "y = 2")
+            _ = try c.result("sandbox.hibernate", ["sandboxId": .string(sb)])
+            let woke = try Self.run(c, sb, "'y' in globals()").result
+            #expect(woke["restarted"] == true && woke["results"] == [["text/plain": "False"]])
+            // A memory bomb in a cell is the sandbox's limit, not the daemon's problem.
+            let bomb = try Self.run(c, sb, "b = bytearray(1 << 34)").result
+            #expect(bomb["error"]?["name"] == "MemoryError" || bomb["error"]?["name"] == "InterpreterDied")
+            #expect(try Self.run(c, sb, "3").result["results"] == [["text/plain": "3"]])
+        }
+    }
+
+    @Test func bashContextsKeepTheShellAcrossCells() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let ctx = try c.result("context.create", ["sandboxId": .string(sb), "language": "bash"])
+            #expect(ctx["language"] == "bash")
+            let id = ctx["contextId"]!
+            _ = try Self.run(c, sb, "cd /etc; NAME=sandpit; export EXPORTED=1; greet() { echo \"hello $1\"; }; alias say=echo", ["contextId": id])
+            let r = try Self.run(c, sb, "pwd; echo $NAME $EXPORTED; greet you; say aliased; echo oops >&2; printf 'no newline'", ["contextId": id])
+            #expect(r.stdout == "/etc\nsandpit 1\nhello you\naliased\nno newline" && r.stderr == "oops\n")
+            #expect(r.result["exitCode"] == 0 && r.result["executionCount"] == 2)
+            #expect(try Self.run(c, sb, "false", ["contextId": id]).result["exitCode"] == 1)
+            // Commands cannot read the driver's input.
+            #expect(try Self.run(c, sb, "cat; echo read-nothing", ["contextId": id]).stdout == "read-nothing\n")
+            let list = try c.result("context.list", ["sandboxId": .string(sb)])["contexts"]!.arrayValue!
+            #expect(list.contains { $0["contextId"] == id && $0["language"] == "bash" && $0["alive"] == true })
+            #expect(try c.call("code.run", ["sandboxId": .string(sb), "code": "1", "contextId": "ctx_AAAAAAAAAAAA"])["error"]?["data"]?["code"] == "not_found")
+            #expect(try c.call("context.create", ["sandboxId": .string(sb), "language": "cobol"])["error"]?["code"] == -32602)
+        }
+    }
+}
