@@ -56,6 +56,13 @@ public struct OutputBuffer: Sendable {
         return out
     }
 
+    /// Forgets chunks up to `seq` that a reader has consumed (for a helper
+    /// process whose output is read as it comes and never replayed).
+    public mutating func discard(through seq: Int) {
+        while let c = head.first, c.seq <= seq { headBytes -= c.bytes.count; head.removeFirst() }
+        while let c = tail.first, c.seq <= seq { tailBytes -= c.bytes.count; tail.removeFirst() }
+    }
+
     /// Retained chunks with seq >= since, in order.
     public func chunks(since: Int) -> [OutputChunk] {
         (head + tail).filter { $0.seq >= since }

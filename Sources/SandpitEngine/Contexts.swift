@@ -73,6 +73,7 @@ final class InterpreterContext: Sendable {
                 last = c.seq
                 if language == "python" { python(c) } else { bash(c) }
             }
+            session.consumed(through: last)
             if let o = outcome {
                 let why = o.signal.map { "was killed by signal \($0)" } ?? "exited with status \(o.exitCode)"
                 let errors = state.withLock { String(decoding: $0.driverErrors.suffix(2000), as: UTF8.self) }
@@ -261,7 +262,16 @@ extension Engine {
         let ctx = InterpreterContext(id: contextId, language: language, session: session, nonce: nonce)
         Task { await ctx.pump() }
         try await ctx.waitReady()
-        rt.contexts.withLock { $0[contextId] = ctx }
+        // Two first cells racing to start the default context: one interpreter wins, the other is stopped.
+        let winner = rt.contexts.withLock { m -> InterpreterContext? in
+            if let e = m[contextId], !e.isDead { return e }
+            m[contextId] = ctx
+            return nil
+        }
+        if let w = winner {
+            signal(rt, ctx, SIGKILL)
+            return w
+        }
         return ctx
     }
 

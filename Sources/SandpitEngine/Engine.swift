@@ -630,7 +630,9 @@ public final class Engine: Sendable {
             s.record.lastActiveAt = Clock.nowMs()
             return (UInt32(s.record.execSeq), s.record.execSeq)
         }
-        let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: Int(rt.policy.outputBytes ?? 16 << 20),
+        // A service exec's output is consumed as it arrives (and then dropped), so nothing may be cut from it.
+        let budget = req.service ? Int.max / 4 : Int(rt.policy.outputBytes ?? 16 << 20)
+        let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: budget,
                                   receivedNs: req.receivedNs)
         session.wake = woke
         execAdmitted = false   // released when the exec finishes

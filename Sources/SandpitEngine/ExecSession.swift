@@ -91,6 +91,9 @@ public final class ExecSession: Sendable {
         for w in waiters { w.resume() }
     }
 
+    /// Drops output a reader has consumed (service execs, whose output is never replayed).
+    func consumed(through seq: Int) { state.withLock { $0.buffer.discard(through: seq) } }
+
     /// Ends the exec. `status` is a wait(2) status; nil when the process never ran or was lost.
     func finish(status: Int32?, nowNs: UInt64, oomKilled: Bool, spawnError: String? = nil, killedBy: String? = nil) {
         let (waiters, starts) = state.withLock { s -> ([CheckedContinuation<Void, Never>], [CheckedContinuation<Void, Never>]) in

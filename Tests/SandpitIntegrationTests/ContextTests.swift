@@ -53,6 +53,9 @@ struct ContextTests {
             #expect(rich.count == 1 && rich[0]["text/html"] == "<table><tr><td>1</td></tr></table>" && rich[0]["text/plain"] == "Table(1 row)")
             let png = try Self.run(c, sb, "Dot()").result["results"]!.arrayValue![0]["image/png"]?.stringValue
             #expect(Base64.decode(png ?? "")?.starts(with: [0x89, 0x50, 0x4E, 0x47]) == true)
+            // Output far past the exec log budget arrives whole, and the cell still ends.
+            let loud = try Self.run(c, sb, "for i in range(200000): print('x' * 99)\n'done'")
+            #expect(loud.stdout.utf8.count == 200_000 * 100 && loud.result["results"] == [["text/plain": "'done'"]])
             // The interpreter runs as the sandbox's user under the same barriers as any command.
             let posture = try Self.run(c, sb, "s = open('/proc/self/status').read(); print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s)")
             #expect(posture.stdout == "1000 True True True\n")
