@@ -87,9 +87,11 @@ struct ContextTests {
             // code.interrupt from another connection while a cell sleeps.
             let other = try a.daemon.connect()
             c.send(JSONCodec.encode(["jsonrpc": "2.0", "id": 77, "method": "code.run", "params": ["sandboxId": .string(sb), "code": "print('before', flush=True)\ntime.sleep(60)\nprint('after')"]]))
+            // Output may come in several pieces ("before", "\n"): wait until it is all there.
+            var seen = ""
             #expect(eventually {
-                guard let m = c.readMessage(timeout: 0.05) else { return false }
-                return m["method"] == "code.output" && m["params"]?["data"] == "before\n"
+                if let m = c.readMessage(timeout: 0.05), m["method"] == "code.output" { seen += m["params"]?["data"]?.stringValue ?? "" }
+                return seen.contains("before\n")
             })
             _ = try other.result("code.interrupt", ["sandboxId": .string(sb), "contextId": "default"])
             var result: JSONValue?
