@@ -20,6 +20,14 @@ public enum Identifier {
         return String(decoding: (0..<count).map { _ in alphabet[Int(rng.next(upperBound: UInt64(alphabet.count)))] }, as: UTF8.self)
     }
 
+    /// Compares secrets without stopping at the first difference.
+    public static func secretsEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var diff = UInt8(x.count == y.count ? 0 : 1)
+        for i in 0..<max(x.count, y.count) { diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0) }
+        return diff == 0
+    }
+
     /// True when `id` has the shape of an id with this prefix. Ids are used in
     /// paths and cgroup names, so anything else is rejected before lookup.
     public static func isValid(_ id: String, prefix: String) -> Bool {

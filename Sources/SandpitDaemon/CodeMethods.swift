@@ -64,15 +64,7 @@ extension RPCService {
             if let e = r.error { o["error"] = .object(e) }
             if let c = r.exitCode { o["exitCode"] = .int(Int64(c)) }
             if let why = r.restartReason { o["restartReason"] = .string(why) }
-            if let step = r.step {
-                o["step"] = .int(Int64(step.step))
-                if let c = step.checkpoint {
-                    o["checkpoint"] = .object(["step": .int(Int64(c.step)), "checkpointId": .string(c.id), "diff": c.diff.json, "bytes": .int(c.bytes)])
-                } else if let e = step.checkpointError {
-                    o["checkpoint"] = .null
-                    o["checkpointError"] = .string(e)
-                }
-            }
+            if let step = r.step { Self.put(step, into: &o) }
             return .object(o)
         default:
             throw SandpitError(.methodNotFound, "method not found: \(method)")

@@ -95,7 +95,7 @@ public final class RPCService: Sendable {
         case "server.auth":
             try p.expect(only: ["token"])
             let token = try p.requireString("token")
-            guard let expected = adminToken, Self.constantTimeEqual(token, expected) else {
+            guard let expected = adminToken, Identifier.secretsEqual(token, expected) else {
                 throw SandpitError(.permissionDenied, "wrong admin token")
             }
             peer.elevate()
@@ -416,13 +416,6 @@ public final class RPCService: Sendable {
         return .object(o)
     }
 
-    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        var diff = UInt8(x.count == y.count ? 0 : 1)
-        for i in 0..<max(x.count, y.count) { diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0) }
-        return diff == 0
-    }
-
     func info(_ caller: Caller) async -> JSONValue {
         let known: [TemplateRecord] = (try? await engine.templates(name: nil)) ?? [TemplateRecord.builtin]
         let templates: [JSONValue] = known.map { .string($0.displayName) }
@@ -534,19 +527,24 @@ public final class RPCService: Sendable {
         if let e = o.spawnError { r["spawnError"] = .string(e) }
         if let k = o.killedBy { r["killedBy"] = .string(k) }
         if let step {
-            r["step"] = .int(Int64(step.step))
-            if let c = step.checkpoint {
-                r["checkpoint"] = .object(["step": .int(Int64(c.step)), "checkpointId": .string(c.id), "diff": c.diff.json, "bytes": .int(c.bytes)])
-                if case .object(var t) = r["timings"] {
-                    t["checkpointUs"] = .int(step.checkpointUs)
-                    r["timings"] = .object(t)
-                }
-            } else if let e = step.checkpointError {
-                r["checkpoint"] = .null
-                r["checkpointError"] = .string(e)
+            put(step, into: &r)
+            if step.checkpoint != nil, case .object(var t) = r["timings"] {
+                t["checkpointUs"] = .int(step.checkpointUs)
+                r["timings"] = .object(t)
             }
         }
         return .object(r)
+    }
+
+    /// The step a command or cell became, and its checkpoint (or why there is none).
+    static func put(_ step: ExecSession.StepRecord, into r: inout JSONObject) {
+        r["step"] = .int(Int64(step.step))
+        if let c = step.checkpoint {
+            r["checkpoint"] = .object(["step": .int(Int64(c.step)), "checkpointId": .string(c.id), "diff": c.diff.json, "bytes": .int(c.bytes)])
+        } else if let e = step.checkpointError {
+            r["checkpoint"] = .null
+            r["checkpointError"] = .string(e)
+        }
     }
 }
 

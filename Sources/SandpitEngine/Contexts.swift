@@ -35,7 +35,6 @@ final class InterpreterContext: Sendable {
     let cells = StepLock()
 
     struct Pending {
-        var n: Int
         var onOutput: @Sendable (OutputStream, [UInt8]) -> Void
         var continuation: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>?
         var stdoutDone = false
@@ -161,7 +160,7 @@ final class InterpreterContext: Sendable {
             if c.stream == .stdout { s.stdoutBuffer += c.bytes } else { s.stderrBuffer += c.bytes }
             var buf = c.stream == .stdout ? s.stdoutBuffer : s.stderrBuffer
             while true {
-                if let at = Self.find(buf, mark), let end = buf[(at + mark.count)...].firstIndex(of: 0x1E) {
+                if let at = buf.firstRange(of: mark)?.lowerBound, let end = buf[(at + mark.count)...].firstIndex(of: 0x1E) {
                     deliver.append((c.stream, Array(buf[..<at])))
                     let fields = String(decoding: buf[(at + mark.count)..<end], as: UTF8.self).split(separator: ":")
                     buf.removeSubrange(..<(end + 1))
@@ -190,15 +189,6 @@ final class InterpreterContext: Sendable {
         if let f = finished { f.continuation?.resume(returning: ([], nil, f.exitCode)) }
     }
 
-    static func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
-        guard hay.count >= needle.count else { return nil }
-        var i = 0
-        while let at = hay[i...].firstIndex(of: needle[0]), at + needle.count <= hay.count {
-            if hay[at..<(at + needle.count)].elementsEqual(needle) { return at }
-            i = at + 1
-        }
-        return nil
-    }
 
     /// Sends one cell and waits for its end (or the interpreter's death).
     func run(_ code: String, rt: SandboxRuntime, onOutput: @escaping @Sendable (OutputStream, [UInt8]) -> Void)
@@ -214,7 +204,7 @@ final class InterpreterContext: Sendable {
         let r = try await withCheckedThrowingContinuation { (c: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>) in
             let dead = state.withLock { s -> String? in
                 if let d = s.dead { return d }
-                s.pending = Pending(n: n, onOutput: onOutput, continuation: c)
+                s.pending = Pending(onOutput: onOutput, continuation: c)
                 return nil
             }
             if let d = dead { c.resume(throwing: SandpitError(.sandboxFailed, d)); return }
@@ -269,7 +259,7 @@ extension Engine {
             return nil
         }
         if let w = winner {
-            signal(rt, ctx, SIGKILL)
+            rt.signal(exec: ctx.session.numericId, SIGKILL)
             return w
         }
         return ctx
@@ -303,10 +293,7 @@ extension Engine {
         guard let c = ctx else { throw SandpitError.notFound("Context", cid) }
         rt = try await liveRuntime(id, caller: caller)
         let live = rt, restartReason = restarted
-        if let asked = timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
-            throw SandpitError(.permissionDenied, "timeoutMs \(asked) is longer than policy \(rt.policy.name) allows (\(max))",
-                               details: ["field": "timeoutMs", "allowed": .int(max)])
-        }
+        try rt.checkTimeout(timeoutMs)
         let timeout = timeoutMs ?? rt.policy.execTimeoutMs.map { Int($0) }
         return try await c.cells.run { [self] in
             live.idle.withLock { $0.begin(now: Clock.nowMs()) }
@@ -317,10 +304,10 @@ extension Engine {
                     do { try await Task.sleep(nanoseconds: UInt64(ms) * 1_000_000) } catch { return }
                     guard let rt = live else { return }
                     timedOut.set()
-                    self.signal(rt, c, SIGINT)
+                    rt.signal(exec: c.session.numericId, SIGINT)
                     // A cell that ignores the interrupt loses its interpreter.
                     do { try await Task.sleep(nanoseconds: 3_000_000_000) } catch { return }
-                    self.signal(rt, c, SIGKILL)
+                    rt.signal(exec: c.session.numericId, SIGKILL)
                 }
             }
             defer { timer?.cancel() }
@@ -345,18 +332,13 @@ extension Engine {
         }
     }
 
-    func signal(_ rt: SandboxRuntime, _ c: InterpreterContext, _ sig: Int32) {
-        var payload: [UInt8] = []
-        withUnsafeBytes(of: UInt32(sig)) { payload += $0 }
-        rt.send(type: SP_FRAME_SIGNAL.rawValue, id: c.session.numericId, payload: payload)
-    }
 
     /// Interrupts the running cell (KeyboardInterrupt in Python; SIGINT to the
     /// foreground command in bash). The context keeps its state.
     public func interrupt(_ id: String, contextId: String, caller: Caller) async throws {
         let rt = try await liveRuntime(id, caller: caller)
         guard let c = rt.contexts.withLock({ $0[contextId] }) else { throw SandpitError.notFound("Context", contextId) }
-        signal(rt, c, SIGINT)
+        rt.signal(exec: c.session.numericId, SIGINT)
     }
 
     public func contexts(_ id: String, caller: Caller) async throws -> [(id: String, language: String, executionCount: Int, alive: Bool)] {
@@ -373,7 +355,7 @@ extension Engine {
     public func deleteContext(_ id: String, contextId: String, caller: Caller) async throws {
         let rt = try await liveRuntime(id, caller: caller)
         guard let c = rt.contexts.withLock({ $0.removeValue(forKey: contextId) }) else { throw SandpitError.notFound("Context", contextId) }
-        signal(rt, c, SIGKILL)
+        rt.signal(exec: c.session.numericId, SIGKILL)
     }
 }
 

@@ -46,7 +46,7 @@ final class EgressProxy: Sendable {
             try sys("listen in sandbox netns", path: nsPath) { sp_listen_in_netns(ns.raw, port) }
         }
         let proxy = EgressProxy(listenFd: fd, rules: allow.compactMap(AllowRule.init), sandboxId: sandboxId, logger: logger)
-        EngineThread.detach { proxy.acceptLoop() }
+        EngineThread.detach { Sock.acceptLoop(proxy.listenFd, closed: proxy.closed) { proxy.serve($0) } }
         return proxy
     }
 
@@ -54,21 +54,6 @@ final class EgressProxy: Sendable {
     func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         shutdown(listenFd, Int32(SHUT_RDWR))
-    }
-
-    private func acceptLoop() {
-        defer { Glibc.close(listenFd) }
-        while !closed.load(ordering: .acquiring) {
-            let c = sp_accept_cloexec(listenFd)
-            if c < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return
-            }
-            EngineThread.detach { [self] in
-                self.serve(c)
-                Glibc.close(c)
-            }
-        }
     }
 
     // MARK: one connection
@@ -82,7 +67,7 @@ final class EgressProxy: Sendable {
         var rest: [UInt8]           // bytes read past the head
     }
 
-    private func serve(_ client: Int32) {
+    func serve(_ client: Int32) {
         Sock.setTimeout(client, seconds: 30)
         guard let req = readRequest(client) else {
             reply(client, 400, "expected \"CONNECT host:port\" or an absolute http:// URL")

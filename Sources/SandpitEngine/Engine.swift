@@ -620,11 +620,7 @@ public final class Engine: Sendable {
         var execAdmitted = !req.service
         defer { if execAdmitted { admission.release(.exec) } }
         let rt = try await liveRuntime(id, caller: caller)
-        // A client may shorten the policy's wall time, never lengthen it.
-        if let asked = req.timeoutMs, let max = rt.policy.execTimeoutMs, asked > max {
-            throw SandpitError(.permissionDenied, "timeoutMs \(asked) is longer than policy \(rt.policy.name) allows (\(max))",
-                               details: ["field": "timeoutMs", "allowed": .int(max)])
-        }
+        try rt.checkTimeout(req.timeoutMs)
         let (n, seq) = rt.state.withLock { s -> (UInt32, Int) in
             s.record.execSeq += 1
             s.record.lastActiveAt = Clock.nowMs()
@@ -713,8 +709,7 @@ public final class Engine: Sendable {
         do { try await Task.sleep(until: deadline) } catch { return }
         guard let rt, !session.isFinished else { return }
         session.markTimedOut()
-        var sig = Int32(SIGKILL)
-        rt.send(type: SP_FRAME_SIGNAL.rawValue, id: session.numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
+        rt.signal(exec: session.numericId, SIGKILL)
     }
 
     public func kill(_ id: String, execId: String, signal: Int32, caller: Caller) async throws {
@@ -723,8 +718,7 @@ public final class Engine: Sendable {
         guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
         // Sent even when the command has ended: the agent signals whatever
         // the command left running in its cgroup (a fork bomb's remains, say).
-        var sig = signal
-        rt.send(type: SP_FRAME_SIGNAL.rawValue, id: s.numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
+        rt.signal(exec: s.numericId, signal)
     }
 
     public enum Logs: Sendable {

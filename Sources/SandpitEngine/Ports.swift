@@ -56,20 +56,18 @@ final class PortExposure: Sendable {
     let closed = Atomic<Bool>(false)
     /// Resumes the sandbox if it is paused (a connection is activity).
     let wake: @Sendable () -> Void
-    let logger: Logger
 
     static let headLimit = 64 << 10
     static let maxPerSandbox = 16
 
-    init(info: Exposure, listenFd: Int32, pid: Int32, wake: @escaping @Sendable () -> Void, logger: Logger) {
+    init(info: Exposure, listenFd: Int32, pid: Int32, wake: @escaping @Sendable () -> Void) {
         self.info = info
         self.listenFd = listenFd
         self.pid = pid
         self.wake = wake
-        self.logger = logger
     }
 
-    func start() { EngineThread.detach { self.acceptLoop() } }
+    func start() { EngineThread.detach { Sock.acceptLoop(self.listenFd, closed: self.closed) { self.serve($0) } } }
 
     /// Stops accepting and removes the socket file; open connections end when either side closes.
     func close() {
@@ -78,22 +76,7 @@ final class PortExposure: Sendable {
         if let p = info.socketPath { unlink(p) }
     }
 
-    private func acceptLoop() {
-        defer { Glibc.close(listenFd) }
-        while !closed.load(ordering: .acquiring) {
-            let c = sp_accept_cloexec(listenFd)
-            if c < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return
-            }
-            EngineThread.detach { [self] in
-                self.serve(c)
-                Glibc.close(c)
-            }
-        }
-    }
-
-    private func serve(_ client: Int32) {
+    func serve(_ client: Int32) {
         var first: [UInt8] = []
         if let token = info.token {
             Sock.setTimeout(client, seconds: 30)
@@ -202,22 +185,22 @@ struct HTTPHead {
         for h in headers {
             let n = h.name.lowercased()
             if n == "x-sandpit-token" {
-                ok = ok || RPCSecrets.equal(h.value, token)
+                ok = ok || Identifier.secretsEqual(h.value, token)
                 continue
             }
-            if n == "authorization", h.value.hasPrefix("Bearer "), RPCSecrets.equal(String(h.value.dropFirst(7)), token) {
+            if n == "authorization", h.value.hasPrefix("Bearer "), Identifier.secretsEqual(String(h.value.dropFirst(7)), token) {
                 ok = true
                 continue
             }
             if n == "cookie" {
                 for c in h.value.split(separator: ";") {
                     let kv = c.trimmingSpaces
-                    if kv.hasPrefix("sandpit_token="), RPCSecrets.equal(String(kv.dropFirst(14)), token) { ok = true }
+                    if kv.hasPrefix("sandpit_token="), Identifier.secretsEqual(String(kv.dropFirst(14)), token) { ok = true }
                 }
             }
             kept.append(h)
         }
-        if !ok, let (stripped, value) = Self.queryToken(target), RPCSecrets.equal(value, token) {
+        if !ok, let (stripped, value) = Self.queryToken(target), Identifier.secretsEqual(value, token) {
             if method == "GET" || method == "HEAD" { return .redirect(stripped) }
             ok = true
         }
@@ -238,17 +221,6 @@ struct HTTPHead {
         }
         guard let v = value else { return nil }
         return (rest.isEmpty ? path : path + "?" + rest.joined(separator: "&"), v)
-    }
-}
-
-enum RPCSecrets {
-    /// Compares without stopping at the first difference.
-    static func equal(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        var d: UInt8 = 0
-        for i in 0..<x.count { d |= x[i] ^ y[i] }
-        return d == 0
     }
 }
 
@@ -369,7 +341,7 @@ extension Engine {
             let done = DispatchSemaphore(value: 0)
             Task { _ = try? await engine.wake(id, caller: caller); done.signal() }
             done.wait()
-        }, logger: logger)
+        })
         rt.exposures.withLock { $0[info.exposeId] = x }
         if rt.hasExited {   // lost a race with teardown
             x.close()

@@ -218,6 +218,20 @@ final class SandboxRuntime: Sendable {
         state.withLock { $0.channel }?.send(type: type, id: id, payload: payload)
     }
 
+    /// Signals an exec's process group (and what it left in its cgroup) through the agent.
+    func signal(exec numericId: UInt32, _ signal: Int32) {
+        var sig = signal
+        send(type: SP_FRAME_SIGNAL.rawValue, id: numericId, payload: withUnsafeBytes(of: &sig) { Array($0) })
+    }
+
+    /// A client may shorten the policy's wall time, never lengthen it.
+    func checkTimeout(_ asked: Int?) throws(SandpitError) {
+        if let asked, let max = policy.execTimeoutMs, asked > max {
+            throw SandpitError(.permissionDenied, "timeoutMs \(asked) is longer than policy \(policy.name) allows (\(max))",
+                               details: ["field": "timeoutMs", "allowed": .int(max)])
+        }
+    }
+
     func stats() async -> UInt64 {
         await withCheckedContinuation { (c: CheckedContinuation<UInt64, Never>) in
             let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in

@@ -1,14 +1,27 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSandpit
+import Synchronization
 
 /// Blocking socket helpers for the relays that run on plain threads
 /// (the egress proxy and exposed ports).
 enum Sock {
-    static func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
-        guard hay.count >= needle.count else { return nil }
-        for i in 0...(hay.count - needle.count) where hay[i] == needle[0] && Array(hay[i..<(i + needle.count)]) == needle { return i }
-        return nil
+    /// Accepts connections until `closed` is set (and the fd shut down),
+    /// serving each on a thread of its own; closes the listening fd at the end.
+    static func acceptLoop(_ listenFd: Int32, closed: borrowing Atomic<Bool>, _ serve: @escaping @Sendable (Int32) -> Void) {
+        defer { close(listenFd) }
+        while !closed.load(ordering: .acquiring) {
+            let c = sp_accept_cloexec(listenFd)
+            if c < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return
+            }
+            EngineThread.detach {
+                serve(c)
+                close(c)
+            }
+        }
     }
 
     static func setTimeout(_ fd: Int32, seconds: Int, send: Bool = false) {
@@ -52,7 +65,7 @@ enum Sock {
         var buf: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            if let end = find(buf, [13, 10, 13, 10]) { return (Array(buf[..<end]), Array(buf[(end + 4)...])) }
+            if let end = buf.firstRange(of: [13, 10, 13, 10])?.lowerBound { return (Array(buf[..<end]), Array(buf[(end + 4)...])) }
             guard buf.count < limit else { return nil }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
             if n < 0 && errno == EINTR { continue }

@@ -152,9 +152,7 @@ public final class FileWatch: Sendable {
             var found: [FileEvent] = []
             var subdirs: [([CChar], [UInt8])] = []
             while let e = readdir(d) {
-                let name: [CChar] = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                    Array(raw.bindMemory(to: CChar.self).prefix { $0 != 0 }) + [0]
-                }
+                let name = SandboxFiles.entryName(e)
                 if name == [46, 0] || name == [46, 46, 0] { continue }
                 let p = FileWatch.join(path, name.dropLast().map { UInt8(bitPattern: $0) })
                 let isDir = e.pointee.d_type == UInt8(DT_DIR)

@@ -69,6 +69,11 @@ public enum SandboxFiles {
         return fd
     }
 
+    /// A directory entry's name, NUL-terminated, for the `*at()` calls.
+    static func entryName(_ e: UnsafeMutablePointer<dirent>) -> [CChar] {
+        withUnsafeBytes(of: e.pointee.d_name) { raw in Array(raw.bindMemory(to: CChar.self).prefix { $0 != 0 }) + [0] }
+    }
+
     static func parentFd(_ root: Int32, _ path: [UInt8]) throws(SandpitError) -> (Int32, [CChar]) {
         let (parent, name) = try split(path)
         let fd = try open(root, parent, sp_o_path() | O_DIRECTORY)
@@ -206,10 +211,7 @@ public enum SandboxFiles {
             defer { closedir(d) }
             var subdirs: [([CChar], [UInt8])] = []
             while let e = readdir(d) {
-                let name: [CChar] = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                    let b = raw.bindMemory(to: CChar.self)
-                    return Array(b.prefix { $0 != 0 }) + [0]
-                }
+                let name = entryName(e)
                 if name == [46, 0] || name == [46, 46, 0] { continue }
                 if out.count >= cap { complete = false; return }
                 var st = Glibc.stat()
@@ -276,7 +278,7 @@ public enum SandboxFiles {
         defer { closedir(d) }
         var names: [[CChar]] = []
         while let e = readdir(d) {
-            let name: [CChar] = withUnsafeBytes(of: e.pointee.d_name) { raw in Array(raw.bindMemory(to: CChar.self).prefix { $0 != 0 }) + [0] }
+            let name = entryName(e)
             if name != [46, 0] && name != [46, 46, 0] { names.append(name) }
         }
         for name in names {

@@ -18,18 +18,21 @@ struct PortTests {
             if n <= 0 { break }
             bytes.removeFirst(n)
         }
+        let text = String(decoding: readToEnd(fd), as: UTF8.self)
+        close(fd)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return (status, body)
+    }
+
+    static func readToEnd(_ fd: Int32) -> [UInt8] {
         var got: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = read(fd, &buf, buf.count)
-            if n <= 0 { break }
+            if n <= 0 { return got }
             got += buf[0..<n]
         }
-        close(fd)
-        let text = String(decoding: got, as: UTF8.self)
-        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
-        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
-        return (status, body)
     }
 
     static func tcp(_ port: Int) -> Int32 {
@@ -127,16 +130,9 @@ struct PortTests {
                 let n = payload.withUnsafeBytes { write(fd, $0.baseAddress! + sent, min(65536, payload.count - sent)) }
                 if n <= 0 { break }
                 sent += n
-                // Read as we go so neither side's buffers fill.
             }
             shutdown(fd, Int32(SHUT_WR))
-            var got: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = read(fd, &buf, buf.count)
-                if n <= 0 { break }
-                got += buf[0..<n]
-            }
+            let got = Self.readToEnd(fd)
             close(fd)
             #expect(got == payload)
             #expect(try c.result("port.unexpose", ["sandboxId": .string(sb), "exposeId": x["exposeId"]!])["closed"] == 1)

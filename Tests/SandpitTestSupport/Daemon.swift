@@ -105,12 +105,10 @@ public final class LineConnection: @unchecked Sendable {
             if left <= 0 { return nil }
             var pfd = pollfd(fd: readFd, events: Int16(POLLIN), revents: 0)
             if poll(&pfd, 1, Int32(left * 1000)) <= 0 { continue }
-            let n = buffer.count
-            buffer.reserveCapacity(n + (1 << 20))
-            buffer.append(contentsOf: repeatElement(0, count: 1 << 20))
-            let got = buffer.withUnsafeMutableBytes { read(readFd, $0.baseAddress! + n, 1 << 20) }
-            buffer.removeSubrange(max(n, n + got)...)
-            if got <= 0 { return nil }
+            var chunk = [UInt8](repeating: 0, count: 1 << 20)
+            let n = chunk.withUnsafeMutableBytes { read(readFd, $0.baseAddress!, $0.count) }
+            if n <= 0 { return nil }
+            buffer += chunk[0..<n]
         }
     }
 
