@@ -15,30 +15,43 @@ extension Engine {
     /// Advances the step counter after an exec and, under `every-step`,
     /// checkpoints the files. Never throws: a failed checkpoint is reported
     /// in the result and the step still counts.
+    ///
+    /// Returns as soon as the checkpoint's files exist; its catalog row is
+    /// written after, still under the step lock, so the caller's reply does
+    /// not wait for SQLite. Whatever reads checkpoints (`checkpoint.list`,
+    /// restore, fork) first waits for the lock (`settleSteps`), so a restore
+    /// to this step is exact.
     func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
-        do {
-            return try await rt.steps.run { [self] in
-                let step = rt.state.withLock { s -> Int in
-                    s.record.step += 1
-                    s.record.lastActiveAt = Clock.nowMs()
-                    return s.record.step
-                }
-                guard rt.policy.checkpoints == .everyStep, rt.disk != nil, !rt.state.withLock({ $0.deleting }) else {
-                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: nil)
-                }
-                do {
-                    let t0 = Clock.monotonicNs()
-                    let ck = try await snapshot(rt, name: nil)
-                    return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
-                                                  checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
-                } catch {
-                    logger.warning("checkpoint failed", metadata: ["sandbox": "\(rt.id)", "error": "\(error)"])
-                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: "\(error)")
-                }
+        await rt.steps.run { [self] () async -> (ExecSession.StepRecord, (@Sendable () async -> Void)?) in
+            let step = rt.state.withLock { s -> Int in
+                s.record.step += 1
+                s.record.lastActiveAt = Clock.nowMs()
+                return s.record.step
             }
-        } catch {
-            return ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: "\(error)")
+            guard rt.policy.checkpoints == .everyStep, rt.disk != nil, !rt.state.withLock({ $0.deleting }) else {
+                return (ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: nil), nil)
+            }
+            let t0 = Clock.monotonicNs()
+            do {
+                let (ck, commit) = try await snapshotFiles(rt, name: nil)
+                let rec = ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
+                                                 checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
+                return (rec, { [self] in
+                    do { try await commit() } catch {
+                        logger.warning("checkpoint catalog write failed", metadata: ["sandbox": "\(rt.id)", "checkpoint": "\(ck.id)", "error": "\(error)"])
+                    }
+                })
+            } catch {
+                logger.warning("checkpoint failed", metadata: ["sandbox": "\(rt.id)", "error": "\(error)"])
+                return (ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: "\(error)"), nil)
+            }
         }
+    }
+
+    /// Waits until no step of the sandbox is being recorded, so the catalog
+    /// lists every checkpoint a reply has named.
+    func settleSteps(_ id: String, caller: Caller) async throws {
+        if let rt = try runtime(id, caller: caller) { try await rt.steps.run {} }
     }
 
     /// Takes a checkpoint of a live sandbox's files now (`checkpoint.create`).
@@ -51,22 +64,47 @@ extension Engine {
         return try await rt.steps.run { [self] in try await snapshot(rt, name: name) }
     }
 
+    /// A whole checkpoint, catalog row included; the caller holds the step lock.
+    func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
+        let (ck, commit) = try await snapshotFiles(rt, name: name)
+        try await commit()
+        return ck
+    }
+
     /// The checkpoint itself; the caller holds the sandbox's step lock.
     /// Files first (image and manifest under temporary names, then renamed),
     /// the catalog last: a crash in between leaves files the next start
-    /// removes, never a listed checkpoint without its files.
-    func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
+    /// removes, never a listed checkpoint without its files. Returns once
+    /// the files exist, with the catalog write (and the head's move) to run
+    /// next, still under the lock.
+    func snapshotFiles(_ rt: SandboxRuntime, name: String?) async throws -> (CheckpointRecord, @Sendable () async throws -> Void) {
         guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
         let id = Identifier.make("ck")
         let sb = rt.id
         let dir = checkpointDir(sb)
         let image = sandboxDir(sb) + "/disk.img", copy = checkpointImage(sb, id)
         let parent = rt.record.head
-        let previous = rt.headManifest.withLock { $0 } ?? parent.flatMap { loadManifest(sb, $0) } ?? Manifest()
+        let known = rt.headManifest.withLock { $0 } ?? parent.flatMap { loadManifest(sb, $0) }
+        let previous = known ?? Manifest()
         let store = storage
         let t0 = Clock.monotonicNs()
-        let manifest: Manifest = try await EngineThread.run {
+        // A step that changed no file (every inode's size, mode and
+        // nanosecond ctime as in the head's manifest) shares the head's
+        // image and manifest: two hard links instead of a freeze, a sync and
+        // a clone. Both are immutable (restores and forks clone them). A small
+        // upper is scanned right here; a large one on a thread of its own.
+        @Sendable func unchanged() -> Manifest? {
+            guard let head = parent, let base = known, FS.isDirectory(dir),
+                  let now = try? ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper)), now == base,
+                  link(checkpointImage(sb, head), copy) == 0 else { return nil }
+            guard link(checkpointManifest(sb, head), checkpointManifest(sb, id)) == 0 else { unlink(copy); return nil }
+            return now
+        }
+        let smallUpper = (known?.entries.count ?? .max) <= 256
+        let manifest: Manifest
+        if smallUpper, let m = unchanged() { manifest = m } else { manifest = try await EngineThread.run {
             if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
+            if !smallUpper, let m = unchanged() { return m }
             let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
                 try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
             }
@@ -75,17 +113,18 @@ extension Engine {
             _ = try sys("rename", path: copy) { rename(copy + ".manifest.tmp", self.checkpointManifest(sb, id)) }
             _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
             return m
-        }
+        } }
         let lower = rt.image.lower
         let diff = CheckpointDiff.compute(old: previous, new: manifest) { p in lower.contains { FS.lexists($0 + "/" + p) } }
         let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
                                       createdAt: Clock.nowMs(), diff: diff, bytes: diff.bytes)
         Fault.point("checkpoint.files-written")
-        try await catalog.insertCheckpoint(record)
-        rt.headManifest.withLock { $0 = manifest }
-        rt.state.withLock { $0.record.head = id }
-        logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
-        return record
+        return (record, { [self] in
+            try await catalog.insertCheckpoint(record)
+            rt.headManifest.withLock { $0 = manifest }
+            rt.state.withLock { $0.record.head = id }
+            logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
+        })
     }
 
     func loadManifest(_ sb: String, _ ck: String) -> Manifest? {
@@ -94,6 +133,7 @@ extension Engine {
 
     public func checkpoints(_ id: String, caller: Caller) async throws -> [CheckpointRecord] {
         _ = try await sandbox(id, caller: caller)
+        try await settleSteps(id, caller: caller)
         return try await catalog.checkpoints(of: id)
     }
 
@@ -137,6 +177,7 @@ extension Engine {
     /// comes back running. The next step is the checkpoint's step + 1, on a
     /// new branch; later checkpoints stay listed.
     public func restore(_ id: String, step: Int?, checkpointId: String?, caller: Caller) async throws -> Restored {
+        try await settleSteps(id, caller: caller)
         var record = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(record, step: step, checkpointId: checkpointId)
         var lost: [String] = []
@@ -184,6 +225,7 @@ extension Engine {
     /// `count` new sandboxes whose files are the checkpoint's. Nothing is
     /// copied: each gets reflink clones (its disk and its own base checkpoint).
     public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> [SandboxRecord] {
+        try await settleSteps(id, caller: caller)
         let source = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
         let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)

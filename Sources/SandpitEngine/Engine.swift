@@ -633,7 +633,6 @@ public final class Engine: Sendable {
         session.wake = woke
         execAdmitted = false   // released when the exec finishes
         rt.register(session)
-        rt.noteOOMBaseline(n)
         if !req.service { rt.idle.withLock { $0.begin(now: Clock.nowMs()) } }
 
         let config = rt.image.config
@@ -661,6 +660,9 @@ public final class Engine: Sendable {
         }
         session.markSpawnSent(Clock.monotonicNs())
         rt.send(type: SP_FRAME_SPAWN.rawValue, id: n, payload: payload)
+        // Read while the agent forks (a cgroup file read is ~25 µs): nothing
+        // the command does can be OOM-killed before it has even exec'd.
+        rt.noteOOMBaseline(n)
         if let input = req.stdin {
             var off = 0
             while off < input.count {

@@ -78,6 +78,32 @@ struct CheckpointTests {
         }
     }
 
+    /// A step that changes no file shares its parent's image (no freeze, no
+    /// clone); a same-size rewrite right after a checkpoint is still a change.
+    @Test func unchangedStepsShareTheirParentAndQuickRewritesAreSeen() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            _ = try a.sh(sb, "echo a > /home/user/f")
+            let same = try a.sh(sb, "cat /home/user/f >/dev/null")
+            #expect(same.result["checkpoint"]?["diff"]?["added"] == 0 && same.result["checkpoint"]?["diff"]?["modified"] == 0)
+            let rewrite = try a.sh(sb, "echo b > /home/user/f")
+            #expect(rewrite.result["checkpoint"]?["diff"]?["modified"] == 1, "\(rewrite.result)")
+            let dir = a.daemon.dataDir + "/store/sandboxes/" + sb + "/checkpoints/"
+            func inode(_ ck: JSONValue?) -> UInt64 {
+                var st = stat()
+                return stat(dir + (ck?["checkpointId"]?.stringValue ?? "") + ".img", &st) == 0 ? UInt64(st.st_ino) : 0
+            }
+            let list = try a.client.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
+            #expect(list.count == 3)
+            #expect(inode(list[0]) != 0 && inode(list[0]) == inode(list[1]), "step 2 changed nothing: the same image")
+            #expect(inode(list[2]) != inode(list[1]))
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "step": 2])
+            #expect(try a.sh(sb, "cat /home/user/f").stdout == "a\n")
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": list[2]["checkpointId"]!])
+            #expect(try a.sh(sb, "cat /home/user/f").stdout == "b\n")
+        }
+    }
+
     @Test func restoreStopsRunningProcessesAndSaysSo() throws {
         try Arena.with { a in
             let sb = try a.sandbox()
