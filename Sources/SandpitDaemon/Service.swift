@@ -245,7 +245,8 @@ public final class RPCService: Sendable {
             let (step, ck) = try Self.checkpointRef(p, required: false)
             let count = Int(try p.int("count", min: 1, max: 32) ?? 1)
             let made = try await engine.fork(try p.requireString("sandboxId"), step: step, checkpointId: ck, count: count, caller: caller)
-            return .object(["sandboxes": .array(made.map { sandboxJSON($0, caller: caller) })])
+            return .object(["sandboxes": .array(made.sandboxes.map { sandboxJSON($0, caller: caller) }),
+                            "restored": ["filesystem"], "lost": .array(made.lost.map { .string($0) })])
         case "storage.info":
             try p.expect(only: [])
             return engine.storageReport()

@@ -188,10 +188,12 @@ extension Engine {
             // Hold the step lock so no checkpoint of the old files lands after the restore.
             let stopped = try await rt.steps.run { [self] in await teardown(rt) }
             if stopped { lost.append("processes") }
+            if hadInterpreters(id) { lost.append("interpreter") }
             record = rt.record
         } else {
             plan = try dormantPlans.withLock({ $0[id] }) ?? self.plan(policy: record.policy)
             if record.state != .hibernated { lost.append("processes") }
+            if hadInterpreters(id) { lost.append("interpreter") }
         }
         let memory = plan.policy.memoryBytes ?? 0
         try await admitSandbox(memory: memory, AdmissionTicket(client: caller.uid))
@@ -224,12 +226,16 @@ extension Engine {
 
     /// `count` new sandboxes whose files are the checkpoint's. Nothing is
     /// copied: each gets reflink clones (its disk and its own base checkpoint).
-    public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> [SandboxRecord] {
+    /// Interpreter contexts are not carried: a fork's first `code.run` in
+    /// one of the source's contexts starts it fresh and says `restarted`,
+    /// and `lost` says `interpreter`.
+    public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> (sandboxes: [SandboxRecord], lost: [String]) {
         try await settleSteps(id, caller: caller)
         let source = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
         let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
         let memory = plan.policy.memoryBytes ?? 0
+        let languages = contextLanguages(id)
         var out: [SandboxRecord] = []
         for _ in 0..<count {
             try await admitSandbox(memory: memory, AdmissionTicket(client: caller.uid))
@@ -261,6 +267,7 @@ extension Engine {
                 registry.withLock { $0[newId] = rt }
                 try await catalog.updateSandbox(record)
                 await catalog.event("forked", sandbox: newId, detail: "from=\(id) checkpoint=\(ck.id)")
+                if !languages.isEmpty { lostContexts.withLock { $0[newId] = languages } }
                 out.append(record)
             } catch {
                 try? FS.removeTree(sandboxDir(newId))
@@ -269,8 +276,20 @@ extension Engine {
                 throw error
             }
         }
+        return (out, languages.isEmpty ? [] : ["interpreter"])
+    }
+
+    /// The sandbox's interpreter contexts (id → language): live ones, or
+    /// ones its processes lost (hibernation, restore) that restart on next use.
+    func contextLanguages(_ id: String) -> [String: String] {
+        var out = lostContexts.withLock { $0[id] ?? [:] }
+        if let rt = registry.withLock({ $0[id] }) {
+            for (cid, c) in rt.contexts.withLock({ $0 }) where !c.isDead { out[cid] = c.language }
+        }
         return out
     }
+
+    func hadInterpreters(_ id: String) -> Bool { !contextLanguages(id).isEmpty }
 
     /// What the store holds: its size and use, and per-sandbox apparent sizes.
     public func storageReport() -> JSONValue {

@@ -206,7 +206,8 @@ extension Engine {
         dormantPlans.withLock { _ = $0.removeValue(forKey: r.id) }
         try await catalog.updateSandbox(record)
         await catalog.event("woke", sandbox: r.id, detail: "from hibernation")
-        let w = Wake(from: "hibernated", restored: ["filesystem"], lost: ["processes", "memory"], ms: Double(Clock.monotonicNs() - t0) / 1e6)
+        let w = Wake(from: "hibernated", restored: ["filesystem"], lost: ["processes", "memory"] + (hadInterpreters(r.id) ? ["interpreter"] : []),
+                     ms: Double(Clock.monotonicNs() - t0) / 1e6)
         emit(r.id, .running, reason: "woke", owner: r.owner, wake: w)
         return w
     }

@@ -137,6 +137,31 @@ struct ContextTests {
         }
     }
 
+    /// Restore and fork bring back files, not interpreter memory (no frozen
+    /// interpreter forks yet): both say `interpreter` is lost, and the
+    /// context restarts fresh with `restarted: true`, never silently.
+    @Test func restoreAndForkSayTheInterpreterWasLost() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let first = try Self.run(c, sb, "x = 41; open('/home/user/f', 'w').write('one')").result
+            let step = first["checkpoint"]?["step"]
+            _ = try Self.run(c, sb, "x += 1; open('/home/user/f', 'w').write('two')")
+            let forked = try c.result("sandbox.fork", ["sandboxId": .string(sb), "step": step!])
+            #expect(forked["lost"] == ["interpreter"] && forked["restored"] == ["filesystem"])
+            let child = forked["sandboxes"]!.arrayValue![0]["sandboxId"]!.stringValue!
+            let inChild = try Self.run(c, child, "'x' in globals(), open('/home/user/f').read()").result
+            #expect(inChild["restarted"] == true && inChild["results"] == [["text/plain": "(False, 'one')"]])
+            let restored = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step!])
+            #expect(restored["lost"] == ["processes", "interpreter"])
+            let after = try Self.run(c, sb, "'x' in globals(), open('/home/user/f').read()").result
+            #expect(after["restarted"] == true && after["results"] == [["text/plain": "(False, 'one')"]])
+            // A sandbox that never ran a cell loses no interpreter.
+            let plain = try a.sandbox()
+            _ = try a.sh(plain, "true")
+            #expect(try c.result("sandbox.restore", ["sandboxId": .string(plain), "step": 1])["lost"] == ["processes"])
+        }
+    }
+
     @Test func bashContextsKeepTheShellAcrossCells() throws {
         try Arena.with { a in
             let c = a.client, sb = try a.sandbox()
