@@ -8,9 +8,11 @@
   (c)-(f) barriers, checkpoints, idle lifecycle, templates (see the headings)
   (g) a 1 GiB upload and download through the socket  vs  `cat FILE > /dev/null` on the host;
       fs.read of a 1 KiB file                          vs  exec.run `cat` of it
+  (h) code.run `x = 1` and `print(x)`, checkpointed   vs  a Jupyter kernel's execute of the same cells
 
 Usage: sudo python3 Benchmarks/bench.py [--n 50] [--file-mb 1024] [--sandpit .build/release/sandpit]
-Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing.
+Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing, and makes a
+venv with ipykernel and jupyter_client (from PyPI) under ~/.cache/sandpit-bench once.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
@@ -45,6 +47,18 @@ def ensure_bwrap():
     subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap", shell=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return shutil.which("bwrap")
+
+def jupyter_python():
+    """A venv with ipykernel and jupyter_client for the Jupyter baseline (made once, from PyPI)."""
+    venv = os.path.expanduser("~/.cache/sandpit-bench/jupyter-venv")
+    py = f"{venv}/bin/python"
+    if not os.path.exists(f"{venv}/.ready"):
+        print("making a venv with ipykernel and jupyter_client for the Jupyter baseline ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
+        subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "ipykernel", "jupyter_client"], check=True)
+        subprocess.run([py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True, stdout=subprocess.DEVNULL)
+        open(f"{venv}/.ready", "w").close()
+    return py
 
 def time_cmd(argv, n):
     out = []
@@ -226,6 +240,26 @@ def main():
         c.call("sandbox.delete", {"sandboxId": fsb})
         os.remove(big)
 
+        # (h) interpreter cells: code.run round trips (per-step checkpoints on, the default) against a Jupyter
+        # kernel's execute round trip for the same cells, in the same run.
+        csb = c.call("sandbox.create", {})["sandboxId"]
+        c.call("code.run", {"sandboxId": csb, "code": "x = 1"})
+        cells = ["x = 1", "print(x)"]
+        code_t, code_ck = {}, {}
+        for code in cells:
+            for _ in range(5): c.call("code.run", {"sandboxId": csb, "code": code}, on_note=lambda m: None)
+            ts, cks = [], []
+            for _ in range(a.n * 10):
+                t = time.perf_counter_ns(); r = c.call("code.run", {"sandboxId": csb, "code": code}, on_note=lambda m: None)
+                ts.append((time.perf_counter_ns() - t) / 1e6)
+                cks.append(r.get("checkpoint") is not None)
+            code_t[code], code_ck[code] = ts, all(cks)
+        c.call("sandbox.delete", {"sandboxId": csb})
+        jpy = jupyter_python()
+        jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", str(a.n * 10)] + cells, capture_output=True, text=True)
+        jupyter_t = json.loads(jr.stdout) if jr.returncode == 0 else None
+        if jupyter_t is None: print("Jupyter baseline failed:\n" + jr.stderr[-2000:], file=sys.stderr)
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -286,6 +320,11 @@ def main():
     print(f"  daemon peak RSS after the transfers: {daemon_hwm / 1048576:.0f} MiB")
     row("fs.read of a 1 KiB file", read_t, cat_small)
     row("exec.run `cat` of the same file", cat_small, cat_small)
+    print("(h) interpreter cells: round trip until the result (and all output) is back   (ratio vs Jupyter)")
+    for code in cells:
+        base = jupyter_t[code] if jupyter_t else None
+        row(f"sandpit code.run `{code}` (checkpointed: {'yes' if code_ck[code] else 'NO'})", code_t[code], base)
+        if base: row(f"Jupyter kernel execute `{code}`", base, base)
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

@@ -162,6 +162,49 @@ struct ContextTests {
         }
     }
 
+    /// With matplotlib, pandas and numpy in the template (pip-installed from
+    /// PyPI by the fixture's build): a figure comes back as a PNG without
+    /// savefig, a DataFrame as HTML, and the cell's line in a traceback.
+    @Test func figuresAndDataFramesComeBackAsRichResults() throws {
+        try Arena.with { a in
+            let c = a.client
+            let b = try c.call("template.build", ["name": "sci", "file": .string(TestEnv.fixturesDir + "/templates/sci/Dockerfile")], timeout: 900)
+            try #require(b["error"] == nil, "the sci template did not build (it needs PyPI): \(b)")
+            let sb = try c.result("sandbox.create", ["template": "sci"])["sandboxId"]!.stringValue!
+            a.created.ids.append(sb)
+            let plot = try Self.run(c, sb, """
+                import matplotlib.pyplot as plt
+                import numpy as np
+                xs = np.linspace(0, 6.28, 50)
+                plt.plot(xs, np.sin(xs))
+                plt.figure(figsize=(3, 2)); plt.bar([1, 2], [3, 4])
+                """).result
+            #expect(plot["error"] == .null || plot["error"] == nil, "\(plot)")
+            let images = plot["results"]?.arrayValue?.compactMap { $0["image/png"]?.stringValue } ?? []
+            #expect(images.count == 2, "one PNG per figure the cell made: \(plot)")
+            for (i, b64) in images.enumerated() {
+                let png = Base64.decode(b64) ?? []
+                #expect(png.starts(with: [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]), "figure \(i) is a PNG")
+                #expect(png.count > 2000, "figure \(i) has content (\(png.count) bytes)")
+                // IHDR: width and height, big-endian, at bytes 16..<24.
+                if png.count > 24 {
+                    let w = png[16..<20].reduce(0) { $0 << 8 | Int($1) }, h = png[20..<24].reduce(0) { $0 << 8 | Int($1) }
+                    #expect(w > 100 && h > 100 && w < 3000 && h < 3000, "figure \(i) is \(w)x\(h)")
+                }
+            }
+            // The figures were closed: the next cell does not send them again.
+            #expect(try Self.run(c, sb, "1 + 1").result["results"] == [["text/plain": "2"]])
+            let df = try Self.run(c, sb, "import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})").result
+            let bundle = df["results"]?.arrayValue?.first
+            #expect(bundle?["text/html"]?.stringValue?.contains("<table") == true, "\(df)")
+            #expect(bundle?["text/plain"]?.stringValue?.contains("a  b") == true, "\(df)")
+            let err = try Self.run(c, sb, "import numpy as np\n\nnp.zeros(3) @ np.zeros(4)").result
+            #expect(err["error"]?["name"] == "ValueError")
+            #expect(err["error"]?["traceback"]?.stringValue?.contains("line 3") == true, "\(err)")
+            _ = try c.call("sandbox.delete", ["sandboxId": .string(sb)])
+        }
+    }
+
     @Test func bashContextsKeepTheShellAcrossCells() throws {
         try Arena.with { a in
             let c = a.client, sb = try a.sandbox()
