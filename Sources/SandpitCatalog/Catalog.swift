@@ -316,6 +316,29 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
+    /// Several checkpoints in one transaction, in order; each becomes its
+    /// sandbox's head. Rows of a sandbox deleted meanwhile are skipped.
+    public func insertCheckpoints(_ cs: [CheckpointRecord]) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                for c in cs {
+                    try db.run("""
+                        INSERT INTO checkpoints (\(Self.checkpointColumns)) SELECT ?,?,?,?,?,?,?,?
+                        WHERE EXISTS (SELECT 1 FROM sandboxes WHERE id=? AND state != 'deleted')
+                        """, [
+                        .text(c.id), .text(c.sandboxId), .int(Int64(c.step)), c.name.map { .text($0) } ?? .null,
+                        c.parentId.map { .text($0) } ?? .null, .int(c.createdAt), .text(Self.encodeDiff(c.diff)), .int(c.bytes),
+                        .text(c.sandboxId),
+                    ])
+                    try db.run("UPDATE sandboxes SET head=? WHERE id=? AND state != 'deleted'", [.text(c.id), .text(c.sandboxId)])
+                }
+            }
+        }
+    }
+
+    /// Returns once every write queued before it has finished.
+    public func barrier() async throws { try await onQueue { _ in } }
+
     public func checkpoints(of sandboxId: String) async throws -> [CheckpointRecord] {
         try await onQueue { db in
             try db.query("SELECT \(Self.checkpointColumns) FROM checkpoints WHERE sandbox_id=? ORDER BY created_at, rowid",

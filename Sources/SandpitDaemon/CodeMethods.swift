@@ -37,19 +37,34 @@ extension RPCService {
             }
             let timeout = try p.int("timeoutMs", min: 1, max: 7 * 24 * 3_600_000).map { Int($0) }
             // Output is sent in order by one task; the result waits for it.
-            let (stream, feed) = AsyncStream.makeStream(of: String.self)
+            // A client that reads slower than the cell prints holds at most
+            // maxOutputBacklogBytes here: the rest is dropped and counted.
+            let (stream, feed) = AsyncStream.makeStream(of: (line: String, bytes: Int).self)
             let seq = Mutex(0)
-            let sender = Task { for await line in stream { try? await out.send(line) } }
+            let backlog = Mutex((bytes: 0, dropped: 0))
+            let cap = limits.maxOutputBacklogBytes
+            let sender = Task {
+                for await item in stream {
+                    try? await out.send(item.line)
+                    backlog.withLock { $0.bytes -= item.bytes }
+                }
+            }
             let r: CellResult
             do {
                 r = try await engine.runCode(try p.requireString("sandboxId"), contextId: try p.string("contextId"), code: code, timeoutMs: timeout,
                                              caller: caller) { cid, s, bytes in
+                    let room = backlog.withLock { b -> Bool in
+                        guard b.bytes + bytes.count <= cap else { b.dropped += bytes.count; return false }
+                        b.bytes += bytes.count
+                        return true
+                    }
+                    guard room else { return }
                     let n = seq.withLock { v -> Int in defer { v += 1 }; return v }
                     let (data, enc) = OutputChunk(seq: n, stream: s, bytes: bytes).wireFields()
                     var o: JSONObject = ["requestId": requestId, "contextId": .string(cid), "stream": .string(s.rawValue), "data": .string(data)]
                     if let enc { o["encoding"] = .string(enc) }
                     o["seq"] = .int(Int64(n))
-                    feed.yield(RPC.notification("code.output", .object(o)))
+                    feed.yield((RPC.notification("code.output", .object(o)), bytes.count))
                 }
             } catch {
                 feed.finish()
@@ -64,6 +79,8 @@ extension RPCService {
             if let e = r.error { o["error"] = .object(e) }
             if let c = r.exitCode { o["exitCode"] = .int(Int64(c)) }
             if let why = r.restartReason { o["restartReason"] = .string(why) }
+            let dropped = backlog.withLock { $0.dropped }
+            if dropped > 0 { o["droppedBytes"] = .int(Int64(dropped)) }
             if let step = r.step { Self.put(step, into: &o) }
             return .object(o)
         default:

@@ -51,6 +51,9 @@ public final class RPCService: Sendable {
     public struct Limits: Sendable {
         public var maxLineBytes: Int
         public var maxStdinBytes: Int
+        /// `code.output` not yet written to a slow client, per cell; past it,
+        /// chunks are dropped and counted (`droppedBytes` in the result).
+        public var maxOutputBacklogBytes = 16 << 20
         public init(maxLineBytes: Int = 16 << 20, maxStdinBytes: Int = 8 << 20) {
             self.maxLineBytes = maxLineBytes
             self.maxStdinBytes = maxStdinBytes

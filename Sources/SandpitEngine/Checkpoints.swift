@@ -22,36 +22,38 @@ extension Engine {
     /// restore, fork) first waits for the lock (`settleSteps`), so a restore
     /// to this step is exact.
     func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
-        await rt.steps.run { [self] () async -> (ExecSession.StepRecord, (@Sendable () async -> Void)?) in
-            let step = rt.state.withLock { s -> Int in
-                s.record.step += 1
-                s.record.lastActiveAt = Clock.nowMs()
-                return s.record.step
+        do {
+            return try await rt.steps.run { [self] in
+                let step = rt.state.withLock { s -> Int in
+                    s.record.step += 1
+                    s.record.lastActiveAt = Clock.nowMs()
+                    return s.record.step
+                }
+                guard rt.policy.checkpoints == .everyStep, rt.disk != nil, !rt.state.withLock({ $0.deleting }) else {
+                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: nil)
+                }
+                do {
+                    let t0 = Clock.monotonicNs()
+                    let ck = try await snapshotFiles(rt, name: nil)
+                    await checkpointLog.add(ck)
+                    return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
+                                                  checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
+                } catch {
+                    logger.warning("checkpoint failed", metadata: ["sandbox": "\(rt.id)", "error": "\(error)"])
+                    return ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: "\(error)")
+                }
             }
-            guard rt.policy.checkpoints == .everyStep, rt.disk != nil, !rt.state.withLock({ $0.deleting }) else {
-                return (ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: nil), nil)
-            }
-            let t0 = Clock.monotonicNs()
-            do {
-                let (ck, commit) = try await snapshotFiles(rt, name: nil)
-                let rec = ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
-                                                 checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
-                return (rec, { [self] in
-                    do { try await commit() } catch {
-                        logger.warning("checkpoint catalog write failed", metadata: ["sandbox": "\(rt.id)", "checkpoint": "\(ck.id)", "error": "\(error)"])
-                    }
-                })
-            } catch {
-                logger.warning("checkpoint failed", metadata: ["sandbox": "\(rt.id)", "error": "\(error)"])
-                return (ExecSession.StepRecord(step: step, checkpoint: nil, checkpointError: "\(error)"), nil)
-            }
+        } catch {
+            return ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: "\(error)")
         }
     }
 
-    /// Waits until no step of the sandbox is being recorded, so the catalog
-    /// lists every checkpoint a reply has named.
+    /// Waits until no step of the sandbox is being recorded and every
+    /// queued checkpoint row is written, so the catalog lists every
+    /// checkpoint a reply has named.
     func settleSteps(_ id: String, caller: Caller) async throws {
         if let rt = try runtime(id, caller: caller) { try await rt.steps.run {} }
+        await checkpointLog.flush()
     }
 
     /// Takes a checkpoint of a live sandbox's files now (`checkpoint.create`).
@@ -66,8 +68,9 @@ extension Engine {
 
     /// A whole checkpoint, catalog row included; the caller holds the step lock.
     func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
-        let (ck, commit) = try await snapshotFiles(rt, name: name)
-        try await commit()
+        let ck = try await snapshotFiles(rt, name: name)
+        await checkpointLog.add(ck)
+        await checkpointLog.flush()
         return ck
     }
 
@@ -75,9 +78,9 @@ extension Engine {
     /// Files first (image and manifest under temporary names, then renamed),
     /// the catalog last: a crash in between leaves files the next start
     /// removes, never a listed checkpoint without its files. Returns once
-    /// the files exist, with the catalog write (and the head's move) to run
-    /// next, still under the lock.
-    func snapshotFiles(_ rt: SandboxRuntime, name: String?) async throws -> (CheckpointRecord, @Sendable () async throws -> Void) {
+    /// the files exist and the sandbox's head has moved to it; the caller
+    /// queues the row on `checkpointLog`.
+    func snapshotFiles(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
         guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
         let id = Identifier.make("ck")
         let sb = rt.id
@@ -119,12 +122,10 @@ extension Engine {
         let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
                                       createdAt: Clock.nowMs(), diff: diff, bytes: diff.bytes)
         Fault.point("checkpoint.files-written")
-        return (record, { [self] in
-            try await catalog.insertCheckpoint(record)
-            rt.headManifest.withLock { $0 = manifest }
-            rt.state.withLock { $0.record.head = id }
-            logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
-        })
+        rt.headManifest.withLock { $0 = manifest }
+        rt.state.withLock { $0.record.head = id }
+        logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
+        return record
     }
 
     func loadManifest(_ sb: String, _ ck: String) -> Manifest? {

@@ -76,6 +76,7 @@ public struct ExecRequest: Sendable {
 public final class Engine: Sendable {
     public let config: EngineConfig
     public let catalog: Catalog
+    let checkpointLog: CheckpointLog
     public let storage: StorageVolume
     public let cgroups: any CgroupDriver
     public let policies: PolicyStore
@@ -127,6 +128,7 @@ public final class Engine: Sendable {
         agentFd = FileDescriptor(agent)
         policies = try PolicyStore(directory: config.policiesDir)
         catalog = try Catalog(path: config.dataDir + "/catalog.sqlite")
+        checkpointLog = CheckpointLog(catalog: catalog, logger: logger)
         do {
             storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: config.storageMode, sizeBytes: config.storageBytes)
         } catch where config.storageMode == .loop {
@@ -579,6 +581,7 @@ public final class Engine: Sendable {
         dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
         lostContexts.withLock { _ = $0.removeValue(forKey: id) }
         try FS.removeTree(storage.root + "/sandboxes/" + id)
+        await checkpointLog.flush()
         try await catalog.deleteCheckpoints(of: id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
         await catalog.event("deleted", sandbox: id)
@@ -763,6 +766,7 @@ public final class Engine: Sendable {
                 }
             }
         }
+        await checkpointLog.flush()
         cgroups.removeParent()
         storage.release()
     }

@@ -10,18 +10,6 @@ actor StepLock {
         return try await body()
     }
 
-    /// Like `run`, but `body` may hand back a tail: work that must still
-    /// happen under the lock but that the caller need not wait for (a
-    /// checkpoint's catalog row). The result returns at once; the lock is
-    /// released when the tail ends.
-    func run<T: Sendable>(withTail body: @Sendable () async -> (T, (@Sendable () async -> Void)?)) async -> T {
-        await acquire()
-        let (value, tail) = await body()
-        guard let tail else { release(); return value }
-        Task { await tail(); self.release() }
-        return value
-    }
-
     private func acquire() async {
         if busy { await withCheckedContinuation { waiters.append($0) } }
         busy = true

@@ -205,6 +205,30 @@ struct ContextTests {
         }
     }
 
+    /// A client that stops reading while a cell prints 48 MiB: the daemon
+    /// holds at most 16 MiB of unsent output for it, drops the rest and says
+    /// how much (`droppedBytes`); every other client is served meanwhile.
+    @Test func aSlowClientCostsBoundedMemoryAndIsToldWhatWasDropped() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let slow = try a.daemon.connect()
+            slow.send(#"{"jsonrpc":"2.0","id":1,"method":"code.run","params":{"sandboxId":"\#(sb)","code":"import sys\nfor i in range(49152): sys.stdout.write('x' * 1023 + '\\n')\n'done'"}}"#)
+            // While it does not read, another client's requests are answered.
+            Thread.sleep(forTimeInterval: 3)
+            #expect(try a.sh(a.bystander, "echo fine").stdout == "fine\n")
+            var received = 0, result: JSONValue?
+            while result == nil, let m = slow.readMessage(timeout: 120) {
+                if m["method"] == "code.output" { received += m["params"]?["data"]?.stringValue?.utf8.count ?? 0 }
+                if m["id"] == 1 { result = m["result"] ?? m["error"] }
+            }
+            let dropped = Int(result?["droppedBytes"]?.intValue ?? 0)
+            #expect(result?["results"] == [["text/plain": "'done'"]], "\(String(describing: result))")
+            #expect(dropped > 0 && received + dropped == 48 << 20, "received \(received), dropped \(dropped)")
+            #expect(received >= 16 << 20, "at least the backlog's worth arrived")
+            slow.close()
+        }
+    }
+
     @Test func bashContextsKeepTheShellAcrossCells() throws {
         try Arena.with { a in
             let c = a.client, sb = try a.sandbox()
