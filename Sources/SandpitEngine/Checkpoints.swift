@@ -17,10 +17,9 @@ extension Engine {
     /// in the result and the step still counts.
     ///
     /// Returns as soon as the checkpoint's files exist; its catalog row is
-    /// written after, still under the step lock, so the caller's reply does
-    /// not wait for SQLite. Whatever reads checkpoints (`checkpoint.list`,
-    /// restore, fork) first waits for the lock (`settleSteps`), so a restore
-    /// to this step is exact.
+    /// queued on `checkpointLog`, so the caller's reply does not wait for
+    /// SQLite. Whatever reads checkpoints (`checkpoint.list`, restore, fork)
+    /// first calls `settleSteps`, so a restore to this step is exact.
     func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
         do {
             return try await rt.steps.run { [self] in
@@ -103,11 +102,8 @@ extension Engine {
             guard link(checkpointManifest(sb, head), checkpointManifest(sb, id)) == 0 else { unlink(copy); return nil }
             return now
         }
-        let smallUpper = (known?.entries.count ?? .max) <= 256
-        let manifest: Manifest
-        if smallUpper, let m = unchanged() { manifest = m } else { manifest = try await EngineThread.run {
+        @Sendable func full() throws -> Manifest {
             if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
-            if !smallUpper, let m = unchanged() { return m }
             let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
                 try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
             }
@@ -116,7 +112,14 @@ extension Engine {
             _ = try sys("rename", path: copy) { rename(copy + ".manifest.tmp", self.checkpointManifest(sb, id)) }
             _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
             return m
-        } }
+        }
+        let small = (known?.entries.count ?? .max) <= 256
+        let manifest: Manifest
+        if small, let m = unchanged() {
+            manifest = m
+        } else {
+            manifest = try await EngineThread.run { try (small ? nil : unchanged()) ?? full() }
+        }
         let lower = rt.image.lower
         let diff = CheckpointDiff.compute(old: previous, new: manifest) { p in lower.contains { FS.lexists($0 + "/" + p) } }
         let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
