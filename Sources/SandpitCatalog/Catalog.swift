@@ -304,18 +304,6 @@ public final class Catalog: @unchecked Sendable {
     }
 
     /// Records a checkpoint and makes it the sandbox's head, in one transaction.
-    public func insertCheckpoint(_ c: CheckpointRecord) async throws {
-        try await onQueue { db in
-            try db.transaction {
-                try db.run("INSERT INTO checkpoints (\(Self.checkpointColumns)) VALUES (?,?,?,?,?,?,?,?)", [
-                    .text(c.id), .text(c.sandboxId), .int(Int64(c.step)), c.name.map { .text($0) } ?? .null,
-                    c.parentId.map { .text($0) } ?? .null, .int(c.createdAt), .text(Self.encodeDiff(c.diff)), .int(c.bytes),
-                ])
-                try db.run("UPDATE sandboxes SET head=? WHERE id=?", [.text(c.id), .text(c.sandboxId)])
-            }
-        }
-    }
-
     /// Several checkpoints in one transaction, in order; each becomes its
     /// sandbox's head. Rows of a sandbox deleted meanwhile are skipped.
     public func insertCheckpoints(_ cs: [CheckpointRecord]) async throws {

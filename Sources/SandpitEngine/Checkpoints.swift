@@ -258,9 +258,9 @@ extension Engine {
                 try storage.copyFile(checkpointImage(id, ck.id), to: checkpointImage(newId, base))
                 try storage.copyFile(checkpointManifest(id, ck.id), to: checkpointManifest(newId, base))
                 try storage.copyFile(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img")
-                try await catalog.insertCheckpoint(CheckpointRecord(
+                try await catalog.insertCheckpoints([CheckpointRecord(
                     id: base, sandboxId: newId, step: ck.step, name: "fork of \(ck.id)", parentId: nil, createdAt: now,
-                    diff: CheckpointDiff(), bytes: 0))
+                    diff: CheckpointDiff(), bytes: 0)])
                 let rt = try await launch(record, plan: plan)
                 record.state = .running
                 record.lastActiveAt = Clock.nowMs()
