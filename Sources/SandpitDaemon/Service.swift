@@ -70,7 +70,7 @@ public final class RPCService: Sendable {
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
-                                 "sandbox.fork", "storage.info", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
+                                 "sandbox.fork", "storage.info", "batch.run", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
     /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
@@ -257,6 +257,8 @@ public final class RPCService: Sendable {
             return try await fileMethod(m, p, requestId: requestId, peer: peer, out: out)
         case let m where Self.portMethods.contains(m):
             return try await portMethod(m, p, peer: peer)
+        case "batch.run":
+            return try await batchRun(p, requestId: requestId, peer: peer, out: out)
         case let m where Self.codeMethods.contains(m):
             return try await codeMethod(m, p, requestId: requestId, peer: peer, out: out)
         case "template.build":

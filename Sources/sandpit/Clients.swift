@@ -13,6 +13,9 @@ import Synchronization
 protocol RPCClient: Sendable {
     func call(_ method: String, _ params: JSONObject, onNotification: @escaping @Sendable (String, JSONValue) -> Void) async throws -> JSONValue
     func close() async
+    /// Stops what `call` is waiting for (Ctrl-C): the socket is shut down, so
+    /// the daemon sees the client go; in-process calls stop by task cancellation.
+    func abort() async
 }
 
 extension RPCClient {
@@ -95,6 +98,8 @@ final class SocketClient: RPCClient, @unchecked Sendable {
     }
 
     func close() async { Glibc.close(fd) }
+
+    func abort() async { shutdown(fd, Int32(SHUT_RDWR)) }
 }
 
 /// Runs the engine inside the CLI process, for use without a daemon.
@@ -123,4 +128,6 @@ final class InProcessClient: RPCClient {
     }
 
     func close() async { await service.engine.shutdown(keep: false) }
+
+    func abort() async {}
 }
