@@ -94,7 +94,7 @@ public struct CgroupHandle: Sendable {
 
     /// Child groups (the agent's per-exec groups), deepest first.
     static func children(of dir: String) -> [String] {
-        FS.listDirectory(dir).filter { FS.isDirectory(dir + "/" + $0) }.flatMap { n in children(of: dir + "/" + n) + [dir + "/" + n] }
+        FS.subdirectories(dir).flatMap { n in children(of: dir + "/" + n) + [dir + "/" + n] }
     }
 
     /// Memory charged to the group now (0 when unknown).
@@ -126,7 +126,7 @@ public struct CgroupHandle: Sendable {
             for p in pids { kill(p, SIGKILL) }
             usleep(5_000)
         }
-        for d in dirs.flatMap({ Self.children(of: $0) + [$0] }) where FS.exists(d) {
+        for d in dirs.flatMap({ Self.children(of: $0) + [$0] }) {
             var tries = 0
             while rmdir(d) != 0 {
                 let e = errno

@@ -147,6 +147,22 @@ public enum FS {
     /// Names in a directory (no "." or ".."); empty when it cannot be read.
     public static func listDirectory(_ path: String) -> [String] { (try? entries(path)) ?? [] }
 
+    /// Names of the subdirectories of `path` (not following links), from the
+    /// entries' types: no stat per entry, which matters in cgroupfs, where a
+    /// group has dozens of files.
+    public static func subdirectories(_ path: String) -> [String] {
+        guard let d = opendir(path) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+            if name == "." || name == ".." { continue }
+            let type = e.pointee.d_type
+            if type == UInt8(DT_DIR) || (type == UInt8(DT_UNKNOWN) && isDirectory(path + "/" + name)) { names.append(name) }
+        }
+        return names
+    }
+
     static func entries(_ path: String) throws(OSError) -> [String] {
         guard let d = opendir(path) else { throw OSError(call: "opendir", errno: errno, path: path) }
         defer { closedir(d) }
