@@ -1,0 +1,152 @@
+"""The synchronous client against the real daemon."""
+import os
+import threading
+
+import pytest
+
+from sandpit import (Client, CommandHandle, InvalidParamsError, NotFoundError, PermissionDeniedError, Sandbox,
+                     SandpitError)
+
+
+def test_code_state_streams_and_results(daemon):
+    seen = []
+    with Sandbox.create() as sb:
+        assert sb.run_code("x = 20\nimport os").error is None
+        ex = sb.run_code("print('a'); print('b', file=__import__('sys').stderr)\nx + 22",
+                         on_stdout=lambda t: seen.append(("out", t)), on_stderr=lambda t: seen.append(("err", t)))
+        assert ex.text == "42"
+        assert ex.execution_count == 2
+        assert "".join(ex.logs.stdout) == "a\n" and "".join(ex.logs.stderr) == "b\n"
+        assert "".join(t for k, t in seen if k == "out") == "a\n" and "".join(t for k, t in seen if k == "err") == "b\n"
+        err = sb.run_code("def f():\n    raise ValueError('bad input')\nf()")
+        assert err.error is not None and err.error.name == "ValueError" and err.error.value == "bad input"
+        assert "<cell-3>" in err.error.traceback
+        assert sb.run_code("x").text == "20", "state survives a cell that raised"
+
+
+def test_commands_foreground_background_and_timeout(daemon):
+    with Sandbox.create() as sb:
+        chunks = []
+        r = sb.commands.run("echo out; echo err >&2; exit 3", on_stdout=chunks.append)
+        assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+        assert chunks == ["out\n"]
+        r = sb.commands.run(["python3", "-c", "import sys; print(sys.stdin.read().upper())"], stdin="shout")
+        assert r.stdout == "SHOUT\n" and r.ok
+        h = sb.commands.run("for i in 1 2 3; do echo $i; sleep 0.05; done", background=True)
+        assert isinstance(h, CommandHandle)
+        got = []
+        done = h.wait(on_stdout=got.append)
+        assert done.exit_code == 0 and "".join(got) == "1\n2\n3\n" == done.stdout
+        slow = sb.commands.run("sleep 30", timeout=0.3)
+        assert slow.timed_out and not slow.ok
+
+
+def test_files_roundtrip_upload_download_and_watch(daemon, tmp_path):
+    with Sandbox.create() as sb:
+        assert sb.files.write("notes/a.txt", "hello") == 5
+        assert sb.files.read("/home/user/notes/a.txt") == "hello"
+        sb.files.write("bin.dat", bytes(range(256)))
+        assert sb.files.read("bin.dat", format="bytes") == bytes(range(256))
+        names = {e.name for e in sb.files.list("/home/user", recursive=True)}
+        assert {"notes", "a.txt", "bin.dat"} <= names
+        assert sb.files.exists("notes/a.txt") and not sb.files.exists("nope")
+        big = tmp_path / "big.bin"
+        payload = os.urandom(9 << 20)   # more than one upload chunk
+        big.write_bytes(payload)
+        assert sb.files.upload(str(big), "/home/user/big.bin") == len(payload)
+        assert sb.commands.run("sha256sum big.bin | cut -c1-64").stdout.strip() == __import__("hashlib").sha256(payload).hexdigest()
+        back = tmp_path / "back.bin"
+        assert sb.files.download("/home/user/big.bin", str(back)) == len(payload)
+        assert back.read_bytes() == payload
+        events = []
+        got = threading.Event()
+
+        def on_event(e):
+            events.append(e)
+            if e.type == "created" and e.path.endswith("/w/new.txt"):
+                got.set()
+        sb.files.mkdir("w")
+        w = sb.files.watch("w", on_event)
+        sb.commands.run("echo x > w/new.txt")
+        assert got.wait(10), f"no created event, got {events}"
+        w.stop()
+
+
+def test_checkpoints_restore_and_fork(daemon):
+    with Sandbox.create() as sb:
+        sb.commands.run("echo one > f")                  # step 1
+        sb.commands.run("echo two > f")                  # step 2
+        sb.run_code("v = 7")                             # step 3, an interpreter context
+        steps = [c.step for c in sb.checkpoints.list()]
+        assert {1, 2, 3} <= set(steps)
+        r = sb.restore(step=1)
+        assert r.restored == ["filesystem"] and "interpreter" in r.lost
+        assert sb.files.read("f") == "one\n"
+        again = sb.run_code("'v' in globals()")
+        assert again.restarted and again.text == "False", "the interpreter restarts fresh and says so"
+        forks = sb.fork(count=2, step=1)
+        try:
+            assert len(forks) == 2
+            forks[0].files.write("f", "changed")
+            assert forks[1].files.read("f") == "one\n", "forks never see each other's writes"
+            assert sb.files.read("f") == "one\n"
+        finally:
+            for f in forks:
+                f.delete()
+
+
+def test_pause_hibernate_keepalive_and_context_manager_deletes(daemon, client):
+    sb = Sandbox.create(client=client)
+    with sb:
+        assert sb.pause()["state"] == "paused"
+        assert sb.resume()["state"] == "running"
+        assert sb.hibernate()["state"] == "hibernated"
+        assert sb.commands.run("echo awake").stdout == "awake\n", "a request wakes it"
+        assert "keepaliveUntil" in sb.keepalive(5)
+    with pytest.raises(NotFoundError) as e:
+        client.call("sandbox.get", {"sandboxId": sb.id})
+    assert e.value.code == "not_found" and e.value.rpc_code == -32004
+
+
+def test_errors_are_typed_with_stable_codes(client):
+    with pytest.raises(InvalidParamsError) as e:
+        client.call("sandbox.create", {"tempalte": "default"})
+    assert e.value.code == "invalid_params" and e.value.field == "tempalte" and e.value.rpc_code == -32602
+    with pytest.raises(NotFoundError):
+        Sandbox.connect("sb_doesnotexist", client=client)
+    with pytest.raises(SandpitError) as e:
+        client.call("no.such.method")
+    assert e.value.code == "method_not_found" and e.value.data["method"] == "no.such.method"
+    with pytest.raises(PermissionDeniedError) as e:
+        Sandbox.create(client=client, limits={"memoryBytes": 1 << 40})
+    assert e.value.data.get("field") == "limits.memoryBytes"
+    with Sandbox.create(client=client) as sb:
+        with pytest.raises(NotFoundError):
+            sb.restore(step=99)
+        with pytest.raises(InvalidParamsError):
+            sb.commands.run("true", cwd="relative/path")
+
+
+def test_many_threads_share_one_connection(client):
+    sb = Sandbox.create(client=client)
+    try:
+        results = [None] * 8
+
+        def work(i):
+            results[i] = sb.commands.run(f"sleep 0.2; echo {i}").stdout
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [f"{i}\n" for i in range(8)]
+    finally:
+        sb.delete()
+
+
+def test_without_a_socket_the_client_starts_its_own_daemon(sandpit, tmp_path, monkeypatch):
+    monkeypatch.delenv("SANDPIT_SOCKET", raising=False)
+    with Client(sandpit=sandpit, serve_args=["--data-dir", str(tmp_path / "data"), "--warm-pool", "0"]) as c:
+        assert c.info()["caller"]["admin"] is True   # stdio: the child's own client
+        with Sandbox.create(client=c) as sb:
+            assert sb.run_code("6 * 7").text == "42"
