@@ -7,6 +7,9 @@ import PackageDescription
 //   would be the largest, riskiest part of the daemon.
 // - swift-argument-parser: the `sandpit` CLI (subcommands, --help, validation).
 // - swift-log: the one logging API every server-side Swift library speaks.
+// - modelcontextprotocol/swift-sdk: `sandpit mcp`. MCP's handshake, capability
+//   negotiation and message types move with the spec; the official SDK tracks
+//   it (it adds swift-system and ~20 s to a first build, only to the CLI).
 // SQLite is reached through the system libsqlite3 with a ~300-line wrapper
 // (CSQLite + SandpitCatalog): the catalog needs a handful of statements, not an ORM.
 // The byte-level codecs (JSON, base64, line framing) see every byte of every
@@ -26,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/modelcontextprotocol/swift-sdk.git", from: "0.12.1"),
     ],
     targets: [
         // Everything that runs between clone() and execve(), and the in-sandbox
@@ -60,6 +64,7 @@ let package = Package(
             "SandpitCore", "SandpitProtocol", "SandpitEngine", "CSandpit", "SandpitDaemon",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "MCP", package: "swift-sdk"),
         ]),
 
         .target(name: "SandpitTestSupport", dependencies: ["SandpitCore"], path: "Tests/SandpitTestSupport", swiftSettings: optimizedEvenInDebug),

@@ -16,7 +16,7 @@ struct Sandpit: AsyncParsableCommand {
         commandName: "sandpit",
         abstract: "A local code-interpreter runtime: isolated, checkpointed sandboxes for AI agents.",
         version: Engine.version,
-        subcommands: [Serve.self, Run.self, Exec.self, Batch.self, Ps.self, Rm.self, Expose.self, Info.self, PolicyCommand.self, StorageCommand.self, TemplateCommand.self])
+        subcommands: [Serve.self, Run.self, Exec.self, Batch.self, MCPServe.self, Ps.self, Rm.self, Expose.self, Info.self, PolicyCommand.self, StorageCommand.self, TemplateCommand.self])
 }
 
 struct EngineOptions: ParsableArguments {

@@ -1,0 +1,254 @@
+import ArgumentParser
+import Logging
+import MCP
+import SandpitCore
+import SandpitEngine
+import Synchronization
+
+/// `sandpit mcp`: a Model Context Protocol server on stdio. The session's
+/// sandbox is made on the first tool call and deleted when the session ends.
+struct MCPServe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mcp",
+        abstract: "Serve the Model Context Protocol on stdin/stdout: tools that run code and commands in one sandbox per session.",
+        discussion: """
+            Tools: run_code, run_command, read_file, write_file, list_files, list_checkpoints, rollback, fork. \
+            The sandbox is created on the first tool call and deleted when the client ends the session \
+            (stdin closes). Long output keeps its head and tail and says how much was cut.
+            """)
+
+    @Option(help: "Template for the session's sandbox.") var template = "default"
+    @Option(help: "Policy for the session's sandbox.") var policy = "default"
+    @Option(help: "Characters of each output stream given back to the model; the middle of longer output is cut.") var maxOutputChars = 8000
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        LoggingSystem.bootstrapOnce()
+        let session = MCPSession(client: try await client.connect(), template: template, policy: policy,
+                                 maxOutput: max(200, maxOutputChars))
+        let server = Server(name: "sandpit", version: Engine.version,
+                            capabilities: .init(tools: .init(listChanged: false)))
+        await server.withMethodHandler(ListTools.self) { _ in .init(tools: MCPSession.tools) }
+        await server.withMethodHandler(CallTool.self) { params in
+            await session.call(params.name, params.arguments ?? [:])
+        }
+        try await server.start(transport: StdioTransport())
+        await server.waitUntilCompleted()
+        await session.end()
+    }
+}
+
+/// One MCP session: its sandbox (made lazily) and the tool calls, one at a time.
+actor MCPSession {
+    let client: any RPCClient
+    let template: String
+    let policy: String
+    let maxOutput: Int
+    var sandboxId: String?
+    /// Sandboxes this session made (its own and its forks): all deleted at the end.
+    var made: [String] = []
+
+    init(client: any RPCClient, template: String, policy: String, maxOutput: Int) {
+        self.client = client
+        self.template = template
+        self.policy = policy
+        self.maxOutput = maxOutput
+    }
+
+    static func schema(_ props: [String: Value], required: [String]) -> Value {
+        .object(["type": "object", "properties": .object(props), "required": .array(required.map { .string($0) })])
+    }
+
+    static let tools: [Tool] = [
+        Tool(name: "run_code", description: "Run Python code in the session's sandbox. Variables, imports and functions persist between calls, like a notebook. The value of the last expression is returned, and matplotlib figures come back as images. Every call is checkpointed (see rollback).",
+             inputSchema: schema(["code": .object(["type": "string", "description": "Python source to run"]),
+                                  "timeout_seconds": .object(["type": "number", "description": "Interrupt the code after this long"])], required: ["code"])),
+        Tool(name: "run_command", description: "Run a shell command (bash) in the sandbox, as an unprivileged user with no network. Returns the exit code, stdout and stderr.",
+             inputSchema: schema(["command": .object(["type": "string"]),
+                                  "cwd": .object(["type": "string", "description": "Working directory (default /home/user)"]),
+                                  "timeout_seconds": .object(["type": "number"])], required: ["command"])),
+        Tool(name: "read_file", description: "Read a text file from the sandbox (paths relative to /home/user or absolute).",
+             inputSchema: schema(["path": .object(["type": "string"])], required: ["path"]), annotations: .init(readOnlyHint: true)),
+        Tool(name: "write_file", description: "Write a text file in the sandbox, creating parent directories.",
+             inputSchema: schema(["path": .object(["type": "string"]), "content": .object(["type": "string"])], required: ["path", "content"])),
+        Tool(name: "list_files", description: "List a directory in the sandbox.",
+             inputSchema: schema(["path": .object(["type": "string", "description": "Default /home/user"]),
+                                  "recursive": .object(["type": "boolean"])], required: []), annotations: .init(readOnlyHint: true)),
+        Tool(name: "list_checkpoints", description: "List the sandbox's checkpoints: one per step (each run_code or run_command), with what files changed.",
+             inputSchema: schema([:], required: []), annotations: .init(readOnlyHint: true)),
+        Tool(name: "rollback", description: "Roll the sandbox's files back to the checkpoint of a step. Running processes and Python variables do not survive; the result says what was lost.",
+             inputSchema: schema(["step": .object(["type": "integer"])], required: ["step"]), annotations: .init(destructiveHint: true)),
+        Tool(name: "fork", description: "Copy the sandbox as it was at a step (default: now) into a new sandbox and continue the session there; the original is kept until the session ends.",
+             inputSchema: schema(["step": .object(["type": "integer"])], required: [])),
+    ]
+
+    func call(_ name: String, _ args: [String: Value]) async -> CallTool.Result {
+        do {
+            switch name {
+            case "run_code": return try await runCode(args)
+            case "run_command": return try await runCommand(args)
+            case "read_file":
+                let r = try await rpc("fs.read", ["path": .string(try Self.string(args, "path"))])
+                let bytes = Base64.decode(r["data"]?.stringValue ?? "") ?? []
+                guard let text = String(validating: bytes, as: UTF8.self) else {
+                    return Self.error("\(args["path"]?.stringValue ?? "") is binary (\(r["size"]?.intValue ?? 0) bytes); read it with run_code instead")
+                }
+                let more = r["eof"] == false ? "\n… [file continues: \(r["size"]?.intValue ?? 0) bytes in all]" : ""
+                return Self.text(shape(text, label: "file") + more)
+            case "write_file":
+                let path = try Self.string(args, "path")
+                let r = try await rpc("fs.write", ["path": .string(path), "text": .string(try Self.string(args, "content"))])
+                // A file write is not a step; checkpoint it so a later rollback to this point has the file.
+                let ck = try? await rpc("checkpoint.create", ["name": .string("write_file \(path)")])
+                return Self.text("wrote \(r["size"]?.intValue ?? 0) bytes to \(path)" + (ck?["step"]?.intValue.map { " (checkpointed at step \($0))" } ?? ""))
+            case "list_files":
+                var p: JSONObject = ["path": .string(args["path"]?.stringValue ?? "/home/user"), "limit": 500]
+                if args["recursive"]?.boolValue == true { p["recursive"] = true }
+                let r = try await rpc("fs.list", p)
+                let lines = (r["entries"]?.arrayValue ?? []).map { e -> String in
+                    let kind = e["type"]?.stringValue ?? "?"
+                    return (kind == "dir" ? "d " : kind == "symlink" ? "l " : "- ") + (e["path"]?.stringValue ?? "")
+                        + (kind == "file" ? "  (\(e["size"]?.intValue ?? 0) bytes)" : "")
+                }
+                let more = r["nextCursor"] != nil ? "\n… [more entries not shown]" : ""
+                return Self.text(lines.isEmpty ? "(empty)" : lines.joined(separator: "\n") + more)
+            case "list_checkpoints":
+                let r = try await rpc("checkpoint.list", [:])
+                let lines = (r["checkpoints"]?.arrayValue ?? []).map { c -> String in
+                    let d = c["diff"]
+                    return "step \(c["step"]?.intValue ?? 0): +\(d?["added"]?.intValue ?? 0) ~\(d?["modified"]?.intValue ?? 0) -\(d?["deleted"]?.intValue ?? 0) files"
+                        + (c["name"]?.stringValue.map { " (\($0))" } ?? "")
+                }
+                return Self.text(lines.isEmpty ? "no checkpoints yet: every run_code and run_command makes one" : lines.joined(separator: "\n"))
+            case "rollback":
+                guard let step = args["step"]?.intValue else { return Self.error("rollback needs an integer step") }
+                let r = try await rpc("sandbox.restore", ["step": .int(Int64(step))])
+                let lost = (r["lost"]?.arrayValue ?? []).compactMap(\.stringValue)
+                return Self.text("rolled back to step \(step): restored \((r["restored"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ", "))"
+                                 + (lost.isEmpty ? "" : "; lost: \(lost.joined(separator: ", ")) (Python variables start fresh)"))
+            case "fork":
+                var p: JSONObject = [:]
+                if let s = args["step"]?.intValue { p["step"] = .int(Int64(s)) }
+                let r = try await rpc("sandbox.fork", p)
+                guard let id = r["sandboxes"]?.arrayValue?.first?["sandboxId"]?.stringValue else { return Self.error("the fork made no sandbox") }
+                let from = sandboxId ?? ""
+                made.append(id)
+                sandboxId = id
+                return Self.text("now working in a fork (\(id)) of \(from)" + (args["step"]?.intValue.map { " at step \($0)" } ?? "") + ". Files come with it; Python variables do not.")
+            default:
+                return Self.error("unknown tool \(name)")
+            }
+        } catch let e as SandpitError {
+            return Self.error("\(e.message) [\(e.code.rawValue)]")
+        } catch {
+            return Self.error("\(error)")
+        }
+    }
+
+    func runCode(_ args: [String: Value]) async throws -> CallTool.Result {
+        var p: JSONObject = ["code": .string(try Self.string(args, "code"))]
+        if let t = Self.seconds(args["timeout_seconds"]) { p["timeoutMs"] = .int(t) }
+        let (r, out, err) = try await rpcCollecting("code.run", p, notification: "code.output")
+        var parts: [String] = []
+        if r["restarted"] == true { parts.append("(the Python interpreter was restarted: earlier variables are gone)") }
+        if !out.isEmpty { parts.append(shape(out, label: "stdout")) }
+        if !err.isEmpty { parts.append("stderr:\n" + shape(err, label: "stderr")) }
+        var content: [Tool.Content] = []
+        for b in r["results"]?.arrayValue ?? [] {
+            if let png = b["image/png"]?.stringValue {
+                content.append(.image(data: png, mimeType: "image/png", annotations: nil, _meta: nil))
+            } else if let t = b["text/plain"]?.stringValue {
+                parts.append(shape(t, label: "result"))
+            }
+        }
+        if r["timedOut"] == true { parts.append("(interrupted: the code ran past its time limit)") }
+        if let e = r["error"], e != .null {
+            parts.append((e["traceback"]?.stringValue).map { shape($0, label: "traceback") } ?? "\(e["name"]?.stringValue ?? "Error"): \(e["value"]?.stringValue ?? "")")
+            return .init(content: [.text(text: parts.joined(separator: "\n"), annotations: nil, _meta: nil)] + content, isError: true)
+        }
+        if parts.isEmpty && content.isEmpty { parts.append("(no output)") }
+        return .init(content: (parts.isEmpty ? [] : [.text(text: parts.joined(separator: "\n"), annotations: nil, _meta: nil)]) + content, isError: false)
+    }
+
+    func runCommand(_ args: [String: Value]) async throws -> CallTool.Result {
+        var p: JSONObject = ["shell": .string(try Self.string(args, "command"))]
+        if let c = args["cwd"]?.stringValue { p["cwd"] = .string(c) }
+        if let t = Self.seconds(args["timeout_seconds"]) { p["timeoutMs"] = .int(t) }
+        let (r, out, err) = try await rpcCollecting("exec.run", p, notification: "exec.output")
+        let code = r["exitCode"]?.intValue ?? -1
+        var text = r["timedOut"] == true ? "timed out (killed)" : "exit code \(code)"
+        if r["oomKilled"] == true { text += " (killed: out of memory)" }
+        text += "\nstdout:\n" + (out.isEmpty ? "(empty)" : shape(out, label: "stdout"))
+        if !err.isEmpty { text += "\nstderr:\n" + shape(err, label: "stderr") }
+        return .init(content: [.text(text: text, annotations: nil, _meta: nil)], isError: code != 0 || r["timedOut"] == true)
+    }
+
+    /// Keeps the head and tail of long output and says what was cut.
+    func shape(_ s: String, label: String) -> String {
+        guard s.count > maxOutput else { return s }
+        let half = maxOutput / 2
+        let head = s.prefix(half), tail = s.suffix(half)
+        let cut = s.dropFirst(half).dropLast(half)
+        let lines = cut.reduce(0) { $0 + ($1 == "\n" ? 1 : 0) }
+        return head + "\n… [\(label): \(cut.count) characters (\(lines) lines) cut from the middle] …\n" + tail
+    }
+
+    /// The session's sandbox, made on first use.
+    func sandbox() async throws -> String {
+        if let id = sandboxId { return id }
+        let r = try await client.call("sandbox.create", ["template": .string(template), "policy": .string(policy),
+                                                         "metadata": ["client": "mcp"]])
+        guard let id = r["sandboxId"]?.stringValue else { throw SandpitError(.internal, "sandbox.create returned no id") }
+        sandboxId = id
+        made.append(id)
+        return id
+    }
+
+    func rpc(_ method: String, _ params: JSONObject) async throws -> JSONValue {
+        var p = params
+        p["sandboxId"] = .string(try await sandbox())
+        return try await client.call(method, p)
+    }
+
+    /// A call whose output notifications are gathered per stream.
+    func rpcCollecting(_ method: String, _ params: JSONObject, notification: String) async throws -> (JSONValue, String, String) {
+        var p = params
+        p["sandboxId"] = .string(try await sandbox())
+        let streams = OutputCollector()
+        let r = try await client.call(method, p) { m, n in
+            guard m == notification else { return }
+            let data = n["data"]?.stringValue ?? ""
+            let bytes = n["encoding"]?.stringValue == "base64" ? Base64.decode(data) ?? [] : Array(data.utf8)
+            streams.add(n["stream"]?.stringValue == "stderr", bytes)
+        }
+        let (out, err) = streams.texts()
+        return (r, out, err)
+    }
+
+    func end() async {
+        for id in made { _ = try? await client.call("sandbox.delete", ["sandboxId": .string(id)]) }
+        made = []
+        await client.close()
+    }
+
+    static func string(_ args: [String: Value], _ key: String) throws -> String {
+        guard let s = args[key]?.stringValue else { throw SandpitError.invalidParams(key, "required: a string") }
+        return s
+    }
+
+    static func seconds(_ v: Value?) -> Int64? {
+        guard let v else { return nil }
+        let s = v.doubleValue ?? v.intValue.map(Double.init)
+        return s.map { Int64(max(1, ($0 * 1000).rounded())) }
+    }
+
+    static func text(_ s: String) -> CallTool.Result { .init(content: [.text(text: s, annotations: nil, _meta: nil)], isError: false) }
+    static func error(_ s: String) -> CallTool.Result { .init(content: [.text(text: s, annotations: nil, _meta: nil)], isError: true) }
+}
+
+/// Output bytes of one call, per stream (notifications arrive on another task).
+final class OutputCollector: Sendable {
+    private let streams = Mutex<([UInt8], [UInt8])>(([], []))
+    func add(_ stderr: Bool, _ b: [UInt8]) { streams.withLock { if stderr { $0.1 += b } else { $0.0 += b } } }
+    func texts() -> (String, String) { streams.withLock { (String(decoding: $0.0, as: UTF8.self), String(decoding: $0.1, as: UTF8.self)) } }
+}

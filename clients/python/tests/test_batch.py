@@ -1,0 +1,72 @@
+"""`sandpit batch` on the generated fixture (statuses, resume after Ctrl-C) and batch.run from the client."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+
+from sandpit import Client
+
+
+def expected(task_id: str) -> str:
+    return {"pass": "passed", "fail": "failed", "raise": "failed", "loop": "timeout", "oom": "oom"}[task_id.split("-")[0]]
+
+
+def make_tasks(path, n):
+    subprocess.run([sys.executable, f"{ROOT}/Fixtures/batch/make_tasks.py", str(path), "--n", str(n), "--loops", "2",
+                    "--hogs", "1", "--work", "3000", "--timeout-ms", "1500"], check=True)
+    return [json.loads(l) for l in open(path)]
+
+
+def test_batch_cli_judges_every_task_and_resumes_after_interrupt(daemon, sandpit, tmp_path):
+    tasks = make_tasks(tmp_path / "tasks.jsonl", 60)
+    out = tmp_path / "results.jsonl"
+    cmd = [sandpit, "batch", str(tmp_path / "tasks.jsonl"), "--out", str(out), "--socket", daemon, "--concurrency", "2"]
+    # Interrupt it part way (as Ctrl-C does).
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if out.exists() and len(out.read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    first = [json.loads(l) for l in out.read_text().splitlines()]
+    assert 10 <= len(first) < len(tasks), "interrupted part way"
+    assert "--resume" in err
+    # Without --resume it refuses to overwrite.
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0 and "--resume" in r.stderr
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {len(first)} of {len(tasks)}" in r.stderr
+    results = [json.loads(l) for l in out.read_text().splitlines()]
+    ids = [x["id"] for x in results]
+    assert sorted(ids) == sorted(t["id"] for t in tasks) and len(set(ids)) == len(ids), "each task once"
+    for x in results:
+        assert x["status"] == expected(x["id"]), x
+    by = {x["id"]: x for x in results}
+    assert by["raise-13"]["reason"] == "exception: ValueError: task 13 gave up"
+    assert by["fail-7"]["reason"] == "stdout differs from expect.stdout"
+    assert "passed" in r.stdout and "timeout" in r.stdout, "the summary table"
+    with Client(daemon) as c:
+        left = [s for s in c.list_sandboxes() if "sandpit.batch" in s.get("metadata", {}) and s["state"] != "deleted"]
+        assert left == [], "every task and base sandbox is deleted"
+
+
+def test_batch_method_from_the_client_with_shared_setup(client):
+    seen = []
+    tasks = [{"id": f"t{i}", "files": {"data.txt": "41\n"}, "setup": ["python3 -c \"open('prepared', 'w').write('yes')\""],
+              "code": f"print(int(open('data.txt').read()) + 1, open('prepared').read(), {i})",
+              "expect": {"stdout": f"42 yes {i}"}} for i in range(6)]
+    tasks.append({"id": "bad", "cmd": ["false"]})
+    tasks.append({"id": "boom", "setup": "exit 9", "cmd": "true"})
+    summary = client.batch(tasks, concurrency=3, on_result=seen.append)
+    by = {r["id"]: r for r in seen}
+    assert all(by[f"t{i}"]["status"] == "passed" for i in range(6)), seen
+    assert by["bad"]["status"] == "failed" and by["bad"]["exitCode"] == 1
+    assert by["boom"]["status"] == "error" and "setup[0]" in by["boom"]["reason"]
+    assert summary["passed"] == 6 and summary["failed"] == 1 and summary["error"] == 1 and summary["total"] == 8
