@@ -97,7 +97,7 @@ struct BatchRunner: Sendable {
             var o: JSONObject = ["id": .string(id), "status": .string(status.rawValue)]
             if let reason { o["reason"] = .string(reason) }
             o["exitCode"] = exitCode.map { .int(Int64($0)) } ?? .null
-            if let signal { o["signal"] = .int(Int64(signal)) }
+            if let signal { o["signal"] = .string(Signals.name(signal)) }
             o["stdout"] = .string(stdout)
             o["stderr"] = .string(stderr)
             o["stdoutBytes"] = .int(stdoutBytes)
