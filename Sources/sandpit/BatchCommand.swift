@@ -63,7 +63,7 @@ struct Batch: AsyncParsableCommand {
                             case "batch.result":
                                 guard let r = p["result"] else { return }
                                 Console.write(Array((JSONCodec.encode(r) + "\n").utf8), fd: file)
-                                view.add(r["status"]?.stringValue.flatMap(BatchStatus.init(rawValue:)) ?? .error, running: nil)
+                                view.add(r["status"]?.stringValue.flatMap(BatchStatus.init(rawValue:)) ?? .error)
                             case "batch.progress":
                                 view.tick()
                             default: break
@@ -229,7 +229,7 @@ final class BatchProgressView: Sendable {
 
     var tally: BatchTally { state.withLock { $0.tally } }
 
-    func add(_ s: BatchStatus, running: Int?) {
+    func add(_ s: BatchStatus) {
         state.withLock { $0.tally.add(s) }
         tick()
     }
@@ -240,7 +240,7 @@ final class BatchProgressView: Sendable {
         let line: String? = state.withLock { st in
             // A terminal redraws at most 10 times a second; a log gets a line every 5 s.
             let every: UInt64 = terminal ? 100_000_000 : 5_000_000_000
-            guard now - st.lastLine >= every || st.tally.done == total else { return nil }
+            guard now - st.lastLine >= every else { return nil }
             st.lastLine = now
             return render(st.tally, now: now)
         }
