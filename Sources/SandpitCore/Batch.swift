@@ -20,16 +20,25 @@ public struct BatchTask: Sendable, Equatable {
         }
     }
 
+    /// A file written before `setup` (a relative path is under the working directory).
+    public struct File: Sendable, Equatable {
+        public var path: String
+        public var text: String
+        public init(path: String, text: String) {
+            self.path = path
+            self.text = text
+        }
+    }
+
     public var id: String
-    /// path → text, written before `setup` (relative paths are under the working directory).
-    public var files: [(path: String, text: String)]
+    public var files: [File]
     /// Shell commands run in order before the task; the first that fails makes the task an `error`.
     public var setup: [String]
     public var run: Run
     public var timeoutMs: Int?
     public var expect: Expect?
 
-    public init(id: String, files: [(path: String, text: String)] = [], setup: [String] = [], run: Run,
+    public init(id: String, files: [File] = [], setup: [String] = [], run: Run,
                 timeoutMs: Int? = nil, expect: Expect? = nil) {
         self.id = id
         self.files = files
@@ -37,11 +46,6 @@ public struct BatchTask: Sendable, Equatable {
         self.run = run
         self.timeoutMs = timeoutMs
         self.expect = expect
-    }
-
-    public static func == (a: BatchTask, b: BatchTask) -> Bool {
-        a.id == b.id && a.files.map(\.path) == b.files.map(\.path) && a.files.map(\.text) == b.files.map(\.text)
-            && a.setup == b.setup && a.run == b.run && a.timeoutMs == b.timeoutMs && a.expect == b.expect
     }
 
     /// Tasks with the same files and setup share one prepared base sandbox;
@@ -67,13 +71,13 @@ public struct BatchTask: Sendable, Equatable {
         case .int(let i): id = String(i)
         default: throw bad("id", "required: a non-empty string of at most 256 bytes")
         }
-        var files: [(path: String, text: String)] = []
+        var files: [File] = []
         if let f = o["files"], f != .null {
             guard let fo = f.objectValue else { throw bad("files", "an object of path → text") }
             for (p, t) in fo {
                 guard let text = t.stringValue else { throw bad("files.\(p)", "content must be a string") }
                 guard !p.isEmpty, !p.utf8.contains(0) else { throw bad("files", "a path is empty or has a NUL byte") }
-                files.append((p, text))
+                files.append(File(path: p, text: text))
             }
         }
         var setup: [String] = []

@@ -155,26 +155,25 @@ struct Batch: AsyncParsableCommand {
     static func summary(_ t: BatchTally, total: Int, ran: Int, seconds: Double, concurrency: Int, out: String) -> String {
         var lines = ["", "status     tasks"]
         for s in BatchStatus.allCases {
-            lines.append((s.rawValue + "         ").prefix(9) + String(t[s]).leftPad(7))
+            lines.append(s.rawValue.column(9) + String(t[s]).leftPad(7))
         }
-        lines.append("total    " + String(t.done).leftPad(7) + " of \(total)")
+        lines.append("total".column(9) + String(t.done).leftPad(7) + " of \(total)")
         let rate = Double(ran) / max(seconds, 1e-9)
-        lines.append("ran \(ran) in \(Self.fixed(seconds, 1)) s (\(Self.fixed(rate, 1)) tasks/s, concurrency \(concurrency)); results in \(out)")
+        lines.append("ran \(ran) in \(Self.tenths(seconds)) s (\(Self.tenths(rate)) tasks/s, concurrency \(concurrency)); results in \(out)")
         return lines.joined(separator: "\n")
     }
 
-    static func fixed(_ v: Double, _ digits: Int) -> String {
-        var m = 1.0
-        for _ in 0..<digits { m *= 10 }
-        let r = (v * m).rounded() / m
-        let s = String(r)
-        guard let dot = s.firstIndex(of: ".") else { return s }
-        let decimals = s.distance(from: dot, to: s.endIndex) - 1
-        return decimals >= digits ? String(s[..<s.index(dot, offsetBy: digits + 1)]) : s + String(repeating: "0", count: digits - decimals)
+    /// `v` with one decimal (no Foundation formatter in the CLI).
+    static func tenths(_ v: Double) -> String {
+        let t = Int((v * 10).rounded())
+        return "\(t / 10).\(t % 10)"
     }
 }
 
 extension String {
+    /// Left-aligned in a column `n` wide, with at least one space after.
+    func column(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
+    /// Right-aligned in `n` characters.
     func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }
 
@@ -184,7 +183,7 @@ extension BatchTask {
         var o: JSONObject = ["id": .string(id)]
         if !files.isEmpty {
             var f = JSONObject()
-            for (p, t) in files { f[p] = .string(t) }
+            for file in files { f[file.path] = .string(file.text) }
             o["files"] = .object(f)
         }
         if !setup.isEmpty { o["setup"] = .array(setup.map { .string($0) }) }
@@ -263,6 +262,6 @@ final class BatchProgressView: Sendable {
         let filled = total == 0 ? width : width * t.done / total
         let bar = terminal ? "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] " : ""
         return bar + "\(t.done)/\(total)  passed \(t[.passed])  failed \(t[.failed])  timeout \(t[.timeout])  oom \(t[.oom])  error \(t[.error])"
-            + "  \(Batch.fixed(rate, 1))/s  \(eta)"
+            + "  \(Batch.tenths(rate))/s  \(eta)"
     }
 }

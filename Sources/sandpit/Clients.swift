@@ -36,6 +36,12 @@ func decodeResponse(_ v: JSONValue) throws -> JSONValue {
     return v["result"] ?? .null
 }
 
+/// The bytes of an `exec.output` / `code.output` notification (text, or base64 with `encoding`).
+func outputBytes(_ p: JSONValue) -> [UInt8] {
+    let data = p["data"]?.stringValue ?? ""
+    return p["encoding"]?.stringValue == "base64" ? Base64.decode(data) ?? [] : Array(data.utf8)
+}
+
 /// A blocking line client on a Unix socket (the CLI makes one call at a time).
 final class SocketClient: RPCClient, @unchecked Sendable {
     let fd: Int32

@@ -217,9 +217,7 @@ actor MCPSession {
         let streams = OutputCollector()
         let r = try await client.call(method, p) { m, n in
             guard m == notification else { return }
-            let data = n["data"]?.stringValue ?? ""
-            let bytes = n["encoding"]?.stringValue == "base64" ? Base64.decode(data) ?? [] : Array(data.utf8)
-            streams.add(n["stream"]?.stringValue == "stderr", bytes)
+            streams.add(n["stream"]?.stringValue == "stderr", outputBytes(n))
         }
         let (out, err) = streams.texts()
         return (r, out, err)

@@ -220,10 +220,7 @@ func execCommand(_ c: any RPCClient, sandbox: String, cmd: [String], env: [Strin
     if let t = timeoutMs { params["timeoutMs"] = .int(Int64(t)) }
     return try await c.call("exec.run", params) { method, p in
         guard method == "exec.output", !json else { return }
-        var bytes: [UInt8]
-        let data = p["data"]?.stringValue ?? ""
-        if p["encoding"]?.stringValue == "base64" { bytes = Base64.decode(data) ?? [] } else { bytes = Array(data.utf8) }
-        Console.write(bytes, fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
+        Console.write(outputBytes(p), fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
     }
 }
 
@@ -269,17 +266,16 @@ struct Ps: AsyncParsableCommand {
         } while cursor != nil
         await c.close()
         if json { print(JSONCodec.encode(.array(all))); return }
-        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
         func idle(_ ms: Int64?) -> String {
             guard let ms else { return "-" }
             return ms < 1000 ? "0s" : ms < 60_000 ? "\(ms / 1000)s" : ms < 3_600_000 ? "\(ms / 60_000)m" : "\(ms / 3_600_000)h"
         }
         func mem(_ b: Int64?) -> String { b.map { "\($0 >> 20)M" } ?? "-" }
-        print(pad("SANDBOX", 17) + pad("STATE", 11) + pad("IDLE", 6) + pad("MEMORY", 8) + pad("TEMPLATE", 10) + pad("POLICY", 9) + pad("STEP", 6) + "CREATED")
+        print("SANDBOX".column(17) + "STATE".column(11) + "IDLE".column(6) + "MEMORY".column(8) + "TEMPLATE".column(10) + "POLICY".column(9) + "STEP".column(6) + "CREATED")
         for s in all {
-            print(pad(s["sandboxId"]?.stringValue ?? "", 17) + pad(s["state"]?.stringValue ?? "", 11) + pad(idle(s["idleMs"]?.intValue), 6)
-                  + pad(mem(s["memoryBytes"]?.intValue), 8) + pad(s["template"]?.stringValue ?? "", 10)
-                  + pad(s["policy"]?.stringValue ?? "", 9) + pad(String(s["step"]?.intValue ?? 0), 6) + (s["createdAt"]?.stringValue ?? ""))
+            print((s["sandboxId"]?.stringValue ?? "").column(17) + (s["state"]?.stringValue ?? "").column(11) + idle(s["idleMs"]?.intValue).column(6)
+                  + mem(s["memoryBytes"]?.intValue).column(8) + (s["template"]?.stringValue ?? "").column(10)
+                  + (s["policy"]?.stringValue ?? "").column(9) + String(s["step"]?.intValue ?? 0).column(6) + (s["createdAt"]?.stringValue ?? ""))
         }
     }
 }

@@ -71,12 +71,11 @@ struct TemplateCommand: AsyncParsableCommand {
             await c.close()
             let all = r["templates"]?.arrayValue ?? []
             if json { print(JSONCodec.encode(.array(all))); return }
-            func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-            print(pad("TEMPLATE", 28) + pad("ID", 28) + pad("LAYERS", 7) + "SIZE")
+            print("TEMPLATE".column(28) + "ID".column(28) + "LAYERS".column(7) + "SIZE")
             for t in all {
                 let ref = (t["name"]?.stringValue ?? "") + ":" + (t["tag"]?.stringValue ?? "")
                 let size = t["builtin"] == true ? "(host /usr)" : Console.size(t["bytes"]?.intValue ?? 0)
-                print(pad(ref, 28) + pad(t["templateId"]?.stringValue ?? "", 28) + pad(String(t["layers"]?.arrayValue?.count ?? 0), 7) + size)
+                print(ref.column(28) + (t["templateId"]?.stringValue ?? "").column(28) + String(t["layers"]?.arrayValue?.count ?? 0).column(7) + size)
             }
         }
     }

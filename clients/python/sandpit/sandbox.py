@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from ._async import (AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncSandbox, AsyncWatchHandle,
-                     OutputCallback, Params, ResultCallback)
+from ._async import (AsyncCheckpoints, AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncSandbox,
+                     AsyncWatchHandle, OutputCallback, Params, ResultCallback)
 from ._connection import LoopThread
 from .models import Checkpoint, CommandResult, EntryInfo, Execution, FileEvent, RestoreResult
 
@@ -129,9 +129,11 @@ class Files:
 
 
 class Checkpoints:
-    def __init__(self, loop: LoopThread, sandbox: AsyncSandbox) -> None:
+    """``sandbox.checkpoints``: the snapshots taken after each step."""
+
+    def __init__(self, loop: LoopThread, checkpoints: AsyncCheckpoints) -> None:
         self._loop = loop
-        self.aio = sandbox.checkpoints
+        self.aio = checkpoints
 
     def list(self) -> List[Checkpoint]:
         return self._loop.run(self.aio.list())
@@ -155,7 +157,7 @@ class Sandbox:
         self.id = sandbox.id
         self.commands = Commands(loop, sandbox.commands)
         self.files = Files(loop, sandbox.files)
-        self.checkpoints = Checkpoints(loop, sandbox)
+        self.checkpoints = Checkpoints(loop, sandbox.checkpoints)
 
     @classmethod
     def create(cls, template: str = "default", *, client: Optional[Client] = None, **kw: Any) -> "Sandbox":
