@@ -1,6 +1,13 @@
-// clone3() into new namespaces and execveat() the agent.
-// Everything after clone3 in the child is async-signal-safe: raw syscalls only,
-// no allocation, no locks (the daemon is multithreaded).
+// clone() into new namespaces and execveat() the agent.
+//
+// The child shares the daemon's memory (CLONE_VM, as posix_spawn does): a
+// fork of a large, multithreaded daemon would copy its page tables and leave
+// every page copy-on-write, and the daemon would then pay a fault and a TLB
+// shootdown per page it touches. Sharing memory makes the rules strict: the
+// child runs on its own stack, makes raw syscalls only (no errno, no libc
+// state, no allocation, no locks), holds every signal blocked until just
+// before exec, and reads its arguments from memory the parent keeps alive
+// until the child has exec'd (sp_spawn_release waits for that).
 #define _GNU_SOURCE
 #include "sp_spawn.h"
 #include "sp_proto.h"
@@ -8,25 +15,31 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SYS_clone3
-#define SYS_clone3 435
-#endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
 #ifndef AT_EMPTY_PATH
 #define AT_EMPTY_PATH 0x1000
 #endif
+
+#define SP_CHILD_STACK (64 * 1024)
 
 unsigned long long sp_clone_newuser(void) { return CLONE_NEWUSER; }
 unsigned long long sp_clone_newpid(void) { return CLONE_NEWPID; }
@@ -39,7 +52,30 @@ int sp_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
-// Async-signal-safe: formats "step: errno N" into a FATAL frame on fd.
+// A syscall that returns -errno instead of touching errno: the child shares
+// the parent thread's TLS, so it must not write errno.
+static long raw(long n, long a, long b, long c, long d, long e) {
+    long ret;
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory");
+#elif defined(__aarch64__)
+    register long x8 __asm__("x8") = n;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    register long x3 __asm__("x3") = d;
+    register long x4 __asm__("x4") = e;
+    __asm__ volatile("svc #0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
+    ret = x0;
+#else
+#error "sp_spawn supports x86_64 and aarch64"
+#endif
+    return ret;
+}
+
+// Formats "step: errno N" into a FATAL frame on fd.
 static void child_report(int fd, const char *step, int err) {
     char buf[SP_FRAME_HEADER_SIZE + 96];
     char *p = buf + SP_FRAME_HEADER_SIZE;
@@ -53,69 +89,136 @@ static void child_report(int fd, const char *step, int err) {
     do { digits[d++] = (char)('0' + v % 10); v /= 10; } while (v && d < 11);
     while (d) p[n++] = digits[--d];
     struct sp_frame_header h = { .length = (uint32_t)n, .type = SP_FRAME_FATAL, .stream = 0, .reserved = 0, .id = 0 };
-    memcpy(buf, &h, sizeof h); // memcpy is async-signal-safe in practice (POSIX 2016 lists it)
-    (void)syscall(SYS_write, fd, buf, SP_FRAME_HEADER_SIZE + n);
+    char *q = buf;
+    const char *hp = (const char *)&h;
+    for (size_t i = 0; i < SP_FRAME_HEADER_SIZE; i++) q[i] = hp[i];
+    (void)raw(SYS_write, fd, (long)buf, (long)(SP_FRAME_HEADER_SIZE + n), 0, 0);
 }
 
-static void child_fail(const struct sp_spawn_args *a, const char *step) {
-    int err = errno;
-    if (a->report_fd >= 0) child_report(a->report_fd, step, err);
-    syscall(SYS_exit_group, 120);
-    for (;;) {}
+__attribute__((noreturn)) static void child_exit(int code) {
+    for (;;) (void)raw(SYS_exit_group, code, 0, 0, 0, 0);
 }
 
-static void child_run(const struct sp_spawn_args *a) {
+__attribute__((noreturn)) static void child_fail(const struct sp_spawn_args *a, const char *step, long rc) {
+    if (a->report_fd >= 0) child_report(a->report_fd, step, (int)-rc);
+    child_exit(120);
+}
+
+static int child_run(void *arg) {
+    const struct sp_spawn_args *a = arg;
     char go = 0;
     long r;
-    do { r = syscall(SYS_read, a->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
-    if (r != 1) syscall(SYS_exit_group, 121);
+    do { r = raw(SYS_read, a->sync_fd, (long)&go, 1, 0, 0); } while (r == -EINTR);
+    if (r != 1) child_exit(121);
 
     // The parent has written our uid/gid maps: become root of the new user namespace.
-    if (syscall(SYS_setresgid, 0, 0, 0) != 0) child_fail(a, "setresgid");
-    if (syscall(SYS_setresuid, 0, 0, 0) != 0) child_fail(a, "setresuid");
-    if (syscall(SYS_setgroups, 0, NULL) != 0) child_fail(a, "setgroups");
+    if ((r = raw(SYS_setresgid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresgid", r);
+    if ((r = raw(SYS_setresuid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresuid", r);
+    if ((r = raw(SYS_setgroups, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setgroups", r);
 
     // Move every descriptor above the highest destination first, so that
-    // dup2(src, dst) can never clobber a source that is still to be placed.
+    // dup3(src, dst) can never clobber a source that is still to be placed.
+    // The exec fd and the exec-watch pipe stay open (close-on-exec) up there.
     int maxdst = 2;
     for (int i = 0; i < a->nfds; i++) if (a->fds[i].dst > maxdst) maxdst = a->fds[i].dst;
-    int base = maxdst + 1 + a->nfds + 1;
-    int exec_high = (int)syscall(SYS_fcntl, a->exec_fd, F_DUPFD_CLOEXEC, base);
-    if (exec_high < 0) child_fail(a, "dup exec fd");
+    int base = maxdst + 1 + a->nfds + 2;
+    long exec_high = raw(SYS_fcntl, a->exec_fd, F_DUPFD_CLOEXEC, base, 0, 0);
+    if (exec_high < 0) child_fail(a, "dup exec fd", exec_high);
+    long watch_high = raw(SYS_fcntl, a->watch_fd, F_DUPFD_CLOEXEC, exec_high + 1, 0, 0);
+    if (watch_high < 0) child_fail(a, "dup watch fd", watch_high);
     int high[64];
-    if (a->nfds > 64) { errno = EINVAL; child_fail(a, "too many fds"); }
+    if (a->nfds > 64) child_fail(a, "too many fds", -EINVAL);
     for (int i = 0; i < a->nfds; i++) {
-        high[i] = (int)syscall(SYS_fcntl, a->fds[i].src, F_DUPFD_CLOEXEC, base);
-        if (high[i] < 0) child_fail(a, "dup fd");
+        r = raw(SYS_fcntl, a->fds[i].src, F_DUPFD_CLOEXEC, watch_high + 1, 0, 0);
+        if (r < 0) child_fail(a, "dup fd", r);
+        high[i] = (int)r;
     }
     for (int i = 0; i < a->nfds; i++) {
-        if (syscall(SYS_dup3, high[i], a->fds[i].dst, 0) < 0) child_fail(a, "dup3");
+        if ((r = raw(SYS_dup3, high[i], a->fds[i].dst, 0, 0, 0)) < 0) child_fail(a, "dup3", r);
     }
-    // Close everything above the destinations except the exec fd.
-    if (syscall(SYS_close_range, maxdst + 1, exec_high - 1, 0) != 0) child_fail(a, "close_range");
-    if (syscall(SYS_close_range, exec_high + 1, ~0U, 0) != 0) child_fail(a, "close_range");
+    // Close everything above the destinations but the exec fd and the watch pipe.
+    if ((r = raw(SYS_close_range, maxdst + 1, exec_high - 1, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
+    if ((r = raw(SYS_close_range, watch_high + 1, ~0U, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
 
-    // Default signal mask for the agent.
+    // Our signal handlers are a private copy of the daemon's: reset them, so
+    // a signal let in below cannot run daemon code on this borrowed memory.
+    for (int sig = 1; sig < 65; sig++) {
+        struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } act = { SIG_DFL, 0, 0, 0 };
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        (void)raw(SYS_rt_sigaction, sig, (long)&act, 0, 8, 0);
+    }
     uint64_t empty = 0;
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, sizeof empty);
+    (void)raw(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty, 0, 8, 0);
 
-    syscall(SYS_execveat, exec_high, "", a->argv, a->envp, AT_EMPTY_PATH);
-    child_fail(a, "execveat agent");
+    r = raw(SYS_execveat, exec_high, (long)"", (long)a->argv, (long)a->envp, AT_EMPTY_PATH);
+    child_fail(a, "execveat agent", r);
 }
 
-pid_t sp_spawn_sandbox(const struct sp_spawn_args *a, int *pidfd_out) {
+struct sp_spawn_handle *sp_spawn_sandbox(struct sp_spawn_args *a, int *pidfd_out, pid_t *pid_out) {
+    // The child's stack, with a guard page below it.
+    char *mem = mmap(NULL, SP_CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (mem == MAP_FAILED) return NULL;
+    if (mprotect(mem, 4096, PROT_NONE) != 0) { int e = errno; munmap(mem, SP_CHILD_STACK); errno = e; return NULL; }
+    int watch[2];
+    if (pipe2(watch, O_CLOEXEC) != 0) { int e = errno; munmap(mem, SP_CHILD_STACK); errno = e; return NULL; }
+    a->watch_fd = watch[1];
+
+    // Every signal blocked across clone: the child starts with them blocked.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     int pidfd = -1;
-    struct clone_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = a->clone_flags | CLONE_PIDFD;
-    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    ca.exit_signal = SIGCHLD;
-    long pid = syscall(SYS_clone3, &ca, sizeof ca);
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        child_run(a);
-        syscall(SYS_exit_group, 122);
+    int flags = (int)a->clone_flags | CLONE_VM | CLONE_PIDFD | SIGCHLD;
+    pid_t pid = clone(child_run, mem + SP_CHILD_STACK, flags, a, &pidfd);
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(watch[1]);   // the child has its own copy (and may still read a->watch_fd)
+    if (pid < 0) {
+        close(watch[0]);
+        munmap(mem, SP_CHILD_STACK);
+        errno = e;
+        return NULL;
     }
-    if (pidfd_out) *pidfd_out = pidfd;
-    return (pid_t)pid;
+    struct sp_spawn_handle *h = malloc(sizeof *h);   // the parent may allocate; the child may not
+    if (!h) {
+        sp_pidfd_send_signal(pidfd, SIGKILL);
+        waitpid(pid, NULL, __WALL);
+        close(watch[0]);
+        close(pidfd);
+        munmap(mem, SP_CHILD_STACK);
+        errno = ENOMEM;
+        return NULL;
+    }
+    h->mem = mem;
+    h->watch_fd = watch[0];
+    h->pid = pid;
+    h->pidfd = pidfd;
+    *pidfd_out = pidfd;
+    *pid_out = pid;
+    return h;
+}
+
+int sp_spawn_release(struct sp_spawn_handle *h, int timeout_ms) {
+    // EOF on the watch pipe: the child has exec'd (close-on-exec) or died.
+    int rc = 0;
+    struct pollfd p = { .fd = h->watch_fd, .events = POLLIN, .revents = 0 };
+    for (;;) {
+        int n = poll(&p, 1, timeout_ms);
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0) {
+            // Stuck before exec: it must not outlive its borrowed memory.
+            sp_pidfd_send_signal(h->pidfd, SIGKILL);
+            struct pollfd d = { .fd = h->pidfd, .events = POLLIN, .revents = 0 };
+            while (poll(&d, 1, -1) < 0 && errno == EINTR) {}
+            rc = -1;
+            errno = ETIMEDOUT;
+        }
+        break;
+    }
+    close(h->watch_fd);
+    int e = errno;
+    munmap(h->mem, SP_CHILD_STACK);
+    free(h);
+    errno = e;
+    return rc;
 }

@@ -34,37 +34,43 @@ public enum SandboxSpawner {
         defer { for p in cargv { free(p) } }
         let cenv: [UnsafeMutablePointer<CChar>?] = [nil]
         let flags = sp_clone_newuser() | sp_clone_newpid() | sp_clone_newns() | sp_clone_newnet() | sp_clone_newipc() | sp_clone_newuts()
-        var pidfd: Int32 = -1
-        let pid = cargv.withUnsafeBufferPointer { av in
-            cenv.withUnsafeBufferPointer { ev in
-                maps.withUnsafeBufferPointer { mp in
+        // The child reads argv, the fd maps and `args` from our memory until it
+        // has exec'd, so all of it stays in scope until sp_spawn_release.
+        return try cargv.withUnsafeBufferPointer { av in
+            try cenv.withUnsafeBufferPointer { ev in
+                try maps.withUnsafeBufferPointer { mp in
                     var args = sp_spawn_args(exec_fd: agentFd, argv: av.baseAddress, envp: ev.baseAddress,
                                              fds: mp.baseAddress, nfds: Int32(mp.count), sync_fd: syncp[0],
-                                             report_fd: SP_AGENT_FD_CTRL, clone_flags: flags)
-                    return sp_spawn_sandbox(&args, &pidfd)
+                                             report_fd: SP_AGENT_FD_CTRL, clone_flags: flags, watch_fd: -1)
+                    var pidfd: Int32 = -1
+                    var pid: pid_t = -1
+                    guard let handle = sp_spawn_sandbox(&args, &pidfd, &pid) else {
+                        let e = errno
+                        close(sv[0])
+                        throw OSError(call: "clone", errno: e)
+                    }
+                    do {
+                        try prepare(pid)
+                    } catch {
+                        _ = sp_pidfd_send_signal(pidfd, SIGKILL)
+                        _ = sp_spawn_release(handle, -1)
+                        var st: Int32 = 0
+                        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+                        close(pidfd)
+                        close(sv[0])
+                        throw error
+                    }
+                    var go: UInt8 = 1
+                    _ = write(syncp[1], &go, 1)
+                    close(syncp[1])
+                    syncp[1] = -1
+                    // A child that has not exec'd in 10 s is killed; its
+                    // agent then never says ready and the start fails.
+                    _ = sp_spawn_release(handle, 10_000)
+                    return Spawned(pid: pid, pidfd: pidfd, controlFd: sv[0])
                 }
             }
         }
-        if pid < 0 {
-            let e = errno
-            close(sv[0])
-            throw OSError(call: "clone3", errno: e)
-        }
-        do {
-            try prepare(pid)
-        } catch {
-            _ = sp_pidfd_send_signal(pidfd, SIGKILL)
-            var st: Int32 = 0
-            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
-            close(pidfd)
-            close(sv[0])
-            throw error
-        }
-        var go: UInt8 = 1
-        _ = write(syncp[1], &go, 1)
-        close(syncp[1])
-        syncp[1] = -1
-        return Spawned(pid: pid, pidfd: pidfd, controlFd: sv[0])
     }
 
     public static func kill(pidfd: Int32, signal: Int32 = SIGKILL) {

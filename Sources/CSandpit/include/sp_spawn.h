@@ -16,10 +16,21 @@ struct sp_spawn_args {
     int sync_fd;                 // child blocks reading one byte from this first
     int report_fd;               // where the child reports a failure as an SP_FRAME_FATAL (a dst fd)
     unsigned long long clone_flags; // CLONE_NEW* flags
+    int watch_fd;                // set by sp_spawn_sandbox
 };
 
-// Returns the child's pid (>0) and stores a pidfd in *pidfd_out, or -1 with errno set.
-pid_t sp_spawn_sandbox(const struct sp_spawn_args *args, int *pidfd_out);
+// A spawned child that still runs on memory of ours (its stack, `args`).
+struct sp_spawn_handle { void *mem; int watch_fd; pid_t pid; int pidfd; };
+
+// Clones the child (sharing our memory until it execs) and returns a handle,
+// its pid and a pidfd; NULL with errno set on failure. `args` and everything
+// it points to must stay valid until sp_spawn_release returns.
+struct sp_spawn_handle *sp_spawn_sandbox(struct sp_spawn_args *args, int *pidfd_out, pid_t *pid_out);
+
+// After the child has been let go (a byte on sync_fd) or killed: waits until
+// it has exec'd or died, then frees its stack. A child that has not exec'd
+// within timeout_ms is killed first (returns -1, errno ETIMEDOUT).
+int sp_spawn_release(struct sp_spawn_handle *h, int timeout_ms);
 
 // Namespace flag values, so Swift need not import <linux/sched.h>.
 unsigned long long sp_clone_newuser(void);
