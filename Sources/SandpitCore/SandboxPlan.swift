@@ -38,6 +38,29 @@ public struct SandboxPlan: Sendable, Equatable {
     public var seccompEnabled: Bool { policy.seccomp }
     public var restrictSockets: Bool { policy.socketFamilies == .inet }
     public var proxyPort: Int?
+    /// The writable layer lives in a size-limited tmpfs instead of the
+    /// sandbox's own ext4 image (see `useScratchDisk`).
+    public private(set) var scratchDisk = false
+
+    /// For throwaway sandboxes (batch tasks): the writable layer goes in a
+    /// tmpfs with the policy's disk size and inode limits, whose pages count
+    /// against the sandbox's memory. No loop device, image copy or ext4 mount
+    /// to make and undo; in exchange the sandbox cannot be checkpointed or
+    /// hibernated, and its files are gone once it stops. A no-op when the
+    /// policy gives no disk of its own.
+    public mutating func useScratchDisk() {
+        guard let d = policy.diskBytes else { return }
+        scratchDisk = true
+        policy.checkpoints = .off
+        idle.hibernateAfterMs = nil
+        policy.idle.hibernateAfterMs = nil
+        func set(_ name: String, _ detail: String) {
+            if let i = steps.firstIndex(where: { $0.name == name }) { steps[i].detail = detail }
+        }
+        set("disk", "scratch tmpfs for the writable layer, counted as memory: \(Self.bytes(d)), \(policy.diskInodes.map { "\($0) inodes" } ?? "default inodes"); gone when the sandbox stops")
+        set("checkpoints", "off (scratch disk)")
+        if let i = steps.firstIndex(where: { $0.name == "idle" }) { steps[i].detail += "; never hibernated (scratch disk)" }
+    }
 
     public static func compile(_ policy: Policy, host: Host) -> SandboxPlan {
         var p = policy
@@ -46,7 +69,7 @@ public struct SandboxPlan: Sendable, Equatable {
         if let bytes = p.diskBytes, let inodes = p.diskInodes, inodes > bytes / 8192 { p.diskInodes = bytes / 8192 }
         var s: [Step] = []
         func add(_ n: String, _ d: String) { s.append(Step(name: n, detail: d)) }
-        add("namespaces", "user, pid, mount, network, ipc, uts (clone3); cgroup (agent unshares)")
+        add("namespaces", "user, pid, mount, network, ipc, uts (clone); cgroup (agent unshares)")
         add("user-map", "sandbox 0-\(host.uidCount - 1) -> host \(host.uidBase)-\(host.uidBase + host.uidCount - 1); commands run as uid 1000")
         if let d = p.diskBytes {
             add("disk", "own ext4 image for the writable layer: \(Self.bytes(d)), \(p.diskInodes.map { "\($0) inodes" } ?? "default inodes")")

@@ -183,7 +183,7 @@ struct BatchRunner: Sendable {
 
     func newSandbox() async throws -> String {
         try await engine.create(template: options.template, policy: options.policy, limits: taskLimits,
-                                metadata: ["sandpit.batch": "task"], caller: caller).id
+                                metadata: ["sandpit.batch": "task"], scratch: true, caller: caller).id
     }
 
     /// Task sandboxes need no per-step checkpoints: they are thrown away.

@@ -60,7 +60,9 @@ extension Engine {
         _ = try await wake(id, caller: caller)
         let rt = try await liveRuntime(id, caller: caller)
         guard rt.disk != nil else {
-            throw SandpitError(.invalidState, "sandbox \(id) has no disk of its own (its policy sets diskBytes null), so it cannot be checkpointed")
+            throw SandpitError(.invalidState, rt.plan.scratchDisk
+                ? "sandbox \(id) keeps its files in a scratch tmpfs (a batch task's sandbox), so it cannot be checkpointed"
+                : "sandbox \(id) has no disk of its own (its policy sets diskBytes null), so it cannot be checkpointed")
         }
         return try await rt.steps.run { [self] in try await snapshot(rt, name: name) }
     }

@@ -186,14 +186,19 @@ public final class Engine: Sendable {
     /// sandboxes that were live are now stopped (their files are kept), execs
     /// that were running are lost, and leftover cgroups and deleted sandboxes'
     /// files are removed.
+    /// Metadata that marks a sandbox whose writable layer was a scratch tmpfs.
+    static let scratchKey = "sandpit.scratch"
+
     func reconcile() throws {
         let now = Clock.nowMs()
         let all = try catalog.allSandboxes()
         var known = Set<String>()
         for s in all {
-            if s.metadata["sandpit.build"] != nil {
-                // A template build's throwaway sandbox: the build died with the daemon.
-                try? FS.removeTree(storage.root + "/sandboxes/" + s.id)
+            let dir = storage.root + "/sandboxes/" + s.id
+            // A template build's throwaway sandbox (the build died with the
+            // daemon), or one whose files were in memory: nothing to keep.
+            if s.metadata["sandpit.build"] != nil || (s.metadata[Self.scratchKey] == "true" && !FS.exists(dir + "/disk.img")) {
+                try? FS.removeTree(dir)
                 try catalog.sync { c in try c.forget(s.id) }
                 continue
             }
@@ -273,12 +278,18 @@ public final class Engine: Sendable {
     }
 
     public func create(template: String, policy policyName: String, limits: JSONObject = [:], idle: JSONObject = [:],
-                       metadata: [String: String], caller: Caller, admit: AdmissionTicket? = nil) async throws -> SandboxRecord {
+                       metadata: [String: String], scratch: Bool = false, caller: Caller, admit: AdmissionTicket? = nil) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
         let tpl = try await resolveTemplate(template)
         let templateName = tpl.displayName
         var plan = try plan(policy: policyName, limits: limits)
         plan.idle = try plan.policy.idle(narrowedBy: idle)
+        var metadata = metadata
+        if scratch {
+            plan.useScratchDisk()
+            // How a restarted daemon knows there are no files to keep.
+            if plan.scratchDisk { metadata[Self.scratchKey] = "true" }
+        }
         let memory = plan.policy.memoryBytes ?? 0
         if let b = config.memoryBudgetBytes, memory > b {
             throw SandpitError(.limitExceeded, "policy \(plan.policy.name) asks for \(memory) bytes of memory; the daemon's whole budget is \(b)")
@@ -288,7 +299,7 @@ public final class Engine: Sendable {
         defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let now = Clock.nowMs()
         let rt: SandboxRuntime
-        if limits.count == 0, tpl.isBuiltin, let warm = await claimWarm(policy: policyName) {
+        if limits.count == 0, !scratch, tpl.isBuiltin, let warm = await claimWarm(policy: policyName) {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
             rt.idle.withLock { $0.policy = plan.idle; $0.touch(now: now) }
@@ -327,7 +338,7 @@ public final class Engine: Sendable {
             Task { [weak self, weak rt] in
                 try? await Task.sleep(for: .milliseconds(ms))
                 guard let self, let rt else { return }
-                await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(name)) exceeded; files kept")
+                await self.stop(rt, reason: "sandbox wall time of \(ms) ms (policy \(name)) exceeded; " + (rt.plan.scratchDisk ? "its scratch files are gone" : "files kept"))
             }
         }
         await catalog.event("created", sandbox: rt.id, detail: "template=\(templateName) (\(tpl.templateId)) policy=\(plan.policy.name)")
@@ -346,12 +357,17 @@ public final class Engine: Sendable {
         let dir = storage.root + "/sandboxes/" + id
         var cgroup: CgroupHandle?
         var runtime: SandboxRuntime?
-        var disk: FileDescriptor?
+        var disk: FileDescriptor?, scratch: FileDescriptor?
         do {
             if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
             let rootUid = config.ids.hostID(0)
             let upper: String, work: String
-            if let bytes = policy.diskBytes {
+            if plan.scratchDisk, let bytes = policy.diskBytes {
+                let d = try SandboxDisk.scratch(bytes: bytes, inodes: policy.diskInodes, rootUid: rootUid)
+                scratch = d
+                upper = SandboxDisk.path(in: d, SandboxDisk.upper)
+                work = SandboxDisk.path(in: d, SandboxDisk.work)
+            } else if let bytes = policy.diskBytes {
                 let image = dir + "/disk.img"
                 if !FS.exists(image) {
                     try SandboxDisk.create(image: image, storage: storage, bytes: bytes, inodes: policy.diskInodes, rootUid: rootUid)
@@ -368,6 +384,9 @@ public final class Engine: Sendable {
                 try FS.chown(upper, uid: rootUid, gid: rootUid)
             }
             let root = try DetachedMount.overlay(lower: image.lower, upper: upper, work: work)
+            // The overlay holds the scratch tmpfs from here on; nothing else needs it.
+            scratch?.close()
+            scratch = nil
             let usr = image.hostUsr ? try DetachedMount.readOnlyBind("/usr") : nil
             let limits = CgroupLimits(memoryBytes: policy.memoryBytes, pids: policy.pids.map { Int($0) },
                                       cpuMillicores: policy.cpuMillicores.map { Int($0) })
@@ -427,6 +446,7 @@ public final class Engine: Sendable {
                 close(rt.spawned.pidfd)
             }
             disk?.close()
+            scratch?.close()
             try? cgroup?.destroy()
             // A sandbox being restored or revived keeps its files and checkpoints.
             if fresh { try? FS.removeTree(dir) }

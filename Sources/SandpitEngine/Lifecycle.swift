@@ -130,6 +130,9 @@ extension Engine {
     /// Checkpoints the files (when the sandbox has its own disk), then stops
     /// every process and frees its memory, mounts and cgroup. Files stay.
     func hibernate(_ rt: SandboxRuntime, reason: String) async throws {
+        guard !rt.plan.scratchDisk else {
+            throw SandpitError(.invalidState, "sandbox \(rt.id) keeps its files in a scratch tmpfs (a batch task's sandbox): hibernating would lose them")
+        }
         let ok = try await rt.steps.run { [self] () async throws -> Bool in
             guard !rt.hasExited else { return false }
             if rt.idle.withLock({ $0.phase }) == .paused { rt.cgroup.thaw() }

@@ -58,6 +58,33 @@ public enum SandboxDisk {
         })
     }
 
+    /// A detached tmpfs of `bytes` (and at most `inodes` inodes) laid out like
+    /// an image (`upper` owned by `rootUid`, `work`): a scratch writable layer
+    /// for a sandbox whose files need not outlive it. Its pages are charged to
+    /// the memory cgroup of whoever writes them, i.e. the sandbox.
+    public static func scratch(bytes: Int64, inodes: Int64?, rootUid: UInt32) throws(OSError) -> FileDescriptor {
+        let fs = FileDescriptor(try sys("fsopen(tmpfs)") { sp_fsopen("tmpfs") })
+        defer { fs.close() }
+        _ = try sys("fsconfig(size)") { sp_fsconfig_string(fs.raw, "size", String(bytes)) }
+        if let n = inodes { _ = try sys("fsconfig(nr_inodes)") { sp_fsconfig_string(fs.raw, "nr_inodes", String(n)) } }
+        _ = try sys("fsconfig(mode)") { sp_fsconfig_string(fs.raw, "mode", "755") }
+        _ = try sys("fsconfig(create tmpfs)") { sp_fsconfig_create(fs.raw) }
+        let m = FileDescriptor(try sys("fsmount(tmpfs)") {
+            sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NOATIME)
+        })
+        do {
+            _ = try sys("mkdir", path: upper) { mkdirat(m.raw, upper, 0o755) }
+            _ = try sys("mkdir", path: work) { mkdirat(m.raw, work, 0o700) }
+            _ = try sys("chown", path: upper) { fchownat(m.raw, upper, rootUid, rootUid, 0) }
+            // Explicit: a umask must not narrow the sandbox's root directory.
+            _ = try sys("chmod", path: upper) { fchmodat(m.raw, upper, 0o755, 0) }
+        } catch {
+            m.close()
+            throw error
+        }
+        return m
+    }
+
     public static func path(in mount: FileDescriptor, _ sub: String) -> String { "/proc/self/fd/\(mount.raw)/\(sub)" }
 
     static func ensureBlank(dir: String, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws -> String {

@@ -60,6 +60,22 @@ import Testing
         #expect(try build.tightened(by: ["network": "none"]).network == .none)
     }
 
+    @Test func scratchDiskTurnsOffWhatWouldNeedFilesOnDisk() throws {
+        var plan = SandboxPlan.compile(try Self.shipped("default"), host: Self.host)
+        #expect(plan.policy.checkpoints == .everyStep && plan.idle.hibernateAfterMs != nil)
+        plan.useScratchDisk()
+        #expect(plan.scratchDisk)
+        #expect(plan.policy.checkpoints == .off, "a tmpfs layer cannot be frozen and cloned")
+        #expect(plan.idle.hibernateAfterMs == nil, "hibernating would throw its files away")
+        #expect(plan.steps.first { $0.name == "disk" }?.detail.hasPrefix("scratch tmpfs") == true)
+        // Without a disk of its own there is nothing to move to memory.
+        var p = Policy(name: "x")
+        p.diskBytes = nil
+        var noDisk = SandboxPlan.compile(p, host: Self.host)
+        noDisk.useScratchDisk()
+        #expect(!noDisk.scratchDisk)
+    }
+
     @Test func smallDisksGetProportionateInodes() {
         var p = Policy(name: "x")
         p.diskBytes = 16 << 20

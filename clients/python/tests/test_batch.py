@@ -70,3 +70,19 @@ def test_batch_method_from_the_client_with_shared_setup(client):
     assert by["bad"]["status"] == "failed" and by["bad"]["exitCode"] == 1
     assert by["boom"]["status"] == "error" and "setup[0]" in by["boom"]["reason"]
     assert summary["passed"] == 6 and summary["failed"] == 1 and summary["error"] == 1 and summary["total"] == 8
+
+
+def test_batch_tasks_keep_their_disk_limit_and_leave_nothing(client):
+    # Task sandboxes write to a scratch layer sized by the policy's disk limit:
+    # filling it fails inside the task (ENOSPC), and the next task starts empty.
+    tasks = [{"id": "fill", "cmd": "head -c 64M /dev/zero > big; echo rc=$?; ls -s big"},
+             {"id": "after", "cmd": "test -e big && echo leaked || echo clean"}]
+    seen = []
+    summary = client.batch(tasks, concurrency=1, limits={"diskBytes": 16 << 20}, on_result=seen.append)
+    by = {r["id"]: r for r in seen}
+    assert "No space left on device" in by["fill"]["stderr"], by["fill"]
+    kib = int(by["fill"]["stdout"].split("rc=1\n")[1].split()[0])
+    assert 8 << 10 < kib <= 16 << 10, by["fill"]["stdout"]
+    assert by["after"]["stdout"] == "clean\n", by["after"]
+    assert summary["total"] == 2
+    assert not [s for s in client.list_sandboxes() if s.get("metadata", {}).get("sandpit.batch")], "task sandboxes are deleted"
