@@ -105,6 +105,10 @@ public final class Catalog: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         db = try SQLiteDB(path: path)
+        // One daemon owns a data dir (its lock file says so), so nothing else
+        // opens this database: holding SQLite's lock for good saves the file
+        // lock calls of every transaction and the WAL's shared-memory index.
+        try db.execute("PRAGMA locking_mode=EXCLUSIVE")
         try db.execute("PRAGMA journal_mode=WAL")
         try db.execute("PRAGMA synchronous=NORMAL")
         try db.execute("PRAGMA foreign_keys=ON")

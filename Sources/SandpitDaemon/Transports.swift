@@ -153,8 +153,10 @@ public enum Transports {
     public static func serveStdio(service: RPCService, logger: Logger) async throws {
         signal(SIGPIPE, SIG_IGN)
         let conn = StdioConnection(inFd: 0, outFd: 1, maxLineBytes: service.limits.maxLineBytes)
-        try await ConnectionServer.serve(conn.items, out: StdioConnection.Out(conn: conn), service: service,
-                                         peer: Peer(uid: Int64(getuid()), admin: true), logger: logger)
+        try await withTaskExecutorPreference(ControlLoop.executor) {
+            try await ConnectionServer.serve(conn.items, out: StdioConnection.Out(conn: conn), service: service,
+                                             peer: Peer(uid: Int64(getuid()), admin: true), logger: logger)
+        }
     }
 
     /// SO_PEERCRED of a connected Unix socket.
@@ -169,7 +171,7 @@ public enum Transports {
         let max = service.limits.maxLineBytes
         let server: NIOAsyncChannel<NIOAsyncChannel<LineFramer.Item, ByteBuffer>, Never>
         do {
-            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            server = try await ServerBootstrap(group: ControlLoop.loop)
                 .serverChannelOption(.backlog, value: 256)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
@@ -195,10 +197,13 @@ public enum Transports {
                             return
                         }
                         let peer = Peer(uid: Int64(uid), admin: uid == geteuid())
-                        await ConnectionServer.serve(conn, service: service, peer: peer, logger: logger)
+                        await withTaskExecutorPreference(ControlLoop.executor) {
+                            await ConnectionServer.serve(conn, service: service, peer: peer, logger: logger)
+                        }
                     }
                 }
             }
         }
     }
 }
+

@@ -79,7 +79,7 @@ final class AgentChannel: Sendable {
 
     static func open(fd: Int32, onFrame: @escaping @Sendable (AgentFrame) -> Void,
                      onClose: @escaping @Sendable (String?) -> Void) async throws -> AgentChannel {
-        let ch = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let ch = try await NIOPipeBootstrap(group: ControlLoop.loop)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(AgentFrameDecoder()))

@@ -707,7 +707,7 @@ public final class Engine: Sendable {
         // One task records the exec's start, waits for its end and records that,
         // so the two catalog writes can never land out of order. A crash between
         // them is reconciled on start (running execs become lost).
-        Task { [weak rt, weak self, timer] in
+        Task(executorPreference: ControlLoop.executor) { [weak rt, weak self, timer] in
             try? await cat.insertExec(ExecRecord(sandboxId: id, execId: session.execId, command: req.argv, state: .running,
                                                  startedAt: startedAt), sandboxStep: record.step, execSeq: seq, lastActiveAt: startedAt)
             let o = await session.waitFinished()
