@@ -73,10 +73,23 @@ public final class RPCService: Sendable {
                                  "sandbox.fork", "storage.info", "batch.run", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
     /// Answers one request: streams its notifications to `out`, then its response.
+    /// Methods that may hold a thread for long (building sandboxes and
+    /// templates, copying or removing disks, base64 of multi-megabyte chunks,
+    /// whole batches): they run on the cooperative pool, so the control loop
+    /// that every connection and agent channel shares never waits for them.
+    /// Everything else runs on the loop the request came in on.
+    static let offLoop: Set<String> = [
+        "sandbox.create", "sandbox.delete", "sandbox.restore", "sandbox.fork", "sandbox.hibernate", "sandbox.resume",
+        "checkpoint.create", "template.build", "template.delete", "batch.run", "storage.info",
+        "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.download", "fs.writeMany",
+    ]
+
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
         let id = req.id ?? .null
         do {
-            let result = try await dispatch(req, requestId: id, peer: peer, out: out)
+            let result = Self.offLoop.contains(req.method)
+                ? try await withTaskExecutorPreference(globalConcurrentExecutor) { try await dispatch(req, requestId: id, peer: peer, out: out) }
+                : try await dispatch(req, requestId: id, peer: peer, out: out)
             if req.id != nil { try await out.send(RPC.response(id: id, result: result)) }
         } catch let e as SandpitError {
             if req.id != nil { try? await out.send(RPC.error(id: id, e)) }
