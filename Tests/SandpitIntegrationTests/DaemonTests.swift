@@ -76,6 +76,29 @@ struct DaemonTests {
         }
     }
 
+    /// The child that becomes a sandbox's agent shares the daemon's memory
+    /// until it execs; when that exec fails it must still report why, die,
+    /// and leave no cgroup, sandbox or process behind.
+    @Test func anAgentThatCannotStartFailsCreateCleanly() throws {
+        let dir = try TestEnv.scratch("notagent")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bogus = dir + "/not-an-agent"
+        try "neither an ELF binary nor a script\n".write(toFile: bogus, atomically: true, encoding: .utf8)
+        chmod(bogus, 0o755)
+        let d = try DaemonProcess(socket: true, name: "notagent", environment: ["SANDPIT_AGENT": bogus])
+        defer { d.cleanup() }
+        let c = try d.connect()
+        for _ in 0..<3 {
+            let r = try c.call("sandbox.create")
+            #expect(r["error"]?["data"]?["code"] == "sandbox_failed")
+            #expect(r["error"]?["message"]?.stringValue?.contains("execveat agent: errno \(ENOEXEC)") == true, "\(r)")
+        }
+        #expect(try c.result("sandbox.list")["sandboxes"] == [])
+        #expect(Host.cgroups(matching: "sb_").isEmpty)
+        #expect(Host.pids(matching: bogus).isEmpty)
+        #expect(try c.result("server.info")["backend"] == "linux-namespaces", "still serving")
+    }
+
     @Test func oversizedLinesAreRejectedAndTheStreamRecovers() throws {
         let d = try DaemonProcess(socket: true, name: "oversized", extraArgs: ["--max-line-bytes", "4096"])
         defer { d.cleanup() }

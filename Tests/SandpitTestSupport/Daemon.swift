@@ -182,11 +182,12 @@ public final class DaemonProcess: @unchecked Sendable {
     public let stdio: LineConnection?
     let stderrPipe = Pipe()
 
-    public init(socket: Bool, name: String, dataDir: String? = nil, extraArgs: [String] = []) throws {
+    public init(socket: Bool, name: String, dataDir: String? = nil, extraArgs: [String] = [], environment: [String: String] = [:]) throws {
         scratch = try TestEnv.scratch(name)
         self.dataDir = dataDir ?? scratch + "/data"
         process = Process()
         process.executableURL = URL(fileURLWithPath: TestEnv.sandpit)
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         // No warm pool unless a test asks: leak checks count agents, and pooled ones are alive by design.
         let pool = extraArgs.contains("--warm-pool") ? [] : ["--warm-pool", "0"]
         var args = ["serve", "--data-dir", self.dataDir, "--storage-gib", "4", "--log-level", "debug"] + pool + extraArgs
