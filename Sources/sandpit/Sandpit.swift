@@ -146,6 +146,8 @@ struct Serve: AsyncParsableCommand {
                     } else {
                         try await Transports.serveStdio(service: service, logger: logger)
                     }
+                } catch is CancellationError {
+                    // Stopped by a signal: the ordinary way out, not an error.
                 } catch {
                     logger.error("\(error)")
                 }
