@@ -33,8 +33,22 @@ extension Engine {
                 }
                 do {
                     let t0 = Clock.monotonicNs()
-                    let ck = try await snapshotFiles(rt, name: nil)
-                    await checkpointLog.add(ck)
+                    let (ck, links) = try await snapshotFiles(rt, name: nil, deferLinks: true)
+                    if let links {
+                        // An unchanged step: its two hard links are made after
+                        // the reply, still under the step lock (see finishLater).
+                        let log = checkpointLog, logger = logger, sb = rt.id
+                        await rt.steps.finishLater {
+                            do {
+                                try await links()
+                                await log.add(ck)
+                            } catch {
+                                logger.warning("checkpoint failed", metadata: ["sandbox": "\(sb)", "checkpoint": "\(ck.id)", "error": "\(error)"])
+                            }
+                        }
+                    } else {
+                        await checkpointLog.add(ck)
+                    }
                     return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
                                                   checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
                 } catch {
@@ -69,7 +83,7 @@ extension Engine {
 
     /// A whole checkpoint, catalog row included; the caller holds the step lock.
     func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
-        let ck = try await snapshotFiles(rt, name: name)
+        let (ck, _) = try await snapshotFiles(rt, name: name, deferLinks: false)
         await checkpointLog.add(ck)
         await checkpointLog.flush()
         return ck
@@ -81,7 +95,14 @@ extension Engine {
     /// removes, never a listed checkpoint without its files. Returns once
     /// the files exist and the sandbox's head has moved to it; the caller
     /// queues the row on `checkpointLog`.
-    func snapshotFiles(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
+    /// Checkpoints the sandbox's files now. With `deferLinks`, an unchanged
+    /// step's record comes back with the work that makes its files (two hard
+    /// links, or a full snapshot if linking fails), for the caller to run
+    /// before the step lock goes to anyone else; otherwise that is nil and
+    /// the files exist on return.
+    func snapshotFiles(_ rt: SandboxRuntime, name: String?, deferLinks: Bool) async throws
+        -> (CheckpointRecord, links: (@Sendable () async throws -> Void)?)
+    {
         guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
         let id = Identifier.make("ck")
         let sb = rt.id
@@ -98,11 +119,14 @@ extension Engine {
         // a clone. Both are immutable (restores and forks clone them). A small
         // upper is scanned right here; a large one on a thread of its own.
         @Sendable func unchanged() -> Manifest? {
-            guard let head = parent, let base = known, FS.isDirectory(dir),
-                  let now = try? ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper)), now == base,
-                  link(checkpointImage(sb, head), copy) == 0 else { return nil }
-            guard link(checkpointManifest(sb, head), checkpointManifest(sb, id)) == 0 else { unlink(copy); return nil }
+            guard parent != nil, let base = known, FS.isDirectory(dir),
+                  let now = try? ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper)), now == base else { return nil }
             return now
+        }
+        @Sendable func linkToHead() -> Bool {
+            guard let head = parent, link(checkpointImage(sb, head), copy) == 0 else { return false }
+            guard link(checkpointManifest(sb, head), checkpointManifest(sb, id)) == 0 else { unlink(copy); return false }
+            return true
         }
         @Sendable func full() throws -> Manifest {
             if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
@@ -117,10 +141,20 @@ extension Engine {
         }
         let small = (known?.entries.count ?? .max) <= 256
         let manifest: Manifest
+        var links: (@Sendable () async throws -> Void)?
         if small, let m = unchanged() {
             manifest = m
+            if deferLinks {
+                // Linking can fail (the link count limit, say): then a real snapshot of the same files.
+                links = { if !linkToHead() { _ = try await EngineThread.run { try full() } } }
+            } else if !linkToHead() {
+                _ = try await EngineThread.run { try full() }
+            }
         } else {
-            manifest = try await EngineThread.run { try (small ? nil : unchanged()) ?? full() }
+            manifest = try await EngineThread.run { () throws -> Manifest in
+                if !small, let m = unchanged(), linkToHead() { return m }
+                return try full()
+            }
         }
         let lower = rt.image.lower
         let diff = CheckpointDiff.compute(old: previous, new: manifest) { p in lower.contains { FS.lexists($0 + "/" + p) } }
@@ -130,7 +164,7 @@ extension Engine {
         rt.headManifest.withLock { $0 = manifest }
         rt.state.withLock { $0.record.head = id }
         logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
-        return record
+        return (record, links)
     }
 
     func loadManifest(_ sb: String, _ ck: String) -> Manifest? {

@@ -778,6 +778,8 @@ public final class Engine: Sendable {
             for rt in all {
                 g.addTask {
                     if keep {
+                        // Let a step that is still being recorded finish first.
+                        _ = try? await rt.steps.run {}
                         guard await self.teardown(rt) else { return }
                         try? self.catalog.setState(rt.id, .hibernated, reason: "daemon stopped; files kept, processes lost")
                     } else {

@@ -101,6 +101,14 @@ struct CheckpointTests {
             #expect(try a.sh(sb, "cat /home/user/f").stdout == "a\n")
             _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": list[2]["checkpointId"]!])
             #expect(try a.sh(sb, "cat /home/user/f").stdout == "b\n")
+            // An unchanged step's files are linked after its reply, under the
+            // step lock: a restore sent right after the reply still finds them.
+            let quiet = try a.sh(sb, "true")
+            let named = quiet.result["checkpoint"]?["checkpointId"]
+            #expect(named != nil && quiet.result["checkpoint"]?["diff"]?["modified"] == 0)
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": named!])
+            #expect(try a.sh(sb, "cat /home/user/f").stdout == "b\n")
+            #expect(inode(quiet.result["checkpoint"]) == inode(list[2]))
         }
     }
 
