@@ -72,7 +72,6 @@ public final class RPCService: Sendable {
                                  "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
                                  "sandbox.fork", "storage.info", "batch.run", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
-    /// Answers one request: streams its notifications to `out`, then its response.
     /// Methods that may hold a thread for long (building sandboxes and
     /// templates, copying or removing disks, base64 of multi-megabyte chunks,
     /// whole batches): they run on the cooperative pool, so the control loop
@@ -84,6 +83,7 @@ public final class RPCService: Sendable {
         "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.download", "fs.writeMany",
     ]
 
+    /// Answers one request: streams its notifications to `out`, then its response.
     public func handle(_ req: RPCRequest, peer: Peer, out: any RPCOutbound) async {
         let id = req.id ?? .null
         do {

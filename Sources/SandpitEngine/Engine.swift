@@ -182,13 +182,14 @@ public final class Engine: Sendable {
         return fd
     }
 
-    /// Makes the catalog and the host agree after a crash or restart:
-    /// sandboxes that were live are now stopped (their files are kept), execs
-    /// that were running are lost, and leftover cgroups and deleted sandboxes'
-    /// files are removed.
     /// Metadata that marks a sandbox whose writable layer was a scratch tmpfs.
     static let scratchKey = "sandpit.scratch"
 
+    /// Makes the catalog and the host agree after a crash or restart:
+    /// sandboxes that were live are now hibernated (their files are kept and
+    /// they wake on the next request), template-build and scratch sandboxes
+    /// are forgotten, execs that were running are lost, and leftover cgroups
+    /// and deleted sandboxes' files are removed.
     func reconcile() throws {
         let now = Clock.nowMs()
         let all = try catalog.allSandboxes()
