@@ -39,12 +39,15 @@ public enum SandboxSpawner {
         return try cargv.withUnsafeBufferPointer { av in
             try cenv.withUnsafeBufferPointer { ev in
                 try maps.withUnsafeBufferPointer { mp in
-                    var args = sp_spawn_args(exec_fd: agentFd, argv: av.baseAddress, envp: ev.baseAddress,
-                                             fds: mp.baseAddress, nfds: Int32(mp.count), sync_fd: syncp[0],
-                                             report_fd: SP_AGENT_FD_CTRL, clone_flags: flags, watch_fd: -1)
+                    // On the heap: `&local` would only be valid during the call.
+                    let args = UnsafeMutablePointer<sp_spawn_args>.allocate(capacity: 1)
+                    args.initialize(to: sp_spawn_args(exec_fd: agentFd, argv: av.baseAddress, envp: ev.baseAddress,
+                                                      fds: mp.baseAddress, nfds: Int32(mp.count), sync_fd: syncp[0],
+                                                      report_fd: SP_AGENT_FD_CTRL, clone_flags: flags, watch_fd: -1))
+                    defer { args.deallocate() }
                     var pidfd: Int32 = -1
                     var pid: pid_t = -1
-                    guard let handle = sp_spawn_sandbox(&args, &pidfd, &pid) else {
+                    guard let handle = sp_spawn_sandbox(args, &pidfd, &pid) else {
                         let e = errno
                         close(sv[0])
                         throw OSError(call: "clone", errno: e)
