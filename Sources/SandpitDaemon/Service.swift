@@ -73,14 +73,14 @@ public final class RPCService: Sendable {
                                  "sandbox.fork", "storage.info", "batch.run", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
     /// Methods that may hold a thread for long (building sandboxes and
-    /// templates, copying or removing disks, base64 of multi-megabyte chunks,
-    /// whole batches): they run on the cooperative pool, so the control loop
+    /// templates, copying or removing disks, base64 of up to 16 MiB of file
+    /// contents, whole batches): they run on the cooperative pool, so the control loop
     /// that every connection and agent channel shares never waits for them.
     /// Everything else runs on the loop the request came in on.
     static let offLoop: Set<String> = [
         "sandbox.create", "sandbox.delete", "sandbox.restore", "sandbox.fork", "sandbox.hibernate", "sandbox.resume",
         "checkpoint.create", "template.build", "template.delete", "batch.run", "storage.info",
-        "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.download", "fs.writeMany",
+        "fs.read", "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.download", "fs.writeMany",
     ]
 
     /// Answers one request: streams its notifications to `out`, then its response.

@@ -52,6 +52,9 @@ struct ChannelOutbound: RPCOutbound {
 /// runs in its own task, so requests are pipelined and answered out of order.
 /// When the client stops sending, requests already read are still answered.
 enum ConnectionServer {
+    /// Request lines at least this long are parsed off the control loop.
+    static let bulkLineBytes = 256 << 10
+
     static func serve<S: AsyncSequence & Sendable>(_ inbound: S, out: any RPCOutbound, service: RPCService, peer: Peer, logger: Logger) async throws
     where S.Element == LineFramer.Item {
         // Whatever ends the connection, what it held awake is released.
@@ -63,6 +66,16 @@ enum ConnectionServer {
                     try await out.send(RPC.error(id: .null, SandpitError(
                         .requestTooLarge, "request line of \(n)+ bytes exceeds the limit of \(service.limits.maxLineBytes) bytes",
                         details: ["limit": .int(Int64(service.limits.maxLineBytes))])))
+                case .line(let bytes) where bytes.count >= bulkLineBytes:
+                    // Most likely file contents: parsed and served on the
+                    // cooperative pool, so the shared control loop does not
+                    // stall for megabytes of JSON.
+                    group.addTask(executorPreference: globalConcurrentExecutor) {
+                        switch RPC.parse(bytes) {
+                        case .failure(let r): try? await out.send(RPC.error(id: r.id, r.error))
+                        case .success(let req): await service.handle(req, peer: peer, out: out)
+                        }
+                    }
                 case .line(let bytes):
                     switch RPC.parse(bytes) {
                     case .failure(let r):

@@ -99,6 +99,26 @@ struct DaemonTests {
         #expect(try c.result("server.info")["backend"] == "linux-namespaces", "still serving")
     }
 
+    /// Lines of 256 KiB or more are parsed and served on the task pool, not
+    /// the control loop: the same answers, errors included, come back.
+    @Test func bulkRequestLinesGetTheSameAnswers() throws {
+        try withDaemon(socket: true) { d in
+            let c = try d.connect()
+            let sb = try create(c)
+            c.send("{" + String(repeating: "x", count: 300 << 10))
+            #expect(c.readMessage()?["error"]?["code"] == -32700)
+            let text = String(repeating: "0123456789abcdef", count: 20 << 10)   // 320 KiB
+            _ = try c.result("fs.write", ["sandboxId": .string(sb), "path": "big.txt", "text": .string(text)])
+            let back = try c.result("fs.read", ["sandboxId": .string(sb), "path": "big.txt"])
+            let same = back["data"]?.stringValue.flatMap(Base64.decode) == Array(text.utf8)
+            #expect(same, "fs.read gave back what fs.write wrote")
+            let bad = try c.call("fs.write", ["sandboxId": .string(sb), "path": "../../etc/x", "text": .string(text)])
+            #expect(bad["error"]?["data"]?["code"] != nil)
+            #expect(try c.result("server.info")["backend"] == "linux-namespaces")
+            _ = try c.result("sandbox.delete", ["sandboxId": .string(sb)])
+        }
+    }
+
     @Test func oversizedLinesAreRejectedAndTheStreamRecovers() throws {
         let d = try DaemonProcess(socket: true, name: "oversized", extraArgs: ["--max-line-bytes", "4096"])
         defer { d.cleanup() }
