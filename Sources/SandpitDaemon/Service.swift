@@ -78,7 +78,7 @@ public final class RPCService: Sendable {
     /// that every connection and agent channel shares never waits for them.
     /// Everything else runs on the loop the request came in on.
     static let offLoop: Set<String> = [
-        "sandbox.create", "sandbox.delete", "sandbox.restore", "sandbox.fork", "sandbox.hibernate", "sandbox.resume",
+        "sandbox.create", "sandbox.delete", "sandbox.restore", "sandbox.fork", "sandbox.pause", "sandbox.hibernate", "sandbox.resume",
         "checkpoint.create", "template.build", "template.delete", "batch.run", "storage.info",
         "fs.read", "fs.upload", "fs.uploadChunk", "fs.uploadCommit", "fs.download", "fs.writeMany",
     ]
