@@ -181,16 +181,11 @@ struct BatchRunner: Sendable {
         return out
     }
 
+    /// A sandbox with a scratch disk: thrown away after one task, it needs no
+    /// checkpoints (the scratch disk turns them off).
     func newSandbox() async throws -> String {
-        try await engine.create(template: options.template, policy: options.policy, limits: taskLimits,
+        try await engine.create(template: options.template, policy: options.policy, limits: options.limits,
                                 metadata: ["sandpit.batch": "task"], scratch: true, caller: caller).id
-    }
-
-    /// Task sandboxes need no per-step checkpoints: they are thrown away.
-    var taskLimits: JSONObject {
-        var l = options.limits
-        if l["checkpoints"] == nil { l["checkpoints"] = "off" }
-        return l
     }
 
     /// Writes a task's files and runs its setup commands in a sandbox.

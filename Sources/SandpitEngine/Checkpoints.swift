@@ -16,10 +16,12 @@ extension Engine {
     /// checkpoints the files. Never throws: a failed checkpoint is reported
     /// in the result and the step still counts.
     ///
-    /// Returns as soon as the checkpoint's files exist; its catalog row is
-    /// queued on `checkpointLog`, so the caller's reply does not wait for
-    /// SQLite. Whatever reads checkpoints (`checkpoint.list`, restore, fork)
-    /// first calls `settleSteps`, so a restore to this step is exact.
+    /// Returns as soon as the checkpoint's files exist, or for an unchanged
+    /// step as soon as its record is known (the links follow under the step
+    /// lock); its catalog row is queued on `checkpointLog`, so the caller's
+    /// reply does not wait for SQLite. Whatever reads checkpoints
+    /// (`checkpoint.list`, restore, fork) first calls `settleSteps`, so a
+    /// restore to this step is exact.
     func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
         do {
             return try await rt.steps.run { [self] in
@@ -92,14 +94,13 @@ extension Engine {
     /// The checkpoint itself; the caller holds the sandbox's step lock.
     /// Files first (image and manifest under temporary names, then renamed),
     /// the catalog last: a crash in between leaves files the next start
-    /// removes, never a listed checkpoint without its files. Returns once
-    /// the files exist and the sandbox's head has moved to it; the caller
-    /// queues the row on `checkpointLog`.
-    /// Checkpoints the sandbox's files now. With `deferLinks`, an unchanged
-    /// step's record comes back with the work that makes its files (two hard
-    /// links, or a full snapshot if linking fails), for the caller to run
-    /// before the step lock goes to anyone else; otherwise that is nil and
-    /// the files exist on return.
+    /// removes, never a listed checkpoint without its files. The sandbox's
+    /// head has moved to it on return; the caller queues the row on
+    /// `checkpointLog` once the files exist. They exist on return, except
+    /// with `deferLinks` for an unchanged step: then the record comes back
+    /// with the work that makes them (two hard links, or a full snapshot if
+    /// linking fails), for the caller to run before the step lock goes to
+    /// anyone else.
     func snapshotFiles(_ rt: SandboxRuntime, name: String?, deferLinks: Bool) async throws
         -> (CheckpointRecord, links: (@Sendable () async throws -> Void)?)
     {

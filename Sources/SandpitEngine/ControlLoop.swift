@@ -22,7 +22,7 @@ public enum ControlLoop {
 /// Runs Swift tasks' jobs on an event loop.
 public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     let loop: any EventLoop
-    public init(_ loop: any EventLoop) { self.loop = loop }
+    init(_ loop: any EventLoop) { self.loop = loop }
 
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
