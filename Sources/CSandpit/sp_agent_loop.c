@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
@@ -316,7 +317,107 @@ static void signal_tree(uint32_t id, int sig) {
     }
 }
 
-static void handle_frame(const struct sp_frame_header *h, const char *payload) {
+// Reaps every child that has ended; an exec whose main process it was is
+// marked exited (its EXITED goes once its pipes drain).
+static void reap_children(void) {
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        struct exec *x = find_pid(pid);
+        if (x) {
+            x->exited = 1;
+            x->status = st;
+            x->drain_deadline = now_ns() + DRAIN_GRACE_NS;
+            close_fd(&x->in_fd);
+        }
+    }
+}
+
+static int kept(pid_t pid, const int32_t *keep, size_t nkeep) {
+    for (size_t i = 0; i < nkeep; i++) if (keep[i] == pid) return 1;
+    return 0;
+}
+
+// One pass over /proc: SIGKILL every live process but PID 1 and `keep`.
+// Returns how many were signalled (zombies are not counted).
+static int kill_pass(const int32_t *keep, size_t nkeep) {
+    DIR *d = opendir("/proc");
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 1 || kept((pid_t)pid, keep, nkeep)) continue;
+        char path[64], buf[256];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t r = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (r <= 0) continue;
+        buf[r] = 0;
+        const char *paren = strrchr(buf, ')');
+        if (paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X')) continue;
+        kill((pid_t)pid, SIGKILL);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+// RESTORE: the daemon is about to put the sandbox's files back in place and
+// wake frozen interpreter copies. Everything else must be gone first: no
+// process of a later step may write to the restored files. A killed process
+// cannot fork, so passes converge; processes stuck in the kernel get ~2 s.
+static void do_restore(uint32_t id, const char *payload, size_t len, char *obuf) {
+    uint32_t nadopt = 0;
+    if (len >= sizeof nadopt) memcpy(&nadopt, payload, sizeof nadopt);
+    size_t off = sizeof nadopt;
+    if (len < off || nadopt > MAX_EXECS || len < off + nadopt * sizeof(struct sp_adopt)) nadopt = 0, len = off;
+    for (uint32_t i = 0; i < nadopt; i++) {
+        struct sp_adopt a;
+        memcpy(&a, payload + off, sizeof a);
+        off += sizeof a;
+        struct exec *x = find_id(a.exec);
+        if (x && !x->exited && a.pid > 1) x->pid = a.pid;
+    }
+    size_t nkeep = (len - off) / sizeof(int32_t);
+    int32_t *keep = calloc(nkeep + 1, sizeof *keep);
+    if (keep && nkeep) memcpy(keep, payload + off, nkeep * sizeof *keep);
+    if (!keep) nkeep = 0;
+    int32_t killed = 0, alive = 0;
+    int64_t deadline = now_ns() + 2000LL * 1000 * 1000;
+    for (;;) {
+        int n = kill_pass(keep, nkeep);
+        reap_children();
+        if (n <= 0) { alive = n < 0 ? -1 : 0; break; }
+        killed += n;
+        if (now_ns() > deadline) { alive = n; break; }
+        struct timespec ts = { 0, 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    free(keep);
+    // What the killed processes wrote before they died goes out before the answer.
+    for (int i = 0; i < MAX_EXECS; i++) {
+        struct exec *x = &execs[i];
+        if (!x->used) continue;
+        for (int k = 0; k < 64 && x->out_fd >= 0; k++) {
+            ssize_t r = read(x->out_fd, obuf, SP_OUTPUT_CHUNK);
+            if (r > 0) send_or_die(SP_FRAME_OUTPUT, 1, x->id, obuf, (size_t)r, NULL, 0);
+            else { if (r == 0) close_fd(&x->out_fd); break; }
+        }
+        for (int k = 0; k < 64 && x->err_fd >= 0; k++) {
+            ssize_t r = read(x->err_fd, obuf, SP_OUTPUT_CHUNK);
+            if (r > 0) send_or_die(SP_FRAME_OUTPUT, 2, x->id, obuf, (size_t)r, NULL, 0);
+            else { if (r == 0) close_fd(&x->err_fd); break; }
+        }
+    }
+    int32_t reply[2] = { killed, alive };
+    send_or_die(SP_FRAME_RESTORED, 0, id, reply, sizeof reply, NULL, 0);
+}
+
+static void handle_frame(const struct sp_frame_header *h, const char *payload, char *obuf) {
     switch (h->type) {
     case SP_FRAME_SPAWN: do_spawn(h->id, payload, h->length); break;
     case SP_FRAME_STDIN: do_stdin(h->id, payload, h->length); break;
@@ -332,6 +433,13 @@ static void handle_frame(const struct sp_frame_header *h, const char *payload) {
             // Also after the command itself ended: what it left running.
             signal_tree(h->id, sig);
         }
+        break;
+    }
+    case SP_FRAME_RESTORE: do_restore(h->id, payload, h->length, obuf); break;
+    case SP_FRAME_SIGNAL_PID: {
+        int32_t v[2] = { 0, 0 };
+        if (h->length >= sizeof v) memcpy(v, payload, sizeof v);
+        if (v[0] > 1 && v[1] > 0) kill(v[0], v[1]);
         break;
     }
     case SP_FRAME_STATS: {
@@ -390,17 +498,7 @@ int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
         if (pfds[1].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {}
-            int st;
-            pid_t pid;
-            while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-                struct exec *x = find_pid(pid);
-                if (x) {
-                    x->exited = 1;
-                    x->status = st;
-                    x->drain_deadline = now_ns() + DRAIN_GRACE_NS;
-                    close_fd(&x->in_fd);
-                }
-            }
+            reap_children();
         }
         for (int i = 2; i < n; i++) {
             struct exec *x = owners[i];
@@ -425,7 +523,7 @@ int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
                 memcpy(&h, rbuf + off, sizeof h);
                 if (h.length > SP_FRAME_MAX_PAYLOAD) _exit(3);
                 if (rlen - off < SP_FRAME_HEADER_SIZE + h.length) break;
-                handle_frame(&h, rbuf + off + SP_FRAME_HEADER_SIZE);
+                handle_frame(&h, rbuf + off + SP_FRAME_HEADER_SIZE, obuf);
                 off += SP_FRAME_HEADER_SIZE + h.length;
             }
             memmove(rbuf, rbuf + off, rlen - off);

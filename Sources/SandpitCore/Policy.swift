@@ -26,6 +26,10 @@ public struct Policy: Sendable, Equatable {
     public var cgroup: Bool = true
     /// When the daemon checkpoints the sandbox's files (needs `diskBytes`).
     public var checkpoints: CheckpointMode = .everyStep
+    /// Frozen copy-on-write copies of each Python context's interpreter kept
+    /// after its last cells, so a restore to one of those steps brings the
+    /// variables back with the files (0: none). They count against `memoryBytes` and `pids`.
+    public var interpreterSnapshots: Int64 = 8
     /// Idle lifecycle defaults, and the longest values a client may ask for.
     public var idle = IdlePolicy(pauseAfterMs: 300_000, hibernateAfterMs: 1_800_000, deleteAfterMs: nil, backgroundKeepsAwake: true)
 
@@ -84,6 +88,9 @@ public struct Policy: Sendable, Equatable {
         }
     }
 
+    /// The most frozen interpreter copies a policy may keep per context.
+    public static let maxInterpreterSnapshots: Int64 = 64
+
     /// Smallest sane value of each limit: below these a sandbox cannot start.
     static let minimums: [String: Int64] = [
         "memoryBytes": 16 << 20, "pids": 8, "cpuMillicores": 10, "openFiles": 16, "diskBytes": 16 << 20,
@@ -91,7 +98,8 @@ public struct Policy: Sendable, Equatable {
     ]
 
     static let knownKeys: Set<String> = Set(limitKeys).union(["name", "description", "purpose", "network", "allow", "seccomp",
-                                                              "socketFamilies", "cgroup", "checkpoints", "idle"])
+                                                              "socketFamilies", "cgroup", "checkpoints", "idle",
+                                                              "interpreterSnapshots"])
 
     /// Decodes a policy document. `source` names the file in errors. A limit
     /// given as `null` is unlimited; an absent one keeps the built-in default.
@@ -140,6 +148,12 @@ public struct Policy: Sendable, Equatable {
         p.network = try choice("network", NetworkMode.self) ?? p.network
         p.socketFamilies = try choice("socketFamilies", SocketFamilies.self) ?? p.socketFamilies
         p.checkpoints = try choice("checkpoints", CheckpointMode.self) ?? p.checkpoints
+        if let v = o["interpreterSnapshots"] {
+            guard let n = v.intValue, (0...Self.maxInterpreterSnapshots).contains(n) else {
+                throw fail("interpreterSnapshots", "must be an integer from 0 to \(Self.maxInterpreterSnapshots)")
+            }
+            p.interpreterSnapshots = n
+        }
         if let i = o["idle"] {
             guard let io = i.objectValue else { throw fail("idle", "must be an object") }
             for (k, _) in io where !["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs", "backgroundKeepsAwake"].contains(k) {
@@ -207,6 +221,13 @@ public struct Policy: Sendable, Equatable {
                 }
                 p.network = .none
                 p.allow = []
+            case "interpreterSnapshots":
+                guard let n = v.intValue, n >= 0 else { throw SandpitError.invalidParams("limits.interpreterSnapshots", "must be an integer ≥ 0") }
+                if n > interpreterSnapshots {
+                    throw SandpitError(.permissionDenied, "limits.interpreterSnapshots = \(n) is looser than policy \(name) allows (\(interpreterSnapshots))",
+                                       details: ["field": "limits.interpreterSnapshots", "allowed": .int(interpreterSnapshots)])
+                }
+                p.interpreterSnapshots = n
             case "checkpoints":
                 // Any mode is allowed: checkpoints cost the sandbox's own disk only.
                 guard let s = v.stringValue, let m = CheckpointMode(rawValue: s) else {
@@ -224,7 +245,7 @@ public struct Policy: Sendable, Equatable {
                 p.allow = arr
                 if arr.isEmpty { p.network = .none }
             default:
-                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow", "checkpoints"]).joined(separator: ", ")))")
+                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow", "checkpoints", "interpreterSnapshots"]).joined(separator: ", ")))")
             }
         }
         return p
@@ -272,6 +293,7 @@ public struct Policy: Sendable, Equatable {
         o["socketFamilies"] = .string(socketFamilies.rawValue)
         o["cgroup"] = .bool(cgroup)
         o["checkpoints"] = .string(checkpoints.rawValue)
+        o["interpreterSnapshots"] = .int(interpreterSnapshots)
         o["idle"] = idle.json
         return .object(o)
     }

@@ -19,7 +19,8 @@ extension RPCService {
             try p.expect(only: ["sandboxId"])
             let list = try await engine.contexts(try p.requireString("sandboxId"), caller: caller)
             return .object(["contexts": .array(list.map { c in
-                .object(["contextId": .string(c.id), "language": .string(c.language), "executionCount": .int(Int64(c.executionCount)), "alive": .bool(c.alive)])
+                .object(["contextId": .string(c.id), "language": .string(c.language), "executionCount": .int(Int64(c.executionCount)), "alive": .bool(c.alive),
+                         "snapshots": .object(["executionCounts": .array(c.snapshotCounts.map { .int(Int64($0)) }), "memoryBytes": .int(c.snapshotBytes)])])
             })])
         case "context.delete":
             try p.expect(only: ["sandboxId", "contextId"])

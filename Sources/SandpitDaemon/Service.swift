@@ -254,6 +254,10 @@ public final class RPCService: Sendable {
             guard case .object(var o) = sandboxJSON(r.sandbox, caller: caller) else { return .null }
             o["restored"] = .array(r.restored.map { .string($0) })
             o["lost"] = .array(r.lost.map { .string($0) })
+            if !r.contexts.isEmpty {
+                o["contexts"] = .array(r.contexts.map { c in .object(["contextId": .string(c.id), "interpreter": .string(c.outcome),
+                                                                     "executionCount": c.executionCount.map { .int(Int64($0)) } ?? .null]) })
+            }
             o["checkpoint"] = r.checkpoint.json
             return .object(o)
         case "sandbox.fork":

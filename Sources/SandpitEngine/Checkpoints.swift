@@ -22,9 +22,16 @@ extension Engine {
     /// reply does not wait for SQLite. Whatever reads checkpoints
     /// (`checkpoint.list`, restore, fork) first calls `settleSteps`, so a
     /// restore to this step is exact.
-    func recordStep(_ rt: SandboxRuntime) async -> ExecSession.StepRecord {
+    ///
+    /// `epoch` is `rt.restores` when the command started: a command an
+    /// in-place restore killed records no step.
+    func recordStep(_ rt: SandboxRuntime, epoch: Int? = nil) async -> ExecSession.StepRecord {
         do {
             return try await rt.steps.run { [self] in
+                if let epoch, rt.restores.load(ordering: .acquiring) != epoch {
+                    return ExecSession.StepRecord(step: rt.record.step, checkpoint: nil,
+                                                  checkpointError: "the sandbox was restored while this ran, so it recorded no step")
+                }
                 let step = rt.state.withLock { s -> Int in
                     s.record.step += 1
                     s.record.lastActiveAt = Clock.nowMs()
@@ -162,6 +169,7 @@ extension Engine {
         let record = CheckpointRecord(id: id, sandboxId: sb, step: rt.record.step, name: name, parentId: parent,
                                       createdAt: Clock.nowMs(), diff: diff, bytes: diff.bytes)
         Fault.point("checkpoint.files-written")
+        noteInterpreters(rt, checkpoint: id)
         rt.headManifest.withLock { $0 = manifest }
         rt.state.withLock { $0.record.head = id }
         logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
@@ -211,6 +219,10 @@ extension Engine {
         public var checkpoint: CheckpointRecord
         public var restored: [String]
         public var lost: [String]
+        /// What an in-place restore did to each interpreter context: "restored"
+        /// (its variables as of the checkpoint, `executionCount` as then) or "lost"
+        /// (the next cell starts it fresh). Empty for a restore that relaunched the sandbox.
+        public var contexts: [(id: String, outcome: String, executionCount: Int?)] = []
     }
 
     /// Puts the sandbox's files back to a checkpoint. Its processes are
@@ -221,6 +233,9 @@ extension Engine {
         try await settleSteps(id, caller: caller)
         var record = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(record, step: step, checkpointId: checkpointId)
+        if let rt = try runtime(id, caller: caller), let done = try await restoreInPlace(rt, to: ck, caller: caller) {
+            return done
+        }
         var lost: [String] = []
         let old = try runtime(id, caller: caller)
         let plan: SandboxPlan
@@ -262,7 +277,150 @@ extension Engine {
         try await catalog.updateSandbox(record)
         await catalog.event("restored", sandbox: id, detail: "checkpoint=\(ck.id) step=\(ck.step)")
         emit(id, .running, reason: "restored to step \(ck.step)", owner: record.owner)
-        return Restored(sandbox: record, checkpoint: ck, restored: ["filesystem"], lost: lost)
+        return Restored(sandbox: record, checkpoint: ck, restored: ["filesystem"], lost: lost,
+                        contexts: contextLanguages(id).keys.sorted().map { ($0, "lost", nil) })
+    }
+
+    /// Records which frozen interpreter copy holds each Python context's
+    /// state as of a new checkpoint: the copy of its last finished cell.
+    func noteInterpreters(_ rt: SandboxRuntime, checkpoint: String) {
+        var at: [String: Int] = [:]
+        for (cid, c) in rt.contexts.withLock({ $0 }) where c.keepCopies > 0 {
+            if let serial = c.state.withLock({ $0.dead == nil ? $0.current : nil }) { at[cid] = serial }
+        }
+        guard !at.isEmpty else { return }
+        rt.interpreterAt.withLock { m in
+            m[checkpoint] = at
+            // Forget checkpoints whose copies are all gone (evicted, or their context ended).
+            if m.count > 1024 {
+                var live = Set<Int>()
+                for c in rt.contexts.withLock({ Array($0.values) }) { live.formUnion(c.state.withLock { $0.copies.map(\.serial) }) }
+                m = m.filter { !$0.value.values.allSatisfy { !live.contains($0) } }
+            }
+        }
+    }
+
+    /// Restores a live sandbox to a checkpoint without relaunching it, when
+    /// at least one of its Python contexts has a frozen copy of its
+    /// interpreter as of that checkpoint (`interpreterSnapshots`); nil (and
+    /// nothing touched) otherwise, and the caller relaunches as before.
+    ///
+    /// Running cells are stopped, and each context's cell lock is taken, then
+    /// the step lock. The checkpoint's image is cloned and mounted as a new
+    /// overlay. The agent kills every process but itself and the frozen
+    /// copies, making each context's copy its exec's main process. A daemon
+    /// thread in the sandbox's mount namespace puts the new overlay in place
+    /// of the root (`RootSwap`). Then each copy is woken: it is the
+    /// context's interpreter, with the variables it had after that step.
+    func restoreInPlace(_ rt: SandboxRuntime, to ck: CheckpointRecord, caller: Caller) async throws -> Restored? {
+        let mapping = rt.interpreterAt.withLock { $0[ck.id] } ?? [:]
+        guard !mapping.isEmpty, rt.disk != nil, !rt.hasExited, !rt.state.withLock({ $0.deleting }) else { return nil }
+        let contexts = rt.contexts.withLock { Array($0.values) }.filter { !$0.isDead }.sorted { $0.id < $1.id }
+        guard contexts.contains(where: { mapping[$0.id] != nil }) else { return nil }
+        _ = try await wake(rt.id, caller: caller)   // a paused sandbox's agent cannot answer
+        guard registry.withLock({ $0[rt.id] }) === rt else { return nil }
+        let why = "the sandbox was restored to step \(ck.step)"
+        @Sendable func holdingCells(_ rest: ArraySlice<InterpreterContext>, _ body: @escaping @Sendable () async throws -> Restored?) async throws -> Restored? {
+            guard let first = rest.first else { return try await body() }
+            first.cancelCell(why)
+            return try await first.cells.run { try await holdingCells(rest.dropFirst(), body) }
+        }
+        return try await holdingCells(contexts[...]) { [self] in
+            try await rt.steps.run { [self] in try await restoreInPlaceLocked(rt, ck, contexts: contexts, mapping: mapping, why: why) }
+        }
+    }
+
+    private func restoreInPlaceLocked(_ rt: SandboxRuntime, _ ck: CheckpointRecord, contexts: [InterpreterContext],
+                                      mapping: [String: Int], why: String) async throws -> Restored? {
+        var targets: [(ctx: InterpreterContext, copy: InterpreterContext.Copy)] = []
+        for c in contexts {
+            if let serial = mapping[c.id], let copy = await c.copy(serial: serial) { targets.append((c, copy)) }
+        }
+        guard !targets.isEmpty, !rt.hasExited else { return nil }
+        let id = rt.id
+        let t0 = Clock.monotonicNs()
+        // The restored files, ready before anything is stopped.
+        let image = sandboxDir(id) + "/disk.img", staged = image + ".restore"
+        try? FS.remove(staged)
+        try storage.copyFile(checkpointImage(id, ck.id), to: staged)
+        let disk: FileDescriptor, root: FileDescriptor
+        do {
+            disk = try SandboxDisk.mount(staged)
+            do {
+                root = try DetachedMount.overlay(lower: rt.image.lower, upper: SandboxDisk.path(in: disk, SandboxDisk.upper),
+                                                 work: SandboxDisk.path(in: disk, SandboxDisk.work))
+            } catch { disk.close(); throw error }
+        } catch {
+            try? FS.remove(staged)
+            throw error
+        }
+        defer { root.close() }
+        Fault.point("restore.cloned")
+        // From here on the sandbox changes: the staged image becomes its disk either way.
+        _ = try? sys("rename", path: image) { rename(staged, image) }
+        let restoring = Set(targets.map(\.ctx.id))
+        for c in contexts where !restoring.contains(c.id) {
+            c.die("\(why), which has no frozen copy of this interpreter")
+        }
+        let kept = Set(targets.map(\.ctx.session.numericId))
+        for x in rt.state.withLock({ Array($0.execs.values) }) where !x.isFinished && !kept.contains(x.numericId) {
+            x.markKilled(by: "sandbox restored")
+        }
+        rt.restores.add(1, ordering: .acquiringAndReleasing)
+        let keep = targets.flatMap { $0.ctx.copyPids }
+        let stopped = await rt.killAllBut(keep: keep, adopt: targets.map { ($0.ctx.session.numericId, $0.copy.pid ?? 0) })
+        var swapped = false
+        if let stopped, stopped.alive == 0 {
+            let rootUid = config.ids.hostID(0)
+            do {
+                try await RootSwap.swap(agentPid: rt.spawned.pid, newRoot: root, moveUsr: rt.image.hostUsr,
+                                        tmpOptions: "mode=1777,size=\(rt.policy.tmpBytes ?? 0),uid=\(rootUid),gid=\(rootUid)")
+                swapped = true
+            } catch {
+                logger.error("in-place restore failed; relaunching", metadata: ["sandbox": "\(id)", "error": "\(error)"])
+            }
+        } else {
+            logger.error("in-place restore could not stop the sandbox's processes; relaunching",
+                         metadata: ["sandbox": "\(id)", "alive": "\(stopped.map { "\($0.alive)" } ?? "agent gone")"])
+        }
+        guard swapped else {
+            disk.close()
+            _ = await teardown(rt)
+            return nil
+        }
+        rt.replaceDisk(disk)?.close()
+        for w in rt.fileWatches.withLock({ w in defer { w = [:] }; return Array(w.values) }) { w.stop() }
+        let now = Clock.nowMs()
+        let record = rt.state.withLock { s -> SandboxRecord in
+            s.record.state = .running
+            s.record.step = ck.step
+            s.record.head = ck.id
+            s.record.stateReason = nil
+            s.record.lastActiveAt = now
+            return s.record
+        }
+        rt.headManifest.withLock { $0 = loadManifest(id, ck.id) }
+        try await catalog.updateSandbox(record)
+        // Each frozen copy wakes as its context's interpreter.
+        var outcomes: [(id: String, outcome: String, executionCount: Int?)] = []
+        for c in contexts where !restoring.contains(c.id) { outcomes.append((c.id, "lost", nil)) }
+        for (c, copy) in targets {
+            do {
+                try await c.wake(copy, rt: rt)
+                outcomes.append((c.id, "restored", copy.n))
+            } catch {
+                c.die("\(why), but its frozen interpreter did not wake: \(error)")
+                rt.signal(exec: c.session.numericId, SIGKILL)
+                outcomes.append((c.id, "lost", nil))
+            }
+        }
+        outcomes.sort { $0.id < $1.id }
+        let back = outcomes.contains { $0.outcome == "restored" }, gone = outcomes.contains { $0.outcome == "lost" }
+        await catalog.event("restored", sandbox: id, detail: "checkpoint=\(ck.id) step=\(ck.step) in-place interpreters=\(outcomes.filter { $0.outcome == "restored" }.count)")
+        emit(id, .running, reason: "restored to step \(ck.step)", owner: record.owner)
+        logger.debug("in-place restore", metadata: ["sandbox": "\(id)", "ms": "\(Double(Clock.monotonicNs() - t0) / 1e6)"])
+        return Restored(sandbox: record, checkpoint: ck, restored: ["filesystem"] + (back ? ["interpreter"] : []),
+                        lost: ["processes"] + (gone ? ["interpreter"] : []), contexts: outcomes)
     }
 
     /// `count` new sandboxes whose files are the checkpoint's. Nothing is

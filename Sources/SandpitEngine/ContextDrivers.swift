@@ -10,12 +10,25 @@ enum ContextDrivers {
 # Wire (private fds, set up before any user code runs):
 #   in : one JSON object per line: {"n": executionCount, "code": "..."}
 #   out: one JSON object per line:
-#        {"t":"ready","pid":…,"python":"3.11.2"}
+#        {"t":"ready","pid":…,"python":"3.11.2","wake":signal}
 #        {"t":"o","s":"stdout"|"stderr","d":text}  or  {…,"b":base64} for bytes that are not UTF-8
 #        {"t":"r","n":…,"results":[mime bundle…],"error":{name,value,traceback}|null}
+#        {"t":"s","n":…,"pid":…}           a frozen copy of the state after cell n (--snapshots)
+#        {"t":"ready","pid":…,"restored":n,"copy":pid}   a copy was woken and is now the interpreter
 # User code sees fd 0 = /dev/null and fds 1/2 = pipes the driver reads, so
 # print(), os.write(1, …) and subprocesses are all captured, per stream, in order.
-import ast, base64, io, json, linecache, os, signal, sys, threading, traceback, types
+#
+# With --snapshots, after each cell the driver forks a frozen copy of itself
+# (copy-on-write: it costs only the pages the interpreter changes later). The
+# copy waits in sigwaitinfo until PID 1 (the agent, at an in-place restore,
+# after every other process is gone and the files are back) sends the wake
+# signal; a signal from anyone else is ignored. The woken copy becomes the
+# interpreter: it restarts output capture, returns to its working directory,
+# forks a new frozen copy of itself (so the step can be restored again) and
+# reads the next cell from the same pipe.
+import ast, base64, io, json, linecache, os, signal, sys, threading, traceback, types, warnings
+
+WAKE = signal.SIGRTMIN + 4
 
 SENTINEL = b"\x1e\x1fsandpit-cell-end\x1f\x1e"
 
@@ -83,11 +96,20 @@ def main():
             send_output(stream, buf[:cut])
             buf = buf[cut:]
 
-    for fd, stream in ((1, "stdout"), (2, "stderr")):
-        r, w = os.pipe()
-        os.dup2(w, fd)
-        os.close(w)
-        threading.Thread(target=pump, args=(r, stream), daemon=True).start()
+    pump_reads = []
+
+    def start_pumps():
+        for r in pump_reads:
+            os.close(r)
+        pump_reads.clear()
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            r, w = os.pipe()
+            os.dup2(w, fd)
+            os.close(w)
+            pump_reads.append(r)
+            threading.Thread(target=pump, args=(r, stream), daemon=True).start()
+
+    start_pumps()
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
     sys.stdin = open(os.devnull)
@@ -106,8 +128,75 @@ def main():
             raise KeyboardInterrupt
     signal.signal(signal.SIGINT, on_sigint)
 
-    emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+    snapshots = "--snapshots" in sys.argv[1:]
+    copies = []   # frozen copies this process forked (the daemon evicts them; reaped here)
+
+    def snapshot():
+        """Forks a frozen copy. Returns its pid here; in the copy, returns 0 once it has been woken."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {WAKE})
+        with lock, warnings.catch_warnings():   # no output record is half written in the copy
+            warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads (ours are restarted)
+            pid = os.fork()
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            copies.append(pid)
+            return pid
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = None
+        os.setpgid(0, 0)   # out of the interpreter's process group: its signals are not ours
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")   # under memory pressure a frozen copy goes before the interpreter
+        except OSError:
+            pass
+        os.chdir("/")   # an in-place restore moves processes whose cwd is the old root
+        while True:
+            info = signal.sigwaitinfo({WAKE})
+            if info.si_pid == 1 and info.si_code == 0:   # SI_USER from the agent, not from user code
+                break
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("0")
+        except OSError:
+            pass
+        copies.clear()   # not our children
+        start_pumps()
+        if cwd is not None:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
+        return 0
+
+    def keep_copy(n):
+        """After cell n: leave a frozen copy behind; in a woken copy, leave a new one and say so."""
+        restored = False
+        while True:
+            pid = snapshot()
+            if pid:
+                if restored:
+                    os.write(control_out, b"\n")   # ends whatever line the killed interpreter left unfinished
+                    emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE), "restored": n, "copy": pid})
+                else:
+                    emit({"t": "s", "n": n, "pid": pid})
+                return
+            restored = True
+
+    def reap():
+        for pid in list(copies):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                copies.remove(pid)
+
+    emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE)})
     for line in control_in:
+        reap()
         request = json.loads(line)
         n, code = request["n"], request["code"]
         filename = "<cell-%d>" % n
@@ -142,6 +231,8 @@ def main():
         for stream in drained:
             drained[stream].wait(5)
         emit({"t": "r", "n": n, "results": results, "error": error})
+        if snapshots:
+            keep_copy(n)
 
 
 def bundle(value):

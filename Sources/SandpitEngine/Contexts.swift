@@ -33,6 +33,20 @@ final class InterpreterContext: Sendable {
     let nonce: String
     /// One cell at a time.
     let cells = StepLock()
+    /// Frozen copies to keep (Python with `interpreterSnapshots` > 0; else 0):
+    /// the most recently made or restored.
+    let keepCopies: Int
+    /// Kills a frozen copy the context no longer keeps (by its pid in the sandbox).
+    let evict: @Sendable (Int32) -> Void
+    /// Hands out copy serials, unique in the runtime.
+    let nextSerial: @Sendable () -> Int
+
+    /// A frozen copy of the interpreter: its state after cell `n`.
+    struct Copy: Sendable {
+        let serial: Int
+        let n: Int
+        var pid: Int32?
+    }
 
     struct Pending {
         var onOutput: @Sendable (OutputStream, [UInt8]) -> Void
@@ -51,14 +65,87 @@ final class InterpreterContext: Sendable {
         var readyWaiter: CheckedContinuation<Void, Error>?
         var dead: String?
         var driverErrors: [UInt8] = []
+        /// The driver's wake signal (from its first `ready`).
+        var wakeSignal: Int32?
+        /// Frozen copies, oldest first.
+        var copies: [Copy] = []
+        /// The copy that holds the state after the last finished cell.
+        var current: Int?
+        /// The copy being woken by an in-place restore.
+        var waking: Int?
+        var copyWaiters: [CheckedContinuation<Void, Never>] = []
     }
     let state = Mutex(State())
 
-    init(id: String, language: String, session: ExecSession, nonce: String) {
+    init(id: String, language: String, session: ExecSession, nonce: String, keepCopies: Int = 0,
+         evict: @escaping @Sendable (Int32) -> Void = { _ in }, nextSerial: @escaping @Sendable () -> Int = { 0 }) {
         self.id = id
         self.language = language
         self.session = session
         self.nonce = nonce
+        self.keepCopies = keepCopies
+        self.evict = evict
+        self.nextSerial = nextSerial
+    }
+
+    /// The copy with this serial, once its pid is known (waits up to 2 s for
+    /// the driver's report, which follows the cell's result).
+    func copy(serial: Int) async -> Copy? {
+        let deadline = Clock.monotonicNs() + 2_000_000_000
+        while true {
+            let (c, dead) = state.withLock { s in (s.copies.first { $0.serial == serial }, s.dead != nil) }
+            guard let c, !dead else { return nil }
+            if c.pid != nil { return c }
+            if Clock.monotonicNs() > deadline { return nil }
+            await withCheckedContinuation { (w: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if s.dead != nil || s.copies.first(where: { $0.serial == serial })?.pid != nil { return true }
+                    s.copyWaiters.append(w)
+                    return false
+                }
+                if ready { w.resume() }
+            }
+        }
+    }
+
+    /// The pids of every frozen copy whose pid is known.
+    var copyPids: [Int32] { state.withLock { $0.copies.compactMap(\.pid) } }
+
+    /// Fails the running cell, if any, because the sandbox is being restored:
+    /// its interpreter is about to be replaced. The context stays usable.
+    func cancelCell(_ reason: String) {
+        let p = state.withLock { s -> Pending? in defer { s.pending = nil }; return s.pending }
+        p?.continuation?.resume(throwing: CellCancelled(reason: reason))
+    }
+
+    /// Wakes the copy `serial` (after the agent has killed everything else
+    /// and the files are back) and waits until it says it is the interpreter.
+    func wake(_ copy: Copy, rt: SandboxRuntime) async throws {
+        guard let pid = copy.pid, let sig = state.withLock({ s -> Int32? in
+            s.ready = false
+            s.waking = copy.serial
+            s.stdoutBuffer = []
+            return s.wakeSignal
+        }) else { throw SandpitError(.sandboxFailed, "the interpreter's copy cannot be woken") }
+        rt.signal(pid: pid, sig)
+        try await withThrowingTaskGroup(of: Void.self) { g in
+            g.addTask { try await self.waitReady() }
+            g.addTask {
+                try await Task.sleep(nanoseconds: 10_000_000_000)
+                throw SandpitError(.sandboxFailed, "the interpreter's frozen copy did not wake within 10 s")
+            }
+            defer { g.cancelAll() }
+            try await g.next()
+        }
+    }
+
+    private func dropCopies() {
+        let (pids, waiters) = state.withLock { s -> ([Int32], [CheckedContinuation<Void, Never>]) in
+            defer { s.copies = []; s.current = nil; s.copyWaiters = [] }
+            return (s.copies.compactMap(\.pid), s.copyWaiters)
+        }
+        for p in pids { evict(p) }
+        for w in waiters { w.resume() }
     }
 
     var isDead: Bool { state.withLock { $0.dead != nil } }
@@ -90,6 +177,7 @@ final class InterpreterContext: Sendable {
         }
         p?.continuation?.resume(throwing: SandpitError(.sandboxFailed, reason))
         r?.resume(throwing: SandpitError(.sandboxFailed, reason))
+        dropCopies()
     }
 
     func waitReady() async throws {
@@ -130,17 +218,53 @@ final class InterpreterContext: Sendable {
             switch rec["t"]?.stringValue {
             case "ready":
                 let w = state.withLock { s -> CheckedContinuation<Void, Error>? in
+                    if let sig = rec["wake"]?.intValue { s.wakeSignal = Int32(truncatingIfNeeded: sig) }
+                    if let n = rec["restored"]?.intValue, let serial = s.waking,
+                       let i = s.copies.firstIndex(where: { $0.serial == serial }) {
+                        // The woken copy is the interpreter now; the copy it left behind stands for the same
+                        // step, and counts as the most recently used (eviction takes the least recently used).
+                        var copy = s.copies.remove(at: i)
+                        copy.pid = rec["copy"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
+                        s.copies.append(copy)
+                        s.current = serial
+                        s.executionCount = Int(n)
+                        s.waking = nil
+                    }
                     s.ready = true
                     defer { s.readyWaiter = nil }
                     return s.readyWaiter
                 }
                 w?.resume()
+            case "s":
+                guard let n = rec["n"]?.intValue, let pid = rec["pid"]?.intValue.map({ Int32(truncatingIfNeeded: $0) }) else { break }
+                let (kept, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
+                    guard let i = s.copies.lastIndex(where: { $0.n == Int(n) && $0.pid == nil }) else { return (false, []) }
+                    s.copies[i].pid = pid
+                    defer { s.copyWaiters = [] }
+                    return (true, s.copyWaiters)
+                }
+                if !kept { evict(pid) }   // already past the number kept
+                for w in waiters { w.resume() }
             case "o":
                 let stream: OutputStream = rec["s"] == "stderr" ? .stderr : .stdout
                 let bytes = rec["b"]?.stringValue.flatMap(Base64.decode) ?? Array((rec["d"]?.stringValue ?? "").utf8)
                 state.withLock { $0.pending?.onOutput }?(stream, bytes)
             case "r":
-                let p = state.withLock { s -> Pending? in defer { s.pending = nil }; return s.pending }
+                let serial = keepCopies > 0 ? nextSerial() : nil
+                let (p, evicted) = state.withLock { s -> (Pending?, [Int32]) in
+                    var evicted: [Int32] = []
+                    if let serial, let n = rec["n"]?.intValue {
+                        // The driver forks a frozen copy of this state next ("s" gives its pid).
+                        s.copies.append(Copy(serial: serial, n: Int(n), pid: nil))
+                        s.current = serial
+                        while s.copies.count > keepCopies {
+                            if let pid = s.copies.removeFirst().pid { evicted.append(pid) }
+                        }
+                    }
+                    defer { s.pending = nil }
+                    return (s.pending, evicted)
+                }
+                for pid in evicted { evict(pid) }
                 p?.continuation?.resume(returning: (rec["results"]?.arrayValue ?? [], rec["error"]?.objectValue, nil))
             default:
                 break
@@ -241,15 +365,19 @@ extension Engine {
             throw SandpitError(.limitExceeded, "sandbox \(id) already has \(Self.maxContexts) interpreter contexts")
         }
         let nonce = Identifier.secret(16)
+        // Frozen copies only help where a restore can bring the files back with them.
+        let keep = language == "python" && rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
         var req = language == "python"
-            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python])
+            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python] + (keep > 0 ? ["--snapshots"] : []))
             : ExecRequest(argv: ["/bin/bash", "--norc", "--noprofile", "-c", ContextDrivers.bash, "sandpit-context", nonce])
         req.service = true
         let session = try await exec(id, req, caller: caller, awaitStart: true)
         if let err = session.outcome?.spawnError {
             throw SandpitError(.invalidState, "cannot start a \(language) context: \(err)" + (language == "python" ? " (the template needs python3)" : " (the template needs bash)"))
         }
-        let ctx = InterpreterContext(id: contextId, language: language, session: session, nonce: nonce)
+        let ctx = InterpreterContext(id: contextId, language: language, session: session, nonce: nonce, keepCopies: keep,
+                                     evict: { [weak rt] pid in rt?.signal(pid: pid, SIGKILL) },
+                                     nextSerial: { [weak rt] in rt?.copySerials.add(1, ordering: .relaxed).newValue ?? 0 })
         Task { await ctx.pump() }
         try await ctx.waitReady()
         // Two first cells racing to start the default context: one interpreter wins, the other is stopped.
@@ -319,6 +447,13 @@ extension Engine {
                 result.results = r.results
                 result.error = r.error
                 result.exitCode = r.exitCode
+            } catch let e as CellCancelled {
+                // An in-place restore replaced the interpreter mid-cell: this cell is no step.
+                result.executionCount = c.state.withLock { $0.executionCount }
+                result.error = ["name": "SandboxRestored", "value": .string(e.reason),
+                                "traceback": .string("The sandbox was restored while this cell ran (\(e.reason)); the cell was stopped and recorded no step.")]
+                result.durationMs = Double(Clock.monotonicNs() - t0) / 1e6
+                return result
             } catch let e as SandpitError where e.code == .sandboxFailed {
                 // The interpreter died during the cell: say so; the next cell gets a fresh one.
                 result.executionCount = c.state.withLock { $0.executionCount }
@@ -341,14 +476,52 @@ extension Engine {
         rt.signal(exec: c.session.numericId, SIGINT)
     }
 
-    public func contexts(_ id: String, caller: Caller) async throws -> [(id: String, language: String, executionCount: Int, alive: Bool)] {
+    /// A context as `context.list` shows it. `snapshots` are its frozen
+    /// interpreter copies: the execution counts they hold and the memory they
+    /// cost (pages private to them: what the interpreter has changed since).
+    public struct ContextInfo: Sendable {
+        public var id: String
+        public var language: String
+        public var executionCount: Int
+        public var alive: Bool
+        public var snapshotCounts: [Int]
+        public var snapshotBytes: Int64
+    }
+
+    public func contexts(_ id: String, caller: Caller) async throws -> [ContextInfo] {
         guard let rt = try runtime(id, caller: caller), !rt.hasExited else {
             _ = try await sandbox(id, caller: caller)
             return []
         }
-        return rt.contexts.withLock { $0.values.map { c in
-            (c.id, c.language, c.state.withLock { $0.executionCount }, !c.isDead)
-        } }.sorted { $0.id < $1.id }
+        let list = rt.contexts.withLock { Array($0.values) }.sorted { $0.id < $1.id }
+        let all = list.flatMap { c in c.state.withLock { $0.copies.compactMap(\.pid) } }
+        let bytes = all.isEmpty ? [:] : try await EngineThread.run { Self.privateBytes(rt, pids: Set(all)) }
+        return list.map { c in
+            let (n, copies) = c.state.withLock { s in (s.executionCount, s.copies) }
+            return ContextInfo(id: c.id, language: c.language, executionCount: n, alive: !c.isDead,
+                               snapshotCounts: copies.filter { $0.pid != nil }.map(\.n),
+                               snapshotBytes: copies.compactMap(\.pid).reduce(0) { $0 + (bytes[$1] ?? 0) })
+        }
+    }
+
+    /// Memory private to each of `pids` (pids in the sandbox's namespace):
+    /// Private_Clean + Private_Dirty + Swap from smaps_rollup, found through
+    /// the sandbox's cgroup and each process's NSpid.
+    static func privateBytes(_ rt: SandboxRuntime, pids: Set<Int32>) -> [Int32: Int64] {
+        var out: [Int32: Int64] = [:]
+        for host in rt.cgroup.processes() {
+            guard let status = try? FS.readText("/proc/\(host)/status"),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }),
+                  let ns = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap({ Int32($0) }),
+                  pids.contains(ns), let rollup = try? FS.readText("/proc/\(host)/smaps_rollup") else { continue }
+            var bytes: Int64 = 0
+            for l in rollup.split(separator: "\n") where l.hasPrefix("Private_Clean:") || l.hasPrefix("Private_Dirty:") || l.hasPrefix("Swap:") {
+                let f = l.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                if f.count >= 2, let kb = Int64(f[1]) { bytes += kb * 1024 }
+            }
+            out[ns] = bytes
+        }
+        return out
     }
 
     /// Ends a context's interpreter.
@@ -357,6 +530,11 @@ extension Engine {
         guard let c = rt.contexts.withLock({ $0.removeValue(forKey: contextId) }) else { throw SandpitError.notFound("Context", contextId) }
         rt.signal(exec: c.session.numericId, SIGKILL)
     }
+}
+
+/// A cell stopped because an in-place restore replaced its interpreter.
+struct CellCancelled: Error {
+    let reason: String
 }
 
 /// A one-way flag shared with a timer task.

@@ -645,6 +645,7 @@ public final class Engine: Sendable {
         defer { if execAdmitted { admission.release(.exec) } }
         let rt = try await liveRuntime(id, caller: caller)
         try rt.checkTimeout(req.timeoutMs)
+        let epoch = rt.restores.load(ordering: .acquiring)
         let (n, seq) = rt.state.withLock { s -> (UInt32, Int) in
             s.record.execSeq += 1
             s.record.lastActiveAt = Clock.nowMs()
@@ -718,7 +719,7 @@ public final class Engine: Sendable {
                 session.markRecorded(.init(step: record.step, checkpoint: nil, checkpointError: "sandbox gone"))
                 return
             }
-            let rec = req.service ? ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: nil) : await self.recordStep(rt)
+            let rec = req.service ? ExecSession.StepRecord(step: rt.record.step, checkpoint: nil, checkpointError: nil) : await self.recordStep(rt, epoch: epoch)
             if !req.service { rt.idle.withLock { $0.end(now: Clock.nowMs()) } }
             session.markRecorded(rec)
             let step = rec.step

@@ -39,6 +39,8 @@ public final class ExecSession: Sendable {
         var startWaiters: [CheckedContinuation<Void, Never>] = []
         var waiters: [CheckedContinuation<Void, Never>] = []
         var timedOut = false
+        /// Why the daemon is about to kill it (e.g. "sandbox restored"), for its outcome.
+        var killedBy: String?
         var receivedNs: UInt64
         var spawnSentNs: UInt64 = 0
         var startedNs: UInt64 = 0
@@ -80,6 +82,7 @@ public final class ExecSession: Sendable {
     }
 
     func markTimedOut() { state.withLock { $0.timedOut = true } }
+    func markKilled(by reason: String) { state.withLock { if $0.killedBy == nil { $0.killedBy = reason } } }
 
     /// Records a chunk of output and wakes readers.
     func append(_ stream: OutputStream, _ bytes: [UInt8]) {
@@ -118,7 +121,7 @@ public final class ExecSession: Sendable {
             t.runUs = s.startedNs > 0 ? Int64(nowNs &- started) / 1000 : 0
             s.outcome = ExecOutcome(
                 exitCode: code, signal: sig, timedOut: s.timedOut, oomKilled: oomKilled, spawnError: spawnError,
-                killedBy: killedBy, durationMs: Double(nowNs &- s.receivedNs) / 1e6,
+                killedBy: killedBy ?? s.killedBy, durationMs: Double(nowNs &- s.receivedNs) / 1e6,
                 stdoutBytes: s.buffer.stdoutBytes, stderrBytes: s.buffer.stderrBytes, truncated: s.buffer.truncated, timings: t)
             s.started = true
             defer { s.waiters = []; s.startWaiters = [] }

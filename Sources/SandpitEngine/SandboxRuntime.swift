@@ -12,7 +12,21 @@ final class SandboxRuntime: Sendable {
     let cgroup: CgroupHandle
     let spawned: SandboxSpawner.Spawned
     /// The sandbox's own disk (a detached ext4 mount), when its policy sets one.
-    let disk: FileDescriptor?
+    /// An in-place restore replaces it (under the step lock).
+    private let diskMount: Mutex<FileDescriptor?>
+    var disk: FileDescriptor? { diskMount.withLock { $0 } }
+    /// Installs a restored disk and returns the one it replaces.
+    func replaceDisk(_ new: FileDescriptor) -> FileDescriptor? {
+        diskMount.withLock { d in defer { d = new }; return d }
+    }
+    /// In-place restores so far: a command or cell that started before one
+    /// (and was killed by it) records no step.
+    let restores = Atomic<Int>(0)
+    /// Serial numbers of frozen interpreter copies, unique in this runtime.
+    let copySerials = Atomic<Int>(0)
+    /// Which frozen interpreter copy holds each context's state as of each
+    /// checkpoint (checkpoint id → context id → copy serial).
+    let interpreterAt = Mutex<[String: [String: Int]]>([:])
     var policy: Policy { plan.policy }
     /// The allowlist proxy serving this sandbox, when its network mode asks for one.
     let proxy = Mutex<EgressProxy?>(nil)
@@ -44,6 +58,7 @@ final class SandboxRuntime: Sendable {
         var exitStatus: Int32?
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
         var statsWaiters: [UInt32: CheckedContinuation<UInt64, Never>] = [:]
+        var restoreWaiters: [UInt32: CheckedContinuation<(killed: Int32, alive: Int32)?, Never>] = [:]
         var nextStatsId: UInt32 = 1
         var deleting = false
         var agentRssBytes: UInt64 = 0
@@ -60,7 +75,7 @@ final class SandboxRuntime: Sendable {
         self.id = record.id
         self.plan = plan
         self.image = image
-        self.disk = disk
+        self.diskMount = Mutex(disk)
         self.idle = Mutex(IdleTracker(policy: plan.idle, now: Clock.nowMs()))
         self.cgroup = cgroup
         self.spawned = spawned
@@ -104,6 +119,9 @@ final class SandboxRuntime: Sendable {
                 s.finish(status: status, nowNs: now, oomKilled: oom)
                 retire(f.id)
             }
+        case SP_FRAME_RESTORED.rawValue:
+            let w = state.withLock { $0.restoreWaiters.removeValue(forKey: f.id) }
+            w?.resume(returning: (f.int32(at: 0), f.int32(at: 4)))
         case SP_FRAME_STATS_REPLY.rawValue:
             let w = state.withLock { $0.statsWaiters.removeValue(forKey: f.id) }
             w?.resume(returning: f.uint64(at: 0))
@@ -166,11 +184,12 @@ final class SandboxRuntime: Sendable {
         for x in sessions where !x.isFinished {
             x.finish(status: nil, nowNs: now, oomKilled: false, killedBy: deleting ? "sandbox deleted" : "sandbox exited")
         }
-        let pending = state.withLock { s -> [CheckedContinuation<UInt64, Never>] in
-            defer { s.statsWaiters = [:] }
-            return Array(s.statsWaiters.values)
+        let (pending, restoring) = state.withLock { s in
+            defer { s.statsWaiters = [:]; s.restoreWaiters = [:] }
+            return (Array(s.statsWaiters.values), Array(s.restoreWaiters.values))
         }
         for p in pending { p.resume(returning: 0) }
+        for r in restoring { r.resume(returning: nil) }
         for w in waiters { w.resume() }
         if !deleting {
             let why = status & 0x7f == 0 ? "agent exited with status \((status >> 8) & 0xff)" : "agent killed by signal \(status & 0x7f)"
@@ -230,6 +249,35 @@ final class SandboxRuntime: Sendable {
             throw SandpitError(.permissionDenied, "timeoutMs \(asked) is longer than policy \(policy.name) allows (\(max))",
                                details: ["field": "timeoutMs", "allowed": .int(max)])
         }
+    }
+
+    /// Asks the agent to kill every process but PID 1 and `keep`, making each
+    /// `adopt` pid its exec's main process first; returns how many it killed
+    /// and how many it could not (nil if the agent is gone).
+    func killAllBut(keep: [Int32], adopt: [(exec: UInt32, pid: Int32)]) async -> (killed: Int32, alive: Int32)? {
+        var payload: [UInt8] = []
+        withUnsafeBytes(of: UInt32(adopt.count)) { payload += $0 }
+        for a in adopt {
+            withUnsafeBytes(of: a.exec) { payload += $0 }
+            withUnsafeBytes(of: a.pid) { payload += $0 }
+        }
+        for k in keep { withUnsafeBytes(of: k) { payload += $0 } }
+        return await withCheckedContinuation { (c: CheckedContinuation<(killed: Int32, alive: Int32)?, Never>) in
+            let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in
+                let id = s.nextStatsId
+                s.nextStatsId &+= 1
+                if !s.exited { s.restoreWaiters[id] = c }
+                return (id, s.channel, s.exited)
+            }
+            if exited { c.resume(returning: nil); return }
+            ch?.send(type: SP_FRAME_RESTORE.rawValue, id: id, payload: payload)
+        }
+    }
+
+    /// Sends `signal` to one process of the sandbox, from PID 1.
+    func signal(pid: Int32, _ signal: Int32) {
+        var v: (Int32, Int32) = (pid, signal)
+        send(type: SP_FRAME_SIGNAL_PID.rawValue, id: 0, payload: withUnsafeBytes(of: &v) { Array($0) })
     }
 
     func stats() async -> UInt64 {

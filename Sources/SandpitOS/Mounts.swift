@@ -77,3 +77,41 @@ public enum MountTable {
         _ = try sys("umount2", path: path) { umount2(path, detach ? Int32(MNT_DETACH) : 0) }
     }
 }
+
+/// Swaps a live sandbox's root filesystem (an in-place restore): see
+/// `sp_swap_root`. Runs on a new thread of its own, which leaves the
+/// sandbox's mount namespace only by exiting; it never runs inline.
+public enum RootSwap {
+    public static func swap(agentPid: Int32, newRoot: FileDescriptor, moveUsr: Bool, tmpOptions: String) async throws {
+        let nsPath = "/proc/\(agentPid)/ns/mnt"
+        let ns = FileDescriptor(try sys("open", path: nsPath) { open(nsPath, O_RDONLY | O_CLOEXEC) })
+        defer { ns.close() }
+        let root = newRoot.raw, nsfd = ns.raw
+        let result: Result<Void, OSError> = try await withCheckedThrowingContinuation { c in
+            final class Box: @unchecked Sendable {
+                let work: () -> Void
+                init(_ w: @escaping () -> Void) { work = w }
+            }
+            let box = Unmanaged.passRetained(Box {
+                var step: UnsafePointer<CChar>?
+                let rc = sp_swap_root(nsfd, root, moveUsr ? 1 : 0, tmpOptions, &step)
+                let e = errno
+                c.resume(returning: rc == 0 ? .success(()) : .failure(OSError(call: step.map { String(cString: $0) } ?? "swap root", errno: e)))
+            }).toOpaque()
+            var tid = pthread_t()
+            var attr = pthread_attr_t()
+            pthread_attr_init(&attr)
+            pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+            let rc = pthread_create(&tid, &attr, { p in
+                Unmanaged<Box>.fromOpaque(p!).takeRetainedValue().work()
+                return nil
+            }, box)
+            pthread_attr_destroy(&attr)
+            if rc != 0 {
+                Unmanaged<Box>.fromOpaque(box).release()
+                c.resume(throwing: OSError(call: "pthread_create", errno: rc))
+            }
+        }
+        try result.get()
+    }
+}

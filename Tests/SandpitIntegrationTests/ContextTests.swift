@@ -137,28 +137,99 @@ struct ContextTests {
         }
     }
 
-    /// Restore and fork bring back files, not interpreter memory (no frozen
-    /// interpreter forks yet): both say `interpreter` is lost, and the
-    /// context restarts fresh with `restarted: true`, never silently.
-    @Test func restoreAndForkSayTheInterpreterWasLost() throws {
+    /// A restore to a step brings back the files of that step and each Python
+    /// context's variables as they were after it (from a frozen copy of the
+    /// interpreter), again and again, and says so. A fork brings back files
+    /// only and says the interpreter was lost; so does a restore to a step
+    /// older than the policy's `interpreterSnapshots`.
+    @Test func restoreBringsBackVariablesWithTheFiles() throws {
         try Arena.with { a in
-            let c = a.client, sb = try a.sandbox()
-            let first = try Self.run(c, sb, "x = 41; open('/home/user/f', 'w').write('one')").result
+            let c = a.client, sb = try a.sandbox(limits: ["interpreterSnapshots": 3])
+            let first = try Self.run(c, sb, "import os\nx = 41\nbig = bytearray(32 << 20)\nopen('/home/user/f', 'w').write('one')").result
             let step = first["checkpoint"]?["step"]
-            _ = try Self.run(c, sb, "x += 1; open('/home/user/f', 'w').write('two')")
+            _ = try Self.run(c, sb, "x += 1\nbig[:] = b'\\x01' * len(big)\nnew = 'later'\nos.chdir('/tmp')\nopen('/home/user/f', 'w').write('two')")
+            // The frozen copies are listed with what they cost: the first one kept its own 32 MiB when the array was rewritten.
+            let listed = try c.result("context.list", ["sandboxId": .string(sb)])["contexts"]!.arrayValue![0]
+            #expect(listed["snapshots"]?["executionCounts"] == [1, 2])
+            #expect((listed["snapshots"]?["memoryBytes"]?.intValue ?? 0) > 32 << 20)
+
             let forked = try c.result("sandbox.fork", ["sandboxId": .string(sb), "step": step!])
             #expect(forked["lost"] == ["interpreter"] && forked["restored"] == ["filesystem"])
             let child = forked["sandboxes"]!.arrayValue![0]["sandboxId"]!.stringValue!
             let inChild = try Self.run(c, child, "'x' in globals(), open('/home/user/f').read()").result
             #expect(inChild["restarted"] == true && inChild["results"] == [["text/plain": "(False, 'one')"]])
+
             let restored = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step!])
-            #expect(restored["lost"] == ["processes", "interpreter"])
-            let after = try Self.run(c, sb, "'x' in globals(), open('/home/user/f').read()").result
-            #expect(after["restarted"] == true && after["results"] == [["text/plain": "(False, 'one')"]])
+            #expect(restored["restored"] == ["filesystem", "interpreter"] && restored["lost"] == ["processes"])
+            #expect(restored["contexts"] == [["contextId": "default", "interpreter": "restored", "executionCount": 1]])
+            let after = try Self.run(c, sb, "x, 'new' in globals(), open('/home/user/f').read(), os.getcwd(), big[0]").result
+            #expect(after["restarted"] == false && after["executionCount"] == 2)
+            #expect(after["results"] == [["text/plain": "(41, False, 'one', '/home/user', 0)"]])
+            // A new branch from there, then back to the same step again: the copy was kept.
+            _ = try Self.run(c, sb, "x = 'branch'")
+            _ = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step!])
+            #expect(try Self.run(c, sb, "x").result["results"] == [["text/plain": "41"]])
+            // Older than the three kept: files only, and the context restarts, saying so.
+            for i in 0..<4 { _ = try Self.run(c, sb, "x = \(i)") }
+            let old = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step!])
+            #expect(old["lost"] == ["processes", "interpreter"] && old["restored"] == ["filesystem"])
+            let fresh = try Self.run(c, sb, "'x' in globals(), open('/home/user/f').read()").result
+            #expect(fresh["restarted"] == true && fresh["results"] == [["text/plain": "(False, 'one')"]])
+            // With no frozen copies kept, a restore relaunches the sandbox and says the interpreter was lost.
+            let none = try a.sandbox(limits: ["interpreterSnapshots": 0])
+            let s1 = try Self.run(c, none, "x = 1").result["checkpoint"]?["step"]
+            _ = try Self.run(c, none, "x = 2")
+            #expect(try c.result("sandbox.restore", ["sandboxId": .string(none), "step": s1!])["lost"] == ["processes", "interpreter"])
             // A sandbox that never ran a cell loses no interpreter.
             let plain = try a.sandbox()
             _ = try a.sh(plain, "true")
             #expect(try c.result("sandbox.restore", ["sandboxId": .string(plain), "step": 1])["lost"] == ["processes"])
+        }
+    }
+
+    /// An in-place restore leaves nothing of the later steps running: a cell
+    /// in progress is stopped (and records no step), commands and background
+    /// processes die, /tmp starts empty, contexts without a copy for that step
+    /// restart fresh, and no process in the sandbox can wake a frozen copy.
+    @Test func anInPlaceRestoreStopsEverythingOfLaterSteps() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let base = try Self.run(c, sb, "import os, signal\nv = 'kept'").result["checkpoint"]!["step"]!
+            let bash = try c.result("context.create", ["sandboxId": .string(sb), "language": "bash"])["contextId"]!
+            _ = try Self.run(c, sb, "X=1", ["contextId": bash])
+            _ = try a.sh(sb, "echo later > /tmp/t; setsid sleep 1000 & echo started")
+            // User code sends the wake signal and SIGCONT to every other Python process (the frozen copies): they stay frozen.
+            let poke = try Self.run(c, sb, """
+            v = 'poked'
+            for p in os.listdir('/proc'):
+                if p.isdigit() and int(p) != os.getpid() and open(f'/proc/{p}/comm').read().strip() == 'python3':
+                    for s in (signal.SIGRTMIN + 4, signal.SIGCONT):
+                        os.kill(int(p), s)
+            v
+            """).result
+            #expect(poke["results"] == [["text/plain": "'poked'"]])
+            // A cell still running when the restore comes is stopped.
+            let other = try a.daemon.connect()
+            defer { other.close() }
+            other.send(#"{"jsonrpc":"2.0","id":77,"method":"code.run","params":{"sandboxId":"\#(sb)","code":"import time\nprint('looping', flush=True)\nwhile True: time.sleep(0.01)"}}"#)
+            while let m = other.readMessage(timeout: 30), m["method"] != "code.output" {}
+            let r = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": base])
+            #expect(r["restored"] == ["filesystem", "interpreter"] && r["lost"] == ["processes", "interpreter"])
+            #expect(r["contexts"] == [["contextId": bash, "interpreter": "lost", "executionCount": .null],
+                                      ["contextId": "default", "interpreter": "restored", "executionCount": 1]])
+            var cut: JSONValue?
+            while let m = other.readMessage(timeout: 30) { if m["id"] == 77 { cut = m["result"]; break } }
+            #expect(cut?["error"]?["name"] == "SandboxRestored" && cut?["step"] == nil, "a stopped cell records no step")
+            let v = try Self.run(c, sb, "v").result
+            #expect(v["results"] == [["text/plain": "'kept'"]])
+            #expect(v["step"] == .int((base.intValue ?? 0) + 1), "the next step follows the restored one")
+            let ps = try a.sh(sb, "test -e /tmp/t && echo tmp-kept; ps -eo comm= | sort | uniq -c | tr -s ' '")
+            #expect(!ps.stdout.contains("tmp-kept") && !ps.stdout.contains("sleep") && ps.stdout.contains(" 1 bash\n"),
+                    "later files in /tmp and later processes (the bash context, sleep) are gone: \(ps.stdout)")
+            #expect(ps.stdout.contains(" 1 sandpit-agent"))
+            let b = try Self.run(c, sb, "echo ${X:-unset}", ["contextId": bash])
+            #expect(b.result["restarted"] == true && b.result["restartReason"]?.stringValue?.contains("no frozen copy") == true)
+            #expect(b.stdout == "unset\n")
         }
     }
 

@@ -8,3 +8,4 @@
 #include "sp_netns.h"
 #include "sp_snapshot.h"
 #include "sp_files.h"
+#include "sp_rootswap.h"

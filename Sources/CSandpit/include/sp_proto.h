@@ -21,6 +21,9 @@ enum sp_frame_type {
     SP_FRAME_STDIN = 2,   // id = exec id; data; empty payload = close stdin
     SP_FRAME_SIGNAL = 3,  // id = exec id; payload = int32 signal number
     SP_FRAME_STATS = 4,   // id = request id; no payload
+    SP_FRAME_RESTORE = 5, // id = request id; payload = uint32 n, n x sp_adopt, then int32 pids to keep:
+                          // kill every other process, drain output, answer RESTORED
+    SP_FRAME_SIGNAL_PID = 6, // payload = int32 pid, int32 signal (sent by PID 1)
     // agent -> daemon
     SP_FRAME_READY = 64,       // payload = sp_stats
     SP_FRAME_FATAL = 65,       // payload = text "step: error"
@@ -29,6 +32,7 @@ enum sp_frame_type {
     SP_FRAME_OUTPUT = 68,      // id = exec id; stream = 1 stdout, 2 stderr; data
     SP_FRAME_EXITED = 69,      // id = exec id; payload = int32 wait status
     SP_FRAME_STATS_REPLY = 70, // id = request id; payload = sp_stats
+    SP_FRAME_RESTORED = 71,    // id = request id; payload = int32 killed, int32 still alive
 };
 
 struct sp_frame_header {
@@ -49,6 +53,13 @@ struct sp_spawn_header {
     uint32_t envc;
 };
 #define SP_SPAWN_STDIN 1u   // keep a stdin pipe open for STDIN frames; else stdin is /dev/null
+
+// RESTORE: exec `exec`'s main process becomes `pid` (a process that outlives
+// the old one, e.g. a frozen interpreter copy), so its end ends the exec.
+struct sp_adopt {
+    uint32_t exec;
+    int32_t pid;
+};
 
 struct sp_stats {
     uint64_t rss_bytes;
