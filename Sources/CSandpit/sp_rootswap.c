@@ -48,7 +48,7 @@ int sp_swap_root(int mntns_fd, int newroot_fd, int move_usr, const char *tmp_opt
     // /tmp and /dev/shm hold memory, not checkpointed files: a restore starts them empty, as a fresh sandbox does.
     STEP("mkdir /tmp", (mkdirat(newroot_fd, "tmp", 01777) == 0 || errno == EEXIST) ? 0 : -1);
     STEP("mount /tmp", mount("tmpfs", "tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts));
-    STEP("detach /dev/shm", umount2("dev/shm", MNT_DETACH));
+    STEP("detach /dev/shm", umount2("dev/shm", MNT_DETACH | UMOUNT_NOFOLLOW));
     STEP("mount /dev/shm", mount("tmpfs", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmp_opts));
     STEP("pivot_root", (int)syscall(SYS_pivot_root, ".", "."));
     STEP("detach the old root", umount2(".", MNT_DETACH));

@@ -380,7 +380,7 @@ class AsyncSandbox:
         """Rolls the sandbox's files back to a step (or checkpoint). What came back and what did not
         (processes, interpreter state) is in the result."""
         r = await self._call("sandbox.restore", _drop_none({"step": step, "checkpointId": checkpoint_id}))
-        self.info = {k: v for k, v in r.items() if k not in ("restored", "lost", "checkpoint")}
+        self.info = {k: v for k, v in r.items() if k not in ("restored", "lost", "contexts", "checkpoint")}
         return RestoreResult.from_wire(r)
 
     async def fork(self, count: int = 1, *, step: Optional[int] = None, checkpoint_id: Optional[str] = None) -> List["AsyncSandbox"]:

@@ -191,18 +191,22 @@ class Checkpoint:
 
 @dataclass
 class RestoreResult:
-    """What :meth:`Sandbox.restore` brought back (``restored``) and what it could not (``lost``)."""
+    """What :meth:`Sandbox.restore` brought back (``restored``) and what it could not (``lost``).
+    ``contexts`` maps each interpreter context to ``"restored"`` (its variables are as they were after
+    that step) or ``"lost"`` (its next cell starts fresh)."""
 
     step: int
     restored: List[str]
     lost: List[str]
     checkpoint: Checkpoint
     raw: Dict[str, Any]
+    contexts: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_wire(cls, r: Dict[str, Any]) -> "RestoreResult":
         return cls(step=r.get("step", 0), restored=r.get("restored", []), lost=r.get("lost", []),
-                   checkpoint=Checkpoint.from_wire(r.get("checkpoint") or {}), raw=r)
+                   checkpoint=Checkpoint.from_wire(r.get("checkpoint") or {}), raw=r,
+                   contexts={c["contextId"]: c["interpreter"] for c in r.get("contexts") or []})
 
 
 @dataclass

@@ -25,7 +25,8 @@ def test_async_code_commands_files_and_rollback(daemon):
             assert steps, "every step is checkpointed"
             await sb.commands.run("rm f g")
             back = await sb.restore(step=max(steps))
-            assert back.restored == ["filesystem"]
+            assert back.restored == ["filesystem", "interpreter"] and back.contexts == {"default": "restored"}
+            assert (await sb.run_code("i")).text == "2", "the variables of that step came back too"
             assert await sb.files.read("f") == "hi\n"
             assert not await sb.files.exists("g"), "fs.write is not a step: g was never checkpointed"
             [fork] = await sb.fork()
