@@ -254,7 +254,28 @@ def main():
                 ts.append((time.perf_counter_ns() - t) / 1e6)
                 cks.append(r.get("checkpoint") is not None)
             code_t[code], code_ck[code] = ts, all(cks)
+        # The same cell without frozen interpreter copies (interpreterSnapshots 0): what keeping one per step costs.
+        nsb = c.call("sandbox.create", {"limits": {"interpreterSnapshots": 0}})["sandboxId"]
+        for _ in range(5): c.call("code.run", {"sandboxId": nsb, "code": "x = 1"})
+        nocopy_t = []
+        for _ in range(a.n * 10):
+            t = time.perf_counter_ns(); c.call("code.run", {"sandboxId": nsb, "code": "x = 1"}, on_note=lambda m: None)
+            nocopy_t.append((time.perf_counter_ns() - t) / 1e6)
+        # Rollback: restore to an earlier cell's step. In place (files and variables) with frozen copies;
+        # a relaunch (files only) without.
+        def restores(sb, n):
+            base = c.call("code.run", {"sandboxId": sb, "code": "y = list(range(1000))"})["step"]
+            ts = []
+            for i in range(n):
+                c.call("code.run", {"sandboxId": sb, "code": f"y = {i}; open('f', 'w').write('{i}')"})
+                t = time.perf_counter_ns(); r = c.call("sandbox.restore", {"sandboxId": sb, "step": base})
+                ts.append((time.perf_counter_ns() - t) / 1e6)
+            return ts, r["restored"]
+        inplace_t, inplace_what = restores(csb, a.n)
+        relaunch_t, relaunch_what = restores(nsb, a.n)
+        copies = c.call("context.list", {"sandboxId": csb})["contexts"][0]["snapshots"]
         c.call("sandbox.delete", {"sandboxId": csb})
+        c.call("sandbox.delete", {"sandboxId": nsb})
         jpy = jupyter_python()
         jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", str(a.n * 10)] + cells, capture_output=True, text=True)
         jupyter_t = json.loads(jr.stdout) if jr.returncode == 0 else None
@@ -325,6 +346,11 @@ def main():
         base = jupyter_t[code] if jupyter_t else None
         row(f"sandpit code.run `{code}` (checkpointed: {'yes' if code_ck[code] else 'NO'})", code_t[code], base)
         if base: row(f"Jupyter kernel execute `{code}`", base, base)
+    row("sandpit code.run `x = 1` without frozen copies", nocopy_t, code_t["x = 1"])
+    print(f"  frozen copies kept: {len(copies['executionCounts'])}, private memory {copies['memoryBytes'] / 1048576:.1f} MiB")
+    print("    rollback to an earlier cell's step   (ratio vs relaunch)")
+    row(f"sandbox.restore in place -> {'+'.join(inplace_what)}", inplace_t, relaunch_t)
+    row(f"sandbox.restore by relaunch -> {'+'.join(relaunch_what)}", relaunch_t, relaunch_t)
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

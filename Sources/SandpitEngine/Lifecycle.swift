@@ -38,14 +38,19 @@ extension Engine {
     func idleTick() async {
         let now = Clock.nowMs()
         for rt in registry.withLock({ Array($0.values) }) {
-            guard let action = rt.idle.withLock({ $0.due(now: now) }) else { continue }
-            // Background processes: only worth counting when an action is due.
-            if rt.plan.idle.backgroundKeepsAwake && action != .delete {
-                let others = rt.cgroup.processes().count - 1   // all but the agent
+            // Background processes: only worth counting when an action is due, or while they are
+            // what keeps the sandbox awake (once they end, nothing else would clear the flag).
+            let (due, held) = rt.idle.withLock { ($0.due(now: now), $0.backgroundProcesses) }
+            guard due != nil || held else { continue }
+            if rt.plan.idle.backgroundKeepsAwake && due != .delete {
+                // All but the agent, each context's interpreter and its frozen copies.
+                let contexts = rt.contexts.withLock { $0.values.filter { !$0.isDead } }.reduce(0) { $0 + 1 + $1.copyPids.count }
+                let others = rt.cgroup.processes().count - 1 - contexts
                 let bg = others > 0
                 rt.idle.withLock { $0.backgroundProcesses = bg }
                 if bg { continue }
             }
+            guard let action = rt.idle.withLock({ $0.due(now: now) }) else { continue }
             do {
                 switch action {
                 case .pause: try await pause(rt, reason: "idle")

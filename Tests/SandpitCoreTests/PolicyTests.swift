@@ -58,6 +58,13 @@ import Testing
         #expect(try build.tightened(by: ["allow": ["pypi.org:443"]]).allow == ["pypi.org:443"])
         #expect(throws: SandpitError.self) { try build.tightened(by: ["allow": ["evil.example:443"]]) }
         #expect(try build.tightened(by: ["network": "none"]).network == .none)
+        // Frozen interpreter copies: fewer is tighter.
+        let def = try Self.shipped("default")
+        #expect(strict.interpreterSnapshots == 2 && build.interpreterSnapshots == 0 && def.interpreterSnapshots == 8)
+        #expect(try strict.tightened(by: ["interpreterSnapshots": 0]).interpreterSnapshots == 0)
+        do { _ = try strict.tightened(by: ["interpreterSnapshots": 3]); Issue.record("loosened") } catch {
+            #expect(error.code == .permissionDenied && error.details["field"] == "limits.interpreterSnapshots")
+        }
     }
 
     @Test func scratchDiskTurnsOffWhatWouldNeedFilesOnDisk() throws {
@@ -86,7 +93,8 @@ import Testing
     @Test func decodeNamesTheFileAndField() {
         for (doc, field) in [(["name": "p", "network": "host"] as JSONValue, "network"), (["name": "p", "network": "allowlist"], "allow"),
                              (["name": "p", "outputBytes": .null], "outputBytes"), (["name": "p", "seccomp": "yes"], "seccomp"),
-                             (["name": "p", "allow": ["no-port"]], "allow[0]"), (["name": "p", "pids": 0], "pids")] {
+                             (["name": "p", "allow": ["no-port"]], "allow[0]"), (["name": "p", "pids": 0], "pids"),
+                             (["name": "p", "interpreterSnapshots": 65], "interpreterSnapshots"), (["name": "p", "interpreterSnapshots": -1], "interpreterSnapshots")] {
             do {
                 _ = try Policy.decode(doc, source: "Policies/p.json")
                 Issue.record("accepted \(doc)")

@@ -135,6 +135,22 @@ struct LifecycleTests {
         }
     }
 
+    /// An interpreter context and its frozen copies wait for cells: they are
+    /// not background work. A server started from a cell is, until it ends.
+    @Test func anIdleInterpreterContextDoesNotKeepItAwake() throws {
+        try Arena.with { a in
+            let sb = try create(a, idle: ["pauseAfterMs": 200])
+            for code in ["x = 1", "x += 1", "import subprocess; p = subprocess.Popen(['sleep', '2'])"] {
+                _ = try a.client.result("code.run", ["sandboxId": .string(sb), "code": .string(code)])
+            }
+            usleep(1_000_000)
+            #expect(state(a, sb) == "running", "the process the cell started keeps it awake")
+            #expect(eventually { state(a, sb) == "paused" }, "the interpreter and its three frozen copies do not")
+            let r = try a.client.result("code.run", ["sandboxId": .string(sb), "code": "x"])
+            #expect(r["results"] == [["text/plain": "2"]] && r["restarted"] == false)
+        }
+    }
+
     @Test func longerIdleThanThePolicyAllowsIsRefused() throws {
         try Arena.with { a in
             let r = try a.client.call("sandbox.create", ["policy": "strict", "idle": ["deleteAfterMs": .null]])
