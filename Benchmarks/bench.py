@@ -8,7 +8,10 @@
   (c)-(f) barriers, checkpoints, idle lifecycle, templates (see the headings)
   (g) a 1 GiB upload and download through the socket  vs  `cat FILE > /dev/null` on the host;
       fs.read of a 1 KiB file                          vs  exec.run `cat` of it
-  (h) code.run `x = 1` and `print(x)`, checkpointed   vs  a Jupyter kernel's execute of the same cells
+  (h) code.run `x = 1` and `print(x)`, checkpointed   vs  a Jupyter kernel's execute of the same cells;
+      without frozen interpreter copies; rollback in place vs by relaunch
+  (i) new sandbox -> first cell importing numpy, pandas, matplotlib: a PRELOAD template vs the same
+      packages without PRELOAD (builds Fixtures/templates/sci from PyPI once)
 
 Usage: sudo python3 Benchmarks/bench.py [--n 50] [--file-mb 1024] [--sandpit .build/release/sandpit]
 Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing, and makes a
@@ -32,6 +35,11 @@ class Client:
         return self.n
     def read(self):
         return json.loads(self.f.readline())
+    def call_raw(self, method, params=None):
+        i = self.send(method, params or {})
+        while True:
+            m = self.read()
+            if m.get("id") == i: return m
     def call(self, method, params=None, on_note=None):
         i = self.send(method, params or {})
         while True:
@@ -276,6 +284,30 @@ def main():
         copies = c.call("context.list", {"sandboxId": csb})["contexts"][0]["snapshots"]
         c.call("sandbox.delete", {"sandboxId": csb})
         c.call("sandbox.delete", {"sandboxId": nsb})
+
+        # (i) warm templates: a new sandbox -> the result of a first cell that imports numpy, pandas and
+        # matplotlib. "sciwarm" says PRELOAD for them (a started sandbox with them imported is kept ready;
+        # the refill between creates is untimed); the cold baseline is the same template without PRELOAD.
+        warm_t, cold_t = [], []
+        imports = "import numpy, pandas, matplotlib.pyplot\nnumpy.arange(3).sum()"
+        sci = c.call_raw("template.build", {"name": "sci", "file": f"{root}/Fixtures/templates/sci/Dockerfile"})
+        if "error" in sci:
+            print(f"(i) skipped: the sci template did not build (it needs PyPI): {sci['error']}", file=sys.stderr)
+        else:
+            c.call("template.build", {"name": "sciwarm", "spec": "FROM sci\nPRELOAD numpy pandas matplotlib.pyplot"})
+            def first_cell(template, wait_warm):
+                while wait_warm and c.call("server.info")["warmPool"]["templates"] < 1: time.sleep(0.05)
+                t = time.perf_counter_ns()
+                sb = c.call("sandbox.create", {"template": template})["sandboxId"]
+                r = c.call("code.run", {"sandboxId": sb, "code": imports}, on_note=lambda m: None)
+                dt = (time.perf_counter_ns() - t) / 1e6
+                assert r["results"][0]["text/plain"] == "3", r
+                c.call("sandbox.delete", {"sandboxId": sb})
+                return dt
+            # The first create of a PRELOAD template starts its pool; each later create refills it.
+            c.call("sandbox.delete", {"sandboxId": c.call("sandbox.create", {"template": "sciwarm"})["sandboxId"]})
+            for _ in range(max(5, a.n // 2)): warm_t.append(first_cell("sciwarm", True))
+            for _ in range(5): cold_t.append(first_cell("sci", False))
         jpy = jupyter_python()
         jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", str(a.n * 10)] + cells, capture_output=True, text=True)
         jupyter_t = json.loads(jr.stdout) if jr.returncode == 0 else None
@@ -351,6 +383,11 @@ def main():
     print("    rollback to an earlier cell's step   (ratio vs relaunch)")
     row(f"sandbox.restore in place -> {'+'.join(inplace_what)}", inplace_t, relaunch_t)
     row(f"sandbox.restore by relaunch -> {'+'.join(relaunch_what)}", relaunch_t, relaunch_t)
+    if warm_t:
+        print("(i) warm templates: create -> first cell importing numpy, pandas, matplotlib   (ratio vs cold)")
+        row("warm template (PRELOAD, started ahead)", warm_t, cold_t)
+        row("cold: same packages, no PRELOAD", cold_t, cold_t)
+        print(f"  speedup: {statistics.median(cold_t) / statistics.median(warm_t):.0f}x")
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

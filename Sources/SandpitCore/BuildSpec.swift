@@ -18,6 +18,7 @@ public struct BuildSpec: Sendable, Equatable {
         case env([String: String])
         case workdir(String)
         case user(String)
+        case preload([String])                   // Python modules imported before a context's first cell
 
         /// Canonical text: the build cache keys each layer on it (plus its parent).
         public var cacheText: String {
@@ -27,6 +28,7 @@ public struct BuildSpec: Sendable, Equatable {
             case .env(let e): "ENV " + e.keys.sorted().map { "\($0)=\(e[$0]!)" }.joined(separator: "\u{0}")
             case .workdir(let w): "WORKDIR " + w
             case .user(let u): "USER " + u
+            case .preload(let m): "PRELOAD " + m.joined(separator: " ")
             }
         }
     }
@@ -113,10 +115,15 @@ public struct BuildSpec: Sendable, Equatable {
             case "USER":
                 guard arg.allSatisfy({ $0.isLetter || $0.isNumber || "_-.:".contains($0) }) else { throw fail(n, "USER must be a name or uid, optionally :group") }
                 steps.append(Line(number: n, step: .user(arg)))
+            case "PRELOAD":
+                let mods = arg.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "," }).map(String.init)
+                for m in mods where !ImageConfig.isModuleName(m) { throw fail(n, "PRELOAD \(m) is not a Python module name") }
+                guard mods.count <= 32 else { throw fail(n, "PRELOAD takes at most 32 modules") }
+                steps.append(Line(number: n, step: .preload(mods)))
             case "FROM":
                 throw fail(n, "only one FROM (multi-stage builds are not supported)")
             default:
-                throw fail(n, "unsupported instruction \(kw) (supported: FROM, RUN, COPY, ENV, WORKDIR, USER)")
+                throw fail(n, "unsupported instruction \(kw) (supported: FROM, RUN, COPY, ENV, WORKDIR, USER, PRELOAD)")
             }
         }
         return BuildSpec(base: base, steps: steps)

@@ -16,6 +16,9 @@ public struct ImageConfig: Sendable, Equatable {
     public var gid: UInt32
     /// HOME for commands (the user's home in the template's /etc/passwd).
     public var home: String
+    /// Python modules every interpreter context of the template imports before
+    /// its first cell (`PRELOAD`); the daemon keeps such sandboxes warm.
+    public var preload: [String] = []
 
     public init(base: Base = .host, env: [String: String] = [:], workdir: String = "/home/user", user: String = "user",
                 uid: UInt32 = 1000, gid: UInt32 = 1000, home: String = "/home/user") {
@@ -33,8 +36,10 @@ public struct ImageConfig: Sendable, Equatable {
     public var json: JSONValue {
         var env = JSONObject()
         for k in self.env.keys.sorted() { env[k] = .string(self.env[k]!) }
-        return .object(["base": .string(base.rawValue), "env": .object(env), "workdir": .string(workdir), "user": .string(user),
-                        "uid": .int(Int64(uid)), "gid": .int(Int64(gid)), "home": .string(home)])
+        var o: JSONObject = ["base": .string(base.rawValue), "env": .object(env), "workdir": .string(workdir), "user": .string(user),
+                             "uid": .int(Int64(uid)), "gid": .int(Int64(gid)), "home": .string(home)]
+        if !preload.isEmpty { o["preload"] = .array(preload.map { .string($0) }) }
+        return .object(o)
     }
 
     public init?(json v: JSONValue) {
@@ -44,6 +49,15 @@ public struct ImageConfig: Sendable, Equatable {
         self.init(base: base, env: env, workdir: v["workdir"]?.stringValue ?? "/home/user", user: v["user"]?.stringValue ?? "user",
                   uid: UInt32(clamping: v["uid"]?.intValue ?? 1000), gid: UInt32(clamping: v["gid"]?.intValue ?? 1000),
                   home: v["home"]?.stringValue ?? "/home/user")
+        preload = (v["preload"]?.arrayValue ?? []).compactMap(\.stringValue).filter(Self.isModuleName)
+    }
+
+    /// A dotted Python module name (`numpy`, `matplotlib.pyplot`).
+    public static func isModuleName(_ s: String) -> Bool {
+        !s.isEmpty && s.count <= 200 && s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { part in
+            guard let f = part.first, f.isASCII, f.isLetter || f == "_" else { return false }
+            return part.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }
+        }
     }
 
     /// Resolves a `USER` argument (`name`, `uid`, `name:group`, `uid:gid`)

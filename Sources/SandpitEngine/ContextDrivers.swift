@@ -194,7 +194,19 @@ def main():
             if done:
                 copies.remove(pid)
 
-    emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE)})
+    # --preload a,b,c: the template's PRELOAD modules, imported before the first cell (not bound to names).
+    preloaded, preload_errors = [], {}
+    if "--preload" in sys.argv[1:]:
+        import importlib
+        for name in sys.argv[sys.argv.index("--preload") + 1].split(","):
+            try:
+                importlib.import_module(name)
+                preloaded.append(name)
+            except BaseException as e:
+                preload_errors[name] = "%s: %s" % (type(e).__name__, e)
+
+    emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE),
+          "preloaded": preloaded, "preloadErrors": preload_errors})
     for line in control_in:
         reap()
         request = json.loads(line)

@@ -360,6 +360,12 @@ extension Engine {
     private func startContext(_ id: String, language: String, contextId: String, caller: Caller) async throws -> InterpreterContext {
         _ = try await wake(id, caller: caller)
         let rt = try await liveRuntime(id, caller: caller)
+        return try await startContext(in: rt, language: language, contextId: contextId)
+    }
+
+    /// Starts a context in a live runtime (one the registry may not hold yet: a warm template's pool).
+    func startContext(in rt: SandboxRuntime, language: String, contextId: String) async throws -> InterpreterContext {
+        let id = rt.id
         let live = rt.contexts.withLock { $0.values.filter { !$0.isDead }.count }
         guard live < Self.maxContexts else {
             throw SandpitError(.limitExceeded, "sandbox \(id) already has \(Self.maxContexts) interpreter contexts")
@@ -367,11 +373,13 @@ extension Engine {
         let nonce = Identifier.secret(16)
         // Frozen copies only help where a restore can bring the files back with them.
         let keep = language == "python" && rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
+        let preload = rt.image.config.preload
         var req = language == "python"
-            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python] + (keep > 0 ? ["--snapshots"] : []))
+            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python] + (keep > 0 ? ["--snapshots"] : [])
+                          + (preload.isEmpty ? [] : ["--preload", preload.joined(separator: ",")]))
             : ExecRequest(argv: ["/bin/bash", "--norc", "--noprofile", "-c", ContextDrivers.bash, "sandpit-context", nonce])
         req.service = true
-        let session = try await exec(id, req, caller: caller, awaitStart: true)
+        let session = try await startExec(in: rt, req)
         if let err = session.outcome?.spawnError {
             throw SandpitError(.invalidState, "cannot start a \(language) context: \(err)" + (language == "python" ? " (the template needs python3)" : " (the template needs bash)"))
         }

@@ -90,6 +90,11 @@ public final class Engine: Sendable {
     /// Pre-started sandboxes (template default, policy `config.warmPolicy`), not yet handed out.
     let warmPool = Mutex<[SandboxRuntime]>([])
     let refilling = Atomic<Bool>(false)
+    /// Warm templates: per "templateId policy", started sandboxes whose default
+    /// Python context has imported the template's PRELOAD modules.
+    let templatePools = Mutex<[String: [SandboxRuntime]]>([:])
+    /// Template pools being refilled (one refill per pool at a time).
+    let templateRefills = Mutex<Set<String>>([])
     /// Hibernated sandboxes' idle clocks (for delete-after) and plans (to wake them as they were).
     let dormant = Mutex<[String: IdleTracker]>([:])
     let dormantPlans = Mutex<[String: SandboxPlan]>([:])
@@ -246,6 +251,8 @@ public final class Engine: Sendable {
     public var agentRssBytes: UInt64 { lastAgentRss.load(ordering: .relaxed) }
     public var liveCount: Int { registry.withLock { $0.count } }
     public var warmCount: Int { warmPool.withLock { $0.count } }
+    /// Warm sandboxes of PRELOAD templates, ready to hand out.
+    public var warmTemplateCount: Int { templatePools.withLock { $0.values.reduce(0) { $0 + $1.count } } }
 
     // MARK: sandboxes
 
@@ -300,7 +307,12 @@ public final class Engine: Sendable {
         defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let now = Clock.nowMs()
         let rt: SandboxRuntime
-        if limits.count == 0, !scratch, tpl.isBuiltin, let warm = await claimWarm(policy: policyName) {
+        let preloads = !tpl.config.preload.isEmpty
+        var warm: SandboxRuntime?
+        if limits.count == 0, !scratch {
+            if tpl.isBuiltin { warm = await claimWarm(policy: policyName) } else if preloads { warm = await claimWarmTemplate(tpl.templateId, policy: plan.policy.name) }
+        }
+        if let warm {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
             rt.idle.withLock { $0.policy = plan.idle; $0.touch(now: now) }
@@ -344,6 +356,7 @@ public final class Engine: Sendable {
         }
         await catalog.event("created", sandbox: rt.id, detail: "template=\(templateName) (\(tpl.templateId)) policy=\(plan.policy.name)")
         refillWarmPool()
+        if preloads, limits.count == 0, !scratch { refillTemplatePool(tpl.templateId, name: templateName, policy: plan.policy.name) }
         return rt.record
     }
 
@@ -641,9 +654,20 @@ public final class Engine: Sendable {
                      admit: AdmissionTicket? = nil) async throws -> ExecSession {
         let woke = try await wake(id, caller: caller, admit: admit)
         if !req.service { try await admitExec(admit ?? AdmissionTicket(client: caller.uid)) }
+        let rt: SandboxRuntime
+        do { rt = try await liveRuntime(id, caller: caller) } catch {
+            if !req.service { admission.release(.exec) }
+            throw error
+        }
+        return try await startExec(in: rt, req, woke: woke, awaitStart: awaitStart)
+    }
+
+    /// `exec` once the sandbox is awake and the exec admitted (a non-service
+    /// exec's slot is released when it finishes, or here if it cannot start).
+    func startExec(in rt: SandboxRuntime, _ req: ExecRequest, woke: Wake? = nil, awaitStart: Bool = true) async throws -> ExecSession {
+        let id = rt.id
         var execAdmitted = !req.service
         defer { if execAdmitted { admission.release(.exec) } }
-        let rt = try await liveRuntime(id, caller: caller)
         try rt.checkTimeout(req.timeoutMs)
         let epoch = rt.restores.load(ordering: .acquiring)
         let (n, seq) = rt.state.withLock { s -> (UInt32, Int) in
@@ -772,8 +796,11 @@ public final class Engine: Sendable {
     public func shutdown(keep: Bool) async {
         closing.store(true, ordering: .relaxed)
         idleService.withLock { $0 }?.cancel()
-        while refilling.load(ordering: .acquiring) { try? await Task.sleep(for: .milliseconds(5)) }
+        while refilling.load(ordering: .acquiring) || !templateRefills.withLock({ $0.isEmpty }) {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
         let warm = warmPool.withLock { p -> [SandboxRuntime] in defer { p = [] }; return p }
+            + templatePools.withLock { p -> [SandboxRuntime] in defer { p = [:] }; return p.values.flatMap { $0 } }
         for rt in warm { await discard(rt) }
         let all = registry.withLock { Array($0.values) }
         await withTaskGroup(of: Void.self) { g in

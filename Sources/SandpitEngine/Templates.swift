@@ -110,6 +110,7 @@ extension Engine {
                 }
             }
             try await catalog.untag(name: name, tag: tag)
+            if others.isEmpty { await discardTemplatePools(t.templateId) }   // warm sandboxes hold its layers
             await catalog.event("template-deleted", sandbox: nil, detail: "\(t.reference) \(t.templateId)")
             try await collectLayers()
             return t
@@ -482,6 +483,8 @@ struct Build {
             for (k, v) in e { config.env[k] = v }
         case .user(let u):
             try applyUser(u, step: n, line: line.number)
+        case .preload(let m):
+            config.preload = m
         case .workdir(let w):
             let path = Self.normalize(w)
             config.workdir = path
@@ -634,6 +637,7 @@ extension BuildSpec.Step {
         case .env(let e): "ENV " + e.keys.sorted().map { "\($0)=\(e[$0]!)" }.joined(separator: " ")
         case .workdir(let w): "WORKDIR " + w
         case .user(let u): "USER " + u
+        case .preload(let m): "PRELOAD " + m.joined(separator: " ")
         }
     }
 }

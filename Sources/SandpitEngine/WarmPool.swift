@@ -57,6 +57,66 @@ extension Engine {
         }
     }
 
+    // MARK: warm templates
+
+    /// Takes a started sandbox of a PRELOAD template whose default Python
+    /// context has already imported the modules, if one is ready.
+    func claimWarmTemplate(_ templateId: String, policy: String) async -> SandboxRuntime? {
+        let key = templateId + " " + policy
+        while let rt = templatePools.withLock({ p -> SandboxRuntime? in p[key]?.isEmpty == false ? p[key]!.removeFirst() : nil }) {
+            if !rt.hasExited && SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd), await answers(rt),
+               rt.contexts.withLock({ $0[Self.defaultContextId] }).map({ !$0.isDead }) == true {
+                return rt
+            }
+            Task { await self.discard(rt) }
+        }
+        return nil
+    }
+
+    /// Keeps `config.warmPool > 0 ? 1 : 0` sandboxes of a PRELOAD template
+    /// started, each with its default Python context ready (modules imported).
+    /// Each is an ordinary sandbox of that template and policy: its own
+    /// namespaces, disk, cgroup and interpreter; only the template's own code
+    /// (the imports) has run in it when it is handed out. The first create of
+    /// a template starts its pool; later creates take from it and refill it.
+    func refillTemplatePool(_ templateId: String, name: String, policy: String) {
+        let key = templateId + " " + policy
+        guard config.warmPool > 0, !closing.load(ordering: .relaxed),
+              templateRefills.withLock({ $0.insert(key).inserted }) else { return }
+        Task.detached(priority: .utility) { [self] in
+            defer { _ = templateRefills.withLock { $0.remove(key) } }
+            try? await Task.sleep(for: .milliseconds(config.warmRefillDelayMs))
+            while !closing.load(ordering: .relaxed), templatePools.withLock({ $0[key]?.count ?? 0 }) < 1,
+                  liveCount + warmPool.withLock({ $0.count }) + templatePools.withLock({ $0.values.reduce(0) { $0 + $1.count } }) < config.maxSandboxes {
+                var started: SandboxRuntime?
+                do {
+                    let plan = try plan(policy: policy)
+                    let now = Clock.nowMs()
+                    let record = SandboxRecord(id: Identifier.make("sb"), state: .starting, template: name, policy: plan.policy.name,
+                                               metadata: [:], createdAt: now, lastActiveAt: now, templateId: templateId)
+                    let rt = try await launch(record, plan: plan)
+                    started = rt
+                    _ = try await startContext(in: rt, language: "python", contextId: Self.defaultContextId)
+                    if closing.load(ordering: .relaxed) { await discard(rt); return }
+                    templatePools.withLock { $0[key, default: []].append(rt) }
+                } catch {
+                    if let rt = started { await discard(rt) }
+                    logger.warning("warm template refill failed", metadata: ["template": "\(name)", "error": "\(error)"])
+                    return
+                }
+            }
+        }
+    }
+
+    /// Tears down a template's warm sandboxes (the template is going away).
+    func discardTemplatePools(_ templateId: String) async {
+        let gone = templatePools.withLock { p -> [SandboxRuntime] in
+            let keys = p.keys.filter { $0.hasPrefix(templateId + " ") }
+            return keys.flatMap { p.removeValue(forKey: $0) ?? [] }
+        }
+        for rt in gone { await discard(rt) }
+    }
+
     /// Tears down a sandbox that was never handed out (no catalog record).
     func discard(_ rt: SandboxRuntime) async {
         await teardown(rt)

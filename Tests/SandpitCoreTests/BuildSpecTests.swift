@@ -24,6 +24,17 @@ import Testing
         #expect(spec.steps[6].step == .env(["LEGACY": "some value"]))
     }
 
+    @Test func preloadListsModulesAndTravelsInTheConfig() throws {
+        let spec = try BuildSpec.parse("FROM default\nPRELOAD numpy, pandas matplotlib.pyplot _private")
+        #expect(spec.steps[0].step == .preload(["numpy", "pandas", "matplotlib.pyplot", "_private"]))
+        #expect(spec.steps[0].step.cacheText == "PRELOAD numpy pandas matplotlib.pyplot _private")
+        var config = ImageConfig()
+        config.preload = ["numpy", "matplotlib.pyplot"]
+        #expect(ImageConfig(json: config.json) == config)
+        #expect(ImageConfig(json: ImageConfig().json)?.preload == [])
+        for bad in ["", "a..b", "1x", "a.", "os;rm", "x-y"] { #expect(!ImageConfig.isModuleName(bad), "\(bad)") }
+    }
+
     @Test func baseKinds() throws {
         #expect(try BuildSpec.parse("FROM py:3.12").base == .template(name: "py", tag: "3.12"))
         #expect(try BuildSpec.parse("FROM py").base == .template(name: "py", tag: "latest"))
@@ -34,7 +45,8 @@ import Testing
     @Test func errorsNameTheLine() {
         for (text, line) in [("RUN true", 1), ("FROM default\nADD x /", 2), ("FROM default\n\nWORKDIR relative", 3),
                              ("FROM default\nCOPY ../secret /x", 2), ("FROM default\nFROM other", 2), ("FROM default\nENV A=\"open", 2),
-                             ("FROM Bad:Name!", 1), ("FROM default\nRUN [\"unterminated\"", 2)] {
+                             ("FROM Bad:Name!", 1), ("FROM default\nRUN [\"unterminated\"", 2),
+                             ("FROM default\nPRELOAD numpy os;rm", 2), ("FROM default\n\nPRELOAD 3d", 3)] {
             do {
                 _ = try BuildSpec.parse(text)
                 Issue.record("accepted: \(text)")

@@ -233,6 +233,56 @@ struct ContextTests {
         }
     }
 
+    /// A template that says `PRELOAD numpy pandas matplotlib.pyplot`: the
+    /// daemon keeps one of its sandboxes started with the modules imported, so
+    /// a create takes it and the first cell finds them in `sys.modules`. That
+    /// sandbox is an ordinary one: the posture checks pass inside its
+    /// interpreter, and nothing of another sandbox is visible.
+    @Test func warmTemplateSandboxesStartWithTheModulesImported() throws {
+        try Arena.with(extraArgs: ["--warm-pool", "1"]) { a in
+            let c = a.client
+            let b = try c.call("template.build", ["name": "sci", "file": .string(TestEnv.fixturesDir + "/templates/sci/Dockerfile")], timeout: 900)
+            try #require(b["error"] == nil, "the sci template did not build (it needs PyPI): \(b)")
+            let w = try c.call("template.build", ["name": "sciwarm", "spec": "FROM sci\nPRELOAD numpy pandas matplotlib.pyplot"], timeout: 300)
+            try #require(w["error"] == nil, "\(w)")
+            #expect(try c.result("template.get", ["name": "sciwarm"])["config"]?["preload"] == ["numpy", "pandas", "matplotlib.pyplot"])
+            let bad = try c.call("template.build", ["name": "bad", "spec": "FROM sci\nPRELOAD os;rm"])
+            #expect(bad["error"]?["data"]?["code"] == "invalid_params")
+            // The first create starts the template's pool; the next one takes from it.
+            let first = try c.result("sandbox.create", ["template": "sciwarm"])["sandboxId"]!.stringValue!
+            a.created.ids.append(first)
+            _ = try Self.run(c, first, "open('/home/user/mine', 'w').write('first')")
+            // Importing the three takes a second or more; poll generously (not a timing assertion).
+            var warm = false
+            for _ in 0..<600 where !warm {
+                warm = (try? c.result("server.info")["warmPool"]?["templates"]) == 1
+                if !warm { usleep(100_000) }
+            }
+            #expect(warm, "the template's warm sandbox became ready")
+            let sb = try c.result("sandbox.create", ["template": "sciwarm"])["sandboxId"]!.stringValue!
+            a.created.ids.append(sb)
+            #expect(try c.result("server.info")["warmPool"]?["templates"] == 0, "the create took the warm sandbox")
+            let cell = try Self.run(c, sb, """
+                import os, sys
+                s = open('/proc/self/status').read()
+                print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s,
+                      open('/proc/1/comm').read().strip(), os.path.exists('/home/user/mine'))
+                print(sorted(p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/comm').read().strip() not in ('python3', 'sandpit-agent')))
+                sorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules)
+                """)
+            #expect(cell.result["executionCount"] == 1 && cell.result["restarted"] == false)
+            #expect(cell.result["results"] == [["text/plain": "['matplotlib.pyplot', 'numpy', 'pandas']"]])
+            #expect(cell.stdout == "1000 True True True sandpit-agent False\n[]\n", "posture, and nothing of the other sandbox")
+            // Its namespaces are its own: not the host's, not the other sandbox's.
+            let ns = "print(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('user', 'pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup')))"
+            let mine = try Self.run(c, sb, ns).stdout, theirs = try Self.run(c, first, "import os\n" + ns).stdout
+            let host = ["user", "pid", "mnt", "net", "ipc", "uts", "cgroup"].map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? "?" }
+            for (i, (m, t)) in zip(mine.split(separator: " "), theirs.split(separator: " ")).enumerated() {
+                #expect(m != t && String(m).trimmingCharacters(in: .whitespacesAndNewlines) != host[i], "namespace \(i) is shared")
+            }
+        }
+    }
+
     /// With matplotlib, pandas and numpy in the template (pip-installed from
     /// PyPI by the fixture's build): a figure comes back as a PNG without
     /// savefig, a DataFrame as HTML, and the cell's line in a traceback.

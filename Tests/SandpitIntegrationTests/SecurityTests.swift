@@ -623,6 +623,8 @@ struct Arena {
             #expect(Host.cgroups(matching: id).isEmpty, "cgroup of \(id) leaked")
             #expect(!Host.mountinfo().contains(id), "mount of \(id) leaked")
         }
+        // Started-ahead sandboxes live until the daemon stops, and must not outlive it.
+        if extraArgs.contains("--warm-pool") { #expect(d.stop() == 0) }
         #expect(Host.pids(matching: "sandpit-agent").isEmpty, "an agent outlived its sandbox")
     }
 
