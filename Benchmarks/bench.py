@@ -269,6 +269,16 @@ def main():
         for _ in range(a.n * 10):
             t = time.perf_counter_ns(); c.call("code.run", {"sandboxId": nsb, "code": "x = 1"}, on_note=lambda m: None)
             nocopy_t.append((time.perf_counter_ns() - t) / 1e6)
+        # An agent leaves time between cells (a model call): the copy is made then, and the next cell pays
+        # only for the pages it touches first. Both sandboxes, a 20 ms pause before each timed cell.
+        paused_t = {}
+        for name, sb in (("with", csb), ("without", nsb)):
+            ts = []
+            for _ in range(a.n * 3):
+                time.sleep(0.02)
+                t = time.perf_counter_ns(); c.call("code.run", {"sandboxId": sb, "code": "x = 1"}, on_note=lambda m: None)
+                ts.append((time.perf_counter_ns() - t) / 1e6)
+            paused_t[name] = ts
         # Rollback: restore to an earlier cell's step. In place (files and variables) with frozen copies;
         # a relaunch (files only) without.
         def restores(sb, n):
@@ -289,7 +299,7 @@ def main():
         # matplotlib. "sciwarm" says PRELOAD for them (a started sandbox with them imported is kept ready;
         # the refill between creates is untimed); the cold baseline is the same template without PRELOAD.
         warm_t, cold_t = [], []
-        imports = "import numpy, pandas, matplotlib.pyplot\nnumpy.arange(3).sum()"
+        imports = "import numpy, pandas, matplotlib.pyplot\nint(numpy.arange(3).sum())"
         sci = c.call_raw("template.build", {"name": "sci", "file": f"{root}/Fixtures/templates/sci/Dockerfile"})
         if "error" in sci:
             print(f"(i) skipped: the sci template did not build (it needs PyPI): {sci['error']}", file=sys.stderr)
@@ -379,6 +389,9 @@ def main():
         row(f"sandpit code.run `{code}` (checkpointed: {'yes' if code_ck[code] else 'NO'})", code_t[code], base)
         if base: row(f"Jupyter kernel execute `{code}`", base, base)
     row("sandpit code.run `x = 1` without frozen copies", nocopy_t, code_t["x = 1"])
+    print("    the same cell 20 ms after the previous one (an agent between cells)   (ratio vs without copies)")
+    row("  with a frozen copy per cell (default)", paused_t["with"], paused_t["without"])
+    row("  without frozen copies", paused_t["without"], paused_t["without"])
     print(f"  frozen copies kept: {len(copies['executionCounts'])}, private memory {copies['memoryBytes'] / 1048576:.1f} MiB")
     print("    rollback to an earlier cell's step   (ratio vs relaunch)")
     row(f"sandbox.restore in place -> {'+'.join(inplace_what)}", inplace_t, relaunch_t)

@@ -316,11 +316,14 @@ public final class Engine: Sendable {
             // A pre-started sandbox of the same template and policy: it becomes this one.
             rt = warm
             rt.idle.withLock { $0.policy = plan.idle; $0.touch(now: now) }
+            let base = rt.warmBase.withLock { $0 }
             let record = SandboxRecord(id: rt.id, state: .running, template: templateName, policy: plan.policy.name, metadata: metadata,
-                                       createdAt: now, lastActiveAt: now, owner: caller.uid, templateId: tpl.templateId)
+                                       createdAt: now, lastActiveAt: now, execSeq: rt.record.execSeq,   // its context is exec 1
+                                       owner: caller.uid, head: base?.id, templateId: tpl.templateId)
             rt.state.withLock { $0.record = record }
             do {
                 try await catalog.insertSandbox(record)
+                if let base { await checkpointLog.add(base) }
             } catch {
                 await teardown(rt)
                 try? FS.removeTree(storage.root + "/sandboxes/" + rt.id)

@@ -42,6 +42,9 @@ final class SandboxRuntime: Sendable {
     let headManifest = Mutex<Manifest?>(nil)
     /// The memory this sandbox was admitted with (nil: not admitted, or already released).
     let admittedMemory = Mutex<Int64?>(nil)
+    /// A warm template's sandbox: the checkpoint of its files taken while it
+    /// waited (after the PRELOAD imports), listed once the sandbox is handed out.
+    let warmBase = Mutex<CheckpointRecord?>(nil)
     /// Idle bookkeeping (the pure state machine); `phase` is running or paused here.
     let idle: Mutex<IdleTracker>
 

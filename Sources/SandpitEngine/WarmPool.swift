@@ -97,6 +97,12 @@ extension Engine {
                     let rt = try await launch(record, plan: plan)
                     started = rt
                     _ = try await startContext(in: rt, language: "python", contextId: Self.defaultContextId)
+                    // The first checkpoint of a sandbox is a whole one (freeze, sync, clone): take it now, with
+                    // whatever the imports wrote (caches), so the first cell's is a diff against it.
+                    if rt.disk != nil, rt.policy.checkpoints != .off {
+                        let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start", deferLinks: false).0 }
+                        rt.warmBase.withLock { $0 = base }
+                    }
                     if closing.load(ordering: .relaxed) { await discard(rt); return }
                     templatePools.withLock { $0[key, default: []].append(rt) }
                 } catch {

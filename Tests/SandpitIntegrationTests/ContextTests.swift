@@ -273,6 +273,12 @@ struct ContextTests {
             #expect(cell.result["executionCount"] == 1 && cell.result["restarted"] == false)
             #expect(cell.result["results"] == [["text/plain": "['matplotlib.pyplot', 'numpy', 'pandas']"]])
             #expect(cell.stdout == "1000 True True True sandpit-agent False\n[]\n", "posture, and nothing of the other sandbox")
+            // What the imports wrote was checkpointed while it waited: the first cell's checkpoint is a diff against that.
+            let cks = try c.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
+            #expect(cks.count == 2 && cks[0]["name"] == "warm start" && cks[0]["step"] == 0 && cks[1]["parentId"] == cks[0]["checkpointId"])
+            // Commands run beside the context (exec ids continue after the context's).
+            let echo = try a.sh(sb, "echo $((40 + 2))")
+            #expect(echo.stdout == "42\n" && echo.result["execId"] == "ex_2")
             // Its namespaces are its own: not the host's, not the other sandbox's.
             let ns = "print(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('user', 'pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup')))"
             let mine = try Self.run(c, sb, ns).stdout, theirs = try Self.run(c, first, "import os\n" + ns).stdout
