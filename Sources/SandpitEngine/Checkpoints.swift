@@ -356,8 +356,13 @@ extension Engine {
         }
         defer { root.close() }
         Fault.point("restore.cloned")
-        // From here on the sandbox changes: the staged image becomes its disk either way.
-        _ = try? sys("rename", path: image) { rename(staged, image) }
+        // The staged image becomes the sandbox's disk (the old one stays attached until its mount goes);
+        // from here on the sandbox changes, and a failure below relaunches it on this image.
+        do { _ = try sys("rename", path: image) { rename(staged, image) } } catch {
+            disk.close()
+            try? FS.remove(staged)
+            throw error
+        }
         let restoring = Set(targets.map(\.ctx.id))
         for c in contexts where !restoring.contains(c.id) {
             c.die("\(why), which has no frozen copy of this interpreter")
@@ -385,6 +390,7 @@ extension Engine {
         }
         guard swapped else {
             disk.close()
+            dormantPlans.withLock { $0[id] = rt.plan }   // the relaunch keeps the sandbox's narrowed limits
             _ = await teardown(rt)
             return nil
         }
