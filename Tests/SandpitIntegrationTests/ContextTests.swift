@@ -187,6 +187,28 @@ struct ContextTests {
         }
     }
 
+    /// Every Python context comes back, each to its own state as of the step,
+    /// and a paused sandbox is woken for it.
+    @Test func aRestoreBringsBackEachPythonContextOfAPausedSandbox() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let other = try c.result("context.create", ["sandboxId": .string(sb), "language": "python"])["contextId"]!
+            _ = try Self.run(c, sb, "a = 1")
+            _ = try Self.run(c, sb, "b = 'two'", ["contextId": other])
+            let step = try Self.run(c, sb, "a += 1", ["contextId": "default"]).result["step"]!
+            _ = try Self.run(c, sb, "a = 100")
+            _ = try Self.run(c, sb, "b = 'changed'", ["contextId": other])
+            _ = try c.result("sandbox.pause", ["sandboxId": .string(sb)])
+            let r = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step])
+            #expect(r["restored"] == ["filesystem", "interpreter"] && r["lost"] == ["processes"])
+            #expect(r["state"] == "running")
+            #expect(r["contexts"] == [["contextId": other, "interpreter": "restored", "executionCount": 1],   // sorted by id
+                                      ["contextId": "default", "interpreter": "restored", "executionCount": 2]])
+            #expect(try Self.run(c, sb, "a").result["results"] == [["text/plain": "2"]])
+            #expect(try Self.run(c, sb, "b", ["contextId": other]).result["results"] == [["text/plain": "'two'"]])
+        }
+    }
+
     /// An in-place restore leaves nothing of the later steps running: a cell
     /// in progress is stopped (and records no step), commands and background
     /// processes die, /tmp starts empty, contexts without a copy for that step
