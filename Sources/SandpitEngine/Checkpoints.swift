@@ -378,6 +378,7 @@ extension Engine {
         if let stopped, stopped.alive == 0 {
             let rootUid = config.ids.hostID(0)
             do {
+                try Fault.failure("restore.swap")
                 try await RootSwap.swap(agentPid: rt.spawned.pid, newRoot: root, moveUsr: rt.image.hostUsr,
                                         tmpOptions: "mode=1777,size=\(rt.policy.tmpBytes ?? 0),uid=\(rootUid),gid=\(rootUid)")
                 swapped = true

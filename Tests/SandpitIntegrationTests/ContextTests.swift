@@ -209,6 +209,25 @@ struct ContextTests {
         }
     }
 
+    /// When the root cannot be swapped (an injected failure), the restore
+    /// relaunches the sandbox instead: files come back, the interpreter is
+    /// said lost, the sandbox keeps its narrowed limits, and nothing leaks
+    /// (the Arena checks cgroups, mounts and agents after).
+    @Test func aFailedInPlaceRestoreFallsBackToARelaunch() throws {
+        try Arena.with(env: ["SANDPIT_FAIL_AT": "restore.swap"]) { a in
+            let c = a.client, sb = try a.sandbox(limits: ["pids": 100])
+            let step = try Self.run(c, sb, "x = 1\nopen('/home/user/f', 'w').write('one')").result["step"]!
+            _ = try Self.run(c, sb, "x = 2\nopen('/home/user/f', 'w').write('two')")
+            let r = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step])
+            #expect(r["restored"] == ["filesystem"] && r["lost"] == ["processes", "interpreter"])
+            #expect(r["contexts"] == [["contextId": "default", "interpreter": "lost", "executionCount": .null]])
+            #expect(r["limits"]?["pids"] == 100, "the relaunch keeps the narrowed limits")
+            let after = try Self.run(c, sb, "'x' in globals(), open('/home/user/f').read()").result
+            #expect(after["restarted"] == true && after["results"] == [["text/plain": "(False, 'one')"]])
+            #expect(a.daemon.log.contains("injected failure at restore.swap"))
+        }
+    }
+
     /// An in-place restore leaves nothing of the later steps running: a cell
     /// in progress is stopped (and records no step), commands and background
     /// processes die, /tmp starts empty, contexts without a copy for that step
