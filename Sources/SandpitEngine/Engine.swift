@@ -22,6 +22,8 @@ public struct EngineConfig: Sendable {
     public var warmPool: Int
     public var warmPolicy: String
     public var warmRefillDelayMs: Int = 150
+    /// Started sandboxes kept per PRELOAD template (and policy). 0 disables.
+    public var warmTemplatePool: Int = 1
     /// Sum of live sandboxes' policy memory limits the daemon admits (nil: no budget).
     public var memoryBudgetBytes: Int64?
     /// Concurrent execs across all sandboxes (nil: no cap).

@@ -73,7 +73,7 @@ extension Engine {
         return nil
     }
 
-    /// Keeps `config.warmPool > 0 ? 1 : 0` sandboxes of a PRELOAD template
+    /// Keeps `config.warmTemplatePool` sandboxes of a PRELOAD template
     /// started, each with its default Python context ready (modules imported).
     /// Each is an ordinary sandbox of that template and policy: its own
     /// namespaces, disk, cgroup and interpreter; only the template's own code
@@ -81,12 +81,12 @@ extension Engine {
     /// a template starts its pool; later creates take from it and refill it.
     func refillTemplatePool(_ templateId: String, name: String, policy: String) {
         let key = templateId + " " + policy
-        guard config.warmPool > 0, !closing.load(ordering: .relaxed),
+        guard config.warmTemplatePool > 0, !closing.load(ordering: .relaxed),
               templateRefills.withLock({ $0.insert(key).inserted }) else { return }
         Task.detached(priority: .utility) { [self] in
             defer { _ = templateRefills.withLock { $0.remove(key) } }
             try? await Task.sleep(for: .milliseconds(config.warmRefillDelayMs))
-            while !closing.load(ordering: .relaxed), templatePools.withLock({ $0[key]?.count ?? 0 }) < 1,
+            while !closing.load(ordering: .relaxed), templatePools.withLock({ $0[key]?.count ?? 0 }) < config.warmTemplatePool,
                   liveCount + warmPool.withLock({ $0.count }) + templatePools.withLock({ $0.values.reduce(0) { $0 + $1.count } }) < config.maxSandboxes {
                 var started: SandboxRuntime?
                 do {

@@ -47,6 +47,9 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Sandboxes kept started ahead of demand (default template and policy), so sandbox.create returns at once. 0 disables. Ignored without a daemon.")
     var warmPool: Int = 2
 
+    @Option(help: "Sandboxes of each PRELOAD template kept started, its modules imported, so the first cell does not wait for them. 0 disables. Ignored without a daemon.")
+    var warmTemplatePool: Int = 1
+
     func makeLogger() -> Logger {
         var l = Logger(label: "sandpit")
         l.logLevel = Logger.Level(rawValue: logLevel) ?? .info
@@ -59,6 +62,7 @@ struct EngineOptions: ParsableArguments {
         let agent = ProcessEnv.get("SANDPIT_AGENT") ?? Executable.findAgent(in: exe)
         var cfg = EngineConfig(dataDir: dataDir, storageMode: mode, storageBytes: Int64(storageGib) << 30, agentPath: agent,
                             policiesDir: policies ?? Executable.findPolicies(), maxSandboxes: maxSandboxes, warmPool: max(0, pool ?? warmPool))
+        cfg.warmTemplatePool = pool == 0 ? 0 : max(0, warmTemplatePool)
         cfg.memoryBudgetBytes = memoryBudgetGib.map { Int64($0) << 30 }
         cfg.maxExecs = maxExecs
         return cfg

@@ -280,7 +280,7 @@ struct ContextTests {
     /// sandbox is an ordinary one: the posture checks pass inside its
     /// interpreter, and nothing of another sandbox is visible.
     @Test func warmTemplateSandboxesStartWithTheModulesImported() throws {
-        try Arena.with(extraArgs: ["--warm-pool", "1"]) { a in
+        try Arena.with(extraArgs: ["--warm-template-pool", "1"]) { a in
             let c = a.client
             let b = try c.call("template.build", ["name": "sci", "file": .string(TestEnv.fixturesDir + "/templates/sci/Dockerfile")], timeout: 900)
             try #require(b["error"] == nil, "the sci template did not build (it needs PyPI): \(b)")

@@ -624,7 +624,7 @@ struct Arena {
             #expect(!Host.mountinfo().contains(id), "mount of \(id) leaked")
         }
         // Started-ahead sandboxes live until the daemon stops, and must not outlive it.
-        if extraArgs.contains("--warm-pool") { #expect(d.stop() == 0) }
+        if extraArgs.contains("--warm-pool") || extraArgs.contains("--warm-template-pool") { #expect(d.stop() == 0) }
         #expect(Host.pids(matching: "sandpit-agent").isEmpty, "an agent outlived its sandbox")
     }
 

@@ -189,7 +189,8 @@ public final class DaemonProcess: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: TestEnv.sandpit)
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         // No warm pool unless a test asks: leak checks count agents, and pooled ones are alive by design.
-        let pool = extraArgs.contains("--warm-pool") ? [] : ["--warm-pool", "0"]
+        let pool = (extraArgs.contains("--warm-pool") ? [] : ["--warm-pool", "0"])
+            + (extraArgs.contains("--warm-template-pool") ? [] : ["--warm-template-pool", "0"])
         var args = ["serve", "--data-dir", self.dataDir, "--storage-gib", "4", "--log-level", "debug"] + pool + extraArgs
         if socket {
             socketPath = scratch + "/sandpit.sock"
