@@ -67,3 +67,11 @@ int sp_mount_setattr(int mntfd, uint64_t attr_set, uint64_t attr_clr, int userns
 int sp_move_mount_fd(int mntfd, const char *target) {
     return (int)syscall(SYS_move_mount, mntfd, "", AT_FDCWD, target, SP_MOVE_MOUNT_F_EMPTY_PATH);
 }
+
+int sp_open_tree_path(const char *path) {
+    return (int)syscall(SYS_open_tree, AT_FDCWD, path, O_CLOEXEC);
+}
+
+int sp_move_mount_at(int mntfd, int dirfd, const char *name) {
+    return (int)syscall(SYS_move_mount, mntfd, "", dirfd, name, SP_MOVE_MOUNT_F_EMPTY_PATH);
+}

@@ -6,6 +6,7 @@
 // sp_agent_mounts.c made at start.
 #define _GNU_SOURCE
 #include "sp_rootswap.h"
+#include "sp_mountapi.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,19 +16,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef SYS_open_tree
-#define SYS_open_tree 428
-#endif
-#ifndef SYS_move_mount
-#define SYS_move_mount 429
-#endif
-#define SP_MOVE_MOUNT_F_EMPTY_PATH 0x04
-
 #define STEP(name, expr) do { *step = (name); if ((expr) < 0) goto fail; } while (0)
 
 static int move_to(int from, int root, const char *name) {
     if (mkdirat(root, name, 0755) != 0 && errno != EEXIST) return -1;
-    return (int)syscall(SYS_move_mount, from, "", root, name, SP_MOVE_MOUNT_F_EMPTY_PATH);
+    return sp_move_mount_at(from, root, name);
 }
 
 int sp_swap_root(int mntns_fd, int newroot_fd, int move_usr, const char *tmp_opts, const char **step) {
@@ -35,12 +28,12 @@ int sp_swap_root(int mntns_fd, int newroot_fd, int move_usr, const char *tmp_opt
     STEP("unshare fs", unshare(CLONE_FS));
     STEP("join the sandbox's mount namespace", setns(mntns_fd, CLONE_NEWNS));
     // O_PATH handles on the mounts to carry over, taken before anything moves.
-    if (move_usr) STEP("open /usr", usr = (int)syscall(SYS_open_tree, AT_FDCWD, "/usr", O_CLOEXEC));
-    STEP("open /proc", proc = (int)syscall(SYS_open_tree, AT_FDCWD, "/proc", O_CLOEXEC));
-    STEP("open /dev", dev = (int)syscall(SYS_open_tree, AT_FDCWD, "/dev", O_CLOEXEC));
+    if (move_usr) STEP("open /usr", usr = sp_open_tree_path("/usr"));
+    STEP("open /proc", proc = sp_open_tree_path("/proc"));
+    STEP("open /dev", dev = sp_open_tree_path("/dev"));
     // The new root goes on top of the old one; pivot_root(".", ".") then
     // stacks the old root under it and detaching that leaves only the new tree.
-    STEP("attach the restored root", (int)syscall(SYS_move_mount, newroot_fd, "", AT_FDCWD, "/", SP_MOVE_MOUNT_F_EMPTY_PATH));
+    STEP("attach the restored root", sp_move_mount_fd(newroot_fd, "/"));
     STEP("enter the restored root", fchdir(newroot_fd));
     if (move_usr) STEP("move /usr", move_to(usr, newroot_fd, "usr"));
     STEP("move /proc", move_to(proc, newroot_fd, "proc"));

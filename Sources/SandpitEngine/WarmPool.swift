@@ -13,15 +13,16 @@ extension Engine {
     func claimWarm(policy: String) async -> SandboxRuntime? {
         guard policy == config.warmPolicy else { return nil }
         while let rt = warmPool.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
-            if !rt.hasExited && SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd), await answers(rt) { return rt }
+            if await usable(rt) { return rt }
             Task { await self.discard(rt) }
         }
         return nil
     }
 
-    /// True when the agent replies to a stats request within a second.
-    func answers(_ rt: SandboxRuntime) async -> Bool {
-        await withTaskGroup(of: Bool.self) { g in
+    /// True when a pooled sandbox's agent is alive and replies to a stats request within a second.
+    func usable(_ rt: SandboxRuntime) async -> Bool {
+        guard !rt.hasExited, SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd) else { return false }
+        return await withTaskGroup(of: Bool.self) { g in
             g.addTask { await rt.stats() > 0 }
             g.addTask { try? await Task.sleep(for: .seconds(1)); return false }
             defer { g.cancelAll() }
@@ -64,8 +65,7 @@ extension Engine {
     func claimWarmTemplate(_ templateId: String, policy: String) async -> SandboxRuntime? {
         let key = templateId + " " + policy
         while let rt = templatePools.withLock({ p -> SandboxRuntime? in p[key]?.isEmpty == false ? p[key]!.removeFirst() : nil }) {
-            if !rt.hasExited && SandboxSpawner.isAlive(pidfd: rt.spawned.pidfd), await answers(rt),
-               rt.contexts.withLock({ $0[Self.defaultContextId] }).map({ !$0.isDead }) == true {
+            if await usable(rt), rt.contexts.withLock({ $0[Self.defaultContextId] }).map({ !$0.isDead }) == true {
                 return rt
             }
             Task { await self.discard(rt) }

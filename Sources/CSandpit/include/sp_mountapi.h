@@ -20,4 +20,8 @@ int sp_fsmount(int fsfd, uint64_t attr_flags);
 int sp_open_tree_clone(const char *path);
 int sp_mount_setattr(int mntfd, uint64_t attr_set, uint64_t attr_clr, int userns_fd);
 int sp_move_mount_fd(int mntfd, const char *target);
+// An O_PATH handle on the mount at path (not a clone): moving it moves that mount.
+int sp_open_tree_path(const char *path);
+// Moves the mount `mntfd` onto `name` under the directory `dirfd` (the final component is not followed).
+int sp_move_mount_at(int mntfd, int dirfd, const char *name);
 #endif
