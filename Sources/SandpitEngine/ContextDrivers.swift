@@ -4,112 +4,75 @@
 enum ContextDrivers {
     static let python = #"""
 # Sandpit's Python context driver. Runs inside the sandbox as the sandbox user,
-# started by the daemon as `python3 -u -c <this text>`, so no file in the sandbox
-# can change it. Standard library only.
+# started by the daemon as `python3 -u -c <this text> NONCE [--snapshots] [--preload a,b]`,
+# so no file in the sandbox can change it. Standard library only.
 #
-# Wire (private fds, set up before any user code runs):
-#   in : one JSON object per line: {"n": executionCount, "code": "..."}
-#   out: one JSON object per line:
-#        {"t":"ready","pid":…,"python":"3.11.2","wake":signal}
-#        {"t":"o","s":"stdout"|"stderr","d":text}  or  {…,"b":base64} for bytes that are not UTF-8
-#        {"t":"r","n":…,"results":[mime bundle…],"error":{name,value,traceback}|null}
-#        {"t":"s","n":…,"pid":…}           a frozen copy of the state after cell n (--snapshots)
-#        {"t":"ready","pid":…,"restored":n,"copy":pid}   a copy was woken and is now the interpreter
-# User code sees fd 0 = /dev/null and fds 1/2 = pipes the driver reads, so
-# print(), os.write(1, …) and subprocesses are all captured, per stream, in order.
+# Wire: cells arrive on fd 0 as one JSON object per line: {"n": executionCount, "code": "..."}.
+# User code keeps the exec's own stdout and stderr pipes as fds 1 and 2 (print(),
+# os.write(1, ...) and subprocesses stream straight to the daemon, in order), and
+# sees /dev/null as fd 0. The driver's records travel on the same pipes, through
+# private duplicates, framed so the daemon can tell them from user output:
+#     RS "sandpit:" NONCE ":" KIND ":" JSON RS          (RS = 0x1E; JSON never holds a raw RS)
+# KIND "=" is a whole record; a record longer than one pipe write goes as "[" ... "+" ... "]".
+# Each frame is one write of at most PIPE_BUF bytes, so output from other threads or
+# processes can fall between frames but never inside one. Records:
+#     stdout {"t":"ready","pid":…,"python":"3.11.2","wake":signal,…}
+#     stdout {"t":"r","n":…,"results":[mime bundle…],"error":{name,value,traceback}|null}
+#     stderr {"t":"e","n":…}                      all of cell n's stderr came before this
+#     stdout {"t":"s","n":…,"pid":…}              a frozen copy of the state after cell n (--snapshots)
+#     stdout {"t":"ready","pid":…,"restored":n,"copy":pid}   a copy was woken and is now the interpreter
 #
-# With --snapshots, after each cell the driver forks a frozen copy of itself
-# (copy-on-write: it costs only the pages the interpreter changes later). The
-# copy waits in sigwaitinfo until PID 1 (the agent, at an in-place restore,
+# With --snapshots, after each cell's result the driver forks a frozen copy of
+# itself (copy-on-write: it costs only the pages the interpreter changes later).
+# The copy waits in sigwaitinfo until PID 1 (the agent, at an in-place restore,
 # after every other process is gone and the files are back) sends the wake
 # signal; a signal from anyone else is ignored. The woken copy becomes the
-# interpreter: it restarts output capture, returns to its working directory,
-# forks a new frozen copy of itself (so the step can be restored again) and
-# reads the next cell from the same pipe.
-import ast, base64, io, json, linecache, os, signal, sys, threading, traceback, types, warnings
+# interpreter: it returns to its working directory, forks a new frozen copy of
+# itself (so the step can be restored again) and reads the next cell.
+#
+# The copy is made cheaply where it is safe: when the interpreter has no other
+# thread, it forks through libc with the GIL held and leaves CPython's
+# after-fork work (about 200 page faults, each a copy of a page the interpreter
+# still shares) until the copy is woken; until then the copy runs only a few
+# lines that take no lock another thread could hold. With other threads it uses
+# os.fork(), which does that work at once.
+import ast, base64, io, json, linecache, os, signal, sys, traceback, types, warnings
 
 WAKE = signal.SIGRTMIN + 4
-
-SENTINEL = b"\x1e\x1fsandpit-cell-end\x1f\x1e"
+PIPE_CHUNK = 4000   # payload bytes per frame: a frame stays within PIPE_BUF (4096)
 
 
 def main():
+    nonce = sys.argv[1]
+    args = sys.argv[2:]
+    head = ("\x1esandpit:%s:" % nonce).encode()
     control_in = os.fdopen(os.dup(0), "rb")
-    control_out = os.dup(1)
-    os.set_inheritable(control_out, False)
+    out_fd, err_fd = os.dup(1), os.dup(2)   # private: a cell that closes or replaces fds 1 and 2 cannot cut the records
+    for fd in (out_fd, err_fd):
+        os.set_inheritable(fd, False)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    lock = threading.Lock()
 
-    def emit(record):
-        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        with lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(control_out, view):]
-
-    def send_output(stream, data):
-        if not data:
-            return
-        try:
-            emit({"t": "o", "s": stream, "d": data.decode("utf-8")})
-        except UnicodeDecodeError:
-            emit({"t": "o", "s": stream, "b": base64.b64encode(data).decode()})
-
-    def utf8_cut(buf):
-        # Hold back a trailing, incomplete UTF-8 sequence for the next read.
-        for k in range(1, min(4, len(buf)) + 1):
-            c = buf[-k]
-            if c & 0xC0 == 0x80:
-                continue
-            need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
-            return len(buf) - k if need > k else len(buf)
-        return len(buf)
-
-    drained = {"stdout": threading.Event(), "stderr": threading.Event()}
-
-    def pump(fd, stream):
-        buf = b""
-        while True:
+    def write_all(fd, data):
+        view = memoryview(data)
+        while view:
             try:
-                chunk = os.read(fd, 65536)
-            except InterruptedError:
-                continue
-            if not chunk:
-                send_output(stream, buf)
-                return
-            buf += chunk
-            while True:
-                i = buf.find(SENTINEL)
-                if i < 0:
-                    break
-                send_output(stream, buf[:i])
-                buf = buf[i + len(SENTINEL):]
-                drained[stream].set()
-            keep = 0
-            for k in range(len(SENTINEL) - 1, 0, -1):   # a sentinel split across reads
-                if buf.endswith(SENTINEL[:k]):
-                    keep = k
-                    break
-            cut = utf8_cut(buf[:len(buf) - keep])
-            send_output(stream, buf[:cut])
-            buf = buf[cut:]
+                view = view[os.write(fd, view):]
+            except BlockingIOError:   # a cell set the shared pipe non-blocking
+                import select
+                select.select([], [fd], [], 1)
 
-    pump_reads = []
+    def emit(record, fd=None):
+        text = json.dumps(record, separators=(",", ":")).encode()
+        fd = out_fd if fd is None else fd
+        if len(text) <= PIPE_CHUNK:
+            write_all(fd, head + b"=:" + text + b"\x1e")
+            return
+        for i in range(0, len(text), PIPE_CHUNK):
+            kind = b"[" if i == 0 else b"]" if i + PIPE_CHUNK >= len(text) else b"+"
+            write_all(fd, head + kind + b":" + text[i:i + PIPE_CHUNK] + b"\x1e")
 
-    def start_pumps():
-        for r in pump_reads:
-            os.close(r)
-        pump_reads.clear()
-        for fd, stream in ((1, "stdout"), (2, "stderr")):
-            r, w = os.pipe()
-            os.dup2(w, fd)
-            os.close(w)
-            pump_reads.append(r)
-            threading.Thread(target=pump, args=(r, stream), daemon=True).start()
-
-    start_pumps()
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
     sys.stdin = open(os.devnull)
@@ -128,42 +91,71 @@ def main():
             raise KeyboardInterrupt
     signal.signal(signal.SIGINT, on_sigint)
 
-    snapshots = "--snapshots" in sys.argv[1:]
+    snapshots = "--snapshots" in args
     copies = []   # frozen copies this process forked (the daemon evicts them; reaped here)
+    raw = None    # libc fork and CPython's fork hooks, where ctypes has them
+    if snapshots:
+        try:
+            import ctypes
+            libc, api = ctypes.PyDLL(None), ctypes.pythonapi   # PyDLL: the GIL stays held across the call
+            raw = (libc.fork, api.PyOS_BeforeFork, api.PyOS_AfterFork_Parent, api.PyOS_AfterFork_Child)
+            raw[0].restype, raw[0].argtypes = ctypes.c_int, []
+            for f in raw[1:]:
+                f.restype, f.argtypes = None, []
+        except Exception:
+            raw = None
+    current_frames = sys._current_frames
+    wake_set = {WAKE}
 
     def snapshot():
         """Forks a frozen copy. Returns its pid here; in the copy, returns 0 once it has been woken."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {WAKE})
-        with lock, warnings.catch_warnings():   # no output record is half written in the copy
-            warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads (ours are restarted)
-            pid = os.fork()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, wake_set)
+        deferred = raw is not None and len(current_frames()) == 1
+        if deferred:
+            raw[1]()
+            pid = raw[0]()
+            if pid != 0:
+                raw[2]()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads
+                try:
+                    pid = os.fork()
+                except OSError:
+                    pid = -1
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            if pid < 0:
+                return None
             copies.append(pid)
             return pid
+        # The copy. Until it is woken it must not import or take a lock (see above).
         try:
             cwd = os.getcwd()
         except OSError:
             cwd = None
         os.setpgid(0, 0)   # out of the interpreter's process group: its signals are not ours
         try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")   # under memory pressure a frozen copy goes before the interpreter
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"1000")   # under memory pressure a frozen copy goes before the interpreter
+            os.close(fd)
         except OSError:
             pass
         os.chdir("/")   # an in-place restore moves processes whose cwd is the old root
         while True:
-            info = signal.sigwaitinfo({WAKE})
+            info = signal.sigwaitinfo(wake_set)
             if info.si_pid == 1 and info.si_code == 0:   # SI_USER from the agent, not from user code
                 break
+        if deferred:
+            raw[3]()   # CPython's after-fork work, now that this copy is the interpreter
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("0")
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
         except OSError:
             pass
         copies.clear()   # not our children
-        start_pumps()
         if cwd is not None:
             try:
                 os.chdir(cwd)
@@ -176,9 +168,10 @@ def main():
         restored = False
         while True:
             pid = snapshot()
+            if pid is None:   # fork failed (pids or memory limit): no copy of this step
+                return
             if pid:
                 if restored:
-                    os.write(control_out, b"\n")   # ends whatever line the killed interpreter left unfinished
                     emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE), "restored": n, "copy": pid})
                 else:
                     emit({"t": "s", "n": n, "pid": pid})
@@ -196,9 +189,9 @@ def main():
 
     # --preload a,b,c: the template's PRELOAD modules, imported before the first cell (not bound to names).
     preloaded, preload_errors = [], {}
-    if "--preload" in sys.argv[1:]:
+    if "--preload" in args:
         import importlib
-        for name in sys.argv[sys.argv.index("--preload") + 1].split(","):
+        for name in args[args.index("--preload") + 1].split(","):
             try:
                 importlib.import_module(name)
                 preloaded.append(name)
@@ -237,15 +230,10 @@ def main():
                 f.flush()
             except Exception:
                 pass
-        for fd, stream in ((1, "stdout"), (2, "stderr")):
-            drained[stream].clear()
-            os.write(fd, SENTINEL)
-        for stream in drained:
-            drained[stream].wait(5)
+        emit({"t": "e", "n": n}, err_fd)
         emit({"t": "r", "n": n, "results": results, "error": error})
         if snapshots:
             keep_copy(n)
-
 
 def bundle(value):
     """A notebook-style MIME bundle for a cell's last expression."""
@@ -312,8 +300,9 @@ main()
 # Sandpit's bash context driver: runs cells in one shell so cwd, variables,
 # functions and aliases persist. Started as `bash --norc --noprofile -c <this> sandpit NONCE`.
 # Cells arrive on fd 3 (the original stdin) as "N LENGTH\n" and LENGTH bytes of code;
-# user code sees /dev/null as stdin. After each cell the driver writes
-# "\036sandpit:NONCE:N:STATUS\036" to stdout and to stderr, which the daemon strips.
+# user code sees /dev/null as stdin. After each cell the driver writes the frame
+# "\036sandpit:NONCE:N:STATUS\036" to stdout and to stderr, which the daemon strips
+# (DriverFrames): all of the cell's output on that stream came before it.
 __sp_nonce=$1
 exec 3<&0 0</dev/null
 shopt -s expand_aliases

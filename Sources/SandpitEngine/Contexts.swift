@@ -24,8 +24,9 @@ public struct CellResult: Sendable {
 }
 
 /// A long-lived interpreter in a sandbox: a driver process (an exec the
-/// daemon owns) fed cells on its stdin, whose stdout carries the driver's
-/// records (Python) or the cell's output and an end marker (bash).
+/// daemon owns) fed cells on its stdin. Its stdout and stderr carry the
+/// cell's output as it is written, with the driver's frames between
+/// (`DriverFrames`): records (Python) or an end marker (bash).
 final class InterpreterContext: Sendable {
     let id: String
     let language: String
@@ -51,19 +52,30 @@ final class InterpreterContext: Sendable {
     struct Pending {
         var onOutput: @Sendable (OutputStream, [UInt8]) -> Void
         var continuation: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>?
+        /// The driver's end of the cell on each stream (Python: the result on
+        /// stdout, an end record on stderr): all output came before it.
         var stdoutDone = false
         var stderrDone = false
+        var results: [JSONValue] = []
+        var error: JSONObject?
         var exitCode: Int?
     }
+
+    /// A record longer than this is dropped, and its cell fails.
+    static let maxRecordBytes = 64 << 20
 
     struct State {
         var executionCount = 0
         var pending: Pending?
-        var stdoutBuffer: [UInt8] = []
-        var stderrBuffer: [UInt8] = []
+        var stdoutFrames: DriverFrames
+        var stderrFrames: DriverFrames
+        /// The pieces of a stdout record that spans several frames.
+        var record: [UInt8] = []
+        var recordTooLarge = false
         var ready = false
         var readyWaiter: CheckedContinuation<Void, Error>?
         var dead: String?
+        /// What the driver wrote to stderr while no cell ran (start-up errors), for the message when it dies.
         var driverErrors: [UInt8] = []
         /// The driver's wake signal (from its first `ready`).
         var wakeSignal: Int32?
@@ -75,7 +87,7 @@ final class InterpreterContext: Sendable {
         var waking: Int?
         var copyWaiters: [CheckedContinuation<Void, Never>] = []
     }
-    let state = Mutex(State())
+    let state: Mutex<State>
 
     init(id: String, language: String, session: ExecSession, nonce: String, keepCopies: Int = 0,
          evict: @escaping @Sendable (Int32) -> Void = { _ in }, nextSerial: @escaping @Sendable () -> Int = { 0 }) {
@@ -83,6 +95,7 @@ final class InterpreterContext: Sendable {
         self.language = language
         self.session = session
         self.nonce = nonce
+        self.state = Mutex(State(stdoutFrames: DriverFrames(nonce: nonce), stderrFrames: DriverFrames(nonce: nonce)))
         self.keepCopies = keepCopies
         self.evict = evict
         self.nextSerial = nextSerial
@@ -124,7 +137,11 @@ final class InterpreterContext: Sendable {
         guard let pid = copy.pid, let sig = state.withLock({ s -> Int32? in
             s.ready = false
             s.waking = copy.serial
-            s.stdoutBuffer = []
+            // Whatever the stopped interpreter left half written is not the copy's.
+            s.stdoutFrames.reset()
+            s.stderrFrames.reset()
+            s.record = []
+            s.recordTooLarge = false
             return s.wakeSignal
         }) else { throw SandpitError(.sandboxFailed, "the interpreter's copy cannot be woken") }
         rt.signal(pid: pid, sig)
@@ -197,122 +214,139 @@ final class InterpreterContext: Sendable {
         }
     }
 
-    // MARK: Python: JSON records on stdout
+    // MARK: The driver's output: the user's bytes and the driver's frames
+
+    /// Passes a cell's output on (or keeps what the driver says while no cell runs).
+    private func deliver(_ stream: OutputStream, _ bytes: [UInt8]) {
+        let sink = state.withLock { s -> (@Sendable (OutputStream, [UInt8]) -> Void)? in
+            if s.pending == nil, stream == .stderr { s.driverErrors = Array((s.driverErrors + bytes).suffix(4096)) }
+            return s.pending?.onOutput
+        }
+        sink?(stream, bytes)
+    }
+
+    /// Updates the running cell; once the driver has ended it on both streams, returns it.
+    private func settle(_ update: (inout Pending) -> Void) {
+        let done = state.withLock { s -> Pending? in
+            guard var p = s.pending else { return nil }
+            update(&p)
+            s.pending = p.stdoutDone && p.stderrDone ? nil : p
+            return s.pending == nil ? p : nil
+        }
+        if let p = done { p.continuation?.resume(returning: (p.results, p.error, p.exitCode)) }
+    }
 
     private func python(_ c: OutputChunk) {
-        guard c.stream == .stdout else {
-            state.withLock { $0.driverErrors = Array(($0.driverErrors + c.bytes).suffix(4096)) }
-            return
-        }
-        let lines = state.withLock { s -> [[UInt8]] in
-            s.stdoutBuffer += c.bytes
-            var out: [[UInt8]] = []
-            while let nl = s.stdoutBuffer.firstIndex(of: 10) {
-                out.append(Array(s.stdoutBuffer[..<nl]))
-                s.stdoutBuffer.removeSubrange(...nl)
-            }
-            return out
-        }
-        for l in lines {
-            guard let rec = try? JSONCodec.parse(l, maxDepth: 256) else { continue }
-            switch rec["t"]?.stringValue {
-            case "ready":
-                let w = state.withLock { s -> CheckedContinuation<Void, Error>? in
-                    if let sig = rec["wake"]?.intValue { s.wakeSignal = Int32(truncatingIfNeeded: sig) }
-                    if let n = rec["restored"]?.intValue, let serial = s.waking,
-                       let i = s.copies.firstIndex(where: { $0.serial == serial }) {
-                        // The woken copy is the interpreter now; the copy it left behind stands for the same
-                        // step, and counts as the most recently used (eviction takes the least recently used).
-                        var copy = s.copies.remove(at: i)
-                        copy.pid = rec["copy"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
-                        s.copies.append(copy)
-                        s.current = serial
-                        s.executionCount = Int(n)
-                        s.waking = nil
-                    }
-                    s.ready = true
-                    defer { s.readyWaiter = nil }
-                    return s.readyWaiter
-                }
-                w?.resume()
-            case "s":
-                guard let n = rec["n"]?.intValue, let pid = rec["pid"]?.intValue.map({ Int32(truncatingIfNeeded: $0) }) else { break }
-                let (kept, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
-                    guard let i = s.copies.lastIndex(where: { $0.n == Int(n) && $0.pid == nil }) else { return (false, []) }
-                    s.copies[i].pid = pid
-                    defer { s.copyWaiters = [] }
-                    return (true, s.copyWaiters)
-                }
-                if !kept { evict(pid) }   // already past the number kept
-                for w in waiters { w.resume() }
-            case "o":
-                let stream: OutputStream = rec["s"] == "stderr" ? .stderr : .stdout
-                let bytes = rec["b"]?.stringValue.flatMap(Base64.decode) ?? Array((rec["d"]?.stringValue ?? "").utf8)
-                state.withLock { $0.pending?.onOutput }?(stream, bytes)
-            case "r":
-                let serial = keepCopies > 0 ? nextSerial() : nil
-                let (p, evicted) = state.withLock { s -> (Pending?, [Int32]) in
-                    var evicted: [Int32] = []
-                    if let serial, let n = rec["n"]?.intValue {
-                        // The driver forks a frozen copy of this state next ("s" gives its pid).
-                        s.copies.append(Copy(serial: serial, n: Int(n), pid: nil))
-                        s.current = serial
-                        while s.copies.count > keepCopies {
-                            if let pid = s.copies.removeFirst().pid { evicted.append(pid) }
-                        }
-                    }
-                    defer { s.pending = nil }
-                    return (s.pending, evicted)
-                }
-                for pid in evicted { evict(pid) }
-                p?.continuation?.resume(returning: (rec["results"]?.arrayValue ?? [], rec["error"]?.objectValue, nil))
-            default:
-                break
+        let pieces = state.withLock { s in c.stream == .stdout ? s.stdoutFrames.feed(c.bytes) : s.stderrFrames.feed(c.bytes) }
+        for piece in pieces {
+            switch piece {
+            case .output(let bytes): deliver(c.stream, bytes)
+            case .frame(let body): record(body, stream: c.stream).map { pythonRecord($0, stream: c.stream) }
             }
         }
     }
 
-    // MARK: bash: raw output with an end marker on each stream
+    /// A whole record from a frame's body, `KIND:JSON`: "=" a whole record; "[", "+", "]" the
+    /// pieces of a longer one (stdout only). A record past `maxRecordBytes` becomes a
+    /// `ResultTooLarge` result.
+    private func record(_ body: [UInt8], stream: OutputStream) -> JSONObject? {
+        guard body.count >= 2, body[1] == UInt8(ascii: ":") else { return nil }
+        let kind = body[0], text = body[2...]
+        if kind == UInt8(ascii: "=") {
+            if stream == .stdout { state.withLock { $0.record = []; $0.recordTooLarge = false } }
+            return (try? JSONCodec.parse(Array(text), maxDepth: 256))?.objectValue
+        }
+        guard stream == .stdout else { return nil }
+        let whole = state.withLock { s -> [UInt8]? in
+            if kind == UInt8(ascii: "[") { s.record = []; s.recordTooLarge = false }
+            if s.record.count + text.count > Self.maxRecordBytes { s.record = []; s.recordTooLarge = true }
+            if !s.recordTooLarge { s.record += text }
+            guard kind == UInt8(ascii: "]") else { return nil }
+            defer { s.record = []; s.recordTooLarge = false }
+            return s.recordTooLarge ? [] : s.record
+        }
+        guard let whole else { return nil }
+        if whole.isEmpty {
+            return ["t": "r", "results": [], "error": ["name": "ResultTooLarge", "value": .string("the cell's results are larger than \(Self.maxRecordBytes >> 20) MiB"),
+                                                       "traceback": "The cell's results (its last value and figures) were too large to return; its output was sent."]]
+        }
+        return (try? JSONCodec.parse(whole, maxDepth: 256))?.objectValue
+    }
 
-    private var marker: [UInt8] { Array("\u{1E}sandpit:\(nonce):".utf8) }
+    private func pythonRecord(_ rec: JSONObject, stream: OutputStream) {
+        switch rec["t"]?.stringValue {
+        case "ready":
+            let w = state.withLock { s -> CheckedContinuation<Void, Error>? in
+                if let sig = rec["wake"]?.intValue { s.wakeSignal = Int32(truncatingIfNeeded: sig) }
+                if let n = rec["restored"]?.intValue, let serial = s.waking,
+                   let i = s.copies.firstIndex(where: { $0.serial == serial }) {
+                    // The woken copy is the interpreter now; the copy it left behind stands for the same
+                    // step, and counts as the most recently used (eviction takes the least recently used).
+                    var copy = s.copies.remove(at: i)
+                    copy.pid = rec["copy"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
+                    s.copies.append(copy)
+                    s.current = serial
+                    s.executionCount = Int(n)
+                    s.waking = nil
+                }
+                s.ready = true
+                defer { s.readyWaiter = nil }
+                return s.readyWaiter
+            }
+            w?.resume()
+        case "s":
+            guard let n = rec["n"]?.intValue, let pid = rec["pid"]?.intValue.map({ Int32(truncatingIfNeeded: $0) }) else { break }
+            let (kept, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
+                guard let i = s.copies.lastIndex(where: { $0.n == Int(n) && $0.pid == nil }) else { return (false, []) }
+                s.copies[i].pid = pid
+                defer { s.copyWaiters = [] }
+                return (true, s.copyWaiters)
+            }
+            if !kept { evict(pid) }   // already past the number kept
+            for w in waiters { w.resume() }
+        case "r":
+            let serial = keepCopies > 0 ? nextSerial() : nil
+            let evicted = state.withLock { s -> [Int32] in
+                var evicted: [Int32] = []
+                if let serial {
+                    // The driver forks a frozen copy of this state next ("s" gives its pid).
+                    s.copies.append(Copy(serial: serial, n: rec["n"]?.intValue.map { Int($0) } ?? s.executionCount, pid: nil))
+                    s.current = serial
+                    while s.copies.count > keepCopies {
+                        if let pid = s.copies.removeFirst().pid { evicted.append(pid) }
+                    }
+                }
+                return evicted
+            }
+            for pid in evicted { evict(pid) }
+            settle { p in
+                p.stdoutDone = true
+                p.results = rec["results"]?.arrayValue ?? []
+                p.error = rec["error"]?.objectValue
+            }
+        case "e":
+            settle { $0.stderrDone = true }
+        default:
+            break
+        }
+    }
+
+    // MARK: bash: an end marker "N:STATUS" on each stream
 
     private func bash(_ c: OutputChunk) {
-        let mark = marker
-        var deliver: [(OutputStream, [UInt8])] = []
-        var finished: Pending?
-        state.withLock { s in
-            if c.stream == .stdout { s.stdoutBuffer += c.bytes } else { s.stderrBuffer += c.bytes }
-            var buf = c.stream == .stdout ? s.stdoutBuffer : s.stderrBuffer
-            while true {
-                if let at = buf.firstRange(of: mark)?.lowerBound, let end = buf[(at + mark.count)...].firstIndex(of: 0x1E) {
-                    deliver.append((c.stream, Array(buf[..<at])))
-                    let fields = String(decoding: buf[(at + mark.count)..<end], as: UTF8.self).split(separator: ":")
-                    buf.removeSubrange(..<(end + 1))
-                    if var p = s.pending {
-                        if c.stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
-                        if fields.count == 2 { p.exitCode = Int(fields[1]) }
-                        s.pending = p
-                        if p.stdoutDone && p.stderrDone {
-                            finished = p
-                            s.pending = nil
-                        }
-                    }
-                    continue
+        let pieces = state.withLock { s in c.stream == .stdout ? s.stdoutFrames.feed(c.bytes) : s.stderrFrames.feed(c.bytes) }
+        for piece in pieces {
+            switch piece {
+            case .output(let bytes): deliver(c.stream, bytes)
+            case .frame(let body):
+                let fields = String(decoding: body, as: UTF8.self).split(separator: ":")
+                settle { p in
+                    if c.stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
+                    if fields.count == 2 { p.exitCode = Int(fields[1]) }
                 }
-                // Keep what could be the start of a marker; pass on the rest.
-                var keep = 0
-                if let lastMark = buf.lastIndex(of: 0x1E), buf.count - lastMark < mark.count + 24 { keep = buf.count - lastMark }
-                deliver.append((c.stream, Array(buf[..<(buf.count - keep)])))
-                buf.removeSubrange(..<(buf.count - keep))
-                break
             }
-            if c.stream == .stdout { s.stdoutBuffer = buf } else { s.stderrBuffer = buf }
         }
-        let sink = finished?.onOutput ?? state.withLock { $0.pending?.onOutput }
-        for (stream, bytes) in deliver where !bytes.isEmpty { sink?(stream, bytes) }
-        if let f = finished { f.continuation?.resume(returning: ([], nil, f.exitCode)) }
     }
-
 
     /// Sends one cell and waits for its end (or the interpreter's death).
     func run(_ code: String, rt: SandboxRuntime, onOutput: @escaping @Sendable (OutputStream, [UInt8]) -> Void)
@@ -375,7 +409,7 @@ extension Engine {
         let keep = language == "python" && rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
         let preload = rt.image.config.preload
         var req = language == "python"
-            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python] + (keep > 0 ? ["--snapshots"] : [])
+            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python, nonce] + (keep > 0 ? ["--snapshots"] : [])
                           + (preload.isEmpty ? [] : ["--preload", preload.joined(separator: ",")]))
             : ExecRequest(argv: ["/bin/bash", "--norc", "--noprofile", "-c", ContextDrivers.bash, "sandpit-context", nonce])
         req.service = true
