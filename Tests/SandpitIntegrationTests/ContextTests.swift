@@ -137,6 +137,48 @@ struct ContextTests {
         }
     }
 
+    /// The cell's output shares its pipes with the driver's records: nothing a
+    /// cell does to fds 1 and 2, and no thread printing between cells, costs a
+    /// result or puts a record in the output. A thread also makes the frozen
+    /// copy come from os.fork(), which a restore must wake just the same.
+    @Test func cellsThatMisuseStdoutStillGetTheirResults() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            // Text that looks like the driver's frames is the user's (the nonce is not in it).
+            let lookalike = try Self.run(c, sb, "print('\\x1esandpit:xyz:=:{\"t\":\"r\"}\\x1e', end=''); 'ok'")
+            #expect(lookalike.stdout == "\u{1E}sandpit:xyz:=:{\"t\":\"r\"}\u{1E}" && lookalike.result["results"] == [["text/plain": "'ok'"]])
+            // A thread that prints between cells: its lines are the user's, never half a record.
+            _ = try Self.run(c, sb, """
+            import threading, time, os
+            stop = threading.Event()
+            def chatter():
+                while not stop.is_set():
+                    print('tick ' * 500)
+                    time.sleep(0.001)
+            t = threading.Thread(target=chatter, daemon=True); t.start()
+            x = 'with a thread'
+            """)
+            for i in 0..<20 {
+                let r = try Self.run(c, sb, "[\(i)] * 3000").result   // a record of three frames
+                #expect(r["error"] == nil && r["results"]?.arrayValue?.first?["text/plain"]?.stringValue?.hasPrefix("[\(i), \(i)") == true, "cell \(i): \(r)")
+            }
+            let withThread = try Self.run(c, sb, "stop.set(); t.join(); x").result
+            #expect(withThread["results"] == [["text/plain": "'with a thread'"]])
+            let step = withThread["checkpoint"]?["step"]
+            _ = try Self.run(c, sb, "x = 'later'")
+            // That step's copy was forked while the thread ran: it wakes all the same.
+            let restored = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step!])
+            #expect(restored["restored"] == ["filesystem", "interpreter"])
+            #expect(try Self.run(c, sb, "x").result["results"] == [["text/plain": "'with a thread'"]])
+            // A non-blocking pipe, then no stdout or stderr at all: the results still arrive.
+            let nonblocking = try Self.run(c, sb, "os.set_blocking(1, False)\nfor _ in range(2000):\n    try: os.write(1, b'y' * 4096)\n    except BlockingIOError: pass\nlen('abc')")
+            #expect(nonblocking.result["results"] == [["text/plain": "3"]])
+            let closed = try Self.run(c, sb, "os.close(1); os.close(2); 6 * 7").result
+            #expect(closed["results"] == [["text/plain": "42"]] && closed["error"] == nil)
+            #expect(try Self.run(c, sb, "x").result["results"] == [["text/plain": "'with a thread'"]])
+        }
+    }
+
     /// A restore to a step brings back the files of that step and each Python
     /// context's variables as they were after it (from a frozen copy of the
     /// interpreter), again and again, and says so. A fork brings back files
