@@ -19,8 +19,10 @@ enum ContextDrivers {
 #     stdout {"t":"ready","pid":…,"python":"3.11.2","wake":signal,…}
 #     stdout {"t":"r","n":…,"results":[mime bundle…],"error":{name,value,traceback}|null}
 #     stderr {"t":"e","n":…}                      all of cell n's stderr came before this
-#     stdout {"t":"s","n":…,"pid":…}              a frozen copy of the state after cell n (--snapshots)
+#     stdout {"t":"s","n":…,"pid":…}              a frozen copy of the state after cell n (--snapshots);
+#                                                 pid null: the fork failed, and step n has no copy
 #     stdout {"t":"ready","pid":…,"restored":n,"copy":pid}   a copy was woken and is now the interpreter
+#                                                 (copy null: it could not fork the step's new copy)
 #
 # With --snapshots, after each cell's result the driver forks a frozen copy of
 # itself (copy-on-write: it costs only the pages the interpreter changes later).
@@ -45,6 +47,7 @@ PIPE_CHUNK = 4000   # payload bytes per frame: a frame stays within PIPE_BUF (40
 def main():
     nonce = sys.argv[1]
     args = sys.argv[2:]
+    sys.argv = [""]   # cells see an interactive interpreter's argv, not the driver's options
     head = ("\x1esandpit:%s:" % nonce).encode()
     control_in = os.fdopen(os.dup(0), "rb")
     out_fd, err_fd = os.dup(1), os.dup(2)   # private: a cell that closes or replaces fds 1 and 2 cannot cut the records
@@ -167,10 +170,8 @@ def main():
         """After cell n: leave a frozen copy behind; in a woken copy, leave a new one and say so."""
         restored = False
         while True:
-            pid = snapshot()
-            if pid is None:   # fork failed (pids or memory limit): no copy of this step
-                return
-            if pid:
+            pid = snapshot()   # None: the fork failed (the pids or memory limit), and the step has no copy now
+            if pid != 0:
                 if restored:
                     emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE), "restored": n, "copy": pid})
                 else:

@@ -282,10 +282,11 @@ final class InterpreterContext: Sendable {
                    let i = s.copies.firstIndex(where: { $0.serial == serial }) {
                     // The woken copy is the interpreter now; the copy it left behind stands for the same
                     // step, and counts as the most recently used (eviction takes the least recently used).
+                    // No copy: its fork failed, and the step has none now.
                     var copy = s.copies.remove(at: i)
                     copy.pid = rec["copy"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
-                    s.copies.append(copy)
-                    s.current = serial
+                    if copy.pid != nil { s.copies.append(copy) }
+                    s.current = copy.pid != nil ? serial : nil
                     s.executionCount = Int(n)
                     s.waking = nil
                 }
@@ -295,14 +296,15 @@ final class InterpreterContext: Sendable {
             }
             w?.resume()
         case "s":
-            guard let n = rec["n"]?.intValue, let pid = rec["pid"]?.intValue.map({ Int32(truncatingIfNeeded: $0) }) else { break }
+            guard let n = rec["n"]?.intValue else { break }
+            let pid = rec["pid"]?.intValue.map { Int32(truncatingIfNeeded: $0) }
             let (kept, waiters) = state.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
                 guard let i = s.copies.lastIndex(where: { $0.n == Int(n) && $0.pid == nil }) else { return (false, []) }
-                s.copies[i].pid = pid
+                if let pid { s.copies[i].pid = pid } else { s.copies.remove(at: i) }   // no pid: the fork failed
                 defer { s.copyWaiters = [] }
                 return (true, s.copyWaiters)
             }
-            if !kept { evict(pid) }   // already past the number kept
+            if !kept, let pid { evict(pid) }   // already past the number kept
             for w in waiters { w.resume() }
         case "r":
             let serial = keepCopies > 0 ? nextSerial() : nil

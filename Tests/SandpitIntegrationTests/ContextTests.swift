@@ -26,6 +26,18 @@ struct ContextTests {
         return (r, text("stdout"), text("stderr"), notes.compactMap { $0["data"]?.stringValue })
     }
 
+    /// The default context's `snapshots` once it lists `count` copies (a copy
+    /// is reported just after its cell's result), or as it is after 2 s.
+    static func snapshots(_ c: LineConnection, _ sb: String, count: Int) throws -> JSONValue? {
+        var snapshots: JSONValue?
+        for _ in 0..<100 {
+            snapshots = try c.result("context.list", ["sandboxId": .string(sb)])["contexts"]?.arrayValue?.first?["snapshots"]
+            if snapshots?["executionCounts"]?.arrayValue?.count == count { break }
+            usleep(20_000)
+        }
+        return snapshots
+    }
+
     @Test func pythonKeepsStateAndReturnsNotebookStyleResults() throws {
         try Arena.with { a in
             let c = a.client, sb = try a.sandbox()
@@ -179,6 +191,41 @@ struct ContextTests {
         }
     }
 
+    /// A cell that uses up the sandbox's pids leaves the interpreter no room to
+    /// fork its frozen copy: the context goes on, that step has no copy (a
+    /// restore to it brings back files only, and says so), and the steps
+    /// around it keep theirs.
+    @Test func aCellThatExhaustsPidsCostsOnlyThatStepsCopy() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox(limits: ["pids": 24, "interpreterSnapshots": 4])
+            let before = try Self.run(c, sb, "import subprocess\nx = 'before'").result["checkpoint"]?["step"]
+            let full = try Self.run(c, sb, """
+            x = 'full'
+            ps = []
+            try:
+                while True: ps.append(subprocess.Popen(['sleep', '600']))
+            except OSError as e:
+                err = type(e).__name__
+            len(ps) > 5, err
+            """).result
+            #expect(full["results"] == [["text/plain": "(True, 'BlockingIOError')"]], "\(full)")
+            let fullCheckpoint = full["checkpoint"]?["checkpointId"]
+            let after = try Self.run(c, sb, "for p in ps: p.kill(); p.wait()\nx = 'after'\nx").result
+            #expect(after["results"] == [["text/plain": "'after'"]] && after["restarted"] == false)
+            let copies = try Self.snapshots(c, sb, count: 2)?["executionCounts"]
+            #expect(copies == [1, 3], "no copy of cell 2: \(String(describing: copies))")
+            // The step before keeps its copy: variables and files come back.
+            let back = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": before!])
+            #expect(back["restored"] == ["filesystem", "interpreter"])
+            #expect(try Self.run(c, sb, "x").result["results"] == [["text/plain": "'before'"]])
+            // The step without a copy (by its id: step 2 of this branch is now the cell just run): files
+            // only, and the context restarts, saying so.
+            let lost = try c.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": fullCheckpoint!])
+            #expect(lost["lost"] == ["processes", "interpreter"] && lost["restored"] == ["filesystem"])
+            #expect(try Self.run(c, sb, "'x' in globals()").result["restarted"] == true)
+        }
+    }
+
     /// A restore to a step brings back the files of that step and each Python
     /// context's variables as they were after it (from a frozen copy of the
     /// interpreter), again and again, and says so. A fork brings back files
@@ -191,9 +238,9 @@ struct ContextTests {
             let step = first["checkpoint"]?["step"]
             _ = try Self.run(c, sb, "x += 1\nbig[:] = b'\\x01' * len(big)\nnew = 'later'\nos.chdir('/tmp')\nopen('/home/user/f', 'w').write('two')")
             // The frozen copies are listed with what they cost: the first one kept its own 32 MiB when the array was rewritten.
-            let listed = try c.result("context.list", ["sandboxId": .string(sb)])["contexts"]!.arrayValue![0]
-            #expect(listed["snapshots"]?["executionCounts"] == [1, 2])
-            #expect((listed["snapshots"]?["memoryBytes"]?.intValue ?? 0) > 32 << 20)
+            let listed = try Self.snapshots(c, sb, count: 2)
+            #expect(listed?["executionCounts"] == [1, 2])
+            #expect((listed?["memoryBytes"]?.intValue ?? 0) > 32 << 20)
 
             let forked = try c.result("sandbox.fork", ["sandboxId": .string(sb), "step": step!])
             #expect(forked["lost"] == ["interpreter"] && forked["restored"] == ["filesystem"])
