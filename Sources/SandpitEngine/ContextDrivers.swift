@@ -1,11 +1,18 @@
 // The programs that run interpreter contexts inside a sandbox. They are
-// passed on the command line (`-c`), so nothing in the sandbox can replace
-// them, and they need nothing beyond the interpreter itself.
+// passed with the exec (Python's in its environment, bash's on the command
+// line), so nothing in the sandbox can replace them, and they need nothing
+// beyond the interpreter itself.
 enum ContextDrivers {
+    /// What `python3 -c` runs: the driver, from the environment variable the
+    /// daemon sets for that one exec (so `ps` in the sandbox shows this line,
+    /// not the driver's source). It is removed before any cell runs, so cells
+    /// and their subprocesses do not see it.
+    static let pythonBootstrap = #"import os; exec(compile(os.environ.pop("SANDPIT_DRIVER"), "<sandpit-driver>", "exec"))"#
+
     static let python = #"""
 # Sandpit's Python context driver. Runs inside the sandbox as the sandbox user,
-# started by the daemon as `python3 -u -c <this text> NONCE [--snapshots] [--preload a,b]`,
-# so no file in the sandbox can change it. Standard library only.
+# started by the daemon as `python3 -u -c <ContextDrivers.pythonBootstrap> NONCE [--snapshots] [--preload a,b]`
+# with this text in SANDPIT_DRIVER, so no file in the sandbox can change it. Standard library only.
 #
 # Wire: cells arrive on fd 0 as one JSON object per line: {"n": executionCount, "code": "..."}.
 # User code keeps the exec's own stdout and stderr pipes as fds 1 and 2 (print(),
@@ -290,7 +297,7 @@ def user_traceback(e):
         tb = tb.tb_next
     if isinstance(e, SyntaxError):
         return "".join(traceback.format_exception_only(type(e), e))
-    frames = [f for f in traceback.extract_tb(tb) if not (f.filename == "<string>" and f.name == "on_sigint")]
+    frames = [f for f in traceback.extract_tb(tb) if not (f.filename == "<sandpit-driver>" and f.name == "on_sigint")]
     return "".join(["Traceback (most recent call last):\n"] + traceback.format_list(frames) + traceback.format_exception_only(type(e), e))
 
 

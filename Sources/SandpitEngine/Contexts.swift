@@ -411,8 +411,9 @@ extension Engine {
         let keep = language == "python" && rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
         let preload = rt.image.config.preload
         var req = language == "python"
-            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.python, nonce] + (keep > 0 ? ["--snapshots"] : [])
-                          + (preload.isEmpty ? [] : ["--preload", preload.joined(separator: ",")]))
+            ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.pythonBootstrap, nonce] + (keep > 0 ? ["--snapshots"] : [])
+                          + (preload.isEmpty ? [] : ["--preload", preload.joined(separator: ",")]),
+                          env: ["SANDPIT_DRIVER": ContextDrivers.python])
             : ExecRequest(argv: ["/bin/bash", "--norc", "--noprofile", "-c", ContextDrivers.bash, "sandpit-context", nonce])
         req.service = true
         let session = try await startExec(in: rt, req)

@@ -71,6 +71,9 @@ struct ContextTests {
             // The interpreter runs as the sandbox's user under the same barriers as any command.
             let posture = try Self.run(c, sb, "s = open('/proc/self/status').read(); print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s)")
             #expect(posture.stdout == "1000 True True True\n")
+            // The driver is not in the cell's argv or environment, nor its subprocesses', and `ps` shows one short line.
+            let hygiene = try Self.run(c, sb, "import subprocess; print(sys.argv, 'SANDPIT_DRIVER' in os.environ, subprocess.run(['env'], capture_output=True, text=True).stdout.count('SANDPIT_DRIVER'), len(open('/proc/self/cmdline').read()) < 300)")
+            #expect(hygiene.stdout == "[''] False 0 True\n")
         }
     }
 
@@ -83,7 +86,7 @@ struct ContextTests {
             let tb = e["traceback"]!.stringValue!
             #expect(tb.contains("File \"<cell-1>\", line 4, in <module>") && tb.contains("File \"<cell-1>\", line 2, in inner"))
             #expect(tb.contains("return {}['missing']"), "the traceback quotes the user's line")
-            #expect(!tb.contains("<string>") && !tb.contains("exec(compile"), "no driver frames: \(tb)")
+            #expect(!tb.contains("<sandpit-driver>") && !tb.contains("<string>") && !tb.contains("exec(compile"), "no driver frames: \(tb)")
             let syntax = try Self.run(c, sb, "def broken(:\n    pass").result["error"]!
             #expect(syntax["name"] == "SyntaxError" && syntax["traceback"]!.stringValue!.contains("<cell-2>"))
             // sys.exit ends the cell, not the context.
