@@ -103,8 +103,8 @@ def main():
 
     snapshots = "--snapshots" in args
     copies = []   # frozen copies this process forked (the daemon evicts them; reaped here)
-    raw = None    # libc fork and CPython's fork hooks, where ctypes has them
-    if snapshots:
+    raw = None    # libc fork and CPython's fork hooks, where ctypes has them (and a GIL: not free-threaded builds)
+    if snapshots and getattr(sys, "_is_gil_enabled", lambda: True)():
         try:
             import ctypes
             libc, api = ctypes.PyDLL(None), ctypes.pythonapi   # PyDLL: the GIL stays held across the call
