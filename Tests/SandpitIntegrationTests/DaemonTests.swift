@@ -178,7 +178,7 @@ struct DaemonTests {
             let r = try run(owner, sb, shell: "echo still-here")
             #expect(r.stdout == "still-here\n")
             _ = try owner.result("sandbox.delete", ["sandboxId": .string(sb)])
-            #expect(Host.pids(matching: "sandpit-agent").isEmpty)
+            #expect(Host.agents().isEmpty)
         }
     }
 

@@ -44,7 +44,7 @@ struct IsolationTests {
             #expect(ifaces == "lo\n")
             // Host files: the scratch dir, the data dir and /root are invisible.
             let marker = d.scratch + "/host-secret"
-            FileManager.default.createFile(atPath: marker, contents: Data("TOP-SECRET-CONTENT".utf8))
+            #expect(FileManager.default.createFile(atPath: marker, contents: Data("TOP-SECRET-CONTENT".utf8)), "the host marker must exist for the probe to mean anything")
             let probe = try sh(c, a, "cat '\(marker)' 2>&1; ls '\(d.dataDir)' 2>&1; ls -a /root 2>&1")
             #expect(!probe.out.contains("TOP-SECRET-CONTENT") && !probe.out.contains("catalog.sqlite"), "\(probe.out)")
             // Other sandboxes' files are invisible.
@@ -82,7 +82,7 @@ struct IsolationTests {
             #expect(!Host.cgroups(matching: sb).isEmpty)
             _ = try c.result("sandbox.delete", ["sandboxId": .string(sb)])
             #expect(Host.pids(matching: "sleep 1000").isEmpty)
-            #expect(Host.pids(matching: "sandpit-agent").isEmpty)
+            #expect(Host.agents().isEmpty)
             #expect(Host.cgroups(matching: sb).isEmpty)
             #expect(!Host.mountinfo().contains(sb))
             #expect(!FileManager.default.fileExists(atPath: d.dataDir + "/store/sandboxes/" + sb))
@@ -145,11 +145,11 @@ struct IsolationTests {
         let c = try d.connect()
         func ready() -> Int64 { (try? c.result("server.info"))?["warmPool"]?["ready"]?.intValue ?? -1 }
         #expect(eventually { ready() == 2 })
-        #expect(Host.pids(matching: "sandpit-agent").count == 2)
+        #expect(Host.agents().count == 2)
         // A pooled sandbox whose agent died is never handed out.
-        let victim = Host.pids(matching: "sandpit-agent").first!
+        let victim = Host.agents().first!
         kill(victim, SIGKILL)
-        #expect(eventually { Host.pids(matching: "sandpit-agent").count == 1 })
+        #expect(eventually { Host.agents().count == 1 })
         var ids: [String] = []
         for i in 0..<3 {
             let sb = try c.result("sandbox.create", ["metadata": ["n": .string("\(i)")]])
@@ -170,7 +170,7 @@ struct IsolationTests {
         #expect(try c.result("sandbox.list")["sandboxes"]?.arrayValue?.count == 4, "pooled sandboxes are not listed")
         #expect(eventually { ready() == 2 })
         #expect(d.stop() == 0)
-        #expect(Host.pids(matching: "sandpit-agent").isEmpty)
+        #expect(Host.agents().isEmpty)
         for id in ids + [tight["sandboxId"]!.stringValue!] { #expect(Host.cgroups(matching: id).isEmpty) }
         #expect(Host.cgroups(matching: "sb_").isEmpty, "pooled sandboxes' cgroups are gone too")
         #expect(!Host.isMounted(d.dataDir + "/store"))

@@ -39,7 +39,7 @@ struct LifecycleTests {
             _ = try a.sh(sb, "head -c 5000000 /dev/urandom > /home/user/blob; sha256sum /home/user/blob > /home/user/sum")
             #expect(eventually { state(a, sb) == "hibernated" })
             #expect(Host.cgroups(matching: sb).isEmpty, "hibernation frees the cgroup")
-            #expect(Host.pids(matching: "sandpit-agent").count == 1, "only the bystander's agent is left")
+            #expect(Host.agents().count == 1, "only the bystander's agent is left")
             let r = try a.sh(sb, "sha256sum -c --quiet /home/user/sum && echo intact")
             #expect(r.stdout == "intact\n")
             #expect(r.result["wake"]?["from"] == "hibernated")
@@ -179,11 +179,11 @@ struct LifecycleTests {
         first.stop(signal: SIGKILL)
         // Running sandboxes see their daemon gone and end; the paused one is
         // frozen and cannot, until the next daemon start thaws and kills it.
-        #expect(eventually { Host.pids(matching: "sleep 1000").count == 1 && Host.pids(matching: "sandpit-agent").count == 1 })
+        #expect(eventually { Host.pids(matching: "sleep 1000").count == 1 && Host.agents().count == 1 })
         let second = try DaemonProcess(socket: true, name: "revive2", dataDir: data)
         defer { second.cleanup() }
         let c2 = try second.connect()
-        #expect(eventually { Host.pids(matching: "sleep 1000").isEmpty && Host.pids(matching: "sandpit-agent").isEmpty })
+        #expect(eventually { Host.pids(matching: "sleep 1000").isEmpty && Host.agents().isEmpty })
         let listed = try c2.result("sandbox.list")["sandboxes"]!.arrayValue!
         #expect(listed.count == 20 && listed.allSatisfy { $0["state"] == "hibernated" })
         for id in ids { #expect(Host.cgroups(matching: id).isEmpty && !Host.mountinfo().contains(id)) }

@@ -625,7 +625,7 @@ struct Arena {
         }
         // Started-ahead sandboxes live until the daemon stops, and must not outlive it.
         if extraArgs.contains("--warm-pool") || extraArgs.contains("--warm-template-pool") { #expect(d.stop() == 0) }
-        #expect(Host.pids(matching: "sandpit-agent").isEmpty, "an agent outlived its sandbox")
+        #expect(Host.agents().isEmpty, "an agent outlived its sandbox")
     }
 
     func sandbox(limits: JSONObject = [:], policy: String = "default") throws -> String {

@@ -276,6 +276,15 @@ public enum Host {
         }
     }
 
+    /// Live sandbox agents on the host: processes whose argv[0] is
+    /// `sandpit-agent` (a shell or grep that merely mentions the name is not one).
+    public static func agents() -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.filter { pid in
+            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !d.isEmpty else { return false }
+            return d.split(separator: 0, maxSplits: 1, omittingEmptySubsequences: false).first.map { Array($0) } == Array("sandpit-agent".utf8)
+        }
+    }
+
     /// cgroup directories (any v1 hierarchy or v2) whose name contains `needle`.
     public static func cgroups(matching needle: String) -> [String] {
         sh("find /sys/fs/cgroup -maxdepth 7 -type d -name '*\(needle)*' 2>/dev/null").output.split(separator: "\n").map(String.init)
