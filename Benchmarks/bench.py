@@ -9,7 +9,8 @@
   (g) a 1 GiB upload and download through the socket  vs  `cat FILE > /dev/null` on the host;
       fs.read of a 1 KiB file                          vs  exec.run `cat` of it
   (h) code.run `x = 1` and `print(x)`, checkpointed   vs  a Jupyter kernel's execute of the same cells;
-      without frozen interpreter copies; rollback in place vs by relaunch
+      without frozen interpreter copies, and the CPU one cell costs the daemon and the sandbox with and
+      without them; rollback in place vs by relaunch
   (i) new sandbox -> first cell importing numpy, pandas, matplotlib: a PRELOAD template vs the same
       packages without PRELOAD (builds Fixtures/templates/sci from PyPI once)
 
@@ -67,6 +68,38 @@ def jupyter_python():
         subprocess.run([py, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True, stdout=subprocess.DEVNULL)
         open(f"{venv}/.ready", "w").close()
     return py
+
+def proc_cpu_ns(pid):
+    """CPU time of every thread of a process so far, in ns (schedstat)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try: total += int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
+        except (OSError, ValueError): pass
+    return total
+
+def cgroup_cpu_ns(sid):
+    """CPU time of everything a sandbox ran, in ns: its cgroup's counter (v2 cpu.stat, or v1 cpuacct.usage
+    where cpuacct shares the cpu hierarchy); else the user and system time of each process in its pids
+    group with the children it reaped (the interpreter reaps its evicted frozen copies), at clock-tick
+    resolution."""
+    for root in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup"):
+        for dirpath, dirs, files in os.walk(root):
+            if os.path.basename(dirpath) == sid:
+                if "cpuacct.usage" in files: return int(open(os.path.join(dirpath, "cpuacct.usage")).read())
+                if "cpu.stat" in files:
+                    for l in open(os.path.join(dirpath, "cpu.stat")):
+                        if l.startswith("usage_usec"): return int(l.split()[1]) * 1000
+    tick = 1e9 / os.sysconf("SC_CLK_TCK")
+    for dirpath, dirs, files in os.walk("/sys/fs/cgroup/pids"):
+        if os.path.basename(dirpath) == sid:
+            total = 0
+            for sub, _, _ in os.walk(dirpath):
+                for pid in open(os.path.join(sub, "cgroup.procs")).read().split():
+                    try: f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                    except OSError: continue
+                    total += sum(int(x) for x in f[11:15]) * tick
+            return total
+    return None
 
 def time_cmd(argv, n):
     out = []
@@ -254,21 +287,30 @@ def main():
         c.call("code.run", {"sandboxId": csb, "code": "x = 1"})
         cells = ["x = 1", "print(x)"]
         code_t, code_ck = {}, {}
+        cell_cpu = {}   # what one `x = 1` costs in CPU: the daemon's threads, and everything in the sandbox
+        def cpu_mark(sb): return proc_cpu_ns(d.pid), cgroup_cpu_ns(sb)
+        def cpu_per_cell(sb, before, n):
+            after = cpu_mark(sb)
+            return ((after[0] - before[0]) / n / 1e6, None if before[1] is None else (after[1] - before[1]) / n / 1e6)
         for code in cells:
             for _ in range(5): c.call("code.run", {"sandboxId": csb, "code": code}, on_note=lambda m: None)
             ts, cks = [], []
+            mark = cpu_mark(csb)
             for _ in range(a.n * 10):
                 t = time.perf_counter_ns(); r = c.call("code.run", {"sandboxId": csb, "code": code}, on_note=lambda m: None)
                 ts.append((time.perf_counter_ns() - t) / 1e6)
                 cks.append(r.get("checkpoint") is not None)
             code_t[code], code_ck[code] = ts, all(cks)
+            if code == "x = 1": cell_cpu["with"] = cpu_per_cell(csb, mark, a.n * 10)
         # The same cell without frozen interpreter copies (interpreterSnapshots 0): what keeping one per step costs.
         nsb = c.call("sandbox.create", {"limits": {"interpreterSnapshots": 0}})["sandboxId"]
         for _ in range(5): c.call("code.run", {"sandboxId": nsb, "code": "x = 1"})
         nocopy_t = []
+        mark = cpu_mark(nsb)
         for _ in range(a.n * 10):
             t = time.perf_counter_ns(); c.call("code.run", {"sandboxId": nsb, "code": "x = 1"}, on_note=lambda m: None)
             nocopy_t.append((time.perf_counter_ns() - t) / 1e6)
+        cell_cpu["without"] = cpu_per_cell(nsb, mark, a.n * 10)
         # An agent leaves time between cells (a model call): the copy is made then, and the next cell pays
         # only for the pages it touches first. Both sandboxes, a 20 ms pause before each timed cell.
         paused_t = {}
@@ -389,6 +431,10 @@ def main():
         row(f"sandpit code.run `{code}` (checkpointed: {'yes' if code_ck[code] else 'NO'})", code_t[code], base)
         if base: row(f"Jupyter kernel execute `{code}`", base, base)
     row("sandpit code.run `x = 1` without frozen copies", nocopy_t, code_t["x = 1"])
+    def ms(v): return "n/a" if v is None else f"{v:.2f} ms"
+    for k in ("with", "without"):
+        dcpu, scpu = cell_cpu[k]
+        print(f"    CPU per `x = 1` {k} frozen copies: daemon {ms(dcpu)}, sandbox (interpreter{' and copies' if k == 'with' else ''}) {ms(scpu)}")
     print("    the same cell 20 ms after the previous one (an agent between cells)   (ratio vs without copies)")
     row("  with a frozen copy per cell (default)", paused_t["with"], paused_t["without"])
     row("  without frozen copies", paused_t["without"], paused_t["without"])
