@@ -241,7 +241,8 @@ final class InterpreterContext: Sendable {
         for piece in pieces {
             switch piece {
             case .output(let bytes): deliver(c.stream, bytes)
-            case .frame(let body): record(body, stream: c.stream).map { pythonRecord($0, stream: c.stream) }
+            case .frame(let body):
+                if let rec = record(body, stream: c.stream) { pythonRecord(rec, stream: c.stream) }
             }
         }
     }
@@ -274,6 +275,9 @@ final class InterpreterContext: Sendable {
     }
 
     private func pythonRecord(_ rec: JSONObject, stream: OutputStream) {
+        // The end of a cell's stderr counts only on stderr (what came before it on that pipe is the cell's);
+        // every other record only on stdout.
+        guard (rec["t"]?.stringValue == "e") == (stream == .stderr) else { return }
         switch rec["t"]?.stringValue {
         case "ready":
             let w = state.withLock { s -> CheckedContinuation<Void, Error>? in
