@@ -194,6 +194,19 @@ struct ContextTests {
         }
     }
 
+    /// Results the daemon would have to hold past 64 MiB end the cell with
+    /// ResultTooLarge instead; the context and its state go on.
+    @Test func aResultPastTheCapEndsTheCellAndTheContextGoesOn() throws {
+        try Arena.with { a in
+            let c = a.client, sb = try a.sandbox()
+            let big = try Self.run(c, sb, "kept = 7\nprint('before')\n'x' * (70 << 20)")
+            #expect(big.result["error"]?["name"] == "ResultTooLarge" && big.result["results"] == [])
+            #expect(big.stdout == "before\n", "the cell's output was still sent")
+            let next = try Self.run(c, sb, "kept * 6").result
+            #expect(next["results"] == [["text/plain": "42"]] && next["restarted"] == false)
+        }
+    }
+
     /// A cell that uses up the sandbox's pids leaves the interpreter no room to
     /// fork its frozen copy: the context goes on, that step has no copy (a
     /// restore to it brings back files only, and says so), and the steps
