@@ -174,7 +174,7 @@ final class InterpreterContext: Sendable {
             let (chunks, outcome) = await session.next(after: last)
             for c in chunks {
                 last = c.seq
-                if language == "python" { python(c) } else { bash(c) }
+                consume(c)
             }
             session.consumed(through: last)
             if let o = outcome {
@@ -236,13 +236,17 @@ final class InterpreterContext: Sendable {
         if let p = done { p.continuation?.resume(returning: (p.results, p.error, p.exitCode)) }
     }
 
-    private func python(_ c: OutputChunk) {
+    /// Splits a chunk of the driver's output into the user's bytes, passed on
+    /// in order, and the driver's frames, read by language.
+    private func consume(_ c: OutputChunk) {
         let pieces = state.withLock { s in c.stream == .stdout ? s.stdoutFrames.feed(c.bytes) : s.stderrFrames.feed(c.bytes) }
         for piece in pieces {
             switch piece {
-            case .output(let bytes): deliver(c.stream, bytes)
+            case .output(let bytes):
+                deliver(c.stream, bytes)
             case .frame(let body):
-                if let rec = record(body, stream: c.stream) { pythonRecord(rec, stream: c.stream) }
+                if language == "bash" { bashMarker(body, stream: c.stream) }
+                else if let rec = record(body, stream: c.stream) { pythonRecord(rec, stream: c.stream) }
             }
         }
     }
@@ -339,18 +343,11 @@ final class InterpreterContext: Sendable {
 
     // MARK: bash: an end marker "N:STATUS" on each stream
 
-    private func bash(_ c: OutputChunk) {
-        let pieces = state.withLock { s in c.stream == .stdout ? s.stdoutFrames.feed(c.bytes) : s.stderrFrames.feed(c.bytes) }
-        for piece in pieces {
-            switch piece {
-            case .output(let bytes): deliver(c.stream, bytes)
-            case .frame(let body):
-                let fields = String(decoding: body, as: UTF8.self).split(separator: ":")
-                settle { p in
-                    if c.stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
-                    if fields.count == 2 { p.exitCode = Int(fields[1]) }
-                }
-            }
+    private func bashMarker(_ body: [UInt8], stream: OutputStream) {
+        let fields = String(decoding: body, as: UTF8.self).split(separator: ":")
+        settle { p in
+            if stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
+            if fields.count == 2 { p.exitCode = Int(fields[1]) }
         }
     }
 
