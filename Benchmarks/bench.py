@@ -77,29 +77,31 @@ def proc_cpu_ns(pid):
         except (OSError, ValueError): pass
     return total
 
+def cgroup_dir(sid, roots):
+    """The first directory named after the sandbox under any of `roots`, with its file names."""
+    for root in roots:
+        for dirpath, dirs, files in os.walk(root):
+            if os.path.basename(dirpath) == sid: return dirpath, files
+    return None, []
+
 def cgroup_cpu_ns(sid):
     """CPU time of everything a sandbox ran, in ns: its cgroup's counter (v2 cpu.stat, or v1 cpuacct.usage
     where cpuacct shares the cpu hierarchy); else the user and system time of each process in its pids
     group with the children it reaped (the interpreter reaps its evicted frozen copies), at clock-tick
     resolution."""
-    for root in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup"):
-        for dirpath, dirs, files in os.walk(root):
-            if os.path.basename(dirpath) == sid:
-                if "cpuacct.usage" in files: return int(open(os.path.join(dirpath, "cpuacct.usage")).read())
-                if "cpu.stat" in files:
-                    for l in open(os.path.join(dirpath, "cpu.stat")):
-                        if l.startswith("usage_usec"): return int(l.split()[1]) * 1000
-    tick = 1e9 / os.sysconf("SC_CLK_TCK")
-    for dirpath, dirs, files in os.walk("/sys/fs/cgroup/pids"):
-        if os.path.basename(dirpath) == sid:
-            total = 0
-            for sub, _, _ in os.walk(dirpath):
-                for pid in open(os.path.join(sub, "cgroup.procs")).read().split():
-                    try: f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-                    except OSError: continue
-                    total += sum(int(x) for x in f[11:15]) * tick
-            return total
-    return None
+    path, files = cgroup_dir(sid, ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup"))
+    if "cpuacct.usage" in files: return int(open(os.path.join(path, "cpuacct.usage")).read())
+    for l in open(os.path.join(path, "cpu.stat")) if "cpu.stat" in files else []:
+        if l.startswith("usage_usec"): return int(l.split()[1]) * 1000
+    path, _ = cgroup_dir(sid, ("/sys/fs/cgroup/pids",))
+    if path is None: return None
+    tick, total = 1e9 / os.sysconf("SC_CLK_TCK"), 0
+    for sub, _, _ in os.walk(path):
+        for pid in open(os.path.join(sub, "cgroup.procs")).read().split():
+            try: f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError: continue
+            total += sum(int(x) for x in f[11:15]) * tick
+    return total
 
 def time_cmd(argv, n):
     out = []
@@ -209,11 +211,9 @@ def main():
         sb = c.call("sandbox.create", {"limits": {"pids": 512}})["sandboxId"]
         c.call("exec.run", {"sandboxId": sb, "shell": "head -c 104857600 /dev/urandom > /home/user/data", "timeoutMs": 600000})
         def cg_memory(sid):
-            for root in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
-                for dirpath, dirs, files in os.walk(root):
-                    if os.path.basename(dirpath) == sid:
-                        for f in ("memory.usage_in_bytes", "memory.current"):
-                            if f in files: return int(open(os.path.join(dirpath, f)).read())
+            path, files = cgroup_dir(sid, ("/sys/fs/cgroup/memory", "/sys/fs/cgroup"))
+            for f in ("memory.usage_in_bytes", "memory.current"):
+                if f in files: return int(open(os.path.join(path, f)).read())
             return 0
         pause_t, unpause_t, hib_t, unhib_t, mem_paused = [], [], [], [], []
         for _ in range(max(5, a.n // 4)):

@@ -26,7 +26,7 @@ public struct DriverFrames: Sendable {
         head = [0x1E] + Array("sandpit:\(nonce):".utf8)
     }
 
-    /// The frame that carries `body`, as a driver writes it (for tests and the bash driver's documentation).
+    /// The frame that carries `body`, as a driver writes it.
     public func frame(_ body: String) -> [UInt8] { head + Array(body.utf8) + [0x1E] }
 
     /// Bytes held back because they may be the start of a frame.
@@ -36,6 +36,8 @@ public struct DriverFrames: Sendable {
     public mutating func reset() { buffer = [] }
 
     public mutating func feed(_ bytes: [UInt8]) -> [Piece] {
+        // Most chunks are plain output: nothing held back and no RS in them.
+        if buffer.isEmpty, !bytes.contains(0x1E) { return bytes.isEmpty ? [] : [.output(bytes)] }
         buffer += bytes
         var out: [Piece] = []
         var start = 0          // first byte not yet passed on

@@ -45,7 +45,7 @@ enum ContextDrivers {
 # still shares) until the copy is woken; until then the copy runs only a few
 # lines that take no lock another thread could hold. With other threads it uses
 # os.fork(), which does that work at once.
-import ast, base64, io, json, linecache, os, signal, sys, traceback, types, warnings
+import ast, base64, io, json, linecache, os, select, signal, sys, traceback, types, warnings
 
 WAKE = signal.SIGRTMIN + 4
 PIPE_CHUNK = 4000   # payload bytes per frame: a frame stays within PIPE_BUF (4096)
@@ -70,7 +70,6 @@ def main():
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:   # a cell set the shared pipe non-blocking
-                import select
                 select.select([], [fd], [], 1)
 
     def emit(record, fd=None):
@@ -117,6 +116,14 @@ def main():
     current_frames = sys._current_frames
     wake_set = {WAKE}
 
+    def oom_score(value):
+        try:
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, value)
+            os.close(fd)
+        except OSError:
+            pass
+
     def snapshot():
         """Forks a frozen copy. Returns its pid here; in the copy, returns 0 once it has been woken."""
         old = signal.pthread_sigmask(signal.SIG_BLOCK, wake_set)
@@ -145,12 +152,7 @@ def main():
         except OSError:
             cwd = None
         os.setpgid(0, 0)   # out of the interpreter's process group: its signals are not ours
-        try:
-            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(fd, b"1000")   # under memory pressure a frozen copy goes before the interpreter
-            os.close(fd)
-        except OSError:
-            pass
+        oom_score(b"1000")   # under memory pressure a frozen copy goes before the interpreter
         os.chdir("/")   # an in-place restore moves processes whose cwd is the old root
         while True:
             info = signal.sigwaitinfo(wake_set)
@@ -159,12 +161,7 @@ def main():
         if deferred:
             raw[3]()   # CPython's after-fork work, now that this copy is the interpreter
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        try:
-            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
-            os.write(fd, b"0")
-            os.close(fd)
-        except OSError:
-            pass
+        oom_score(b"0")
         copies.clear()   # not our children
         if cwd is not None:
             try:

@@ -31,7 +31,6 @@ final class InterpreterContext: Sendable {
     let id: String
     let language: String
     let session: ExecSession
-    let nonce: String
     /// One cell at a time.
     let cells = StepLock()
     /// Frozen copies to keep (Python with `interpreterSnapshots` > 0; else 0):
@@ -94,7 +93,6 @@ final class InterpreterContext: Sendable {
         self.id = id
         self.language = language
         self.session = session
-        self.nonce = nonce
         self.state = Mutex(State(stdoutFrames: DriverFrames(nonce: nonce), stderrFrames: DriverFrames(nonce: nonce)))
         self.keepCopies = keepCopies
         self.evict = evict
@@ -262,20 +260,20 @@ final class InterpreterContext: Sendable {
             return (try? JSONCodec.parse(Array(text), maxDepth: 256))?.objectValue
         }
         guard stream == .stdout else { return nil }
-        let whole = state.withLock { s -> [UInt8]? in
+        let done = state.withLock { s -> (bytes: [UInt8], tooLarge: Bool)? in
             if kind == UInt8(ascii: "[") { s.record = []; s.recordTooLarge = false }
             if s.record.count + text.count > Self.maxRecordBytes { s.record = []; s.recordTooLarge = true }
             if !s.recordTooLarge { s.record += text }
             guard kind == UInt8(ascii: "]") else { return nil }
             defer { s.record = []; s.recordTooLarge = false }
-            return s.recordTooLarge ? [] : s.record
+            return (s.record, s.recordTooLarge)
         }
-        guard let whole else { return nil }
-        if whole.isEmpty {
+        guard let done else { return nil }
+        if done.tooLarge {
             return ["t": "r", "results": [], "error": ["name": "ResultTooLarge", "value": .string("the cell's results are larger than \(Self.maxRecordBytes >> 20) MiB"),
                                                        "traceback": "The cell's results (its last value and figures) were too large to return; its output was sent."]]
         }
-        return (try? JSONCodec.parse(whole, maxDepth: 256))?.objectValue
+        return (try? JSONCodec.parse(done.bytes, maxDepth: 256))?.objectValue
     }
 
     private func pythonRecord(_ rec: JSONObject, stream: OutputStream) {
