@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -146,7 +147,8 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     char path[4096];
     int out[2] = { -1, -1 }, err[2] = { -1, -1 }, in[2] = { -1, -1 }, ep[2] = { -1, -1 };
     if (!x) { spawn_error(id, EAGAIN, "too many concurrent execs in this sandbox"); goto done; }
-    if (resolve(argv[0], envp, path, sizeof path) != 0) {
+    int placeholder = (h.flags & SP_SPAWN_PLACEHOLDER) != 0;
+    if (!placeholder && resolve(argv[0], envp, path, sizeof path) != 0) {
         char what[300];
         snprintf(what, sizeof what, "exec \"%.256s\"", argv[0]);
         spawn_error(id, errno, what);
@@ -174,7 +176,9 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         }
     }
     gid_t gid = h.gid;
-    pid_t pid = vfork();
+    // A placeholder runs no program, so it cannot be a vfork child (which
+    // would hold this loop until it execs); the agent is single-threaded.
+    pid_t pid = placeholder ? fork() : vfork();
     if (pid == 0) {
         struct child_err ce = { 0, 0 };
         sigset_t none;
@@ -194,6 +198,13 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         if (setresgid(h.gid, h.gid, h.gid) != 0) { ce.step = 3; goto child_fail; }
         if (setresuid(h.uid, h.uid, h.uid) != 0) { ce.step = 3; goto child_fail; }
         if (chdir(cwd) != 0) { ce.step = 4; goto child_fail; }
+        if (placeholder) {
+            // Holds the exec's pipes (and its cgroup) until an interpreter
+            // forked from the template's zygote takes them over; then RESTORE
+            // kills it. Nothing else of the agent stays open here.
+            syscall(SYS_close_range, 3, ~0U, 0);
+            for (;;) pause();
+        }
         execve(path, argv, envp);
         ce.step = 5;
     child_fail:
@@ -436,6 +447,9 @@ static void handle_frame(const struct sp_frame_header *h, const char *payload, c
         break;
     }
     case SP_FRAME_RESTORE: do_restore(h->id, payload, h->length, obuf); break;
+    case SP_FRAME_NEST:
+        if (config->zygote) sp_agent_nest(ctrl, config->nest_fd, h->id, payload, h->length);
+        break;
     case SP_FRAME_SIGNAL_PID: {
         int32_t v[2] = { 0, 0 };
         if (h->length >= sizeof v) memcpy(v, payload, sizeof v);

@@ -23,13 +23,14 @@ static int fatal(const char *step) {
 }
 
 int sp_agent_main(int argc, char **argv) {
-    struct sp_agent_config cfg = { .hostname = "sandpit", .tmp_size_bytes = 256ul << 20, .has_usr = 0, .cgroup_fd = -1 };
+    struct sp_agent_config cfg = { .hostname = "sandpit", .tmp_size_bytes = 256ul << 20, .has_usr = 0, .cgroup_fd = -1, .nest_fd = -1 };
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--hostname") == 0) cfg.hostname = argv[i + 1];
         else if (strcmp(argv[i], "--tmp-size") == 0) cfg.tmp_size_bytes = strtoul(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--usr") == 0) cfg.has_usr = strcmp(argv[i + 1], "1") == 0;
         else if (strcmp(argv[i], "--seccomp") == 0) cfg.seccomp = (int)strtol(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--nofile") == 0) cfg.nofile = strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--zygote") == 0) cfg.zygote = strcmp(argv[i + 1], "1") == 0;
     }
     if (getpid() != 1) {
         fprintf(stderr, "sandpit-agent: runs only as PID 1 of a sandbox started by the sandpit daemon\n");
@@ -44,14 +45,18 @@ int sp_agent_main(int argc, char **argv) {
     if (sp_agent_setup_network(&step) != 0) return fatal(step);
     if (sp_agent_harden(&step) != 0) return fatal(step);
     // Last: the filter also denies the mount calls the steps above needed.
+    // A zygote has none: it clones nested sandboxes, and its interpreter
+    // joins their namespaces. Only the template's own code runs in it.
     step = "seccomp filter";
-    if (cfg.seccomp && sp_seccomp_install((unsigned)cfg.seccomp & 0xff) != 0) return fatal(step);
-    // Nothing from the host stays open but the control socket and the
-    // delegated cgroup directory (close-on-exec: no command inherits it).
+    if (cfg.seccomp && !cfg.zygote && sp_seccomp_install((unsigned)cfg.seccomp & 0xff) != 0) return fatal(step);
+    // Nothing from the host stays open but the control socket, the
+    // delegated cgroup directory (close-on-exec: no command inherits it)
+    // and, in a zygote, the socket nested sandboxes' descriptors come on.
     syscall(SYS_close_range, 0, SP_AGENT_FD_CTRL - 1, 0);
     syscall(SYS_close_range, SP_AGENT_FD_CTRL + 1, SP_AGENT_FD_CGROUP - 1, 0);
-    syscall(SYS_close_range, SP_AGENT_FD_CGROUP + 1, ~0U, 0);
+    syscall(SYS_close_range, cfg.zygote ? SP_AGENT_FD_NEST + 1 : SP_AGENT_FD_CGROUP + 1, ~0U, 0);
     cfg.cgroup_fd = fcntl(SP_AGENT_FD_CGROUP, F_SETFD, FD_CLOEXEC) == 0 ? SP_AGENT_FD_CGROUP : -1;
+    cfg.nest_fd = cfg.zygote && fcntl(SP_AGENT_FD_NEST, F_SETFD, FD_CLOEXEC) == 0 ? SP_AGENT_FD_NEST : -1;
     struct sp_stats st;
     memset(&st, 0, sizeof st);
     FILE *f = fopen("/proc/self/statm", "re");

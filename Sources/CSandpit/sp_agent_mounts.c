@@ -77,6 +77,15 @@ int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step) 
     STEP("mkdir /dev/shm", mkdir_p1(NEWROOT "/dev/shm", 01777));
     snprintf(opts, sizeof opts, "mode=1777,size=%lu", cfg->tmp_size_bytes);
     STEP("mount /dev/shm", mount("tmpfs", NEWROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts));
+    if (cfg->zygote) {
+        // A user namespace may mount a new procfs only where one is already
+        // fully visible; every /proc above is partly masked. The sandboxes this
+        // zygote nests start from a copy of its mounts, so one unmasked procfs
+        // here lets their agents mount their own /proc (they then detach this
+        // tree with the old root). Only the zygote's processes show in it.
+        STEP("mkdir /dev/.sandpit-proc", mkdir_p1(NEWROOT "/dev/.sandpit-proc", 0555));
+        STEP("mount /dev/.sandpit-proc", mount("proc", NEWROOT "/dev/.sandpit-proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+    }
     STEP("link /dev/fd", symlink("/proc/self/fd", NEWROOT "/dev/fd"));
     STEP("link /dev/stdin", symlink("/proc/self/fd/0", NEWROOT "/dev/stdin"));
     STEP("link /dev/stdout", symlink("/proc/self/fd/1", NEWROOT "/dev/stdout"));

@@ -11,6 +11,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -113,8 +114,10 @@ const char *sp_seccomp_arch(void) { return SP_ARCH_NAME; }
 #define NS_FLAGS (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | \
                   CLONE_NEWCGROUP | SP_CLONE_NEWTIME)
 
-int sp_seccomp_install(unsigned flags) {
-    struct sock_filter f[2 * NDENY + 64];
+#define SP_SECCOMP_MAX_INSNS (2 * NDENY + 64)
+
+// The filter's program into f (room for SP_SECCOMP_MAX_INSNS); returns its length.
+static unsigned build(unsigned flags, struct sock_filter *f) {
     unsigned n = 0;
 #define EMIT(insn) (f[n++] = (struct sock_filter)insn)
     EMIT(LOAD(offsetof(struct seccomp_data, arch)));
@@ -156,6 +159,19 @@ int sp_seccomp_install(unsigned flags) {
     }
     EMIT(RET_ALLOW);
 #undef EMIT
-    struct sock_fprog prog = { .len = (unsigned short)n, .filter = f };
+    return n;
+}
+
+int sp_seccomp_install(unsigned flags) {
+    struct sock_filter f[SP_SECCOMP_MAX_INSNS];
+    struct sock_fprog prog = { .len = (unsigned short)build(flags, f), .filter = f };
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+}
+
+size_t sp_seccomp_program(unsigned flags, void *out, size_t cap) {
+    struct sock_filter f[SP_SECCOMP_MAX_INSNS];
+    size_t bytes = build(flags, f) * sizeof f[0];
+    if (bytes > cap) return 0;
+    memcpy(out, f, bytes);
+    return bytes;
 }

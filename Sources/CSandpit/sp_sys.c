@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "sp_sys.h"
+#include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -9,3 +11,35 @@ int sp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int sp_socketpair_cloexec(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
 int sp_open_path(const char *path) { return open(path, O_PATH | O_CLOEXEC); }
 int sp_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int sp_send_fds(int sock, const int *fds, int n) {
+    if (n <= 0 || n > 16) { errno = EINVAL; return -1; }
+    char byte = 0;
+    struct iovec io = { &byte, 1 };
+    union { char buf[CMSG_SPACE(sizeof(int) * 16)]; struct cmsghdr align; } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n) };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n);
+    ssize_t r;
+    do { r = sendmsg(sock, &m, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r == 1 ? 0 : -1;
+}
+
+int sp_recv_fd(int sock) {
+    char byte;
+    struct iovec io = { &byte, 1 };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+    ssize_t r;
+    do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
+    if (r <= 0) { if (r == 0) errno = ECONNRESET; return -1; }
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) { errno = EBADMSG; return -1; }
+    int fd;
+    memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}

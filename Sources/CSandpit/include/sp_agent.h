@@ -2,6 +2,7 @@
 #ifndef SP_AGENT_H
 #define SP_AGENT_H
 #include <stddef.h>
+#include <stdint.h>
 
 struct sp_agent_config {
     const char *hostname;
@@ -10,6 +11,8 @@ struct sp_agent_config {
     int seccomp;               // 0 off, else SP_SECCOMP_* flags + 1 << 8 ("on")
     unsigned long nofile;      // RLIMIT_NOFILE for spawned commands (0 = inherit)
     int cgroup_fd;             // delegated cgroup dir: each exec gets a child group "ex_<id>" (-1 = none)
+    int zygote;                // a warm template's zygote: starts nested sandboxes (NEST), no seccomp of its own
+    int nest_fd;               // zygote: where nested sandboxes' descriptors arrive (-1 = none)
 };
 
 int sp_agent_main(int argc, char **argv);
@@ -19,6 +22,8 @@ int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step);
 int sp_agent_setup_network(const char **step);
 int sp_agent_harden(const char **step);
 int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg);
+// NEST (zygote agents): clones a nested sandbox's first process; sends NESTED.
+void sp_agent_nest(int ctrl_fd, int nest_fd, uint32_t id, const char *payload, size_t len);
 
 // Frame I/O on the control socket (blocking writes, all-or-nothing).
 int sp_send_frame(int fd, unsigned type, unsigned stream, unsigned id, const void *a, size_t alen, const void *b, size_t blen);

@@ -14,6 +14,7 @@
 #define SP_AGENT_FD_ROOT 4
 #define SP_AGENT_FD_USR 5
 #define SP_AGENT_FD_CGROUP 6   // optional: delegated cgroup dir for per-exec groups
+#define SP_AGENT_FD_NEST 7     // zygote agents only: the daemon passes a nested sandbox's descriptors here
 
 enum sp_frame_type {
     // daemon -> agent
@@ -24,6 +25,8 @@ enum sp_frame_type {
     SP_FRAME_RESTORE = 5, // id = request id; payload = uint32 n, n x sp_adopt, then int32 pids to keep:
                           // kill every other process, drain output, answer RESTORED
     SP_FRAME_SIGNAL_PID = 6, // payload = int32 pid, int32 signal (sent by PID 1)
+    SP_FRAME_NEST = 7,    // zygote agents only. id = request id; payload = sp_nest_header + argv strings;
+                          // descriptors on SP_AGENT_FD_NEST (see sp_nest_header): start a nested sandbox's agent
     // agent -> daemon
     SP_FRAME_READY = 64,       // payload = sp_stats
     SP_FRAME_FATAL = 65,       // payload = text "step: error"
@@ -33,6 +36,8 @@ enum sp_frame_type {
     SP_FRAME_EXITED = 69,      // id = exec id; payload = int32 wait status
     SP_FRAME_STATS_REPLY = 70, // id = request id; payload = sp_stats
     SP_FRAME_RESTORED = 71,    // id = request id; payload = int32 killed, int32 still alive
+    SP_FRAME_NESTED = 72,      // id = request id; payload = int32 pid (in the zygote) or -errno, then text;
+                               // on success the child's pidfd follows on SP_AGENT_FD_NEST
 };
 
 struct sp_frame_header {
@@ -53,6 +58,20 @@ struct sp_spawn_header {
     uint32_t envc;
 };
 #define SP_SPAWN_STDIN 1u   // keep a stdin pipe open for STDIN frames; else stdin is /dev/null
+#define SP_SPAWN_PLACEHOLDER 2u // exec nothing: the child waits, holding the exec's pipes, until a
+                                // process forked from a zygote takes them over (RESTORE adopts it)
+
+// NEST: a sandbox whose user and pid namespaces nest in this zygote's. Its
+// descriptors arrive in one message on SP_AGENT_FD_NEST, in this order:
+// control socket, root mount, [/usr mount], [cgroup dir], agent executable,
+// go-ahead pipe (the child waits for one byte on it before it execs).
+struct sp_nest_header {
+    uint32_t id_count;   // ids mapped 1:1 from this namespace into the nested one
+    uint32_t fd_mask;    // SP_NEST_USR | SP_NEST_CGROUP: which optional descriptors came
+    uint32_t argc;       // then argc NUL-terminated argv strings
+};
+#define SP_NEST_USR 1u
+#define SP_NEST_CGROUP 2u
 
 // RESTORE: exec `exec`'s main process becomes `pid` (a process that outlives
 // the old one, e.g. a frozen interpreter copy), so its end ends the exec.

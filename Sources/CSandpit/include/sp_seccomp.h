@@ -19,4 +19,7 @@ const char *sp_seccomp_arch(void);
 // Builds and installs the filter on the calling thread. Needs no_new_privs.
 // Async-signal-safe: stack memory and raw syscalls only. 0 or -1 with errno.
 int sp_seccomp_install(unsigned flags);
+// The same filter as bytes (struct sock_filter[]), for a process that installs
+// it itself (an interpreter forked from a zygote). Returns the byte count, 0 if cap is too small.
+size_t sp_seccomp_program(unsigned flags, void *out, size_t cap);
 #endif

@@ -9,4 +9,8 @@ int sp_accept_cloexec(int fd);
 int sp_open_path(const char *path);
 // Layout of struct ucred (SO_PEERCRED), which glibc hides without _GNU_SOURCE.
 struct sp_ucred { int pid; unsigned uid; unsigned gid; };
+// One byte with `n` descriptors attached (SCM_RIGHTS). 0 or -1 with errno.
+int sp_send_fds(int sock, const int *fds, int n);
+// One descriptor sent with sp_send_fds or the agent's NESTED reply (close-on-exec), or -1.
+int sp_recv_fd(int sock);
 #endif
