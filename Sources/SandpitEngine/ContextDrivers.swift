@@ -45,24 +45,44 @@ enum ContextDrivers {
 # still shares) until the copy is woken; until then the copy runs only a few
 # lines that take no lock another thread could hold. With other threads it uses
 # os.fork(), which does that work at once.
-import ast, base64, io, json, linecache, os, select, signal, sys, traceback, types, warnings
+#
+# With --zygote (a PRELOAD template's warm parent, run as root of the zygote's
+# sandbox, with no seccomp filter): after the imports it reads requests
+#     {"nest": {"agent": pid, "placeholder": pid, "nonce": …, "uid": …, "gid": …, "cwd": …,
+#               "env": {…}, "nofile": n, "seccomp": hex, "snapshots": bool}}
+# and forks a copy of itself into the new sandbox whose agent has that pid (a
+# sandbox nested in the zygote's namespaces): the copy joins its namespaces,
+# takes over the placeholder exec's pipes and says {"t":"n","pid":…} (its pid in
+# the new sandbox) or {"t":"n","error":…} on the zygote's stdout. Once the daemon
+# has moved it into the sandbox's cgroup and the agent has adopted it, a line on
+# its new stdin lets it go on: it drops to the sandbox user, takes the sandbox's
+# seccomp filter and becomes that sandbox's interpreter. No cell ever runs in
+# the zygote itself.
+import ast, base64, io, json, linecache, os, select, signal, sys, time, traceback, types, warnings
 
 WAKE = signal.SIGRTMIN + 4
 PIPE_CHUNK = 4000   # payload bytes per frame: a frame stays within PIPE_BUF (4096)
+
+
+def attach(nonce):
+    """The record channel on fds 0-2: cells in on a private copy of fd 0 (user code sees /dev/null
+    there), records out on private copies of 1 and 2 (a cell that closes or replaces fds 1 and 2
+    cannot cut the records)."""
+    control_in = os.fdopen(os.dup(0), "rb")
+    out_fd, err_fd = os.dup(1), os.dup(2)
+    for fd in (out_fd, err_fd):
+        os.set_inheritable(fd, False)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return ("\x1esandpit:%s:" % nonce).encode(), control_in, out_fd, err_fd
 
 
 def main():
     nonce = sys.argv[1]
     args = sys.argv[2:]
     sys.argv = [""]   # cells see an interactive interpreter's argv, not the driver's options
-    head = ("\x1esandpit:%s:" % nonce).encode()
-    control_in = os.fdopen(os.dup(0), "rb")
-    out_fd, err_fd = os.dup(1), os.dup(2)   # private: a cell that closes or replaces fds 1 and 2 cannot cut the records
-    for fd in (out_fd, err_fd):
-        os.set_inheritable(fd, False)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    head, control_in, out_fd, err_fd = attach(nonce)
 
     def write_all(fd, data):
         view = memoryview(data)
@@ -100,19 +120,22 @@ def main():
             raise KeyboardInterrupt
     signal.signal(signal.SIGINT, on_sigint)
 
-    snapshots = "--snapshots" in args
     copies = []   # frozen copies this process forked (the daemon evicts them; reaped here)
-    raw = None    # libc fork and CPython's fork hooks, where ctypes has them (and a GIL: not free-threaded builds)
-    if snapshots and getattr(sys, "_is_gil_enabled", lambda: True)():
+
+    def fork_hooks():
+        """libc fork and CPython's fork hooks, where ctypes has them (and a GIL: not free-threaded builds)."""
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            return None
         try:
             import ctypes
             libc, api = ctypes.PyDLL(None), ctypes.pythonapi   # PyDLL: the GIL stays held across the call
-            raw = (libc.fork, api.PyOS_BeforeFork, api.PyOS_AfterFork_Parent, api.PyOS_AfterFork_Child)
-            raw[0].restype, raw[0].argtypes = ctypes.c_int, []
-            for f in raw[1:]:
+            hooks = (libc.fork, api.PyOS_BeforeFork, api.PyOS_AfterFork_Parent, api.PyOS_AfterFork_Child)
+            hooks[0].restype, hooks[0].argtypes = ctypes.c_int, []
+            for f in hooks[1:]:
                 f.restype, f.argtypes = None, []
+            return hooks
         except Exception:
-            raw = None
+            return None
     current_frames = sys._current_frames
     wake_set = {WAKE}
 
@@ -203,6 +226,17 @@ def main():
             except BaseException as e:
                 preload_errors[name] = "%s: %s" % (type(e).__name__, e)
 
+    snapshots = "--snapshots" in args
+    if "--zygote" in args:
+        emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "preloaded": preloaded,
+              "preloadErrors": preload_errors})
+        request = zygote(control_in, emit)   # returns only in a copy, now inside its new sandbox
+        head, control_in, out_fd, err_fd = attach(request["nonce"])
+        sys.stdin = open(os.devnull)
+        control_in.readline()   # the daemon's go-ahead: we are in the sandbox's cgroup, and its agent's exec
+        harden(request)
+        snapshots = bool(request.get("snapshots"))
+    raw = fork_hooks() if snapshots else None
     emit({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "wake": int(WAKE),
           "preloaded": preloaded, "preloadErrors": preload_errors})
     for line in control_in:
@@ -239,6 +273,126 @@ def main():
         emit({"t": "r", "n": n, "results": results, "error": error})
         if snapshots:
             keep_copy(n)
+
+NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")   # the user namespace first: it grants the rest
+
+
+def zygote(control_in, emit):
+    """The warm parent's loop: one copy of this interpreter per request, forked into its sandbox.
+    Returns only in such a copy, with its request."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for line in control_in:
+        request = json.loads(line)["nest"]
+        try:
+            pid = os.fork()
+        except OSError as e:
+            emit({"t": "n", "error": "fork: %s" % e})
+            continue
+        if pid == 0:
+            try:
+                return enter(request, libc, emit, control_in)
+            except BaseException as e:
+                try:
+                    emit({"t": "n", "error": "%s: %s" % (type(e).__name__, e)})
+                finally:
+                    os._exit(1)
+        os.waitpid(pid, 0)
+    sys.exit(0)
+
+
+def enter(request, libc, emit, control_in):
+    """In a fork of the zygote: joins the new sandbox's namespaces and takes over its placeholder's pipes."""
+    import ctypes
+
+    def check(rc, what):
+        if rc != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+    handles = [os.open("/proc/%d/ns/%s" % (request["agent"], n), os.O_RDONLY | os.O_CLOEXEC) for n in NAMESPACES]
+    for fd, name in zip(handles, NAMESPACES):
+        check(libc.setns(fd, 0), "setns " + name)
+        os.close(fd)
+    # A pid namespace is entered only by children, and an orphan goes to the reaper of its parent's
+    # namespace: so a child (in the sandbox) forks the interpreter and exits, and the sandbox's agent
+    # (its PID 1) inherits the interpreter.
+    if os.fork():
+        os.wait()
+        os._exit(0)
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    deadline = time.monotonic() + 5
+    while os.getppid() != 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the sandbox's agent did not inherit the interpreter")
+        time.sleep(0.0002)
+    pidfd = os.pidfd_open(request["placeholder"])
+    taken = []
+    for n in (0, 1, 2):
+        fd = libc.syscall(438, pidfd, n, 0)   # pidfd_getfd: the placeholder's stdin, stdout, stderr
+        if fd < 0:
+            check(-1, "pidfd_getfd")
+        taken.append(fd)
+    emit({"t": "n", "pid": os.getpid()})   # the last word on the zygote's pipe
+    for n, fd in enumerate(taken):
+        os.dup2(fd, n)
+    # Nothing of the zygote stays open: its pipes, the namespace handles, the driver's own files.
+    control_in.close()
+    sys.stdin.close()
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass
+    return request
+
+
+def harden(request):
+    """Becomes the sandbox's user with the sandbox's restrictions, as the agent's own commands start:
+    no capabilities (and none to gain), no_new_privs, its seccomp filter, its limits. A fresh seed for
+    the random modules the template imported (they were seeded once, in the zygote)."""
+    import ctypes, resource
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+
+    def check(rc, what):
+        if rc != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:   # PR_CAPBSET_DROP; EINVAL: no such cap
+            check(-1, "drop bounding capabilities")
+    check(libc.prctl(28, 3, 0, 0, 0), "securebits")   # PR_SET_SECUREBITS: NOROOT | NOROOT_LOCKED
+    uid, gid = request["uid"], request["gid"]
+    os.setgroups([gid])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)   # the last capabilities go with uid 0
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if request.get("nofile"):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
+    check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")   # PR_SET_NO_NEW_PRIVS
+    check(libc.prctl(4, 1, 0, 0, 0), "dumpable")   # PR_SET_DUMPABLE, as after an exec
+    program = bytes.fromhex(request.get("seccomp") or "")
+    if program:
+        class Fprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        buf = ctypes.create_string_buffer(program, len(program))
+        prog = Fprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        check(libc.prctl(22, 2, ctypes.addressof(prog), 0, 0), "seccomp filter")   # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    os.environ.clear()
+    os.environ.update(request.get("env") or {})
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.chdir(request.get("cwd") or "/")
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+    if "numpy.random" in sys.modules:
+        try:
+            sys.modules["numpy.random"].seed()
+        except Exception:
+            pass
+
 
 def bundle(value):
     """A notebook-style MIME bundle for a cell's last expression."""

@@ -85,6 +85,8 @@ final class InterpreterContext: Sendable {
         /// The copy being woken by an in-place restore.
         var waking: Int?
         var copyWaiters: [CheckedContinuation<Void, Never>] = []
+        /// A zygote's driver: the request for a copy in a new sandbox, waiting for its "n" record.
+        var nestWaiter: CheckedContinuation<JSONObject, Error>?
     }
     let state: Mutex<State>
 
@@ -185,13 +187,14 @@ final class InterpreterContext: Sendable {
     }
 
     func die(_ reason: String) {
-        let (p, r) = state.withLock { s -> (Pending?, CheckedContinuation<Void, Error>?) in
+        let (p, r, n) = state.withLock { s -> (Pending?, CheckedContinuation<Void, Error>?, CheckedContinuation<JSONObject, Error>?) in
             s.dead = s.dead ?? reason
-            defer { s.pending = nil; s.readyWaiter = nil }
-            return (s.pending, s.readyWaiter)
+            defer { s.pending = nil; s.readyWaiter = nil; s.nestWaiter = nil }
+            return (s.pending, s.readyWaiter, s.nestWaiter)
         }
         p?.continuation?.resume(throwing: SandpitError(.sandboxFailed, reason))
         r?.resume(throwing: SandpitError(.sandboxFailed, reason))
+        n?.resume(throwing: SandpitError(.sandboxFailed, reason))
         dropCopies()
     }
 
@@ -334,6 +337,9 @@ final class InterpreterContext: Sendable {
             }
         case "e":
             settle { $0.stderrDone = true }
+        case "n":
+            let w = state.withLock { s in defer { s.nestWaiter = nil }; return s.nestWaiter }
+            w?.resume(returning: rec)
         default:
             break
         }
@@ -346,6 +352,22 @@ final class InterpreterContext: Sendable {
         settle { p in
             if stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
             if fields.count == 2 { p.exitCode = Int(fields[1]) }
+        }
+    }
+
+    /// A zygote's driver: asks for a copy of the interpreter in a new sandbox
+    /// and waits for the answer, `{"t":"n","pid":…}` or `{"t":"n","error":…}`.
+    /// One at a time (the zygote's nest lock).
+    func nest(_ request: JSONObject, rt: SandboxRuntime) async throws -> JSONObject {
+        let line = Array((JSONCodec.encode(.object(["nest": .object(request)])) + "\n").utf8)
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONObject, Error>) in
+            let dead = state.withLock { s -> String? in
+                if let d = s.dead { return d }
+                s.nestWaiter = c
+                return nil
+            }
+            if let d = dead { c.resume(throwing: SandpitError(.sandboxFailed, d)); return }
+            rt.send(type: SP_FRAME_STDIN.rawValue, id: session.numericId, payload: line)
         }
     }
 

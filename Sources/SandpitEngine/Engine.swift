@@ -61,6 +61,12 @@ public struct ExecRequest: Sendable {
     /// policy and ending it is not a step. What it runs on behalf of the
     /// client is accounted by that feature.
     var service = false
+    /// Runs nothing: holds the exec's pipes until an interpreter forked from
+    /// a zygote takes them over (see `Engine.nestInterpreter`).
+    var placeholder = false
+    /// As the sandbox's root (a zygote's interpreter, which must own the
+    /// namespaces it nests), not the template's user.
+    var asRoot = false
 
     public init(argv: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil,
                 timeoutMs: Int? = nil, receivedNs: UInt64 = Clock.monotonicNs()) {
@@ -97,6 +103,10 @@ public final class Engine: Sendable {
     let templatePools = Mutex<[String: [SandboxRuntime]]>([:])
     /// Template pools being refilled (one refill per pool at a time).
     let templateRefills = Mutex<Set<String>>([])
+    /// Warm parents of PRELOAD templates, per "templateId policy" (see Zygote.swift).
+    let zygotes = Mutex<[String: Zygote]>([:])
+    /// Zygotes being started, and ones that failed to (not tried again).
+    let zygoteStarts = Mutex<[String: Bool]>([:])
     /// Hibernated sandboxes' idle clocks (for delete-after) and plans (to wake them as they were).
     let dormant = Mutex<[String: IdleTracker]>([:])
     let dormantPlans = Mutex<[String: SandboxPlan]>([:])
@@ -255,6 +265,8 @@ public final class Engine: Sendable {
     public var warmCount: Int { warmPool.withLock { $0.count } }
     /// Warm sandboxes of PRELOAD templates, ready to hand out.
     public var warmTemplateCount: Int { templatePools.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+    /// Warm parents of PRELOAD templates that new sandboxes are forked from (retired ones not counted).
+    public var zygoteCount: Int { zygotes.withLock { $0.count } }
 
     // MARK: sandboxes
 
@@ -312,7 +324,7 @@ public final class Engine: Sendable {
         let preloads = !tpl.config.preload.isEmpty
         var warm: SandboxRuntime?
         if limits.count == 0, !scratch {
-            if tpl.isBuiltin { warm = await claimWarm(policy: policyName) } else if preloads { warm = await claimWarmTemplate(tpl.templateId, policy: plan.policy.name) }
+            if tpl.isBuiltin { warm = await claimWarm(policy: policyName) } else if preloads { warm = await claimWarmTemplate(tpl.templateId, name: templateName, policy: plan.policy.name) }
         }
         if let warm {
             // A pre-started sandbox of the same template and policy: it becomes this one.
@@ -368,7 +380,17 @@ public final class Engine: Sendable {
     /// Builds a sandbox on the host and waits for its agent: write layer,
     /// mounts, cgroup, namespaces, agent, proxy. Touches neither the catalog
     /// nor the registry; on failure everything it made is undone.
-    func launch(_ record: SandboxRecord, plan: SandboxPlan, fresh: Bool = true, image given: SandboxImage? = nil) async throws -> SandboxRuntime {
+    /// How a sandbox's agent starts: cloned by the daemon (a plain sandbox, or
+    /// a zygote, which also gets a socket for nested sandboxes' descriptors),
+    /// or by a zygote's agent, nested in its namespaces.
+    enum LaunchRole {
+        case sandbox
+        case zygote(nestSocket: FileDescriptor)
+        case nested(Zygote)
+    }
+
+    func launch(_ record: SandboxRecord, plan: SandboxPlan, fresh: Bool = true, image given: SandboxImage? = nil,
+                role: LaunchRole = .sandbox) async throws -> SandboxRuntime {
         let id = record.id
         let image: SandboxImage
         if let given { image = given } else { image = try await self.image(record.templateId) }
@@ -421,26 +443,42 @@ public final class Engine: Sendable {
             let log = logger
             var seccomp: UInt32 = 0
             if plan.seccompEnabled { seccomp = 1 << 8 | (plan.restrictSockets ? SP_SECCOMP_RESTRICT_SOCKETS : 0) }
-            let spawned = try SandboxSpawner.spawn(
-                agentFd: agentFd.raw,
-                argv: ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1",
-                       "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"],
-                rootMount: root, usrMount: usr, cgroupDir: tracking
-            ) { pid in
-                try ids.apply(to: pid)
+            var argv = ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1",
+                        "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"]
+            // The agent in its cgroup, and host-root-owned /usr shown as root-owned
+            // inside (purely cosmetic, so failures only log). The id maps come first:
+            // the daemon writes them, or a zygote's agent did for a nested sandbox.
+            let prepare: (Int32) throws -> Void = { pid in
                 try cg.addProcess(pid)
-                // Show host-root-owned /usr as root-owned inside; purely cosmetic, so failures only log.
-                let nsPath = "/proc/\(pid)/ns/user"
-                let ns = open(nsPath, O_RDONLY | O_CLOEXEC)
+                let ns = open("/proc/\(pid)/ns/user", O_RDONLY | O_CLOEXEC)
                 if ns >= 0, let usr {
                     do { try DetachedMount.idmap(usr, usernsFd: ns) } catch { log.debug("idmapped /usr unavailable", metadata: ["error": "\(error)"]) }
                     close(ns)
+                }
+            }
+            let spawned: SandboxSpawner.Spawned
+            switch role {
+            case .nested(let z):
+                spawned = try await spawnNested(in: z, argv: argv, rootMount: root, usrMount: usr, cgroupDir: tracking, prepare: prepare)
+            case .sandbox, .zygote:
+                var nest: FileDescriptor?
+                if case .zygote(let socket) = role { argv += ["--zygote", "1"]; nest = socket }
+                spawned = try SandboxSpawner.spawn(agentFd: agentFd.raw, argv: argv, rootMount: root, usrMount: usr,
+                                                   cgroupDir: tracking, nestSocket: nest) { pid in
+                    try ids.apply(to: pid)
+                    try prepare(pid)
                 }
             }
             let rt = SandboxRuntime(record: record, plan: plan, image: image, cgroup: cg, spawned: spawned, disk: disk) { [weak self] rt, why in
                 self?.agentDied(rt, why)
             }
             runtime = rt
+            if case .nested(let z) = role {
+                Task { [weak self] in
+                    await rt.waitExited()
+                    await self?.releaseZygoteChild(z)
+                }
+            }
             let channel = try await AgentChannel.open(
                 fd: spawned.controlFd,
                 onFrame: { [rt] f in rt.handle(f) },
@@ -632,6 +670,22 @@ public final class Engine: Sendable {
 
     /// The clean environment every command starts from: the template's user
     /// and home, then the template's `ENV` on top.
+    /// A command's environment in `rt`: the template's, the proxy's (when the
+    /// network mode has one), then the request's own.
+    static func commandEnv(_ rt: SandboxRuntime, _ extra: [String: String]) -> [(String, String)] {
+        var env = baseEnv(rt.image.config)
+        if let port = rt.plan.proxyPort {
+            let url = "http://127.0.0.1:\(port)"
+            env += [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
+                    ("NO_PROXY", "localhost,127.0.0.1,::1"), ("no_proxy", "localhost,127.0.0.1,::1")]
+        }
+        for (k, v) in extra.sorted(by: { $0.key < $1.key }) {
+            env.removeAll { $0.0 == k }
+            env.append((k, v))
+        }
+        return env
+    }
+
     static func baseEnv(_ config: ImageConfig) -> [(String, String)] {
         var env: [(String, String)] = [
             ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -690,20 +744,11 @@ public final class Engine: Sendable {
         if !req.service { rt.idle.withLock { $0.begin(now: Clock.nowMs()) } }
 
         let config = rt.image.config
-        var env = Self.baseEnv(config)
-        if let port = rt.plan.proxyPort {
-            let url = "http://127.0.0.1:\(port)"
-            env += [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
-                    ("NO_PROXY", "localhost,127.0.0.1,::1"), ("no_proxy", "localhost,127.0.0.1,::1")]
-        }
-        for (k, v) in req.env.sorted(by: { $0.key < $1.key }) {
-            env.removeAll { $0.0 == k }
-            env.append((k, v))
-        }
+        let env = Self.commandEnv(rt, req.env)
         var payload: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v) { payload += $0 } }
-        u32(config.uid); u32(config.gid)
-        u32(req.stdin != nil || req.service ? SP_SPAWN_STDIN : 0)
+        u32(req.asRoot ? 0 : config.uid); u32(req.asRoot ? 0 : config.gid)
+        u32((req.stdin != nil || req.service ? SP_SPAWN_STDIN : 0) | (req.placeholder ? SP_SPAWN_PLACEHOLDER : 0))
         u32(UInt32(req.argv.count)); u32(UInt32(env.count))
         func str(_ s: String) { payload += Array(s.utf8); payload.append(0) }
         str(req.cwd ?? config.workdir)
@@ -822,6 +867,8 @@ public final class Engine: Sendable {
                 }
             }
         }
+        // Last: sandboxes nested in a zygote die with it.
+        await discardZygotes()
         await checkpointLog.flush()
         cgroups.removeParent()
         storage.release()

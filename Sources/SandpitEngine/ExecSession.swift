@@ -44,6 +44,7 @@ public final class ExecSession: Sendable {
         var receivedNs: UInt64
         var spawnSentNs: UInt64 = 0
         var startedNs: UInt64 = 0
+        var pid: Int32?
         var spawnError: String?
         /// Set once the step is recorded (step number advanced, checkpoint taken or not).
         var recorded: StepRecord?
@@ -71,10 +72,14 @@ public final class ExecSession: Sendable {
 
     func markSpawnSent(_ ns: UInt64) { state.withLock { $0.spawnSentNs = ns } }
 
-    func markStarted(_ ns: UInt64) {
+    /// The process's pid in the sandbox, once started.
+    var pid: Int32? { state.withLock { $0.pid } }
+
+    func markStarted(_ ns: UInt64, pid: Int32? = nil) {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.started = true
             s.startedNs = ns
+            s.pid = pid
             defer { s.startWaiters = [] }
             return s.startWaiters
         }

@@ -62,6 +62,7 @@ final class SandboxRuntime: Sendable {
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
         var statsWaiters: [UInt32: CheckedContinuation<UInt64, Never>] = [:]
         var restoreWaiters: [UInt32: CheckedContinuation<(killed: Int32, alive: Int32)?, Never>] = [:]
+        var nestWaiters: [UInt32: CheckedContinuation<(value: Int32, text: String)?, Never>] = [:]
         var nextStatsId: UInt32 = 1
         var deleting = false
         var agentRssBytes: UInt64 = 0
@@ -105,7 +106,7 @@ final class SandboxRuntime: Sendable {
         case SP_FRAME_FATAL.rawValue:
             failReadiness("sandbox setup failed: " + f.text)
         case SP_FRAME_STARTED.rawValue:
-            session(f.id)?.markStarted(now)
+            session(f.id)?.markStarted(now, pid: f.payload.count >= 4 ? f.int32() : nil)
         case SP_FRAME_SPAWN_ERROR.rawValue:
             let msg = String(decoding: f.payload.dropFirst(4), as: UTF8.self)
             if let s = session(f.id) {
@@ -125,6 +126,9 @@ final class SandboxRuntime: Sendable {
         case SP_FRAME_RESTORED.rawValue:
             let w = state.withLock { $0.restoreWaiters.removeValue(forKey: f.id) }
             w?.resume(returning: (f.int32(at: 0), f.int32(at: 4)))
+        case SP_FRAME_NESTED.rawValue:
+            let w = state.withLock { $0.nestWaiters.removeValue(forKey: f.id) }
+            w?.resume(returning: (f.int32(at: 0), String(decoding: f.payload.dropFirst(4), as: UTF8.self)))
         case SP_FRAME_STATS_REPLY.rawValue:
             let w = state.withLock { $0.statsWaiters.removeValue(forKey: f.id) }
             w?.resume(returning: f.uint64(at: 0))
@@ -169,14 +173,19 @@ final class SandboxRuntime: Sendable {
     /// cooperative pool (PID 1 exit waits for the whole namespace to die).
     func channelClosed(_ error: String?) {
         failReadiness("sandbox agent exited during setup" + (error.map { ": \($0)" } ?? ""))
-        let pid = spawned.pid
+        let (pid, pidfd, nested) = (spawned.pid, spawned.pidfd, spawned.nested)
         EngineThread.detach { [self] in
-            let st = SandboxSpawner.reap(pid)
-            self.agentReaped(status: st)
+            if nested {
+                // A zygote's agent is its parent and reaps it; we only see it go.
+                SandboxSpawner.awaitExit(pidfd: pidfd)
+                self.agentReaped(status: nil)
+            } else {
+                self.agentReaped(status: SandboxSpawner.reap(pid))
+            }
         }
     }
 
-    private func agentReaped(status: Int32) {
+    private func agentReaped(status: Int32?) {
         let now = Clock.monotonicNs()
         let (sessions, waiters, deleting) = state.withLock { s -> ([ExecSession], [CheckedContinuation<Void, Never>], Bool) in
             s.exited = true
@@ -187,15 +196,17 @@ final class SandboxRuntime: Sendable {
         for x in sessions where !x.isFinished {
             x.finish(status: nil, nowNs: now, oomKilled: false, killedBy: deleting ? "sandbox deleted" : "sandbox exited")
         }
-        let (pending, restoring) = state.withLock { s in
-            defer { s.statsWaiters = [:]; s.restoreWaiters = [:] }
-            return (Array(s.statsWaiters.values), Array(s.restoreWaiters.values))
+        let (pending, restoring, nesting) = state.withLock { s in
+            defer { s.statsWaiters = [:]; s.restoreWaiters = [:]; s.nestWaiters = [:] }
+            return (Array(s.statsWaiters.values), Array(s.restoreWaiters.values), Array(s.nestWaiters.values))
         }
         for p in pending { p.resume(returning: 0) }
         for r in restoring { r.resume(returning: nil) }
+        for n in nesting { n.resume(returning: nil) }
         for w in waiters { w.resume() }
         if !deleting {
-            let why = status & 0x7f == 0 ? "agent exited with status \((status >> 8) & 0xff)" : "agent killed by signal \(status & 0x7f)"
+            let why = status.map { $0 & 0x7f == 0 ? "agent exited with status \(($0 >> 8) & 0xff)" : "agent killed by signal \($0 & 0x7f)" }
+                ?? "agent exited (its zygote reaped it)"
             onUnexpectedExit(self, why)
         }
     }
@@ -274,6 +285,22 @@ final class SandboxRuntime: Sendable {
             }
             if exited { c.resume(returning: nil); return }
             ch?.send(type: SP_FRAME_RESTORE.rawValue, id: id, payload: payload)
+        }
+    }
+
+    /// A zygote's agent: starts a nested sandbox's agent (NEST; the
+    /// descriptors went ahead on the nest socket). Returns the child's pid in
+    /// the zygote, or -errno and what failed; nil if the agent is gone.
+    func nest(_ payload: [UInt8]) async -> (value: Int32, text: String)? {
+        await withCheckedContinuation { (c: CheckedContinuation<(value: Int32, text: String)?, Never>) in
+            let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in
+                let id = s.nextStatsId
+                s.nextStatsId &+= 1
+                if !s.exited { s.nestWaiters[id] = c }
+                return (id, s.channel, s.exited)
+            }
+            if exited { c.resume(returning: nil); return }
+            ch?.send(type: SP_FRAME_NEST.rawValue, id: id, payload: payload)
         }
     }
 

@@ -110,7 +110,10 @@ extension Engine {
                 }
             }
             try await catalog.untag(name: name, tag: tag)
-            if others.isEmpty { await discardTemplatePools(t.templateId) }   // warm sandboxes hold its layers
+            if others.isEmpty {
+                await discardTemplatePools(t.templateId)   // warm sandboxes hold its layers
+                await retireZygotes(t.templateId)
+            }
             await catalog.event("template-deleted", sandbox: nil, detail: "\(t.reference) \(t.templateId)")
             try await collectLayers()
             return t

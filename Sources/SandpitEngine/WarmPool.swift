@@ -60,9 +60,10 @@ extension Engine {
 
     // MARK: warm templates
 
-    /// Takes a started sandbox of a PRELOAD template whose default Python
-    /// context has already imported the modules, if one is ready.
-    func claimWarmTemplate(_ templateId: String, policy: String) async -> SandboxRuntime? {
+    /// A started sandbox of a PRELOAD template whose default Python context
+    /// already holds the imported modules: one from the pool if it is ready,
+    /// else one forked from the template's zygote now, if that is ready.
+    func claimWarmTemplate(_ templateId: String, name: String, policy: String) async -> SandboxRuntime? {
         let key = templateId + " " + policy
         while let rt = templatePools.withLock({ p -> SandboxRuntime? in p[key]?.isEmpty == false ? p[key]!.removeFirst() : nil }) {
             if await usable(rt), rt.contexts.withLock({ $0[Self.defaultContextId] }).map({ !$0.isDead }) == true {
@@ -70,7 +71,55 @@ extension Engine {
             }
             Task { await self.discard(rt) }
         }
-        return nil
+        guard let z = zygotes.withLock({ $0[key] }), z.usable else { return nil }
+        do {
+            return try await warmTemplateSandbox(templateId, name: name, policy: policy, zygote: z)
+        } catch {
+            logger.warning("a sandbox from the template's zygote failed; starting cold", metadata: ["template": "\(name)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// A new sandbox of a PRELOAD template with its default Python context
+    /// ready: forked from the zygote when there is one, else started cold
+    /// (the imports run in it). The first checkpoint of a sandbox is a whole
+    /// one (freeze, sync, clone): it is taken here, with whatever the imports
+    /// wrote, so the first cell's is a diff against it.
+    func warmTemplateSandbox(_ templateId: String, name: String, policy: String, zygote z: Zygote?) async throws -> SandboxRuntime {
+        let plan = try plan(policy: policy)
+        let now = Clock.nowMs()
+        let record = SandboxRecord(id: Identifier.make("sb"), state: .starting, template: name, policy: plan.policy.name,
+                                   metadata: [:], createdAt: now, lastActiveAt: now, templateId: templateId)
+        var started: SandboxRuntime?
+        do {
+            if let z {
+                let rt = try await launch(record, plan: plan, role: .nested(z))
+                started = rt
+                try await nestInterpreter(z, into: rt)
+            } else {
+                let rt = try await launch(record, plan: plan)
+                started = rt
+                _ = try await startContext(in: rt, language: "python", contextId: Self.defaultContextId)
+            }
+            let rt = started!
+            if rt.disk != nil, rt.policy.checkpoints != .off {
+                let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start", deferLinks: false).0 }
+                rt.warmBase.withLock { $0 = base }
+            }
+            return rt
+        } catch {
+            if let rt = started { await discard(rt) }
+            if let z, z.usable {
+                // A zygote that cannot fork into a sandbox (a template Python without ctypes, say)
+                // is not asked again: this template's sandboxes start cold from now on.
+                zygoteStarts.withLock { $0[z.key] = false }
+                zygotes.withLock { if $0[z.key] === z { $0[z.key] = nil } }
+                z.retired.store(true, ordering: .releasing)
+                if z.children.load(ordering: .acquiring) == 0 { await discard(z.rt) }
+                logger.warning("a template's zygote failed to start a sandbox; its sandboxes start cold", metadata: ["template": "\(name)", "error": "\(error)"])
+            }
+            throw error
+        }
     }
 
     /// Keeps `config.warmTemplatePool` sandboxes of a PRELOAD template
@@ -87,26 +136,14 @@ extension Engine {
             defer { _ = templateRefills.withLock { $0.remove(key) } }
             try? await Task.sleep(for: .milliseconds(config.warmRefillDelayMs))
             while !closing.load(ordering: .relaxed), templatePools.withLock({ $0[key]?.count ?? 0 }) < config.warmTemplatePool,
-                  liveCount + warmPool.withLock({ $0.count }) + templatePools.withLock({ $0.values.reduce(0) { $0 + $1.count } }) < config.maxSandboxes {
-                var started: SandboxRuntime?
+                  liveCount + warmPool.withLock({ $0.count }) + templatePools.withLock({ $0.values.reduce(0) { $0 + $1.count } })
+                    + zygotes.withLock({ $0.count }) < config.maxSandboxes {
                 do {
-                    let plan = try plan(policy: policy)
-                    let now = Clock.nowMs()
-                    let record = SandboxRecord(id: Identifier.make("sb"), state: .starting, template: name, policy: plan.policy.name,
-                                               metadata: [:], createdAt: now, lastActiveAt: now, templateId: templateId)
-                    let rt = try await launch(record, plan: plan)
-                    started = rt
-                    _ = try await startContext(in: rt, language: "python", contextId: Self.defaultContextId)
-                    // The first checkpoint of a sandbox is a whole one (freeze, sync, clone): take it now, with
-                    // whatever the imports wrote (caches), so the first cell's is a diff against it.
-                    if rt.disk != nil, rt.policy.checkpoints != .off {
-                        let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start", deferLinks: false).0 }
-                        rt.warmBase.withLock { $0 = base }
-                    }
+                    let z = await zygote(templateId, name: name, policy: policy)
+                    let rt = try await warmTemplateSandbox(templateId, name: name, policy: policy, zygote: z)
                     if closing.load(ordering: .relaxed) { await discard(rt); return }
                     templatePools.withLock { $0[key, default: []].append(rt) }
                 } catch {
-                    if let rt = started { await discard(rt) }
                     logger.warning("warm template refill failed", metadata: ["template": "\(name)", "error": "\(error)"])
                     return
                 }

@@ -9,13 +9,24 @@ public enum SandboxSpawner {
         public var pid: Int32
         public var pidfd: Int32
         public var controlFd: Int32   // daemon's end of the agent socket
+        /// Started by a zygote's agent (NEST): not our child, so its exit is
+        /// seen on the pidfd, not reaped with waitpid.
+        public var nested = false
+
+        public init(pid: Int32, pidfd: Int32, controlFd: Int32, nested: Bool = false) {
+            self.pid = pid
+            self.pidfd = pidfd
+            self.controlFd = controlFd
+            self.nested = nested
+        }
     }
 
     /// Clones the agent with new user, pid, mount, net, ipc and uts namespaces.
     /// `prepare` runs after clone and before the child may proceed: it writes the
     /// id maps and moves the child into its cgroup.
     public static func spawn(agentFd: Int32, argv: [String], rootMount: FileDescriptor, usrMount: FileDescriptor?,
-                             cgroupDir: FileDescriptor? = nil, prepare: (Int32) throws -> Void) throws -> Spawned {
+                             cgroupDir: FileDescriptor? = nil, nestSocket: FileDescriptor? = nil,
+                             prepare: (Int32) throws -> Void) throws -> Spawned {
         var sv: [Int32] = [-1, -1]
         _ = try sys("socketpair") { sp_socketpair_cloexec(&sv) }
         var syncp: [Int32] = [-1, -1]
@@ -30,6 +41,7 @@ public enum SandboxSpawner {
         var maps = [sp_fd_map(src: sv[1], dst: SP_AGENT_FD_CTRL), sp_fd_map(src: rootMount.raw, dst: SP_AGENT_FD_ROOT)]
         if let u = usrMount { maps.append(sp_fd_map(src: u.raw, dst: SP_AGENT_FD_USR)) }
         if let c = cgroupDir { maps.append(sp_fd_map(src: c.raw, dst: SP_AGENT_FD_CGROUP)) }
+        if let n = nestSocket { maps.append(sp_fd_map(src: n.raw, dst: SP_AGENT_FD_NEST)) }
         let cargv = argv.map { strdup($0) } + [nil]
         defer { for p in cargv { free(p) } }
         let cenv: [UnsafeMutablePointer<CChar>?] = [nil]
@@ -84,6 +96,31 @@ public enum SandboxSpawner {
     public static func isAlive(pidfd: Int32) -> Bool {
         var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
         return poll(&p, 1, 0) == 0
+    }
+
+    /// Blocks until a process that is not our child has exited (its pidfd polls readable).
+    public static func awaitExit(pidfd: Int32) {
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        while poll(&p, 1, -1) < 0 && errno == EINTR {}
+    }
+
+    /// The pid (in our pid namespace) a pidfd refers to, from its fdinfo.
+    public static func pid(ofPidfd fd: Int32) throws(OSError) -> Int32 {
+        let text = String(decoding: try FS.readFile("/proc/self/fdinfo/\(fd)"), as: UTF8.self)
+        for line in text.split(separator: "\n") where line.hasPrefix("Pid:") {
+            if let p = Int32(line.dropFirst(4).filter { $0 != " " && $0 != "\t" }), p > 0 { return p }
+        }
+        throw OSError(call: "pidfd pid", errno: ESRCH)
+    }
+
+    /// Sends descriptors as one SCM_RIGHTS message.
+    public static func sendDescriptors(_ fds: [Int32], over socket: Int32) throws(OSError) {
+        _ = try sys("sendmsg") { fds.withUnsafeBufferPointer { sp_send_fds(socket, $0.baseAddress, Int32($0.count)) } }
+    }
+
+    /// Receives one descriptor (blocking).
+    public static func receiveDescriptor(over socket: Int32) throws(OSError) -> Int32 {
+        try sys("recvmsg") { sp_recv_fd(socket) }
     }
 
     /// Blocks until `pid` has exited and returns its wait status.

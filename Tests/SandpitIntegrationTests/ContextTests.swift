@@ -379,59 +379,113 @@ struct ContextTests {
         }
     }
 
-    /// A template that says `PRELOAD numpy pandas matplotlib.pyplot`: the
-    /// daemon keeps one of its sandboxes started with the modules imported, so
-    /// a create takes it and the first cell finds them in `sys.modules`. That
-    /// sandbox is an ordinary one: the posture checks pass inside its
-    /// interpreter, and nothing of another sandbox is visible.
-    @Test func warmTemplateSandboxesStartWithTheModulesImported() throws {
+    /// A template that says `PRELOAD zprobe numpy pandas matplotlib.pyplot`:
+    /// the daemon imports them once, in the template's zygote, and forks every
+    /// new sandbox's interpreter from it (a pool of one started ahead, and one
+    /// forked at once when the pool is empty). `zprobe` records the pid that
+    /// imported it and writes a file then: in a sandbox the pid is not its
+    /// interpreter's and the file is not there (it was the zygote's). Each
+    /// sandbox is isolated like any other: the posture checks pass in its
+    /// interpreter, it sees no process or descriptor of the zygote or of another
+    /// sandbox, and killing everything it can reach leaves the zygote serving.
+    /// Deleting the template retires the zygote; its sandboxes go on, and it
+    /// goes with the last of them.
+    @Test func warmTemplateSandboxesAreForkedFromTheTemplatesZygote() throws {
         try Arena.with(extraArgs: ["--warm-template-pool", "1"]) { a in
             let c = a.client
             let b = try c.call("template.build", ["name": "sci", "file": .string(TestEnv.fixturesDir + "/templates/sci/Dockerfile")], timeout: 900)
             try #require(b["error"] == nil, "the sci template did not build (it needs PyPI): \(b)")
-            let w = try c.call("template.build", ["name": "sciwarm", "spec": "FROM sci\nPRELOAD numpy pandas matplotlib.pyplot"], timeout: 300)
+            let spec = """
+                FROM sci
+                RUN printf 'import os\\nPID = os.getpid()\\nopen("/tmp/zprobe", "w").write(str(PID))\\n' > /home/user/zprobe.py
+                PRELOAD zprobe numpy pandas matplotlib.pyplot
+                """
+            let w = try c.call("template.build", ["name": "sciwarm", "spec": .string(spec)], timeout: 300)
             try #require(w["error"] == nil, "\(w)")
-            #expect(try c.result("template.get", ["name": "sciwarm"])["config"]?["preload"] == ["numpy", "pandas", "matplotlib.pyplot"])
+            #expect(try c.result("template.get", ["name": "sciwarm"])["config"]?["preload"] == ["zprobe", "numpy", "pandas", "matplotlib.pyplot"])
             let bad = try c.call("template.build", ["name": "bad", "spec": "FROM sci\nPRELOAD os;rm"])
             #expect(bad["error"]?["data"]?["code"] == "invalid_params")
-            // The first create starts the template's pool; the next one takes from it.
+            // The first create (cold) starts the template's zygote and pool; the next one takes from the pool.
             let first = try c.result("sandbox.create", ["template": "sciwarm"])["sandboxId"]!.stringValue!
             a.created.ids.append(first)
             _ = try Self.run(c, first, "open('/home/user/mine', 'w').write('first')")
-            // Importing the three takes a second or more; poll generously (not a timing assertion).
+            // Importing them takes a second or more; poll generously (not a timing assertion).
             var warm = false
             for _ in 0..<600 where !warm {
-                warm = (try? c.result("server.info")["warmPool"]?["templates"]) == 1
+                let info = try? c.result("server.info")["warmPool"]
+                warm = info?["templates"] == 1 && info?["zygotes"] == 1
                 if !warm { usleep(100_000) }
             }
-            #expect(warm, "the template's warm sandbox became ready")
+            #expect(warm, "the template's zygote and its warm sandbox became ready")
             let sb = try c.result("sandbox.create", ["template": "sciwarm"])["sandboxId"]!.stringValue!
             a.created.ids.append(sb)
-            #expect(try c.result("server.info")["warmPool"]?["templates"] == 0, "the create took the warm sandbox")
-            let cell = try Self.run(c, sb, """
-                import os, sys
+            // The pool is empty now (its refill waits a moment): this one is forked from the zygote at once.
+            let more = try c.result("sandbox.create", ["template": "sciwarm"])["sandboxId"]!.stringValue!
+            a.created.ids.append(more)
+            let probe = """
+                import os, sys, zprobe
                 s = open('/proc/self/status').read()
-                print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s,
+                print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s, 'CapBnd:\\t0000000000000000' in s,
                       open('/proc/1/comm').read().strip(), os.path.exists('/home/user/mine'))
                 print(sorted(p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/comm').read().strip() not in ('python3', 'sandpit-agent')))
+                def target(fd):
+                    try: return os.readlink(f'/proc/self/fd/{fd}')
+                    except OSError: return None
+                print(zprobe.PID != os.getpid(), os.path.exists('/tmp/zprobe'), os.getppid(),
+                      sorted({t.split(':')[0] for t in map(target, os.listdir('/proc/self/fd')) if t}))
                 sorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules)
-                """)
-            #expect(cell.result["executionCount"] == 1 && cell.result["restarted"] == false)
-            #expect(cell.result["results"] == [["text/plain": "['matplotlib.pyplot', 'numpy', 'pandas']"]])
-            #expect(cell.stdout == "1000 True True True sandpit-agent False\n[]\n", "posture, and nothing of the other sandbox")
+                """
+            for id in [sb, more] {
+                let cell = try Self.run(c, id, probe)
+                #expect(cell.result["executionCount"] == 1 && cell.result["restarted"] == false, "\(cell.result)")
+                #expect(cell.result["results"] == [["text/plain": "['matplotlib.pyplot', 'numpy', 'pandas']"]])
+                #expect(cell.stdout == "1000 True True True True sandpit-agent False\n[]\nTrue False 1 ['/dev/null', 'pipe']\n",
+                        "posture; nothing of the zygote or the other sandbox; imported in the zygote")
+            }
             // What the imports wrote was checkpointed while it waited: the first cell's checkpoint is a diff against that.
             let cks = try c.result("checkpoint.list", ["sandboxId": .string(sb)])["checkpoints"]!.arrayValue!
             #expect(cks.count == 2 && cks[0]["name"] == "warm start" && cks[0]["step"] == 0 && cks[1]["parentId"] == cks[0]["checkpointId"])
             // Commands run beside the context (exec ids continue after the context's).
             let echo = try a.sh(sb, "echo $((40 + 2))")
             #expect(echo.stdout == "42\n" && echo.result["execId"] == "ex_2")
-            // Its namespaces are its own: not the host's, not the other sandbox's.
-            let ns = "print(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('user', 'pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup')))"
-            let mine = try Self.run(c, sb, ns).stdout, theirs = try Self.run(c, first, "import os\n" + ns).stdout
+            // A rollback brings the forked interpreter's state back like any other.
+            _ = try Self.run(c, sb, "x = 41")
+            let step = try Self.run(c, sb, "x += 1").result["step"]!
+            _ = try Self.run(c, sb, "x = 0")
+            let back = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step])
+            #expect(back["restored"] == ["filesystem", "interpreter"])
+            #expect(try Self.run(c, sb, "print(x)").stdout == "42\n")
+            // Its namespaces are its own: not the host's, not the other sandboxes'.
+            let ns = "import os\nprint(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('user', 'pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup')))"
+            let mine = try Self.run(c, sb, ns).stdout, theirs = try Self.run(c, first, ns).stdout, sibling = try Self.run(c, more, ns).stdout
             let host = ["user", "pid", "mnt", "net", "ipc", "uts", "cgroup"].map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? "?" }
-            for (i, (m, t)) in zip(mine.split(separator: " "), theirs.split(separator: " ")).enumerated() {
-                #expect(m != t && String(m).trimmingCharacters(in: .whitespacesAndNewlines) != host[i], "namespace \(i) is shared")
+            for (i, ((m, t), s)) in zip(zip(mine.split(separator: " "), theirs.split(separator: " ")), sibling.split(separator: " ")).enumerated() {
+                #expect(m != t && m != s && String(m).trimmingCharacters(in: .whitespacesAndNewlines) != host[i], "namespace \(i) is shared")
             }
+            // Attacks from a forked sandbox: no namespace calls, no other process to signal; the zygote serves on.
+            let attack = try Self.run(c, more, """
+                import ctypes, os, signal
+                libc = ctypes.CDLL(None, use_errno=True)
+                print(libc.unshare(0x10000000), ctypes.get_errno() == 1, libc.setns(0, 0), ctypes.get_errno() == 1)
+                os.kill(-1, signal.SIGKILL)
+                """)
+            #expect(attack.stdout == "-1 True -1 True\n", "\(attack.result)")
+            let after = try c.result("sandbox.create", ["template": "sciwarm"])["sandboxId"]!.stringValue!
+            a.created.ids.append(after)
+            #expect(try Self.run(c, after, "import os, zprobe\nprint(zprobe.PID != os.getpid())").stdout == "True\n")
+            // Deleting the template retires its zygote; the sandboxes forked from it go on.
+            _ = try c.result("template.delete", ["name": "sciwarm", "force": true])
+            #expect(try c.result("server.info")["warmPool"]?["zygotes"] == 0)
+            #expect(try Self.run(c, sb, "print(x)").stdout == "42\n")
+            for id in [sb, more, after] { _ = try c.result("sandbox.delete", ["sandboxId": .string(id)]) }
+            var zygoteGone = false
+            for _ in 0..<100 where !zygoteGone {
+                zygoteGone = !Host.agents().contains { pid in
+                    (FileManager.default.contents(atPath: "/proc/\(pid)/cmdline").map { String(decoding: $0, as: UTF8.self) } ?? "").contains("--zygote")
+                }
+                if !zygoteGone { usleep(50_000) }
+            }
+            #expect(zygoteGone, "the retired zygote went with its last sandbox")
         }
     }
 
