@@ -123,11 +123,11 @@ extension Engine {
     }
 
     /// Keeps `config.warmTemplatePool` sandboxes of a PRELOAD template
-    /// started, each with its default Python context ready (modules imported).
-    /// Each is an ordinary sandbox of that template and policy: its own
-    /// namespaces, disk, cgroup and interpreter; only the template's own code
-    /// (the imports) has run in it when it is handed out. The first create of
-    /// a template starts its pool; later creates take from it and refill it.
+    /// started, each with its default Python context ready: forked from the
+    /// template's zygote (started here the first time), or started cold if
+    /// it has none. Only the template's own code (the imports) has run in
+    /// their interpreters when they are handed out. The first create of a
+    /// template starts its pool; later creates take from it and refill it.
     func refillTemplatePool(_ templateId: String, name: String, policy: String) {
         let key = templateId + " " + policy
         guard config.warmTemplatePool > 0, !closing.load(ordering: .relaxed),

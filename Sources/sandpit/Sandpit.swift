@@ -47,7 +47,7 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Sandboxes kept started ahead of demand (default template and policy), so sandbox.create returns at once. 0 disables. Ignored without a daemon.")
     var warmPool: Int = 2
 
-    @Option(help: "Sandboxes of each PRELOAD template kept started, its modules imported, so the first cell does not wait for them. 0 disables. Ignored without a daemon.")
+    @Option(help: "Sandboxes of each PRELOAD template kept started, their interpreters forked from the template's zygote (which imported its modules once), so the first cell does not wait for them. 0 disables warm templates. Ignored without a daemon.")
     var warmTemplatePool: Int = 1
 
     func makeLogger() -> Logger {
