@@ -11,8 +11,9 @@
   (h) code.run `x = 1` and `print(x)`, checkpointed   vs  a Jupyter kernel's execute of the same cells;
       without frozen interpreter copies, and the CPU one cell costs the daemon and the sandbox with and
       without them; rollback in place vs by relaunch
-  (i) new sandbox -> first cell importing numpy, pandas, matplotlib: a PRELOAD template vs the same
-      packages without PRELOAD (builds Fixtures/templates/sci from PyPI once)
+  (i) new sandbox -> first cell importing numpy, pandas, matplotlib: a PRELOAD template (from its pool,
+      and forked from its zygote at once when the pool is empty) vs the same packages without PRELOAD
+      (builds Fixtures/templates/sci from PyPI once); memory charged to each sandbox
 
 Usage: sudo python3 Benchmarks/bench.py [--n 50] [--file-mb 1024] [--sandpit .build/release/sandpit]
 Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing, and makes a
@@ -340,26 +341,36 @@ def main():
         # (i) warm templates: a new sandbox -> the result of a first cell that imports numpy, pandas and
         # matplotlib. "sciwarm" says PRELOAD for them (a started sandbox with them imported is kept ready;
         # the refill between creates is untimed); the cold baseline is the same template without PRELOAD.
-        warm_t, cold_t = [], []
+        warm_t, cold_t, forked_t, mem = [], [], [], {"warm": [], "forked": [], "cold": []}
         imports = "import numpy, pandas, matplotlib.pyplot\nint(numpy.arange(3).sum())"
         sci = c.call_raw("template.build", {"name": "sci", "file": f"{root}/Fixtures/templates/sci/Dockerfile"})
         if "error" in sci:
             print(f"(i) skipped: the sci template did not build (it needs PyPI): {sci['error']}", file=sys.stderr)
         else:
             c.call("template.build", {"name": "sciwarm", "spec": "FROM sci\nPRELOAD numpy pandas matplotlib.pyplot"})
-            def first_cell(template, wait_warm):
-                while wait_warm and c.call("server.info")["warmPool"]["templates"] < 1: time.sleep(0.05)
+            def pool_ready():
+                while c.call("server.info")["warmPool"]["templates"] < 1: time.sleep(0.05)
+            def first_cell(template, kind):
                 t = time.perf_counter_ns()
                 sb = c.call("sandbox.create", {"template": template})["sandboxId"]
                 r = c.call("code.run", {"sandboxId": sb, "code": imports}, on_note=lambda m: None)
                 dt = (time.perf_counter_ns() - t) / 1e6
                 assert r["results"][0]["text/plain"] == "3", r
+                mem[kind].append(c.call("sandbox.get", {"sandboxId": sb})["memoryBytes"])   # what its own cgroup is charged
                 c.call("sandbox.delete", {"sandboxId": sb})
                 return dt
-            # The first create of a PRELOAD template starts its pool; each later create refills it.
+            # The first create of a PRELOAD template starts its zygote and pool; each later create refills the pool.
             c.call("sandbox.delete", {"sandboxId": c.call("sandbox.create", {"template": "sciwarm"})["sandboxId"]})
-            for _ in range(max(5, a.n // 2)): warm_t.append(first_cell("sciwarm", True))
-            for _ in range(5): cold_t.append(first_cell("sci", False))
+            for _ in range(max(5, a.n // 2)):
+                pool_ready()
+                warm_t.append(first_cell("sciwarm", "warm"))
+            # With the pool taken (untimed), the next create forks a sandbox from the zygote at once.
+            for _ in range(5):
+                pool_ready()
+                held = c.call("sandbox.create", {"template": "sciwarm"})["sandboxId"]
+                forked_t.append(first_cell("sciwarm", "forked"))
+                c.call("sandbox.delete", {"sandboxId": held})
+            for _ in range(5): cold_t.append(first_cell("sci", "cold"))
         jpy = jupyter_python()
         jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", str(a.n * 10)] + cells, capture_output=True, text=True)
         jupyter_t = json.loads(jr.stdout) if jr.returncode == 0 else None
@@ -444,9 +455,14 @@ def main():
     row(f"sandbox.restore by relaunch -> {'+'.join(relaunch_what)}", relaunch_t, relaunch_t)
     if warm_t:
         print("(i) warm templates: create -> first cell importing numpy, pandas, matplotlib   (ratio vs cold)")
-        row("warm template (PRELOAD, started ahead)", warm_t, cold_t)
+        row("warm template (PRELOAD): from the pool", warm_t, cold_t)
+        row("  pool empty: forked from the zygote at once", forked_t, cold_t)
         row("cold: same packages, no PRELOAD", cold_t, cold_t)
-        print(f"  speedup: {statistics.median(cold_t) / statistics.median(warm_t):.0f}x")
+        print(f"  speedup: {statistics.median(cold_t) / statistics.median(warm_t):.0f}x from the pool, "
+              f"{statistics.median(cold_t) / statistics.median(forked_t):.0f}x forked at once")
+        mib = lambda k: statistics.median(mem[k]) / 1048576
+        print(f"  memory charged to the sandbox after that cell: {mib('warm'):.1f} MiB from the pool, {mib('forked'):.1f} MiB forked at once, "
+              f"{mib('cold'):.1f} MiB cold (a forked interpreter shares the zygote's pages until it writes them)")
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

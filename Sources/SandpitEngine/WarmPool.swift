@@ -92,6 +92,7 @@ extension Engine {
                                    metadata: [:], createdAt: now, lastActiveAt: now, templateId: templateId)
         var started: SandboxRuntime?
         do {
+            let t0 = Clock.monotonicNs()
             if let z {
                 let rt = try await launch(record, plan: plan, role: .nested(z))
                 started = rt
@@ -102,10 +103,13 @@ extension Engine {
                 _ = try await startContext(in: rt, language: "python", contextId: Self.defaultContextId)
             }
             let rt = started!
+            let t1 = Clock.monotonicNs()
             if rt.disk != nil, rt.policy.checkpoints != .off {
                 let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start", deferLinks: false).0 }
                 rt.warmBase.withLock { $0 = base }
             }
+            logger.debug("warm template sandbox", metadata: ["sandbox": "\(rt.id)", "forked": "\(z != nil)",
+                                                            "startMs": "\((t1 - t0) / 1_000_000)", "checkpointMs": "\((Clock.monotonicNs() - t1) / 1_000_000)"])
             return rt
         } catch {
             if let rt = started { await discard(rt) }

@@ -218,10 +218,12 @@ extension Engine {
             "uid": .int(Int64(config.uid)), "gid": .int(Int64(config.gid)), "cwd": .string(config.workdir), "env": .object(env),
             "nofile": .int(rt.policy.openFiles ?? 0), "seccomp": .string(hex), "snapshots": .bool(keep > 0),
         ]
+        let t0 = Clock.monotonicNs()
         let answer = try await z.lock.run { try await Self.within(seconds: 10, "the template's zygote did not answer") { try await z.driver.nest(request, rt: z.rt) } }
         guard let copy = answer["pid"]?.intValue.map({ Int32(truncatingIfNeeded: $0) }) else {
             throw SandpitError(.sandboxFailed, "the template's zygote could not fork into the sandbox: \(answer["error"]?.stringValue ?? "no answer")")
         }
+        let t1 = Clock.monotonicNs()
         // The copy is the agent's child now. Into the sandbox's cgroup (and its exec's) before it may go on.
         guard let host = Self.hostPid(ofChild: copy, of: rt.spawned.pid) else {
             throw SandpitError(.sandboxFailed, "the interpreter's copy is not the sandbox agent's child")
@@ -239,6 +241,8 @@ extension Engine {
         rt.send(type: SP_FRAME_STDIN.rawValue, id: session.numericId, payload: Array("go\n".utf8))
         try await Self.within(seconds: 10, "the interpreter's copy did not start in its sandbox") { try await ctx.waitReady() }
         rt.contexts.withLock { $0[Self.defaultContextId] = ctx }
+        logger.debug("interpreter forked into sandbox", metadata: ["sandbox": "\(rt.id)", "forkMs": "\((t1 - t0) / 1_000_000)",
+                                                                   "handoverMs": "\((Clock.monotonicNs() - t1) / 1_000_000)"])
     }
 
     /// `body`, or `message` as an error once `seconds` have passed.
