@@ -91,12 +91,13 @@ extension Engine {
         let record = SandboxRecord(id: Identifier.make("sb"), state: .starting, template: name, policy: plan.policy.name,
                                    metadata: [:], createdAt: now, lastActiveAt: now, templateId: templateId)
         var started: SandboxRuntime?
+        var forkFailed = false
         do {
             let t0 = Clock.monotonicNs()
             if let z {
                 let rt = try await launch(record, plan: plan, role: .nested(z))
                 started = rt
-                try await nestInterpreter(z, into: rt)
+                do { try await nestInterpreter(z, into: rt) } catch { forkFailed = true; throw error }
             } else {
                 let rt = try await launch(record, plan: plan)
                 started = rt
@@ -113,7 +114,7 @@ extension Engine {
             return rt
         } catch {
             if let rt = started { await discard(rt) }
-            if let z, z.usable {
+            if forkFailed, let z, z.usable {
                 // A zygote that cannot fork into a sandbox (a template Python without ctypes, say)
                 // is not asked again: this template's sandboxes start cold from now on.
                 zygoteStarts.withLock { $0[z.key] = false }
