@@ -276,15 +276,23 @@ final class SandboxRuntime: Sendable {
             withUnsafeBytes(of: a.pid) { payload += $0 }
         }
         for k in keep { withUnsafeBytes(of: k) { payload += $0 } }
-        return await withCheckedContinuation { (c: CheckedContinuation<(killed: Int32, alive: Int32)?, Never>) in
+        return await request(SP_FRAME_RESTORE.rawValue, payload, waiters: \.restoreWaiters, gone: nil)
+    }
+
+    /// Sends a request frame under a fresh id and waits for the answer the
+    /// frame handler passes to `waiters[id]`; `gone` if the agent has exited
+    /// (`agentReaped` answers every waiter left with it).
+    private func request<T: Sendable>(_ type: UInt32, _ payload: [UInt8], waiters: WritableKeyPath<State, [UInt32: CheckedContinuation<T, Never>]>,
+                                      gone: T) async -> T {
+        await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
             let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in
                 let id = s.nextStatsId
                 s.nextStatsId &+= 1
-                if !s.exited { s.restoreWaiters[id] = c }
+                if !s.exited { s[keyPath: waiters][id] = c }
                 return (id, s.channel, s.exited)
             }
-            if exited { c.resume(returning: nil); return }
-            ch?.send(type: SP_FRAME_RESTORE.rawValue, id: id, payload: payload)
+            if exited { c.resume(returning: gone); return }
+            ch?.send(type: type, id: id, payload: payload)
         }
     }
 
@@ -292,16 +300,7 @@ final class SandboxRuntime: Sendable {
     /// descriptors went ahead on the nest socket). Returns the child's pid in
     /// the zygote, or -errno and what failed; nil if the agent is gone.
     func nest(_ payload: [UInt8]) async -> (value: Int32, text: String)? {
-        await withCheckedContinuation { (c: CheckedContinuation<(value: Int32, text: String)?, Never>) in
-            let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in
-                let id = s.nextStatsId
-                s.nextStatsId &+= 1
-                if !s.exited { s.nestWaiters[id] = c }
-                return (id, s.channel, s.exited)
-            }
-            if exited { c.resume(returning: nil); return }
-            ch?.send(type: SP_FRAME_NEST.rawValue, id: id, payload: payload)
-        }
+        await request(SP_FRAME_NEST.rawValue, payload, waiters: \.nestWaiters, gone: nil)
     }
 
     /// Sends `signal` to one process of the sandbox, from PID 1.
@@ -311,16 +310,7 @@ final class SandboxRuntime: Sendable {
     }
 
     func stats() async -> UInt64 {
-        await withCheckedContinuation { (c: CheckedContinuation<UInt64, Never>) in
-            let (id, ch, exited) = state.withLock { s -> (UInt32, AgentChannel?, Bool) in
-                let id = s.nextStatsId
-                s.nextStatsId &+= 1
-                if !s.exited { s.statsWaiters[id] = c }
-                return (id, s.channel, s.exited)
-            }
-            if exited { c.resume(returning: 0); return }
-            ch?.send(type: SP_FRAME_STATS.rawValue, id: id, payload: [])
-        }
+        await request(SP_FRAME_STATS.rawValue, [], waiters: \.statsWaiters, gone: 0)
     }
 }
 
