@@ -47,7 +47,9 @@ static int receive_fds(int sock, int *fds) {
     union { char buf[CMSG_SPACE(sizeof(int) * MAX_NEST_FDS)]; struct cmsghdr align; } u;
     struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
     ssize_t r;
-    do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
+    // The daemon sends them before the NEST frame, so they are queued by now:
+    // never block the agent's loop waiting for descriptors that will not come.
+    do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
     if (r <= 0) return -1;
     int n = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {

@@ -2,6 +2,7 @@
 #include "sp_sys.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <stddef.h>
 #include <sys/socket.h>
@@ -29,7 +30,11 @@ int sp_send_fds(int sock, const int *fds, int n) {
     return r == 1 ? 0 : -1;
 }
 
-int sp_recv_fd(int sock) {
+int sp_recv_fd(int sock, int timeout_ms) {
+    struct pollfd p = { .fd = sock, .events = POLLIN, .revents = 0 };
+    int n;
+    do { n = poll(&p, 1, timeout_ms); } while (n < 0 && errno == EINTR);
+    if (n <= 0) { if (n == 0) errno = ETIMEDOUT; return -1; }
     char byte;
     struct iovec io = { &byte, 1 };
     union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;

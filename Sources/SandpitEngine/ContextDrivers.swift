@@ -48,12 +48,12 @@ enum ContextDrivers {
 #
 # With --zygote (a PRELOAD template's warm parent, run as root of the zygote's
 # sandbox, with no seccomp filter): after the imports it reads requests
-#     {"nest": {"agent": pid, "placeholder": pid, "nonce": …, "uid": …, "gid": …, "cwd": …,
+#     {"nest": {"id": …, "agent": pid, "placeholder": pid, "nonce": …, "uid": …, "gid": …, "cwd": …,
 #               "env": {…}, "nofile": n, "seccomp": hex, "snapshots": bool}}
 # and forks a copy of itself into the new sandbox whose agent has that pid (a
 # sandbox nested in the zygote's namespaces): the copy joins its namespaces,
-# takes over the placeholder exec's pipes and says {"t":"n","pid":…} (its pid in
-# the new sandbox) or {"t":"n","error":…} on the zygote's stdout. Once the daemon
+# takes over the placeholder exec's pipes and says {"t":"n","id":…,"pid":…} (its pid
+# in the new sandbox) or {"t":"n","id":…,"error":…} on the zygote's stdout. Once the daemon
 # has moved it into the sandbox's cgroup and the agent has adopted it, a line on
 # its new stdin lets it go on: it drops to the sandbox user, takes the sandbox's
 # seccomp filter and becomes that sandbox's interpreter. No cell ever runs in
@@ -287,14 +287,14 @@ def zygote(control_in, emit):
         try:
             pid = os.fork()
         except OSError as e:
-            emit({"t": "n", "error": "fork: %s" % e})
+            emit({"t": "n", "id": request.get("id"), "error": "fork: %s" % e})
             continue
         if pid == 0:
             try:
                 return enter(request, libc, emit, control_in)
             except BaseException as e:
                 try:
-                    emit({"t": "n", "error": "%s: %s" % (type(e).__name__, e)})
+                    emit({"t": "n", "id": request.get("id"), "error": "%s: %s" % (type(e).__name__, e)})
                 finally:
                     os._exit(1)
         os.waitpid(pid, 0)
@@ -334,7 +334,7 @@ def enter(request, libc, emit, control_in):
         if fd < 0:
             check(-1, "pidfd_getfd")
         taken.append(fd)
-    emit({"t": "n", "pid": os.getpid()})   # the last word on the zygote's pipe
+    emit({"t": "n", "id": request.get("id"), "pid": os.getpid()})   # the last word on the zygote's pipe
     for n, fd in enumerate(taken):
         os.dup2(fd, n)
     # Nothing of the zygote stays open: its pipes, the namespace handles, the driver's own files.

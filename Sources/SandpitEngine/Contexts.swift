@@ -87,6 +87,7 @@ final class InterpreterContext: Sendable {
         var copyWaiters: [CheckedContinuation<Void, Never>] = []
         /// A zygote's driver: the request for a copy in a new sandbox, waiting for its "n" record.
         var nestWaiter: CheckedContinuation<JSONObject, Error>?
+        var nestId: JSONValue?
     }
     let state: Mutex<State>
 
@@ -338,7 +339,13 @@ final class InterpreterContext: Sendable {
         case "e":
             settle { $0.stderrDone = true }
         case "n":
-            let w = state.withLock { s in defer { s.nestWaiter = nil }; return s.nestWaiter }
+            // Only the answer to the request waiting now: a copy that answers after its request
+            // timed out must not be taken for the next one.
+            let w = state.withLock { s -> CheckedContinuation<JSONObject, Error>? in
+                guard s.nestWaiter != nil, rec["id"] == s.nestId else { return nil }
+                defer { s.nestWaiter = nil; s.nestId = nil }
+                return s.nestWaiter
+            }
             w?.resume(returning: rec)
         default:
             break
@@ -364,6 +371,7 @@ final class InterpreterContext: Sendable {
             let dead = state.withLock { s -> String? in
                 if let d = s.dead { return d }
                 s.nestWaiter = c
+                s.nestId = request["id"]
                 return nil
             }
             if let d = dead { c.resume(throwing: SandpitError(.sandboxFailed, d)); return }

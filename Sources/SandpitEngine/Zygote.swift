@@ -135,7 +135,7 @@ extension Engine {
                 throw SandpitError(.sandboxFailed, "the template's zygote could not start a sandbox: \(r.text): \(String(cString: strerror(-r.value)))")
             }
             // The zygote's agent sends the pidfd right after its answer.
-            let fd = try await EngineThread.run { try SandboxSpawner.receiveDescriptor(over: socket) }
+            let fd = try await EngineThread.run { try SandboxSpawner.receiveDescriptor(over: socket, timeoutMs: 5000) }
             do { return (fd, try SandboxSpawner.pid(ofPidfd: fd)) } catch { close(fd); throw error }
         }
         agentEnd.close()
@@ -214,7 +214,7 @@ extension Engine {
         for (k, v) in Self.commandEnv(rt, [:]) { env[k] = .string(v) }
         let nonce = Identifier.secret(16)
         let request: JSONObject = [
-            "agent": .int(Int64(agent)), "placeholder": .int(Int64(holder)), "nonce": .string(nonce),
+            "id": .string(rt.id), "agent": .int(Int64(agent)), "placeholder": .int(Int64(holder)), "nonce": .string(nonce),
             "uid": .int(Int64(config.uid)), "gid": .int(Int64(config.gid)), "cwd": .string(config.workdir), "env": .object(env),
             "nofile": .int(rt.policy.openFiles ?? 0), "seccomp": .string(hex), "snapshots": .bool(keep > 0),
         ]

@@ -118,9 +118,9 @@ public enum SandboxSpawner {
         _ = try sys("sendmsg") { fds.withUnsafeBufferPointer { sp_send_fds(socket, $0.baseAddress, Int32($0.count)) } }
     }
 
-    /// Receives one descriptor (blocking).
-    public static func receiveDescriptor(over socket: Int32) throws(OSError) -> Int32 {
-        try sys("recvmsg") { sp_recv_fd(socket) }
+    /// Receives one descriptor, waiting at most `timeoutMs`.
+    public static func receiveDescriptor(over socket: Int32, timeoutMs: Int32) throws(OSError) -> Int32 {
+        try sys("recvmsg") { sp_recv_fd(socket, timeoutMs) }
     }
 
     /// Blocks until `pid` has exited and returns its wait status.

@@ -11,6 +11,7 @@ int sp_open_path(const char *path);
 struct sp_ucred { int pid; unsigned uid; unsigned gid; };
 // One byte with `n` descriptors attached (SCM_RIGHTS). 0 or -1 with errno.
 int sp_send_fds(int sock, const int *fds, int n);
-// One descriptor sent with sp_send_fds or the agent's NESTED reply (close-on-exec), or -1.
-int sp_recv_fd(int sock);
+// One descriptor sent with sp_send_fds or the agent's NESTED reply (close-on-exec), or -1
+// (errno ETIMEDOUT when none came within timeout_ms).
+int sp_recv_fd(int sock, int timeout_ms);
 #endif
