@@ -377,9 +377,6 @@ public final class Engine: Sendable {
         return rt.record
     }
 
-    /// Builds a sandbox on the host and waits for its agent: write layer,
-    /// mounts, cgroup, namespaces, agent, proxy. Touches neither the catalog
-    /// nor the registry; on failure everything it made is undone.
     /// How a sandbox's agent starts: cloned by the daemon (a plain sandbox, or
     /// a zygote, which also gets a socket for nested sandboxes' descriptors),
     /// or by a zygote's agent, nested in its namespaces.
@@ -389,6 +386,9 @@ public final class Engine: Sendable {
         case nested(Zygote)
     }
 
+    /// Builds a sandbox on the host and waits for its agent: write layer,
+    /// mounts, cgroup, namespaces, agent, proxy. Touches neither the catalog
+    /// nor the registry; on failure everything it made is undone.
     func launch(_ record: SandboxRecord, plan: SandboxPlan, fresh: Bool = true, image given: SandboxImage? = nil,
                 role: LaunchRole = .sandbox) async throws -> SandboxRuntime {
         let id = record.id
@@ -668,8 +668,6 @@ public final class Engine: Sendable {
 
     // MARK: execs
 
-    /// The clean environment every command starts from: the template's user
-    /// and home, then the template's `ENV` on top.
     /// A command's environment in `rt`: the template's, the proxy's (when the
     /// network mode has one), then the request's own.
     static func commandEnv(_ rt: SandboxRuntime, _ extra: [String: String]) -> [(String, String)] {
@@ -686,6 +684,8 @@ public final class Engine: Sendable {
         return env
     }
 
+    /// The clean environment every command starts from: the template's user
+    /// and home, then the template's `ENV` on top.
     static func baseEnv(_ config: ImageConfig) -> [(String, String)] {
         var env: [(String, String)] = [
             ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
