@@ -348,8 +348,11 @@ def main():
             print(f"(i) skipped: the sci template did not build (it needs PyPI): {sci['error']}", file=sys.stderr)
         else:
             c.call("template.build", {"name": "sciwarm", "spec": "FROM sci\nPRELOAD numpy pandas matplotlib.pyplot"})
-            def pool_ready():
-                while c.call("server.info")["warmPool"]["templates"] < 1: time.sleep(0.05)
+            def template_pool_ready():
+                for _ in range(1200):   # a minute: the zygote's imports, then a fork
+                    if c.call("server.info")["warmPool"]["templates"] >= 1: return
+                    time.sleep(0.05)
+                raise RuntimeError("the PRELOAD template's pool never filled (see the daemon's log)")
             def first_cell(template, kind):
                 t = time.perf_counter_ns()
                 sb = c.call("sandbox.create", {"template": template})["sandboxId"]
@@ -362,11 +365,11 @@ def main():
             # The first create of a PRELOAD template starts its zygote and pool; each later create refills the pool.
             c.call("sandbox.delete", {"sandboxId": c.call("sandbox.create", {"template": "sciwarm"})["sandboxId"]})
             for _ in range(max(5, a.n // 2)):
-                pool_ready()
+                template_pool_ready()
                 warm_t.append(first_cell("sciwarm", "warm"))
             # With the pool taken (untimed), the next create forks a sandbox from the zygote at once.
             for _ in range(5):
-                pool_ready()
+                template_pool_ready()
                 held = c.call("sandbox.create", {"template": "sciwarm"})["sandboxId"]
                 forked_t.append(first_cell("sciwarm", "forked"))
                 c.call("sandbox.delete", {"sandboxId": held})

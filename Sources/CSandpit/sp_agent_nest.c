@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include "sp_agent.h"
 #include "sp_proto.h"
+#include "sp_sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -38,47 +38,6 @@
 
 static void reply(int ctrl, uint32_t id, int32_t value, const char *text) {
     sp_send_frame(ctrl, SP_FRAME_NESTED, 0, id, &value, sizeof value, text, text ? strlen(text) : 0);
-}
-
-// One message with up to MAX_NEST_FDS descriptors; returns how many came (-1 on error).
-static int receive_fds(int sock, int *fds) {
-    char byte;
-    struct iovec io = { &byte, 1 };
-    union { char buf[CMSG_SPACE(sizeof(int) * MAX_NEST_FDS)]; struct cmsghdr align; } u;
-    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
-    ssize_t r;
-    // The daemon sends them before the NEST frame, so they are queued by now:
-    // never block the agent's loop waiting for descriptors that will not come.
-    do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
-    if (r <= 0) return -1;
-    int n = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < k; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-            if (n < MAX_NEST_FDS) fds[n++] = fd; else close(fd);
-        }
-    }
-    if (m.msg_flags & MSG_CTRUNC) { for (int i = 0; i < n; i++) close(fds[i]); return -1; }
-    return n;
-}
-
-static int send_fd(int sock, int fd) {
-    char byte = 0;
-    struct iovec io = { &byte, 1 };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
-    memset(&u, 0, sizeof u);
-    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    ssize_t r;
-    do { r = sendmsg(sock, &m, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
-    return r == 1 ? 0 : -1;
 }
 
 static int write_file(const char *path, const char *text) {
@@ -132,7 +91,9 @@ fail:;
 void sp_agent_nest(int ctrl, int nest_fd, uint32_t id, const char *payload, size_t len) {
     struct sp_nest_header h;
     int fds[MAX_NEST_FDS];
-    int nfds = nest_fd >= 0 ? receive_fds(nest_fd, fds) : -1;
+    // The daemon sends them before the NEST frame, so they are queued by now:
+    // never block the agent's loop waiting for descriptors that will not come.
+    int nfds = nest_fd >= 0 ? sp_recv_fds(nest_fd, fds, MAX_NEST_FDS, 0) : -1;
     if (nfds < 0) { reply(ctrl, id, -EBADF, "no descriptors for the nested sandbox"); return; }
     char **argv = NULL;
     int pidfd = -1;
@@ -180,7 +141,7 @@ void sp_agent_nest(int ctrl, int nest_fd, uint32_t id, const char *payload, size
         goto out;
     }
     reply(ctrl, id, (int32_t)pid, NULL);
-    if (send_fd(nest_fd, pidfd) != 0) kill((pid_t)pid, SIGKILL);   // the daemon then sees the agent exit
+    if (sp_send_fds(nest_fd, &pidfd, 1) != 0) kill((pid_t)pid, SIGKILL);   // the daemon then sees the agent exit
 out:
     if (pidfd >= 0) close(pidfd);
     for (int i = 0; i < nfds; i++) close(fds[i]);

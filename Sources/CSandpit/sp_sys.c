@@ -30,21 +30,33 @@ int sp_send_fds(int sock, const int *fds, int n) {
     return r == 1 ? 0 : -1;
 }
 
-int sp_recv_fd(int sock, int timeout_ms) {
+int sp_recv_fds(int sock, int *fds, int max, int timeout_ms) {
+    if (max <= 0 || max > 16) { errno = EINVAL; return -1; }
     struct pollfd p = { .fd = sock, .events = POLLIN, .revents = 0 };
     int n;
     do { n = poll(&p, 1, timeout_ms); } while (n < 0 && errno == EINTR);
     if (n <= 0) { if (n == 0) errno = ETIMEDOUT; return -1; }
     char byte;
     struct iovec io = { &byte, 1 };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
-    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+    union { char buf[CMSG_SPACE(sizeof(int) * 16)]; struct cmsghdr align; } u;
+    struct msghdr m = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)max) };
     ssize_t r;
     do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
     if (r <= 0) { if (r == 0) errno = ECONNRESET; return -1; }
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) { errno = EBADMSG; return -1; }
-    int fd;
-    memcpy(&fd, CMSG_DATA(c), sizeof fd);
-    return fd;
+    int got = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + (size_t)i * sizeof(int), sizeof fd);
+            if (got < max) fds[got++] = fd; else close(fd);
+        }
+    }
+    if (m.msg_flags & MSG_CTRUNC) {   // some were dropped: the set is not what was sent
+        for (int i = 0; i < got; i++) close(fds[i]);
+        errno = EBADMSG;
+        return -1;
+    }
+    return got;
 }

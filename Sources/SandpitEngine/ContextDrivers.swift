@@ -128,8 +128,8 @@ def main():
             return None
         try:
             import ctypes
-            libc, api = ctypes.PyDLL(None), ctypes.pythonapi   # PyDLL: the GIL stays held across the call
-            hooks = (libc.fork, api.PyOS_BeforeFork, api.PyOS_AfterFork_Parent, api.PyOS_AfterFork_Child)
+            lib, api = ctypes.PyDLL(None), ctypes.pythonapi   # PyDLL: the GIL stays held across the call
+            hooks = (lib.fork, api.PyOS_BeforeFork, api.PyOS_AfterFork_Parent, api.PyOS_AfterFork_Child)
             hooks[0].restype, hooks[0].argtypes = ctypes.c_int, []
             for f in hooks[1:]:
                 f.restype, f.argtypes = None, []
@@ -277,11 +277,26 @@ def main():
 NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")   # the user namespace first: it grants the rest
 
 
+def libc():
+    """libc through ctypes, keeping errno (only the zygote and its copies use it)."""
+    import ctypes
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    return lib
+
+
+def check(rc, what):
+    """Raises OSError for a libc call through ctypes that failed (rc != 0)."""
+    if rc != 0:
+        import ctypes
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+
+
 def zygote(control_in, emit):
     """The warm parent's loop: one copy of this interpreter per request, forked into its sandbox.
     Returns only in such a copy, with its request."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
+    lib = libc()
     for line in control_in:
         request = json.loads(line)["nest"]
         try:
@@ -291,7 +306,7 @@ def zygote(control_in, emit):
             continue
         if pid == 0:
             try:
-                return enter(request, libc, emit, control_in)
+                return enter(request, lib, emit, control_in)
             except BaseException as e:
                 try:
                     emit({"t": "n", "id": request.get("id"), "error": "%s: %s" % (type(e).__name__, e)})
@@ -301,17 +316,11 @@ def zygote(control_in, emit):
     sys.exit(0)
 
 
-def enter(request, libc, emit, control_in):
+def enter(request, lib, emit, control_in):
     """In a fork of the zygote: joins the new sandbox's namespaces and takes over its placeholder's pipes."""
-    import ctypes
-
-    def check(rc, what):
-        if rc != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, "%s: %s" % (what, os.strerror(e)))
     handles = [os.open("/proc/%d/ns/%s" % (request["agent"], n), os.O_RDONLY | os.O_CLOEXEC) for n in NAMESPACES]
     for fd, name in zip(handles, NAMESPACES):
-        check(libc.setns(fd, 0), "setns " + name)
+        check(lib.setns(fd, 0), "setns " + name)
         os.close(fd)
     # A pid namespace is entered only by children, and an orphan goes to the reaper of its parent's
     # namespace: so a child (in the sandbox) forks the interpreter and exits, and the sandbox's agent
@@ -330,7 +339,7 @@ def enter(request, libc, emit, control_in):
     pidfd = os.pidfd_open(request["placeholder"])
     taken = []
     for n in (0, 1, 2):
-        fd = libc.syscall(438, pidfd, n, 0)   # pidfd_getfd: the placeholder's stdin, stdout, stderr
+        fd = lib.syscall(438, pidfd, n, 0)   # pidfd_getfd: the placeholder's stdin, stdout, stderr
         if fd < 0:
             check(-1, "pidfd_getfd")
         taken.append(fd)
@@ -354,17 +363,11 @@ def harden(request):
     no capabilities (and none to gain), no_new_privs, its seccomp filter, its limits. A fresh seed for
     the random modules the template imported (they were seeded once, in the zygote)."""
     import ctypes, resource
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-
-    def check(rc, what):
-        if rc != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+    lib = libc()
     for cap in range(64):
-        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:   # PR_CAPBSET_DROP; EINVAL: no such cap
+        if lib.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:   # PR_CAPBSET_DROP; EINVAL: no such cap
             check(-1, "drop bounding capabilities")
-    check(libc.prctl(28, 3, 0, 0, 0), "securebits")   # PR_SET_SECUREBITS: NOROOT | NOROOT_LOCKED
+    check(lib.prctl(28, 3, 0, 0, 0), "securebits")   # PR_SET_SECUREBITS: NOROOT | NOROOT_LOCKED
     uid, gid = request["uid"], request["gid"]
     os.setgroups([gid])
     os.setresgid(gid, gid, gid)
@@ -372,15 +375,15 @@ def harden(request):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if request.get("nofile"):
         resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
-    check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")   # PR_SET_NO_NEW_PRIVS
-    check(libc.prctl(4, 1, 0, 0, 0), "dumpable")   # PR_SET_DUMPABLE, as after an exec
+    check(lib.prctl(38, 1, 0, 0, 0), "no_new_privs")   # PR_SET_NO_NEW_PRIVS
+    check(lib.prctl(4, 1, 0, 0, 0), "dumpable")   # PR_SET_DUMPABLE, as after an exec
     program = bytes.fromhex(request.get("seccomp") or "")
     if program:
         class Fprog(ctypes.Structure):
             _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
         buf = ctypes.create_string_buffer(program, len(program))
         prog = Fprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-        check(libc.prctl(22, 2, ctypes.addressof(prog), 0, 0), "seccomp filter")   # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        check(lib.prctl(22, 2, ctypes.addressof(prog), 0, 0), "seccomp filter")   # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
     os.environ.clear()
     os.environ.update(request.get("env") or {})
     os.environ.setdefault("MPLBACKEND", "Agg")

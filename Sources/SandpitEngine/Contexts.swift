@@ -91,6 +91,19 @@ final class InterpreterContext: Sendable {
     }
     let state: Mutex<State>
 
+    /// A context in `rt`: it keeps the copies `rt`'s policy asks for, and evicts them through `rt`'s agent.
+    convenience init(id: String, language: String, session: ExecSession, nonce: String, in rt: SandboxRuntime) {
+        self.init(id: id, language: language, session: session, nonce: nonce, keepCopies: Self.copiesKept(language: language, in: rt),
+                  evict: { [weak rt] pid in rt?.signal(pid: pid, SIGKILL) },
+                  nextSerial: { [weak rt] in rt?.copySerials.add(1, ordering: .relaxed).newValue ?? 0 })
+    }
+
+    /// Frozen copies a context of `language` keeps in `rt`: only Python's, and only
+    /// where a restore can bring the files back with them (a disk and checkpoints).
+    static func copiesKept(language: String, in rt: SandboxRuntime) -> Int {
+        language == "python" && rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
+    }
+
     init(id: String, language: String, session: ExecSession, nonce: String, keepCopies: Int = 0,
          evict: @escaping @Sendable (Int32) -> Void = { _ in }, nextSerial: @escaping @Sendable () -> Int = { 0 }) {
         self.id = id
@@ -146,15 +159,7 @@ final class InterpreterContext: Sendable {
             return s.wakeSignal
         }) else { throw SandpitError(.sandboxFailed, "the interpreter's copy cannot be woken") }
         rt.signal(pid: pid, sig)
-        try await withThrowingTaskGroup(of: Void.self) { g in
-            g.addTask { try await self.waitReady() }
-            g.addTask {
-                try await Task.sleep(nanoseconds: 10_000_000_000)
-                throw SandpitError(.sandboxFailed, "the interpreter's frozen copy did not wake within 10 s")
-            }
-            defer { g.cancelAll() }
-            try await g.next()
-        }
+        try await withDeadline(seconds: 10, "the interpreter's frozen copy did not wake within 10 s") { try await self.waitReady() }
     }
 
     private func dropCopies() {
@@ -436,8 +441,7 @@ extension Engine {
             throw SandpitError(.limitExceeded, "sandbox \(id) already has \(Self.maxContexts) interpreter contexts")
         }
         let nonce = Identifier.secret(16)
-        // Frozen copies only help where a restore can bring the files back with them.
-        let keep = language == "python" && rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
+        let keep = InterpreterContext.copiesKept(language: language, in: rt)
         let preload = rt.image.config.preload
         var req = language == "python"
             ? ExecRequest(argv: ["python3", "-u", "-c", ContextDrivers.pythonBootstrap, nonce] + (keep > 0 ? ["--snapshots"] : [])
@@ -449,9 +453,7 @@ extension Engine {
         if let err = session.outcome?.spawnError {
             throw SandpitError(.invalidState, "cannot start a \(language) context: \(err)" + (language == "python" ? " (the template needs python3)" : " (the template needs bash)"))
         }
-        let ctx = InterpreterContext(id: contextId, language: language, session: session, nonce: nonce, keepCopies: keep,
-                                     evict: { [weak rt] pid in rt?.signal(pid: pid, SIGKILL) },
-                                     nextSerial: { [weak rt] in rt?.copySerials.add(1, ordering: .relaxed).newValue ?? 0 })
+        let ctx = InterpreterContext(id: contextId, language: language, session: session, nonce: nonce, in: rt)
         Task { await ctx.pump() }
         try await ctx.waitReady()
         // Two first cells racing to start the default context: one interpreter wins, the other is stopped.
@@ -584,10 +586,8 @@ extension Engine {
     static func privateBytes(_ rt: SandboxRuntime, pids: Set<Int32>) -> [Int32: Int64] {
         var out: [Int32: Int64] = [:]
         for host in rt.cgroup.processes() {
-            guard let status = try? FS.readText("/proc/\(host)/status"),
-                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }),
-                  let ns = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap({ Int32($0) }),
-                  pids.contains(ns), let rollup = try? FS.readText("/proc/\(host)/smaps_rollup") else { continue }
+            guard let ns = SandboxSpawner.nsPids(of: host)?.last, pids.contains(ns),
+                  let rollup = try? FS.readText("/proc/\(host)/smaps_rollup") else { continue }
             var bytes: Int64 = 0
             for l in rollup.split(separator: "\n") where l.hasPrefix("Private_Clean:") || l.hasPrefix("Private_Dirty:") || l.hasPrefix("Swap:") {
                 let f = l.split(whereSeparator: { $0 == " " || $0 == "\t" })

@@ -330,3 +330,16 @@ public enum EngineThread {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// `body`'s result, or `message` as a `sandboxFailed` error once `seconds` have passed (`body` is cancelled).
+func withDeadline<T: Sendable>(seconds: Int, _ message: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { g in
+        g.addTask { try await body() }
+        g.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            throw SandpitError(.sandboxFailed, message)
+        }
+        defer { g.cancelAll() }
+        return try await g.next()!
+    }
+}

@@ -196,13 +196,14 @@ extension Engine {
     /// and its agent has made it the exec's process (RESTORE), drops to the
     /// sandbox user with the sandbox's seccomp filter and says ready.
     func nestInterpreter(_ z: Zygote, into rt: SandboxRuntime) async throws {
-        let keep = rt.disk != nil && rt.policy.checkpoints != .off ? Int(rt.policy.interpreterSnapshots) : 0
+        let keep = InterpreterContext.copiesKept(language: "python", in: rt)
         var hold = ExecRequest(argv: ["sandpit-placeholder"])
         hold.service = true
         hold.placeholder = true
         let session = try await startExec(in: rt, hold)
         if let err = session.outcome?.spawnError { throw SandpitError(.sandboxFailed, "cannot start the interpreter's placeholder: \(err)") }
-        guard let holder = session.pid, let agent = Self.nsPid(of: rt.spawned.pid, level: 1) else {
+        // The agent's pid in the zygote's namespace: one level in from ours.
+        guard let holder = session.pid, let levels = SandboxSpawner.nsPids(of: rt.spawned.pid), levels.count > 1 else {
             throw SandpitError(.sandboxFailed, "the nested sandbox's processes are not where expected")
         }
         var program = [UInt8](repeating: 0, count: 8192)
@@ -214,67 +215,30 @@ extension Engine {
         for (k, v) in Self.commandEnv(rt, [:]) { env[k] = .string(v) }
         let nonce = Identifier.secret(16)
         let request: JSONObject = [
-            "id": .string(rt.id), "agent": .int(Int64(agent)), "placeholder": .int(Int64(holder)), "nonce": .string(nonce),
+            "id": .string(rt.id), "agent": .int(Int64(levels[1])), "placeholder": .int(Int64(holder)), "nonce": .string(nonce),
             "uid": .int(Int64(config.uid)), "gid": .int(Int64(config.gid)), "cwd": .string(config.workdir), "env": .object(env),
             "nofile": .int(rt.policy.openFiles ?? 0), "seccomp": .string(hex), "snapshots": .bool(keep > 0),
         ]
         let t0 = Clock.monotonicNs()
-        let answer = try await z.lock.run { try await Self.within(seconds: 10, "the template's zygote did not answer") { try await z.driver.nest(request, rt: z.rt) } }
+        let answer = try await z.lock.run { try await withDeadline(seconds: 10, "the template's zygote did not answer") { try await z.driver.nest(request, rt: z.rt) } }
         guard let copy = answer["pid"]?.intValue.map({ Int32(truncatingIfNeeded: $0) }) else {
             throw SandpitError(.sandboxFailed, "the template's zygote could not fork into the sandbox: \(answer["error"]?.stringValue ?? "no answer")")
         }
         let t1 = Clock.monotonicNs()
         // The copy is the agent's child now. Into the sandbox's cgroup (and its exec's) before it may go on.
-        guard let host = Self.hostPid(ofChild: copy, of: rt.spawned.pid) else {
+        guard let host = SandboxSpawner.children(of: rt.spawned.pid).first(where: { SandboxSpawner.nsPids(of: $0)?.last == copy }) else {
             throw SandpitError(.sandboxFailed, "the interpreter's copy is not the sandbox agent's child")
         }
-        // (v2: one hierarchy, and the exec's group is in it; v1: every controller's group, then the exec's in pids.)
-        if rt.cgroup.version != .v2 { try rt.cgroup.addProcess(host) }
-        if let t = rt.cgroup.trackingDir { try FS.writeFile(t + "/ex_\(session.numericId)/cgroup.procs", "\(host)\n") }
+        try rt.cgroup.addProcess(host, toExecGroup: session.execId)
         guard let r = await rt.killAllBut(keep: [copy], adopt: [(session.numericId, copy)]), r.alive == 0 else {
             throw SandpitError(.sandboxFailed, "the sandbox's agent could not take over the interpreter's copy")
         }
-        let ctx = InterpreterContext(id: Self.defaultContextId, language: "python", session: session, nonce: nonce, keepCopies: keep,
-                                     evict: { [weak rt] pid in rt?.signal(pid: pid, SIGKILL) },
-                                     nextSerial: { [weak rt] in rt?.copySerials.add(1, ordering: .relaxed).newValue ?? 0 })
+        let ctx = InterpreterContext(id: Self.defaultContextId, language: "python", session: session, nonce: nonce, in: rt)
         Task { await ctx.pump() }
         rt.send(type: SP_FRAME_STDIN.rawValue, id: session.numericId, payload: Array("go\n".utf8))
-        try await Self.within(seconds: 10, "the interpreter's copy did not start in its sandbox") { try await ctx.waitReady() }
+        try await withDeadline(seconds: 10, "the interpreter's copy did not start in its sandbox") { try await ctx.waitReady() }
         rt.contexts.withLock { $0[Self.defaultContextId] = ctx }
         logger.debug("interpreter forked into sandbox", metadata: ["sandbox": "\(rt.id)", "forkMs": "\((t1 - t0) / 1_000_000)",
                                                                    "handoverMs": "\((Clock.monotonicNs() - t1) / 1_000_000)"])
-    }
-
-    /// `body`, or `message` as an error once `seconds` have passed.
-    static func within<T: Sendable>(seconds: Int, _ message: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T.self) { g in
-            g.addTask { try await body() }
-            g.addTask {
-                try await Task.sleep(for: .seconds(seconds))
-                throw SandpitError(.sandboxFailed, message)
-            }
-            defer { g.cancelAll() }
-            return try await g.next()!
-        }
-    }
-
-    /// A process's pid `level` namespaces below ours (NSpid in its status).
-    static func nsPid(of hostPid: Int32, level: Int) -> Int32? {
-        guard let status = try? FS.readText("/proc/\(hostPid)/status"),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }) else { return nil }
-        let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst()
-        return f.count > level ? Int32(f[f.startIndex + level]) : nil
-    }
-
-    /// The host pid of the child of `parent` whose pid in its own namespace is `pid`.
-    static func hostPid(ofChild pid: Int32, of parent: Int32) -> Int32? {
-        guard let text = try? FS.readText("/proc/\(parent)/task/\(parent)/children") else { return nil }
-        for c in text.split(separator: " ").compactMap({ Int32($0.filter { $0 != "\n" }) }) {
-            guard let status = try? FS.readText("/proc/\(c)/status"),
-                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }),
-                  let inner = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap({ Int32($0) }) else { continue }
-            if inner == pid { return c }
-        }
-        return nil
     }
 }

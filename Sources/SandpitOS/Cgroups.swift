@@ -82,6 +82,15 @@ public struct CgroupHandle: Sendable {
         for f in procsFiles { try FS.writeFile(f, "\(pid)\n") }
     }
 
+    /// Moves a process into one of the agent's per-exec groups (`ex_<id>`,
+    /// which the agent made), as a process the agent spawned there would be:
+    /// v2 has one hierarchy and the exec's group is in it; v1 needs the
+    /// sandbox's group in every controller, then the exec's in the tracking one.
+    public func addProcess(_ pid: Int32, toExecGroup name: String) throws(OSError) {
+        if version != .v2 { try addProcess(pid) }
+        if let t = trackingDir { try FS.writeFile(t + "/" + name + "/cgroup.procs", "\(pid)\n") }
+    }
+
     /// Pids still in the group (any hierarchy).
     public func processes() -> [Int32] {
         var pids = Set<Int32>()

@@ -120,7 +120,23 @@ public enum SandboxSpawner {
 
     /// Receives one descriptor, waiting at most `timeoutMs`.
     public static func receiveDescriptor(over socket: Int32, timeoutMs: Int32) throws(OSError) -> Int32 {
-        try sys("recvmsg") { sp_recv_fd(socket, timeoutMs) }
+        var fd: Int32 = -1
+        _ = try sys("recvmsg") { sp_recv_fds(socket, &fd, 1, timeoutMs) }
+        guard fd >= 0 else { throw OSError(call: "recvmsg", errno: EBADMSG) }   // a message without one
+        return fd
+    }
+
+    /// A process's pids from our pid namespace inward (NSpid: ours first,
+    /// its own namespace's last); nil if it is gone.
+    public static func nsPids(of pid: Int32) -> [Int32]? {
+        guard let status = try? FS.readText("/proc/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("NSpid:") }) else { return nil }
+        return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().compactMap { Int32($0) }
+    }
+
+    /// A process's children (pids in our namespace).
+    public static func children(of pid: Int32) -> [Int32] {
+        ((try? FS.readText("/proc/\(pid)/task/\(pid)/children")) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Int32($0) }
     }
 
     /// Blocks until `pid` has exited and returns its wait status.

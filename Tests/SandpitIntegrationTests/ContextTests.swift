@@ -458,6 +458,7 @@ struct ContextTests {
             // Its namespaces are its own: not the host's, not the other sandboxes'.
             let ns = "import os\nprint(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('user', 'pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup')))"
             let mine = try Self.run(c, sb, ns).stdout, theirs = try Self.run(c, first, ns).stdout, sibling = try Self.run(c, more, ns).stdout
+            #expect([mine, theirs, sibling].allSatisfy { $0.split(separator: " ").count == 7 }, "each printed its 7 namespaces")
             let host = ["user", "pid", "mnt", "net", "ipc", "uts", "cgroup"].map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? "?" }
             for (i, ((m, t), s)) in zip(zip(mine.split(separator: " "), theirs.split(separator: " ")), sibling.split(separator: " ")).enumerated() {
                 #expect(m != t && m != s && String(m).trimmingCharacters(in: .whitespacesAndNewlines) != host[i], "namespace \(i) is shared")

@@ -11,7 +11,7 @@ int sp_open_path(const char *path);
 struct sp_ucred { int pid; unsigned uid; unsigned gid; };
 // One byte with `n` descriptors attached (SCM_RIGHTS). 0 or -1 with errno.
 int sp_send_fds(int sock, const int *fds, int n);
-// One descriptor sent with sp_send_fds or the agent's NESTED reply (close-on-exec), or -1
-// (errno ETIMEDOUT when none came within timeout_ms).
-int sp_recv_fd(int sock, int timeout_ms);
+// The descriptors of one such message (close-on-exec), at most `max` (more are closed):
+// their count, or -1 (errno ETIMEDOUT when none came within timeout_ms; 0 = do not wait).
+int sp_recv_fds(int sock, int *fds, int max, int timeout_ms);
 #endif
