@@ -46,6 +46,9 @@ let package = Package(
         .target(name: "SandpitCatalog", dependencies: ["CSQLite", "SandpitCore"]),
         // JSON-RPC codec and framing; no sockets.
         .target(name: "SandpitProtocol", dependencies: ["SandpitCore"], swiftSettings: optimizedEvenInDebug),
+        // The one Swift client of a daemon: a multiplexed JSON-RPC connection
+        // (the CLI, `sandpit mcp` and `sandpit batch` all use it).
+        .target(name: "SandpitClient", dependencies: ["SandpitCore", "SandpitOS", "SandpitProtocol"]),
         // Sandboxes, templates, agent channels, execs.
         .target(name: "SandpitEngine", dependencies: [
             "SandpitCore", "SandpitOS", "SandpitCatalog", "CSandpit",
@@ -61,7 +64,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "sandpit", dependencies: [
-            "SandpitCore", "SandpitProtocol", "SandpitEngine", "CSandpit", "SandpitDaemon",
+            "SandpitCore", "SandpitProtocol", "SandpitEngine", "CSandpit", "SandpitDaemon", "SandpitClient",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "MCP", package: "swift-sdk"),

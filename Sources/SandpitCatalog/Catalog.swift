@@ -263,18 +263,27 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
+    static let execColumns = "sandbox_id, exec_id, command, state, exit_code, signal, timed_out, started_at, ended_at, stdout_bytes, stderr_bytes"
+
+    static func exec(_ r: [SQLiteDB.Value]) -> ExecRecord {
+        let cmd = (try? JSONCodec.parse(r[2].text ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
+        return ExecRecord(sandboxId: r[0].text ?? "", execId: r[1].text ?? "", command: cmd,
+                          state: ExecState(rawValue: r[3].text ?? "") ?? .lost, exitCode: r[4].int.map { Int($0) },
+                          signal: r[5].int.map { Int($0) }, timedOut: r[6].int == 1, startedAt: r[7].int ?? 0,
+                          endedAt: r[8].int, stdoutBytes: r[9].int ?? 0, stderrBytes: r[10].int ?? 0)
+    }
+
     public func exec(_ sandboxId: String, _ execId: String) async throws -> ExecRecord? {
         try await onQueue { db in
-            try db.query("""
-                SELECT sandbox_id, exec_id, command, state, exit_code, signal, timed_out, started_at, ended_at, stdout_bytes, stderr_bytes
-                FROM execs WHERE sandbox_id=? AND exec_id=?
-                """, [.text(sandboxId), .text(execId)]).first.map { r in
-                let cmd = (try? JSONCodec.parse(r[2].text ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
-                return ExecRecord(sandboxId: r[0].text ?? "", execId: r[1].text ?? "", command: cmd,
-                                  state: ExecState(rawValue: r[3].text ?? "") ?? .lost, exitCode: r[4].int.map { Int($0) },
-                                  signal: r[5].int.map { Int($0) }, timedOut: r[6].int == 1, startedAt: r[7].int ?? 0,
-                                  endedAt: r[8].int, stdoutBytes: r[9].int ?? 0, stderrBytes: r[10].int ?? 0)
-            }
+            try db.query("SELECT \(Self.execColumns) FROM execs WHERE sandbox_id=? AND exec_id=?", [.text(sandboxId), .text(execId)]).first.map(Self.exec)
+        }
+    }
+
+    /// A sandbox's latest execs, newest first.
+    public func execs(of sandboxId: String, limit: Int) async throws -> [ExecRecord] {
+        try await onQueue { db in
+            try db.query("SELECT \(Self.execColumns) FROM execs WHERE sandbox_id=? ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                         [.text(sandboxId), .int(Int64(limit))]).map(Self.exec)
         }
     }
 

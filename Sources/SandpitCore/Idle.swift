@@ -8,11 +8,20 @@ public struct IdlePolicy: Sendable, Equatable {
     /// keep the sandbox awake.
     public var backgroundKeepsAwake: Bool
 
+    /// A sandbox nobody uses is deleted after a week by default, so a client
+    /// that forgets its sandboxes does not fill the disk forever.
+    public static let defaultRetentionMs: Int64 = 7 * 86_400_000
+
     public init(pauseAfterMs: Int64? = nil, hibernateAfterMs: Int64? = nil, deleteAfterMs: Int64? = nil, backgroundKeepsAwake: Bool = true) {
         self.pauseAfterMs = pauseAfterMs
         self.hibernateAfterMs = hibernateAfterMs
         self.deleteAfterMs = deleteAfterMs
         self.backgroundKeepsAwake = backgroundKeepsAwake
+    }
+
+    /// "7d", "3h", "20m", "45s": how long, for a log line or a reason.
+    public static func describe(ms: Int64) -> String {
+        ms >= 86_400_000 ? "\(ms / 86_400_000)d" : ms >= 3_600_000 ? "\(ms / 3_600_000)h" : ms >= 60_000 ? "\(ms / 60_000)m" : "\(ms / 1000)s"
     }
 
     public var json: JSONValue {
@@ -88,6 +97,13 @@ public struct IdleTracker: Sendable, Equatable {
         if phase != .hibernated, let h = policy.hibernateAfterMs, idle >= h { return .hibernate }
         if phase == .running, let p = policy.pauseAfterMs, idle >= p { return .pause }
         return nil
+    }
+
+    /// When `due` would say delete if nothing happens before; nil when the
+    /// policy never deletes, or while the sandbox is busy or held.
+    public func deleteAt(now: Int64) -> Int64? {
+        guard let d = policy.deleteAfterMs, isIdle(now: now) else { return nil }
+        return max(lastActivityMs, leaseUntilMs ?? 0) + d
     }
 
     /// When `due` can next change without a new event (for the daemon's timer).

@@ -138,6 +138,32 @@ public struct OutputChunk: Sendable, Equatable {
 }
 
 public enum Timestamp {
+    /// ms since the epoch of an RFC 3339 UTC time as `iso8601` writes it
+    /// (`2026-12-07T08:00:00.000Z`; the fraction is optional).
+    public static func parseMs(_ s: String) -> Int64? {
+        let b = Array(s.utf8)
+        guard b.count >= 20, b[4] == UInt8(ascii: "-"), b[7] == UInt8(ascii: "-"), b[10] == UInt8(ascii: "T"), b.last == UInt8(ascii: "Z") else { return nil }
+        func num(_ from: Int, _ len: Int) -> Int? {
+            var v = 0
+            for i in from..<(from + len) {
+                guard i < b.count, b[i] >= 48, b[i] <= 57 else { return nil }
+                v = v * 10 + Int(b[i] - 48)
+            }
+            return v
+        }
+        guard var y = num(0, 4), let m = num(5, 2), let d = num(8, 2), let hh = num(11, 2), let mm = num(14, 2), let ss = num(17, 2) else { return nil }
+        var millis = 0
+        if b.count >= 24, b[19] == UInt8(ascii: "."), let f = num(20, 3) { millis = f }
+        // Days-from-civil (Howard Hinnant's algorithm), the inverse of iso8601's.
+        if m <= 2 { y -= 1 }
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        let days = era * 146097 + doe - 719468
+        return (Int64(days) * 86400 + Int64(hh * 3600 + mm * 60 + ss)) * 1000 + Int64(millis)
+    }
+
     /// RFC 3339 UTC with milliseconds, from ms since the epoch.
     public static func iso8601(ms: Int64) -> String {
         let secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000

@@ -31,7 +31,7 @@ public struct Policy: Sendable, Equatable {
     /// variables back with the files (0: none). They count against `memoryBytes` and `pids`.
     public var interpreterSnapshots: Int64 = 8
     /// Idle lifecycle defaults, and the longest values a client may ask for.
-    public var idle = IdlePolicy(pauseAfterMs: 300_000, hibernateAfterMs: 1_800_000, deleteAfterMs: nil, backgroundKeepsAwake: true)
+    public var idle = IdlePolicy(pauseAfterMs: 300_000, hibernateAfterMs: 1_800_000, deleteAfterMs: IdlePolicy.defaultRetentionMs, backgroundKeepsAwake: true)
 
     public enum Purpose: String, Sendable, CaseIterable { case sandbox, build }
     public enum NetworkMode: String, Sendable, CaseIterable {

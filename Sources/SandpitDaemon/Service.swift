@@ -31,6 +31,10 @@ public final class Peer: Sendable {
     func elevate() { isAdmin.store(true, ordering: .releasing) }
     /// Sandboxes this connection holds awake (`sandbox.keepalive` with `whileConnected`).
     let holds = Mutex<Set<String>>([])
+    /// Sandboxes made with `deleteOnDisconnect`: deleted when this connection ends.
+    let owned = Mutex<Set<String>>([])
+    /// The connection ended (`owned` takes no more sandboxes).
+    let gone = Atomic<Bool>(false)
     /// Uploads this connection started and has not finished (aborted when it goes away).
     let uploads = Mutex<Set<String>>([])
     /// `sandbox.watch`: the engine observer tokens (states, ports) and the ids watched (empty = all this client may see).
@@ -69,7 +73,7 @@ public final class RPCService: Sendable {
 
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
-                                 "exec.run", "exec.kill", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
+                                 "exec.run", "exec.kill", "exec.list", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
                                  "sandbox.fork", "storage.info", "batch.run", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
     /// Methods that may hold a thread for long (building sandboxes and
@@ -122,7 +126,8 @@ public final class RPCService: Sendable {
             let purpose = engine.policies.policies[name]?.purpose ?? .sandbox
             return try engine.plan(policy: name, limits: try p.object("limits")?.object ?? [:], purpose: purpose).json
         case "sandbox.create":
-            try p.expect(only: ["template", "policy", "limits", "metadata", "idle", "queueTimeoutMs"])
+            try p.expect(only: ["template", "policy", "limits", "metadata", "idle", "queueTimeoutMs", "deleteOnDisconnect"])
+            let tied = try p.bool("deleteOnDisconnect") ?? false
             let metadata = try p.stringMap("metadata") ?? [:]
             if metadata.count > 64 { throw SandpitError.invalidParams("metadata", "at most 64 keys") }
             let idle = try p.object("idle")
@@ -133,6 +138,7 @@ public final class RPCService: Sendable {
                                             limits: try p.object("limits")?.object ?? [:], idle: idle?.object ?? [:],
                                             metadata: metadata, caller: caller,
                                             admit: try ticket(p, peer: peer, requestId: requestId, out: out, waitingFor: "sandbox", queued: queued))
+            if tied { try await tie(r.id, to: peer) }
             guard case .object(var o) = sandboxJSON(r, caller: caller) else { return .null }
             o["timings"] = .object(["queueUs": .int(queued.us), "totalUs": .int(Int64((Clock.monotonicNs() - t0) / 1000))])
             return .object(o)
@@ -164,6 +170,10 @@ public final class RPCService: Sendable {
             let sig = try Signals.parse(p.object["signal"]) ?? SIGKILL
             try await engine.kill(try p.requireString("sandboxId"), execId: try p.requireString("execId"), signal: sig, caller: caller)
             return .object([:])
+        case "exec.list":
+            try p.expect(only: ["sandboxId", "limit"])
+            let list = try await engine.execs(try p.requireString("sandboxId"), limit: Int(try p.int("limit", min: 1, max: 1000) ?? 100), caller: caller)
+            return .object(["execs": .array(list.map(Self.execJSON))])
         case "exec.logs":
             try p.expect(only: ["sandboxId", "execId", "sinceSeq"])
             let since = Int(try p.int("sinceSeq", min: 0) ?? 0)
@@ -261,10 +271,12 @@ public final class RPCService: Sendable {
             o["checkpoint"] = r.checkpoint.json
             return .object(o)
         case "sandbox.fork":
-            try p.expect(only: ["sandboxId", "checkpointId", "step", "count"])
+            try p.expect(only: ["sandboxId", "checkpointId", "step", "count", "deleteOnDisconnect"])
             let (step, ck) = try Self.checkpointRef(p, required: false)
             let count = Int(try p.int("count", min: 1, max: 32) ?? 1)
+            let tied = try p.bool("deleteOnDisconnect") ?? false
             let made = try await engine.fork(try p.requireString("sandboxId"), step: step, checkpointId: ck, count: count, caller: caller)
+            if tied { for s in made.sandboxes { try await tie(s.id, to: peer) } }
             return .object(["sandboxes": .array(made.sandboxes.map { sandboxJSON($0, caller: caller) }),
                             "restored": ["filesystem"], "lost": .array(made.lost.map { .string($0) })])
         case "storage.info":
@@ -384,7 +396,35 @@ public final class RPCService: Sendable {
     }
 
     /// Releases the sandboxes a closed connection held awake.
+    /// Ties a new sandbox's life to the connection that made it. A connection
+    /// already gone (the client died while the sandbox was made) deletes it at once.
+    func tie(_ id: String, to peer: Peer) async throws {
+        let live = peer.owned.withLock { o -> Bool in
+            guard !peer.gone.load(ordering: .acquiring) else { return false }
+            o.insert(id)
+            return true
+        }
+        if !live {
+            try? await engine.delete(id, caller: peer.caller, reason: "its connection closed")
+            throw SandpitError(.unavailable, "the connection closed while the sandbox was made; it was deleted")
+        }
+    }
+
     public func disconnected(_ peer: Peer) {
+        let owned = peer.owned.withLock { o -> Set<String> in
+            peer.gone.store(true, ordering: .releasing)
+            defer { o = [] }
+            return o
+        }
+        if !owned.isEmpty {
+            let engine = engine, caller = peer.caller, logger = logger
+            Task {
+                for id in owned {
+                    do { try await engine.delete(id, caller: caller, reason: "its connection closed (deleteOnDisconnect)") } catch let e as SandpitError where e.code == .notFound {
+                    } catch { logger.warning("could not delete a sandbox after its connection closed", metadata: ["sandbox": "\(id)", "error": "\(error)"]) }
+                }
+            }
+        }
         let held = peer.holds.withLock { h -> Set<String> in defer { h = [] }; return h }
         for id in held { engine.release(id) }
         stopWatching(peer)
@@ -431,6 +471,9 @@ public final class RPCService: Sendable {
         if let live = engine.liveStats(r.id) {
             o["idleMs"] = .int(live.idleMs)
             o["memoryBytes"] = .int(live.memoryBytes)
+        }
+        if r.state != .deleted {
+            o["deleteAt"] = engine.deleteAt(r.id).map { .string(Timestamp.iso8601(ms: $0)) } ?? .null
         }
         if let plan = try? engine.livePlan(r.id, caller: caller), case .object(var limits) = plan.policy.json {
             for k in ["name", "description", "purpose"] { limits[k] = nil }
@@ -532,6 +575,18 @@ public final class RPCService: Sendable {
         }
     }
 
+    static func execJSON(_ r: ExecRecord) -> JSONValue {
+        .object([
+            "execId": .string(r.execId), "command": .array(r.command.map { .string($0) }), "state": .string(r.state.rawValue),
+            "exitCode": r.exitCode.map { .int(Int64($0)) } ?? .null, "signal": r.signal.map { .string(name(Int32($0))) } ?? .null,
+            "timedOut": .bool(r.timedOut), "startedAt": .string(Timestamp.iso8601(ms: r.startedAt)),
+            "endedAt": r.endedAt.map { .string(Timestamp.iso8601(ms: $0)) } ?? .null,
+            "stdoutBytes": .int(r.stdoutBytes), "stderrBytes": .int(r.stderrBytes),
+        ])
+    }
+
+    static func name(_ s: Int32) -> String { Signals.name(s) }
+
     static func chunkJSON(_ c: OutputChunk) -> JSONValue {
         let (data, enc) = c.wireFields()
         var o: JSONObject = ["seq": .int(Int64(c.seq)), "stream": .string(c.stream.rawValue), "data": .string(data)]
@@ -597,6 +652,8 @@ public enum Signals {
     ]
 
     public static func name(_ s: Int32) -> String { names.first { $0.1 == s }?.0 ?? "SIG\(s)" }
+    /// The number of a signal named as `name` gives it ("SIGKILL" → 9).
+    public static func number(_ name: String) -> Int32? { names.first { $0.0 == name }?.1 }
 
     /// Accepts "SIGTERM", "TERM" or a number 1…64.
     static func parse(_ v: JSONValue?) throws(SandpitError) -> Int32? {

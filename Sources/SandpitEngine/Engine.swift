@@ -643,7 +643,7 @@ public final class Engine: Sendable {
     /// Kills every process of the sandbox (the agent is PID 1 of its pid
     /// namespace, so SIGKILL to it takes all of them, including stopped and
     /// setsid'd ones), removes its cgroup and write layer, and marks it deleted.
-    public func delete(_ id: String, caller: Caller) async throws {
+    public func delete(_ id: String, caller: Caller, reason: String = "deleted") async throws {
         let owner: Int64, templateId: String
         if let rt = try runtime(id, caller: caller) {
             owner = rt.record.owner
@@ -661,9 +661,26 @@ public final class Engine: Sendable {
         await checkpointLog.flush()
         try await catalog.deleteCheckpoints(of: id)
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
-        await catalog.event("deleted", sandbox: id)
-        emit(id, .deleted, reason: "deleted", owner: owner)
+        await catalog.event("deleted", sandbox: id, detail: reason == "deleted" ? "" : reason)
+        emit(id, .deleted, reason: reason, owner: owner)
         collectAfterDelete(templateId: templateId)
+    }
+
+    /// When the policy's retention will delete this sandbox if nothing touches
+    /// it (ms since the epoch); nil when it never will, or not while it is
+    /// busy or held (a running command, a lease, a client holding it).
+    public func deleteAt(_ id: String) -> Int64? {
+        let now = Clock.nowMs()
+        if let rt = registry.withLock({ $0[id] }) {
+            return rt.record.keep ? nil : rt.idle.withLock { $0.deleteAt(now: now) }
+        }
+        return dormant.withLock { $0[id] }?.deleteAt(now: now)
+    }
+
+    /// The sandbox's latest commands, newest first.
+    public func execs(_ id: String, limit: Int, caller: Caller) async throws -> [ExecRecord] {
+        _ = try await sandbox(id, caller: caller)
+        return try await catalog.execs(of: id, limit: limit)
     }
 
     // MARK: execs

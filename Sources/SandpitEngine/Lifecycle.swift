@@ -35,6 +35,14 @@ extension Engine {
         idleService.withLock { $0 = task }
     }
 
+    /// The policy's retention: an idle sandbox nobody holds is deleted, logged
+    /// and reported to watchers (`sandbox.state` with the reason).
+    func deleteForRetention(_ id: String, idleMs: Int64) async throws {
+        let reason = "retention: idle for \(IdlePolicy.describe(ms: idleMs)) (the policy's idle.deleteAfterMs)"
+        logger.info("deleting an idle sandbox", metadata: ["sandbox": "\(id)", "reason": "\(reason)"])
+        try await delete(id, caller: .inProcess, reason: reason)
+    }
+
     func idleTick() async {
         let now = Clock.nowMs()
         for rt in registry.withLock({ Array($0.values) }) {
@@ -59,7 +67,7 @@ extension Engine {
                     if rt.record.keep {   // marked keep: hibernate instead, never deleted for idleness
                         if rt.idle.withLock({ $0.phase }) != .hibernated { try await hibernate(rt, reason: "idle") }
                     } else {
-                        try await delete(rt.id, caller: .inProcess)
+                        try await deleteForRetention(rt.id, idleMs: rt.idle.withLock { $0.idleMs(now: now) })
                     }
                 }
             } catch {
@@ -72,7 +80,7 @@ extension Engine {
                 dormant.withLock { $0[id]?.policy.deleteAfterMs = nil }
                 continue
             }
-            do { try await delete(id, caller: .inProcess) } catch {
+            do { try await deleteForRetention(id, idleMs: tracker.idleMs(now: now)) } catch {
                 logger.warning("idle delete failed", metadata: ["sandbox": "\(id)", "error": "\(error)"])
             }
         }

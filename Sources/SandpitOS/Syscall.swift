@@ -163,7 +163,7 @@ public enum FS {
         return names
     }
 
-    static func entries(_ path: String) throws(OSError) -> [String] {
+    public static func entries(_ path: String) throws(OSError) -> [String] {
         guard let d = opendir(path) else { throw OSError(call: "opendir", errno: errno, path: path) }
         defer { closedir(d) }
         var names: [String] = []

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SandpitClient
 import SandpitCore
 
 struct Expose: AsyncParsableCommand {

@@ -1,20 +1,29 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
+import struct Foundation.Data
 import Logging
 import MCP
+import SandpitClient
 import SandpitCore
 import SandpitEngine
 import Synchronization
 
 /// `sandpit mcp`: a Model Context Protocol server on stdio. The session's
-/// sandbox is made on the first tool call and deleted when the session ends.
+/// sandbox is made on the first tool call and deleted when the session ends
+/// (stdin closes, SIGTERM or SIGINT; and, through a daemon, when this process
+/// dies in any way: the daemon deletes what a connection tied to itself).
+/// Tool calls run concurrently on one multiplexed connection.
 struct MCPServe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mcp",
         abstract: "Serve the Model Context Protocol on stdin/stdout: tools that run code and commands in one sandbox per session.",
         discussion: """
             Tools: run_code, run_command, read_file, write_file, list_files, list_checkpoints, rollback, fork. \
-            The sandbox is created on the first tool call and deleted when the client ends the session \
-            (stdin closes). Long output keeps its head and tail and says how much was cut.
+            The sandbox is created on the first tool call (once, however many calls race) and deleted when the \
+            session ends: stdin closes, SIGTERM or SIGINT, or (with --socket) this process dies. Tool calls run \
+            in parallel. Long output keeps its head and tail and says how much was cut.
             """)
 
     @Option(help: "Template for the session's sandbox.") var template = "default"
@@ -24,29 +33,82 @@ struct MCPServe: AsyncParsableCommand {
 
     func run() async throws {
         LoggingSystem.bootstrapOnce()
+        let signals = SignalWatcher([SIGTERM, SIGINT, SIGHUP])
         let session = MCPSession(client: try await client.connect(), template: template, policy: policy,
                                  maxOutput: max(200, maxOutputChars))
         let server = Server(name: "sandpit", version: Engine.version,
                             capabilities: .init(tools: .init(listChanged: false)))
         await server.withMethodHandler(ListTools.self) { _ in .init(tools: MCPSession.tools) }
         await server.withMethodHandler(CallTool.self) { params in
-            await session.call(params.name, params.arguments ?? [:])
+            guard MCPSession.tools.contains(where: { $0.name == params.name }) else {
+                // The spec's answer to an unknown tool: a protocol error, not a tool result.
+                throw MCPError.invalidParams("Unknown tool: \(params.name)")
+            }
+            return await session.call(params.name, params.arguments ?? [:])
         }
-        try await server.start(transport: StdioTransport())
-        await server.waitUntilCompleted()
+        try await server.start(transport: ParseCheckingTransport(StdioTransport()))
+        await withTaskGroup(of: Void.self) { g in
+            g.addTask { await server.waitUntilCompleted() }
+            g.addTask { _ = await signals.next() }
+            _ = await g.next()
+            g.cancelAll()
+        }
+        signals.stop()
         await session.end()
+        await server.stop()
     }
 }
 
-/// One MCP session: its sandbox (made lazily) and the tool calls, one at a time.
+/// Answers a line that is not JSON with a parse error whose id is null, as
+/// JSON-RPC says (the SDK would make up an id); passes everything else on.
+actor ParseCheckingTransport: Transport {
+    let inner: StdioTransport
+    nonisolated var logger: Logger { inner.logger }
+    init(_ inner: StdioTransport) { self.inner = inner }
+
+    func connect() async throws { try await inner.connect() }
+    func disconnect() async { await inner.disconnect() }
+    func send(_ data: Data) async throws { try await inner.send(data) }
+
+    func receive() -> AsyncThrowingStream<Data, Swift.Error> {
+        let upstream = inner
+        return AsyncThrowingStream { cont in
+            let t = Task {
+                do {
+                    for try await data in await upstream.receive() {
+                        do {
+                            _ = try JSONCodec.parse(Array(data), maxDepth: 256)
+                            cont.yield(data)
+                        } catch {
+                            let reply = JSONCodec.encode(.object([
+                                "jsonrpc": "2.0", "id": .null,
+                                "error": .object(["code": -32700, "message": .string("Parse error: \(error)")]),
+                            ]))
+                            try? await upstream.send(Data(reply.utf8))
+                        }
+                    }
+                    cont.finish()
+                } catch {
+                    cont.finish(throwing: error)
+                }
+            }
+            cont.onTermination = { _ in t.cancel() }
+        }
+    }
+}
+
+/// One MCP session: its sandbox (made once, on first use) and its tool calls,
+/// which run concurrently (the actor only guards the session's state).
 actor MCPSession {
     let client: any RPCClient
     let template: String
     let policy: String
     let maxOutput: Int
-    var sandboxId: String?
+    /// The sandbox being made or made: every call that races the first one waits for the same task.
+    var current: Task<String, Error>?
     /// Sandboxes this session made (its own and its forks): all deleted at the end.
     var made: [String] = []
+    var ended = false
 
     init(client: any RPCClient, template: String, policy: String, maxOutput: Int) {
         self.client = client
@@ -62,11 +124,11 @@ actor MCPSession {
     static let tools: [Tool] = [
         Tool(name: "run_code", description: "Run Python code in the session's sandbox. Variables, imports and functions persist between calls, like a notebook. The value of the last expression is returned, and matplotlib figures come back as images. Every call is checkpointed (see rollback).",
              inputSchema: schema(["code": .object(["type": "string", "description": "Python source to run"]),
-                                  "timeout_seconds": .object(["type": "number", "description": "Interrupt the code after this long"])], required: ["code"])),
+                                  "timeout_seconds": .object(["type": "number", "description": "Interrupt the code after this long (default, or 0: no limit)"])], required: ["code"])),
         Tool(name: "run_command", description: "Run a shell command (bash) in the sandbox, as an unprivileged user with no network. Returns the exit code, stdout and stderr.",
              inputSchema: schema(["command": .object(["type": "string"]),
-                                  "cwd": .object(["type": "string", "description": "Working directory (default /home/user)"]),
-                                  "timeout_seconds": .object(["type": "number"])], required: ["command"])),
+                                  "cwd": .object(["type": "string", "description": "Working directory (default, or empty: /home/user)"]),
+                                  "timeout_seconds": .object(["type": "number", "description": "Kill the command after this long (default, or 0: no limit)"])], required: ["command"])),
         Tool(name: "read_file", description: "Read a text file from the sandbox (paths relative to /home/user or absolute).",
              inputSchema: schema(["path": .object(["type": "string"])], required: ["path"]), annotations: .init(readOnlyHint: true)),
         Tool(name: "write_file", description: "Write a text file in the sandbox, creating parent directories.",
@@ -76,13 +138,14 @@ actor MCPSession {
                                   "recursive": .object(["type": "boolean"])], required: []), annotations: .init(readOnlyHint: true)),
         Tool(name: "list_checkpoints", description: "List the sandbox's checkpoints: one per step (each run_code or run_command), with what files changed.",
              inputSchema: schema([:], required: []), annotations: .init(readOnlyHint: true)),
-        Tool(name: "rollback", description: "Roll the sandbox's files back to the checkpoint of a step. Running processes and Python variables do not survive; the result says what was lost.",
+        Tool(name: "rollback", description: "Roll the sandbox back to the checkpoint of a step: its files, and the Python variables of that step where the interpreter's copy is still kept. Running processes do not survive; the result says what was restored and what was lost.",
              inputSchema: schema(["step": .object(["type": "integer"])], required: ["step"]), annotations: .init(destructiveHint: true)),
         Tool(name: "fork", description: "Copy the sandbox as it was at a step (default: now) into a new sandbox and continue the session there; the original is kept until the session ends.",
-             inputSchema: schema(["step": .object(["type": "integer"])], required: [])),
+             inputSchema: schema(["step": .object(["type": "integer", "description": "Step to fork from (default, or 0: the latest)"])], required: [])),
     ]
 
     func call(_ name: String, _ args: [String: Value]) async -> CallTool.Result {
+        if ended { return Self.error("the session has ended") }
         do {
             switch name {
             case "run_code": return try await runCode(args)
@@ -102,7 +165,7 @@ actor MCPSession {
                 let ck = try? await rpc("checkpoint.create", ["name": .string("write_file \(path)")])
                 return Self.text("wrote \(r["size"]?.intValue ?? 0) bytes to \(path)" + (ck?["step"]?.intValue.map { " (checkpointed at step \($0))" } ?? ""))
             case "list_files":
-                var p: JSONObject = ["path": .string(args["path"]?.stringValue ?? "/home/user"), "limit": 500]
+                var p: JSONObject = ["path": .string(Self.given(args["path"])?.stringValue ?? "/home/user"), "limit": 500]
                 if args["recursive"]?.boolValue == true { p["recursive"] = true }
                 let r = try await rpc("fs.list", p)
                 let lines = (r["entries"]?.arrayValue ?? []).map { e -> String in
@@ -123,23 +186,24 @@ actor MCPSession {
             case "rollback":
                 guard let step = args["step"]?.intValue else { return Self.error("rollback needs an integer step") }
                 let r = try await rpc("sandbox.restore", ["step": .int(Int64(step))])
-                let lost = (r["lost"]?.arrayValue ?? []).compactMap(\.stringValue)
-                return Self.text("rolled back to step \(step): restored \((r["restored"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ", "))"
-                                 + (lost.isEmpty ? "" : "; lost: \(lost.joined(separator: ", ")) (Python variables start fresh)"))
+                return Self.text(Self.describeRestore(step: Int64(step), r))
             case "fork":
-                var p: JSONObject = [:]
-                if let s = args["step"]?.intValue { p["step"] = .int(Int64(s)) }
+                var p: JSONObject = ["deleteOnDisconnect": true]
+                let step = Self.given(args["step"])?.intValue
+                if let s = step { p["step"] = .int(Int64(s)) }
+                let from = try await sandbox()
                 let r = try await rpc("sandbox.fork", p)
                 guard let id = r["sandboxes"]?.arrayValue?.first?["sandboxId"]?.stringValue else { return Self.error("the fork made no sandbox") }
-                let from = sandboxId ?? ""
                 made.append(id)
-                sandboxId = id
-                return Self.text("now working in a fork (\(id)) of \(from)" + (args["step"]?.intValue.map { " at step \($0)" } ?? "") + ". Files come with it; Python variables do not.")
+                current = Task { id }
+                return Self.text("now working in a fork (\(id)) of \(from)" + (step.map { " at step \($0)" } ?? "") + ". Files come with it; Python variables do not.")
             default:
-                return Self.error("unknown tool \(name)")
+                throw MCPError.invalidParams("Unknown tool: \(name)")
             }
         } catch let e as SandpitError {
             return Self.error("\(e.message) [\(e.code.rawValue)]")
+        } catch let e as MCPError {
+            return Self.error("\(e)")
         } catch {
             return Self.error("\(error)")
         }
@@ -148,7 +212,10 @@ actor MCPSession {
     func runCode(_ args: [String: Value]) async throws -> CallTool.Result {
         var p: JSONObject = ["code": .string(try Self.string(args, "code"))]
         if let t = Self.seconds(args["timeout_seconds"]) { p["timeoutMs"] = .int(t) }
-        let (r, out, err) = try await rpcCollecting("code.run", p, notification: "code.output")
+        let (r, out, err) = try await rpcCollecting("code.run", p, notification: "code.output", onCancel: { [client] sb, _ in
+            // The client gave up on the cell: stop it, so the next one does not queue behind it.
+            _ = try? await client.call("code.interrupt", ["sandboxId": .string(sb)])
+        })
         var parts: [String] = []
         if r["restarted"] == true { parts.append("(the Python interpreter was restarted: earlier variables are gone)") }
         if !out.isEmpty { parts.append(shape(out, label: "stdout")) }
@@ -157,8 +224,10 @@ actor MCPSession {
         for b in r["results"]?.arrayValue ?? [] {
             if let png = b["image/png"]?.stringValue {
                 content.append(.image(data: png, mimeType: "image/png", annotations: nil, _meta: nil))
-            } else if let t = b["text/plain"]?.stringValue {
+            } else if let t = (["text/plain", "text/markdown", "text/html", "image/svg+xml", "text/latex"].lazy.compactMap { b[$0]?.stringValue }.first) {
                 parts.append(shape(t, label: "result"))
+            } else if let j = b["application/json"], j != .null {
+                parts.append(shape(JSONCodec.encode(j), label: "result"))
             }
         }
         if r["timedOut"] == true { parts.append("(interrupted: the code ran past its time limit)") }
@@ -172,9 +241,12 @@ actor MCPSession {
 
     func runCommand(_ args: [String: Value]) async throws -> CallTool.Result {
         var p: JSONObject = ["shell": .string(try Self.string(args, "command"))]
-        if let c = args["cwd"]?.stringValue { p["cwd"] = .string(c) }
+        if let c = Self.given(args["cwd"])?.stringValue { p["cwd"] = .string(c) }
         if let t = Self.seconds(args["timeout_seconds"]) { p["timeoutMs"] = .int(t) }
-        let (r, out, err) = try await rpcCollecting("exec.run", p, notification: "exec.output")
+        let (r, out, err) = try await rpcCollecting("exec.run", p, notification: "exec.output", onCancel: { [client] sb, exec in
+            // The client gave up on the command: kill it rather than leave it running unseen.
+            if let exec { _ = try? await client.call("exec.kill", ["sandboxId": .string(sb), "execId": .string(exec)]) }
+        })
         let code = r["exitCode"]?.intValue ?? -1
         var text = r["timedOut"] == true ? "timed out (killed)" : "exit code \(code)"
         if r["oomKilled"] == true { text += " (killed: out of memory)" }
@@ -193,15 +265,29 @@ actor MCPSession {
         return head + "\n… [\(label): \(cut.count) characters (\(lines) lines) cut from the middle] …\n" + tail
     }
 
-    /// The session's sandbox, made on first use.
+    /// The session's sandbox, made on first use: calls that race the first
+    /// one wait for the same creation. A failed creation is tried again by
+    /// the next call. Through a daemon the sandbox is tied to this process's
+    /// connection, so it goes when the process goes, however it ends.
     func sandbox() async throws -> String {
-        if let id = sandboxId { return id }
-        let r = try await client.call("sandbox.create", ["template": .string(template), "policy": .string(policy),
-                                                         "metadata": ["client": "mcp"]])
-        guard let id = r["sandboxId"]?.stringValue else { throw SandpitError(.internal, "sandbox.create returned no id") }
-        sandboxId = id
-        made.append(id)
-        return id
+        if ended { throw SandpitError(.unavailable, "the session has ended") }
+        if let t = current { return try await t.value }
+        let (client, template, policy) = (client, template, policy)
+        let t = Task<String, Error> {
+            let r = try await client.call("sandbox.create", ["template": .string(template), "policy": .string(policy),
+                                                             "metadata": ["client": "mcp"], "deleteOnDisconnect": true])
+            guard let id = r["sandboxId"]?.stringValue else { throw SandpitError(.internal, "sandbox.create returned no id") }
+            return id
+        }
+        current = t
+        do {
+            let id = try await t.value
+            if !made.contains(id) { made.append(id) }
+            return id
+        } catch {
+            if current == t { current = nil }
+            throw error
+        }
     }
 
     func rpc(_ method: String, _ params: JSONObject) async throws -> JSONValue {
@@ -210,23 +296,61 @@ actor MCPSession {
         return try await client.call(method, p)
     }
 
-    /// A call whose output notifications are gathered per stream.
-    func rpcCollecting(_ method: String, _ params: JSONObject, notification: String) async throws -> (JSONValue, String, String) {
+    /// A call whose output notifications are gathered per stream. When the
+    /// MCP client cancels the call, `onCancel` gets the sandbox and the exec
+    /// (once its output named it) to stop what runs there.
+    func rpcCollecting(_ method: String, _ params: JSONObject, notification: String,
+                       onCancel: @escaping @Sendable (String, String?) async -> Void) async throws -> (JSONValue, String, String) {
         var p = params
-        p["sandboxId"] = .string(try await sandbox())
+        let sb = try await sandbox()
+        p["sandboxId"] = .string(sb)
         let streams = OutputCollector()
-        let r = try await client.call(method, p) { m, n in
-            guard m == notification else { return }
-            streams.add(n["stream"]?.stringValue == "stderr", outputBytes(n))
+        do {
+            let r = try await client.call(method, p) { m, n in
+                guard m == notification else { return }
+                streams.add(n["stream"]?.stringValue == "stderr", outputBytes(n), exec: n["execId"]?.stringValue)
+            }
+            let (out, err) = streams.texts()
+            return (r, out, err)
+        } catch is CancellationError {
+            let exec = streams.exec
+            await Task.detached { await onCancel(sb, exec) }.value
+            throw CancellationError()
         }
-        let (out, err) = streams.texts()
-        return (r, out, err)
     }
 
     func end() async {
+        ended = true
+        if let t = current { _ = try? await t.value }
         for id in made { _ = try? await client.call("sandbox.delete", ["sandboxId": .string(id)]) }
         made = []
         await client.close()
+    }
+
+    /// A rollback's result in words: what came back, and what did not.
+    static func describeRestore(step: Int64, _ r: JSONValue) -> String {
+        let restored = (r["restored"]?.arrayValue ?? []).compactMap(\.stringValue)
+        let lost = (r["lost"]?.arrayValue ?? []).compactMap(\.stringValue)
+        func words(_ parts: [String]) -> String {
+            parts.map { $0 == "filesystem" ? "files" : $0 == "interpreter" ? "Python variables" : $0 }.joined(separator: ", ")
+        }
+        var s = "rolled back to step \(step): restored " + (restored.isEmpty ? "nothing" : words(restored))
+        if !lost.isEmpty { s += "; lost: " + words(lost) }
+        if !restored.contains("interpreter") && lost.contains("interpreter") { s += " (Python variables start fresh)" }
+        return s
+    }
+
+    /// An optional argument, or nil when it was not given: strict-schema
+    /// clients fill every field, so null, 0, "" and false mean "not given".
+    static func given(_ v: Value?) -> Value? {
+        switch v {
+        case nil, .null?: return nil
+        case .string(let s)? where s.isEmpty: return nil
+        case .int(0)?: return nil
+        case .double(let d)? where d == 0: return nil
+        case .bool(false)?: return nil
+        default: return v
+        }
     }
 
     static func string(_ args: [String: Value], _ key: String) throws -> String {
@@ -235,7 +359,7 @@ actor MCPSession {
     }
 
     static func seconds(_ v: Value?) -> Int64? {
-        guard let v else { return nil }
+        guard let v = given(v) else { return nil }
         let s = v.doubleValue ?? v.intValue.map(Double.init)
         return s.map { Int64(max(1, ($0 * 1000).rounded())) }
     }
@@ -246,7 +370,13 @@ actor MCPSession {
 
 /// Output bytes of one call, per stream (notifications arrive on another task).
 final class OutputCollector: Sendable {
-    private let streams = Mutex<([UInt8], [UInt8])>(([], []))
-    func add(_ stderr: Bool, _ b: [UInt8]) { streams.withLock { if stderr { $0.1 += b } else { $0.0 += b } } }
-    func texts() -> (String, String) { streams.withLock { (String(decoding: $0.0, as: UTF8.self), String(decoding: $0.1, as: UTF8.self)) } }
+    private let streams = Mutex<(out: [UInt8], err: [UInt8], exec: String?)>(([], [], nil))
+    func add(_ stderr: Bool, _ b: [UInt8], exec: String?) {
+        streams.withLock {
+            if stderr { $0.err += b } else { $0.out += b }
+            if $0.exec == nil { $0.exec = exec }
+        }
+    }
+    var exec: String? { streams.withLock { $0.exec } }
+    func texts() -> (String, String) { streams.withLock { (String(decoding: $0.out, as: UTF8.self), String(decoding: $0.err, as: UTF8.self)) } }
 }

@@ -8,6 +8,7 @@ import SandpitCore
 import SandpitDaemon
 import SandpitEngine
 import SandpitOS
+import SandpitClient
 import SandpitProtocol
 
 @main
@@ -15,8 +16,16 @@ struct Sandpit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandpit",
         abstract: "A local code-interpreter runtime: isolated, checkpointed sandboxes for AI agents.",
+        discussion: """
+            Commands about sandboxes that outlive them (create, exec, logs, cp, inspect, pause, resume, stop, \
+            checkpoint, restore, fork, expose) talk to a daemon on --socket or SANDPIT_SOCKET; run, ps, rm, \
+            info, template, storage and batch also work without one, with the engine in-process (as root).
+            """,
         version: Engine.version,
-        subcommands: [Serve.self, Run.self, Exec.self, Batch.self, MCPServe.self, Ps.self, Rm.self, Expose.self, Info.self, PolicyCommand.self, StorageCommand.self, TemplateCommand.self])
+        subcommands: [Serve.self, Run.self, Create.self, Exec.self, Logs.self, Copy.self, Ps.self, Inspect.self,
+                      Pause.self, Resume.self, Stop.self, Rm.self, CheckpointCommand.self, Restore.self, Fork.self,
+                      Expose.self, Batch.self, MCPServe.self, TemplateCommand.self, PolicyCommand.self, StorageCommand.self,
+                      Info.self, Completion.self])
 }
 
 struct EngineOptions: ParsableArguments {
@@ -79,7 +88,8 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("socket"), help: "Talk to the daemon on this Unix socket (env: SANDPIT_SOCKET). Without it the engine runs in-process.")
     var socketPath: String?
 
-    @OptionGroup var engine: EngineOptions
+    @Option(help: "Without a daemon: the in-process engine's data directory (env: SANDPIT_DATA_DIR).")
+    var dataDir: String = ProcessEnv.get("SANDPIT_DATA_DIR") ?? "/var/lib/sandpit"
 
     var socket: String? {
         if let s = socketPath, !s.isEmpty { return s }
@@ -87,10 +97,20 @@ struct ClientOptions: ParsableArguments {
         return nil
     }
 
+    /// The daemon on the socket, or an engine in this process (its defaults, this data dir).
     func connect() async throws -> any RPCClient {
-        if let s = socket { return try SocketClient(path: s) }
+        if let s = socket { return try DaemonClient(path: s) }
         LoggingSystem.bootstrapOnce()
+        let engine = try EngineOptions.parse(["--data-dir", dataDir])
         return InProcessClient(service: try engine.makeService(logger: engine.makeLogger()))
+    }
+
+    /// The daemon on the socket: commands about sandboxes that outlive the command need one.
+    func connectDaemon(_ command: String) throws -> DaemonClient {
+        guard let s = socket else {
+            throw ValidationError("sandpit \(command) needs a running daemon: pass --socket PATH or set SANDPIT_SOCKET (start one with `sandpit serve --socket PATH`)")
+        }
+        return try DaemonClient(path: s)
     }
 }
 
@@ -166,145 +186,6 @@ struct Serve: AsyncParsableCommand {
         }
         await eng.shutdown(keep: keep)
         logger.info("sandpit daemon stopped")
-    }
-}
-
-struct Run: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Create a sandbox, run a command in it with live output, delete it, and exit with the command's status.")
-
-    @Option(help: "Template to create the sandbox from.") var template = "default"
-    @Option(help: "Policy to run under.") var policy = "default"
-    @Option(help: "Kill the command after this many milliseconds.") var timeoutMs: Int?
-    @Option(name: .customShort("e"), help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
-    @Option(help: "Working directory inside the sandbox.") var workdir: String?
-    @Flag(help: "Print one JSON object with the result instead of streaming output.") var json = false
-    @OptionGroup var client: ClientOptions
-    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var command: [String] = []
-
-    func run() async throws {
-        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !cmd.isEmpty else { throw ValidationError("give a command after --, e.g. sandpit run -- python3 -c 'print(42)'") }
-        let c = try await client.connect()
-        var code: Int32 = 0
-        do {
-            let sb = try await c.call("sandbox.create", ["template": .string(template), "policy": .string(policy)])
-            let id = sb["sandboxId"]?.stringValue ?? ""
-            let interrupted = SignalWatcher([SIGINT, SIGTERM])
-            let result = try await withThrowingTaskGroup(of: JSONValue?.self) { g in
-                g.addTask { try await execCommand(c, sandbox: id, cmd: cmd, env: env, cwd: workdir, timeoutMs: timeoutMs, json: json) }
-                g.addTask { _ = await interrupted.next(); return nil }
-                defer { g.cancelAll() }
-                return try await g.next()!
-            }
-            _ = try? await c.call("sandbox.delete", ["sandboxId": .string(id)])
-            if let r = result {
-                code = Int32(r["exitCode"]?.intValue ?? 1)
-                if json { print(JSONCodec.encode(.object(["sandbox": sb, "result": r]))) }
-            } else {
-                code = 130
-            }
-        } catch {
-            await c.close()
-            throw error
-        }
-        await c.close()
-        throw ExitCode(code)
-    }
-}
-
-/// Runs one command and streams its output to this process's stdout/stderr.
-func execCommand(_ c: any RPCClient, sandbox: String, cmd: [String], env: [String], cwd: String?, timeoutMs: Int?, json: Bool) async throws -> JSONValue {
-    var params: JSONObject = ["sandboxId": .string(sandbox), "cmd": .array(cmd.map { .string($0) })]
-    var e = JSONObject()
-    for kv in env {
-        guard let eq = kv.firstIndex(of: "=") else { throw ValidationError("-e takes KEY=VALUE, got \(kv)") }
-        e[String(kv[..<eq])] = .string(String(kv[kv.index(after: eq)...]))
-    }
-    if e.count > 0 { params["env"] = .object(e) }
-    if let cwd { params["cwd"] = .string(cwd) }
-    if let t = timeoutMs { params["timeoutMs"] = .int(Int64(t)) }
-    return try await c.call("exec.run", params) { method, p in
-        guard method == "exec.output", !json else { return }
-        Console.write(outputBytes(p), fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
-    }
-}
-
-struct Exec: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a command in an existing sandbox (needs a daemon: --socket or SANDPIT_SOCKET).")
-    @Argument(help: "Sandbox id.") var sandboxId: String
-    @Option(help: "Kill the command after this many milliseconds.") var timeoutMs: Int?
-    @Option(name: .customShort("e"), help: "Set an environment variable (KEY=VALUE).") var env: [String] = []
-    @Option(help: "Working directory inside the sandbox.") var workdir: String?
-    @Flag(help: "Print the result as JSON.") var json = false
-    @OptionGroup var client: ClientOptions
-    @Argument(parsing: .captureForPassthrough, help: "The command (after --).") var command: [String] = []
-
-    func run() async throws {
-        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !cmd.isEmpty else { throw ValidationError("give a command after --") }
-        guard client.socket != nil else { throw ValidationError("sandpit exec needs a running daemon: pass --socket PATH or set SANDPIT_SOCKET") }
-        let c = try await client.connect()
-        let r = try await execCommand(c, sandbox: sandboxId, cmd: cmd, env: env, cwd: workdir, timeoutMs: timeoutMs, json: json)
-        await c.close()
-        if json { print(JSONCodec.encode(r)) }
-        throw ExitCode(Int32(r["exitCode"]?.intValue ?? 1))
-    }
-}
-
-struct Ps: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List sandboxes.")
-    @Option(help: "Only sandboxes in this state.") var state: String?
-    @Flag(help: "Print JSON.") var json = false
-    @OptionGroup var client: ClientOptions
-
-    func run() async throws {
-        let c = try await client.connect()
-        var all: [JSONValue] = []
-        var cursor: String?
-        repeat {
-            var p: JSONObject = ["limit": 1000]
-            if let state { p["state"] = .string(state) }
-            if let cursor { p["cursor"] = .string(cursor) }
-            let r = try await c.call("sandbox.list", p)
-            all += r["sandboxes"]?.arrayValue ?? []
-            cursor = r["nextCursor"]?.stringValue
-        } while cursor != nil
-        await c.close()
-        if json { print(JSONCodec.encode(.array(all))); return }
-        func idle(_ ms: Int64?) -> String {
-            guard let ms else { return "-" }
-            return ms < 1000 ? "0s" : ms < 60_000 ? "\(ms / 1000)s" : ms < 3_600_000 ? "\(ms / 60_000)m" : "\(ms / 3_600_000)h"
-        }
-        func mem(_ b: Int64?) -> String { b.map { "\($0 >> 20)M" } ?? "-" }
-        print("SANDBOX".column(17) + "STATE".column(11) + "IDLE".column(6) + "MEMORY".column(8) + "TEMPLATE".column(10) + "POLICY".column(9) + "STEP".column(6) + "CREATED")
-        for s in all {
-            print((s["sandboxId"]?.stringValue ?? "").column(17) + (s["state"]?.stringValue ?? "").column(11) + idle(s["idleMs"]?.intValue).column(6)
-                  + mem(s["memoryBytes"]?.intValue).column(8) + (s["template"]?.stringValue ?? "").column(10)
-                  + (s["policy"]?.stringValue ?? "").column(9) + String(s["step"]?.intValue ?? 0).column(6) + (s["createdAt"]?.stringValue ?? ""))
-        }
-    }
-}
-
-struct Rm: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete sandboxes (kills their processes, removes their files).")
-    @Argument(help: "Sandbox ids.") var ids: [String]
-    @OptionGroup var client: ClientOptions
-
-    func run() async throws {
-        let c = try await client.connect()
-        var failed = false
-        for id in ids {
-            do {
-                _ = try await c.call("sandbox.delete", ["sandboxId": .string(id)])
-                print(id)
-            } catch {
-                FileHandleStderr.write("sandpit rm \(id): \(error)\n")
-                failed = true
-            }
-        }
-        await c.close()
-        if failed { throw ExitCode(1) }
     }
 }
 

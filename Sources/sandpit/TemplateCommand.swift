@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import SandpitClient
 import SandpitCore
 import SandpitProtocol
 
