@@ -47,11 +47,12 @@ struct MCPServe: AsyncParsableCommand {
             return await session.call(params.name, params.arguments ?? [:])
         }
         try await server.start(transport: ParseCheckingTransport(StdioTransport()))
-        await withTaskGroup(of: Void.self) { g in
-            g.addTask { await server.waitUntilCompleted() }
-            g.addTask { _ = await signals.next() }
-            _ = await g.next()
-            g.cancelAll()
+        // Whichever comes first, stdin's end or a signal, ends the other wait.
+        await withTaskGroup(of: Bool.self) { g in
+            g.addTask { await server.waitUntilCompleted(); return false }
+            g.addTask { await signals.next() > 0 }
+            if await g.next() == true { await server.stop() } else { signals.stop() }
+            await g.waitForAll()
         }
         signals.stop()
         await session.end()
@@ -224,10 +225,12 @@ actor MCPSession {
         for b in r["results"]?.arrayValue ?? [] {
             if let png = b["image/png"]?.stringValue {
                 content.append(.image(data: png, mimeType: "image/png", annotations: nil, _meta: nil))
-            } else if let t = (["text/plain", "text/markdown", "text/html", "image/svg+xml", "text/latex"].lazy.compactMap { b[$0]?.stringValue }.first) {
-                parts.append(shape(t, label: "result"))
-            } else if let j = b["application/json"], j != .null {
-                parts.append(shape(JSONCodec.encode(j), label: "result"))
+            } else {
+                // Every textual form the object gave: a repr alone often says
+                // nothing (`<… object at 0x…>`) where its HTML or Markdown does.
+                let texts = ["text/plain", "text/markdown", "text/html", "image/svg+xml", "text/latex"].compactMap { m in b[m]?.stringValue.map { (m, $0) } }
+                for (i, (mime, t)) in texts.enumerated() { parts.append((i == 0 ? "" : mime + ":\n") + shape(t, label: "result")) }
+                if texts.isEmpty, let j = b["application/json"], j != .null { parts.append(shape(JSONCodec.encode(j), label: "result")) }
             }
         }
         if r["timedOut"] == true { parts.append("(interrupted: the code ran past its time limit)") }

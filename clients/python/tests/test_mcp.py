@@ -89,3 +89,130 @@ def test_mcp_round_trip_over_stdio(daemon, sandpit):
     with Client(daemon) as cl:
         left = [s for s in cl.list_sandboxes() if s.get("metadata", {}).get("client") == "mcp" and s["state"] != "deleted"]
         assert left == [], "the session's sandboxes are deleted when it ends"
+
+
+# --- With the official `mcp` Python SDK as the client, as MCP hosts use it: parallel calls, cancellation,
+# --- spec errors and sessions that end every way a client can end.
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+
+def mcp_sandboxes(daemon):
+    with Client(daemon) as cl:
+        return [s for s in cl.list_sandboxes() if s.get("metadata", {}).get("client") == "mcp" and s["state"] != "deleted"]
+
+
+def test_official_sdk_parallel_mixed_calls_each_get_their_own_output(daemon, sandpit):
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    async def main():
+        params = StdioServerParameters(command=sandpit, args=["mcp", "--socket", daemon])
+        async with stdio_client(params) as (r, w):
+            async with ClientSession(r, w) as s:
+                await s.initialize()
+                # The first calls race: one sandbox, and every call answered with its own output.
+                calls = [s.call_tool("run_command", {"command": f"sleep 0.3; echo cmd-{i}-$((6*7))"}) for i in range(4)]
+                calls += [s.call_tool("run_code", {"code": f"print('code-{i}', {i} * 100)"}) for i in range(2)]
+                calls += [s.call_tool("write_file", {"path": "p/a.txt", "content": "x" * 100_000}),
+                          s.call_tool("list_files", {"path": "", "recursive": False})]
+                t0 = time.monotonic()
+                res = await asyncio.wait_for(asyncio.gather(*calls), 60)
+                took = time.monotonic() - t0
+                texts = ["\n".join(c.text for c in x.content if c.type == "text") for x in res]
+                for i in range(4):
+                    assert not res[i].is_error and f"cmd-{i}-42" in texts[i], texts[i]
+                    assert all(f"cmd-{j}-42" not in texts[i] for j in range(4) if j != i), "no output of another call"
+                for i in range(2):
+                    assert f"code-{i} {i * 100}" in texts[4 + i] and "cmd-" not in texts[4 + i], texts[4 + i]
+                assert "wrote 100000 bytes" in texts[6]
+                assert took < 20, f"parallel calls took {took:.1f} s"
+                assert len(mcp_sandboxes(daemon)) == 1, "one sandbox however many first calls race"
+                # A large read comes back with head and tail kept.
+                r = await s.call_tool("run_command", {"command": "seq 1 200000", "timeout_seconds": 0, "cwd": ""})
+                assert not r.is_error and r.content[0].text.rstrip().endswith("200000")
+                # Optional arguments filled with zero values by strict-schema clients mean "not given".
+                r = await s.call_tool("fork", {"step": 0})
+                assert not r.is_error and "fork" in r.content[0].text, r.content[0].text
+                r = await s.call_tool("read_file", {"path": "p/a.txt"})
+                assert "xxxx" in r.content[0].text
+                # text/html results come back as text.
+                r = await s.call_tool("run_code", {"code": "class H:\n    def _repr_html_(self): return '<b>bold</b>'\nH()"})
+                assert "<b>bold</b>" in "\n".join(c.text for c in r.content if c.type == "text")
+                # Rollback says what came back.
+                listed = (await s.call_tool("list_checkpoints", {})).content[0].text
+                first = int(listed.splitlines()[0].split()[1].rstrip(":"))
+                r = await s.call_tool("rollback", {"step": first})
+                assert "restored files" in r.content[0].text, r.content[0].text
+                # An unknown tool is a protocol error, not a tool result.
+                with pytest.raises(Exception) as e:
+                    await s.call_tool("no_such_tool", {})
+                assert "Unknown tool" in str(e.value)
+                assert len(mcp_sandboxes(daemon)) == 2, "the session's sandbox and its fork"
+
+    asyncio.run(main())
+    assert mcp_sandboxes(daemon) == [], "the session's sandboxes are deleted when it ends"
+
+
+def test_cancelled_call_is_stopped_and_the_next_call_gets_its_own_output(daemon, sandpit):
+    c = MCPClient([sandpit, "mcp", "--socket", daemon])
+    c.send("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}})
+    c.send("notifications/initialized", notify=True)
+    c.tool("run_command", command="true")
+    # A long call, then its cancellation, without waiting for it.
+    c.n += 1
+    slow = c.n
+    c.p.stdin.write((json.dumps({"jsonrpc": "2.0", "id": slow, "method": "tools/call",
+                                 "params": {"name": "run_command", "arguments": {"command": "echo started; sleep 30; echo late"}}}) + "\n").encode())
+    c.p.stdin.flush()
+    time.sleep(1.0)
+    c.send("notifications/cancelled", {"requestId": slow, "reason": "user"}, notify=True)
+    t0 = time.monotonic()
+    r, text = c.tool("run_command", command="echo next; pgrep -x sleep | wc -l")
+    assert time.monotonic() - t0 < 10
+    assert "next" in text and "late" not in text and "started" not in text, text
+    assert text.split("stdout:\n")[1].split()[1] == "0", "the cancelled command was killed: " + text
+    assert c.close() == 0
+    assert mcp_sandboxes(daemon) == []
+
+
+def test_spec_errors_parse_error_has_null_id(daemon, sandpit):
+    p = subprocess.Popen([sandpit, "mcp", "--socket", daemon], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdin.write(b'{"jsonrpc": "2.0", "id": 1, "method": \n')
+    p.stdin.flush()
+    m = json.loads(p.stdout.readline())
+    assert m["id"] is None and m["error"]["code"] == -32700, m
+    p.stdin.close()
+    assert p.wait(30) == 0
+
+
+@pytest.mark.parametrize("ending", ["eof", "sigterm", "sigint", "sigkill"])
+def test_sessions_ended_every_way_leave_no_sandbox_or_process(daemon, sandpit, ending):
+    """50 sessions in all (4 endings × 13, rounded up), a tool call each, then ended: nothing is left."""
+    procs = []
+    for _ in range(13):
+        c = MCPClient([sandpit, "mcp", "--socket", daemon])
+        c.send("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}})
+        c.send("notifications/initialized", notify=True)
+        r, text = c.tool("run_command", command="echo alive")
+        assert "alive" in text
+        procs.append(c)
+    assert len(mcp_sandboxes(daemon)) == 13
+    for c in procs:
+        if ending == "eof":
+            c.p.stdin.close()
+        else:
+            c.p.send_signal({"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigkill": signal.SIGKILL}[ending])
+    for c in procs:
+        rc = c.p.wait(60)
+        assert rc in (0, -9) and (rc == -9) == (ending == "sigkill"), rc
+    for _ in range(100):
+        if not mcp_sandboxes(daemon):
+            break
+        time.sleep(0.1)
+    assert mcp_sandboxes(daemon) == [], f"sandboxes left after {ending}"
