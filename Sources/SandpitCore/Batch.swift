@@ -30,7 +30,10 @@ public struct BatchTask: Sendable, Equatable {
         }
     }
 
+    /// The id as text (an integer id in decimal), for messages.
     public var id: String
+    /// The id exactly as the task gave it (a string or an integer): result lines carry it unchanged.
+    public var idValue: JSONValue
     public var files: [File]
     /// Shell commands run in order before the task; the first that fails makes the task an `error`.
     public var setup: [String]
@@ -38,15 +41,20 @@ public struct BatchTask: Sendable, Equatable {
     public var timeoutMs: Int?
     public var expect: Expect?
 
-    public init(id: String, files: [File] = [], setup: [String] = [], run: Run,
+    public init(id: String, idValue: JSONValue? = nil, files: [File] = [], setup: [String] = [], run: Run,
                 timeoutMs: Int? = nil, expect: Expect? = nil) {
         self.id = id
+        self.idValue = idValue ?? .string(id)
         self.files = files
         self.setup = setup
         self.run = run
         self.timeoutMs = timeoutMs
         self.expect = expect
     }
+
+    /// What tells tasks apart: the id as JSON, so the integer 7 and the string "7" are two ids.
+    public var key: String { Self.key(idValue) }
+    public static func key(_ id: JSONValue) -> String { JSONCodec.encode(id) }
 
     /// Tasks with the same files and setup share one prepared base sandbox;
     /// nil when there is nothing to prepare (the template is the base).
@@ -69,7 +77,7 @@ public struct BatchTask: Sendable, Equatable {
         switch o["id"] {
         case .string(let s) where !s.isEmpty && s.utf8.count <= 256: id = s
         case .int(let i): id = String(i)
-        default: throw bad("id", "required: a non-empty string of at most 256 bytes")
+        default: throw bad("id", "required: an integer, or a non-empty string of at most 256 bytes")
         }
         var files: [File] = []
         if let f = o["files"], f != .null {
@@ -129,7 +137,7 @@ public struct BatchTask: Sendable, Equatable {
             }
             expect = x
         }
-        return BatchTask(id: id, files: files, setup: setup, run: run, timeoutMs: timeout, expect: expect)
+        return BatchTask(id: id, idValue: o["id"], files: files, setup: setup, run: run, timeoutMs: timeout, expect: expect)
     }
 }
 

@@ -83,7 +83,7 @@ struct BatchRunner: Sendable {
     }
 
     struct Outcome {
-        var id: String
+        var id: JSONValue
         var status: BatchStatus
         var reason: String?
         var exitCode: Int?
@@ -95,7 +95,7 @@ struct BatchRunner: Sendable {
         var error: SandpitError?
 
         var json: JSONValue {
-            var o: JSONObject = ["id": .string(id), "status": .string(status.rawValue)]
+            var o: JSONObject = ["id": id, "status": .string(status.rawValue)]
             if let reason { o["reason"] = .string(reason) }
             o["exitCode"] = exitCode.map { .int(Int64($0)) } ?? .null
             if let signal { o["signal"] = .string(Signals.name(signal)) }
@@ -113,7 +113,7 @@ struct BatchRunner: Sendable {
     /// One task, start to end; never throws: what goes wrong is its `error` status.
     func runTask(_ task: BatchTask, bases: BaseSandboxes, spare: inout Task<String, Error>?, more: Bool, cleanup: Cleanup) async -> Outcome {
         let t0 = Clock.monotonicNs()
-        var out = Outcome(id: task.id, status: .error)
+        var out = Outcome(id: task.idValue, status: .error)
         func ms(since t: UInt64) -> JSONValue { .double(Double((Clock.monotonicNs() - t) / 10_000) / 100) }
         var sandbox: String?
         do {
@@ -167,6 +167,15 @@ struct BatchRunner: Sendable {
                                                          stdout: String(decoding: stdout, as: UTF8.self), expect: task.expect)
                 out.status = status
                 out.reason = status == .failed ? Self.exception(in: stderr) ?? reason : reason
+                // What the command ran into explains its end better than the way it ended.
+                let hit = engine.limitsHit(id)
+                if let disk = hit.first(where: { $0.code == "disk_full" }) {
+                    if out.status == .oom { out.status = .failed }
+                    out.reason = "disk_full: " + disk.message + (out.reason.map { "; " + $0 } ?? "")
+                }
+                if let pids = hit.first(where: { $0.code == "pids_limit" }) {
+                    out.reason = "pids_limit: " + pids.message + (out.reason.map { "; " + $0 } ?? "")
+                }
             }
         } catch let e as SandpitError {
             out.status = .error
@@ -277,7 +286,7 @@ extension RPCService {
         var seen = Set<String>()
         let tasks = try arr.enumerated().map { (i, v) throws(SandpitError) -> BatchTask in
             let t = try BatchTask.parse(v, at: "tasks[\(i)]")
-            guard seen.insert(t.id).inserted else { throw SandpitError.invalidParams("tasks[\(i)].id", "duplicate task id \(t.id)") }
+            guard seen.insert(t.key).inserted else { throw SandpitError.invalidParams("tasks[\(i)].id", "duplicate task id \(t.key)") }
             return t
         }
         var o = BatchRunner.Options(concurrency: 1)
@@ -294,20 +303,26 @@ extension RPCService {
         let started = Clock.monotonicNs()
         let total = tasks.count
         let tally = SharedTally()
+        let concurrency = o.concurrency
         let progress = { @Sendable () -> JSONValue in
             var n = tally.value.withLock { $0.json }
             n["requestId"] = requestId
             n["total"] = .int(Int64(total))
             n["elapsedMs"] = .int(Int64((Clock.monotonicNs() - started) / 1_000_000))
+            n["concurrency"] = .int(Int64(concurrency))
             return .object(n)
         }
+        // The first progress says at once how many tasks run at a time.
+        try await out.send(RPC.notification("batch.progress", progress()))
         // Progress every progressMs; it also finds a client that went away
         // while every running task is silent (the send fails, the batch stops).
         try await withThrowingTaskGroup(of: Bool.self) { g in
             g.addTask {
                 try await runner.run(tasks) { i, r in
                     tally.value.withLock { $0.add(r.status) }
-                    try await out.send(RPC.notification("batch.result", .object(["requestId": requestId, "index": .int(Int64(i)), "result": r.json])))
+                    guard case .object(var result) = r.json else { return }
+                    result["index"] = .int(Int64(i))
+                    try await out.send(RPC.notification("batch.result", .object(["requestId": requestId, "index": .int(Int64(i)), "result": .object(result)])))
                 }
                 return true
             }

@@ -677,6 +677,25 @@ public final class Engine: Sendable {
         return dormant.withLock { $0[id] }?.deleteAt(now: now)
     }
 
+    /// Limits the sandbox ran into, by stable code (`disk_full`, `pids_limit`)
+    /// with a sentence each: what a verdict should name when a command failed
+    /// because of them (a full disk often ends in an OOM kill or an odd exit).
+    public func limitsHit(_ id: String) -> [(code: String, message: String)] {
+        guard let rt = registry.withLock({ $0[id] }) else { return [] }
+        var out: [(String, String)] = []
+        // The root's statfs is its writable layer's (overlayfs reports the
+        // upper filesystem): the sandbox's own disk, or a scratch tmpfs.
+        let root = open("/proc/\(rt.spawned.pid)/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if root >= 0 {
+            defer { close(root) }
+            if let s = FS.space(root), s.full { out.append(("disk_full", "the sandbox's disk (\(s.totalBytes >> 20) MiB) is full")) }
+        }
+        if rt.cgroup.pidsLimitReached() {
+            out.append(("pids_limit", "it reached the limit of \(rt.plan.policy.pids.map(String.init) ?? "?") processes (forks failed)"))
+        }
+        return out
+    }
+
     /// The sandbox's latest commands, newest first.
     public func execs(_ id: String, limit: Int, caller: Caller) async throws -> [ExecRecord] {
         _ = try await sandbox(id, caller: caller)

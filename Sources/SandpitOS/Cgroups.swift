@@ -113,6 +113,22 @@ public struct CgroupHandle: Sendable {
         return (try? FS.readText(f)).flatMap { Int64($0.split(separator: "\n").first ?? "") } ?? 0
     }
 
+    /// Whether the group's processes reached its pids limit: a fork failed
+    /// there (`pids.events` `max`, counted where the fork was refused, which
+    /// may be a per-exec child group already gone), or the peak reached the
+    /// limit (`pids.peak`, kernels ≥ 6.12).
+    public func pidsLimitReached() -> Bool {
+        let dir = version == .v2 ? dirs.first : dirs.first { $0.contains("/pids/") }
+        guard let dir else { return false }
+        func number(_ file: String) -> Int? { (try? FS.readText(dir + "/" + file)).flatMap { Int($0.split(separator: "\n").first ?? "") } }
+        if let max = number("pids.max"), let peak = number("pids.peak"), peak >= max { return true }
+        for line in ((try? FS.readText(dir + "/pids.events")) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, parts[0] == "max", (Int(parts[1]) ?? 0) > 0 { return true }
+        }
+        return false
+    }
+
     /// True when the kernel recorded an OOM kill in this group.
     public func oomKills() -> Int {
         guard let dir = memoryDir else { return 0 }

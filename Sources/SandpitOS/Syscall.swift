@@ -124,6 +124,15 @@ public enum FS {
         return out
     }
 
+    /// Space on the filesystem of an open descriptor; `full` when under 1% (or
+    /// 1 MiB) of its blocks, or none of its inodes, are left.
+    public static func space(_ fd: Int32) -> (totalBytes: Int64, freeBytes: Int64, full: Bool)? {
+        var st = statvfs()
+        guard fstatvfs(fd, &st) == 0 else { return nil }
+        let free = Int64(st.f_bavail) * Int64(st.f_frsize), total = Int64(st.f_blocks) * Int64(st.f_frsize)
+        return (total, free, (total > 0 && free < max(1 << 20, total / 100)) || (st.f_files > 0 && st.f_favail == 0))
+    }
+
     public static func readText(_ path: String) throws(OSError) -> String {
         String(decoding: try readFile(path), as: UTF8.self)
     }

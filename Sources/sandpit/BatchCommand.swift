@@ -18,6 +18,10 @@ struct Batch: AsyncParsableCommand {
             setup once. Each result line has id, status (passed, failed, timeout, oom, error), reason, exitCode, \
             stdout, stderr (capped), durationMs and timings.
 
+            Result lines keep each task's id as given (an integer stays an integer) and add its 0-based \
+            `index` among the file's tasks. The file is read as a stream (any size, bounded memory); a bad line \
+            is reported as FILE:LINE before anything runs.
+
             Exit status: 0 when every task ran (whatever its verdict), 1 when some task could not run (error), \
             130 when interrupted. Interrupting keeps the results written so far: rerun with --resume to do the rest.
             """)
@@ -36,36 +40,43 @@ struct Batch: AsyncParsableCommand {
     func run() async throws {
         if let c = concurrency, c < 1 { throw ValidationError("--concurrency must be at least 1") }
         guard !(resume && overwrite) else { throw ValidationError("give --resume or --overwrite, not both") }
-        let all = try Self.readTasks(tasks)
+        // Pass 1 checks every line before anything runs, keeping only the ids;
+        // pass 2 reads the tasks again as they are scheduled: a file of any
+        // size runs in bounded memory.
+        let (total, _) = try Self.scanTasks(tasks)
         let done = try previousResults()
-        let todo = all.filter { done[$0.id] == nil }
         let file = open(out, O_WRONLY | O_CREAT | O_CLOEXEC | (resume ? O_APPEND : O_TRUNC), 0o644)
         guard file >= 0 else { throw ValidationError("cannot open --out \(out): \(String(cString: strerror(errno)))") }
         defer { Glibc.close(file) }
         let prior = done.values.reduce(into: BatchTally()) { $0.add($1) }
-        if resume && !done.isEmpty && !quiet { FileHandleStderr.write("resuming: \(done.count) of \(all.count) tasks already have results in \(out)\n") }
+        if resume && !done.isEmpty && !quiet { FileHandleStderr.write("resuming: \(done.count) of \(total) tasks already have results in \(out)\n") }
 
         let c = try await client.connect()
-        let view = BatchProgressView(total: all.count, prior: prior, terminal: isatty(2) == 1, quiet: quiet)
+        let view = BatchProgressView(total: total, prior: prior, terminal: isatty(2) == 1, quiet: quiet)
         let interrupted = SignalWatcher([SIGINT, SIGTERM])
         let started = Clock.monotonicNs()
         var stopped = false
-        var concurrencyUsed = concurrency ?? 0
+        let concurrencyUsed = Shared<Int>(concurrency ?? 0)
         do {
-            for chunk in Self.chunks(todo) where !stopped {
-                var params: JSONObject = ["tasks": .array(chunk.map(\.json)), "template": .string(template), "policy": .string(policy),
+            var reader = try TaskLines(path: tasks)
+            while !stopped, let chunk = try Self.nextChunk(&reader, skipping: done) {
+                var params: JSONObject = ["tasks": .array(chunk.map(\.task.json)), "template": .string(template), "policy": .string(policy),
                                           "outputBytes": .int(Int64(outputBytes))]
                 if let n = concurrency { params["concurrency"] = .int(Int64(n)) }
                 let request = params
+                let indices = chunk.map(\.index)
                 let r = try await withThrowingTaskGroup(of: JSONValue?.self) { g in
                     g.addTask {
                         try await c.call("batch.run", request) { method, p in
                             switch method {
                             case "batch.result":
-                                guard let r = p["result"] else { return }
-                                Console.write(Array((JSONCodec.encode(r) + "\n").utf8), fd: file)
+                                guard case .object(var r)? = p["result"] else { return }
+                                // The task's place in the file, not in this request.
+                                if let i = p["index"]?.intValue, i >= 0, Int(i) < indices.count { r["index"] = .int(Int64(indices[Int(i)])) }
+                                Console.write(Array((JSONCodec.encode(.object(r)) + "\n").utf8), fd: file)
                                 view.add(r["status"]?.stringValue.flatMap(BatchStatus.init(rawValue:)) ?? .error)
                             case "batch.progress":
+                                if let n = p["concurrency"]?.intValue { concurrencyUsed.set(Int(n)) }
                                 view.tick()
                             default: break
                             }
@@ -78,7 +89,7 @@ struct Batch: AsyncParsableCommand {
                     return first
                 }
                 guard let r else { stopped = true; break }
-                concurrencyUsed = Int(r["concurrency"]?.intValue ?? Int64(concurrencyUsed))
+                if let n = r["concurrency"]?.intValue { concurrencyUsed.set(Int(n)) }
             }
         } catch {
             view.finish()
@@ -91,66 +102,70 @@ struct Batch: AsyncParsableCommand {
         await c.close()
         let secs = Double(Clock.monotonicNs() - started) / 1e9
         let tally = view.tally
-        print(Self.summary(tally, total: all.count, ran: tally.done - prior.done, seconds: secs, concurrency: concurrencyUsed, out: out))
+        print(Self.summary(tally, total: total, ran: tally.done - prior.done, seconds: secs, concurrency: concurrencyUsed.get(), out: out))
         if stopped {
-            FileHandleStderr.write("interrupted: \(tally.done) of \(all.count) tasks have results; rerun with --resume to run the rest\n")
+            FileHandleStderr.write("interrupted: \(tally.done) of \(total) tasks have results; rerun with --resume to run the rest\n")
             throw ExitCode(130)
         }
         if tally[.error] > 0 { throw ExitCode(1) }
     }
 
-    /// The tasks file, checked line by line before anything runs.
-    static func readTasks(_ path: String) throws -> [BatchTask] {
-        let text: String
-        do { text = try FS.readText(path) } catch { throw ValidationError("cannot read \(path): \(error)") }
-        var out: [BatchTask] = []
-        var ids = Set<String>()
-        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            if line.allSatisfy(\.isWhitespace) { continue }
-            do {
-                let v = try JSONCodec.parse(Array(line.utf8))
-                let t = try BatchTask.parse(v, at: "task")
-                guard ids.insert(t.id).inserted else { throw SandpitError.invalidParams("id", "duplicate task id \(t.id)") }
-                out.append(t)
-            } catch let e as SandpitError {
-                throw ValidationError("\(path):\(n + 1): \(e.message)")
-            }
+    /// Checks every line of the tasks file; returns how many tasks it has and their ids.
+    /// A bad line is reported as FILE:LINE with what is wrong.
+    static func scanTasks(_ path: String) throws -> (count: Int, keys: Set<String>) {
+        var reader = try TaskLines(path: path)
+        var keys = Set<String>()
+        var count = 0
+        while let (n, line) = try reader.next() {
+            let t = try parse(line, path: path, line: n)
+            guard keys.insert(t.key).inserted else { throw ValidationError("\(path):\(n): duplicate task id \(t.key)") }
+            count += 1
         }
-        if out.isEmpty { throw ValidationError("\(path) has no tasks") }
-        return out
+        if count == 0 { throw ValidationError("\(path) has no tasks") }
+        return (count, keys)
     }
 
-    /// Results already in --out (id → status), when resuming.
+    static func parse(_ line: [UInt8], path: String, line n: Int) throws -> BatchTask {
+        do {
+            return try BatchTask.parse(try JSONCodec.parse(line), at: "task")
+        } catch let e as SandpitError {
+            throw ValidationError("\(path):\(n): \(e.message)")
+        } catch {
+            throw ValidationError("\(path):\(n): \(error)")
+        }
+    }
+
+    /// The next request's worth of tasks (at most ~4 MiB or 2,000 tasks; the
+    /// daemon's line limit is 16 MiB), each with its 0-based index among the
+    /// file's tasks; those with a result already are skipped.
+    static func nextChunk(_ reader: inout TaskLines, skipping done: [String: BatchStatus]) throws -> [(index: Int, task: BatchTask)]? {
+        var out: [(Int, BatchTask)] = []
+        var bytes = 0
+        while bytes < 4 << 20 && out.count < 2000, let (n, line) = try reader.next() {
+            let t = try parse(line, path: reader.path, line: n)
+            let index = reader.tasksRead - 1
+            if done[t.key] != nil { continue }
+            out.append((index, t))
+            bytes += line.count
+        }
+        return out.isEmpty ? nil : out
+    }
+
+    /// Results already in --out (id → status), when resuming; read as a stream.
     func previousResults() throws -> [String: BatchStatus] {
-        guard let text = try? FS.readText(out), !text.isEmpty else { return [:] }
+        guard var reader = try? TaskLines(path: out), reader.size > 0 else { return [:] }
         guard resume || overwrite else {
             throw ValidationError("\(out) already has results: pass --resume to skip the tasks it has, or --overwrite to start over")
         }
         guard resume else { return [:] }
         var done: [String: BatchStatus] = [:]
-        for line in text.split(separator: "\n") {
+        while let (_, line) = try reader.next() {
             // A line cut short by an interruption is not a result: that task runs again.
-            guard let v = try? JSONCodec.parse(Array(line.utf8)), let id = v["id"]?.stringValue,
+            guard let v = try? JSONCodec.parse(line), let id = v["id"], id != .null,
                   let s = v["status"]?.stringValue.flatMap(BatchStatus.init(rawValue:)) else { continue }
-            done[id] = s
+            done[BatchTask.key(id)] = s
         }
         return done
-    }
-
-    /// Requests of at most ~8 MiB (the daemon's line limit is 16 MiB).
-    static func chunks(_ tasks: [BatchTask]) -> [[BatchTask]] {
-        var out: [[BatchTask]] = [[]]
-        var bytes = 0
-        for t in tasks {
-            let n = JSONCodec.encode(t.json).utf8.count
-            if bytes + n > 8 << 20 && !out[out.count - 1].isEmpty {
-                out.append([])
-                bytes = 0
-            }
-            out[out.count - 1].append(t)
-            bytes += n
-        }
-        return out.filter { !$0.isEmpty }
     }
 
     static func summary(_ t: BatchTally, total: Int, ran: Int, seconds: Double, concurrency: Int, out: String) -> String {
@@ -181,7 +196,7 @@ extension String {
 extension BatchTask {
     /// The task as a `batch.run` params entry.
     var json: JSONValue {
-        var o: JSONObject = ["id": .string(id)]
+        var o: JSONObject = ["id": idValue]
         if !files.isEmpty {
             var f = JSONObject()
             for file in files { f[file.path] = .string(file.text) }
@@ -265,4 +280,62 @@ final class BatchProgressView: Sendable {
         return bar + "\(t.done)/\(total)  passed \(t[.passed])  failed \(t[.failed])  timeout \(t[.timeout])  oom \(t[.oom])  error \(t[.error])"
             + "  \(Batch.tenths(rate))/s  \(eta)"
     }
+}
+
+/// The non-blank lines of a file, read in 1 MiB blocks, with their 1-based
+/// line numbers (blank lines count for numbering but are not returned).
+struct TaskLines {
+    let path: String
+    let fd: Int32
+    let size: Int64
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var eof = false
+    private var lineNumber = 0
+    private(set) var tasksRead = 0
+    /// A single line may not exceed this (a task carrying 64 MiB of files is a mistake).
+    static let maxLine = 64 << 20
+
+    init(path: String) throws {
+        self.path = path
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ValidationError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        var st = stat()
+        size = fstat(fd, &st) == 0 ? Int64(st.st_size) : 0
+    }
+
+    mutating func next() throws -> (Int, [UInt8])? {
+        while true {
+            if let nl = buffer[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                var line = Array(buffer[start..<nl])
+                start = nl + 1
+                lineNumber += 1
+                if line.last == UInt8(ascii: "\r") { line.removeLast() }
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
+                tasksRead += 1
+                return (lineNumber, line)
+            }
+            if eof {
+                guard start < buffer.count else { close(fd); return nil }
+                buffer.append(UInt8(ascii: "\n"))   // a last line without its newline
+                continue
+            }
+            if buffer.count - start > Self.maxLine { throw ValidationError("\(path):\(lineNumber + 1): a line longer than \(Self.maxLine >> 20) MiB") }
+            buffer.removeFirst(start)
+            start = 0
+            var chunk = [UInt8](repeating: 0, count: 1 << 20)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw ValidationError("cannot read \(path): \(String(cString: strerror(errno)))") }
+            if n == 0 { eof = true } else { buffer += chunk[0..<n] }
+        }
+    }
+}
+
+/// A value shared with callbacks on other threads.
+final class Shared<T: Sendable>: Sendable {
+    private let value: Mutex<T>
+    init(_ v: T) { value = Mutex(v) }
+    func get() -> T { value.withLock { $0 } }
+    func set(_ v: T) { value.withLock { $0 = v } }
 }

@@ -3,6 +3,7 @@ connection, notifications routed to the request they belong to (by ``requestId``
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import itertools
 import json
@@ -183,6 +184,29 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="sandpit-client", daemon=True)
         self._thread.start()
+        # At interpreter exit, end the loop's tasks (connection readers) cleanly: a daemon thread's
+        # loop would otherwise be collected with them pending ("Task was destroyed but it is pending!").
+        atexit.register(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Cancels the loop's tasks, stops the loop and waits for its thread (idempotent)."""
+        if self.loop.is_closed() or not self._thread.is_alive():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
     @classmethod
     def shared(cls) -> "LoopThread":

@@ -86,3 +86,69 @@ def test_batch_tasks_keep_their_disk_limit_and_leave_nothing(client):
     assert by["after"]["stdout"] == "clean\n", by["after"]
     assert summary["total"] == 2
     assert not [s for s in client.list_sandboxes() if s.get("metadata", {}).get("sandpit.batch")], "task sandboxes are deleted"
+
+
+def test_batch_streams_a_large_task_file_keeps_ids_and_resumes_after_sigint(daemon, sandpit, tmp_path):
+    """2,000 tasks of ~1 KiB (a 2 MB file, past the old 1 MiB read), ids mixed int/string: each runs
+    exactly once across an interrupt and --resume, ids come back exactly, with the task's index."""
+    path = tmp_path / "tasks.jsonl"
+    with open(path, "w") as f:
+        for i in range(2000):
+            tid = i if i % 2 == 0 else f"t-{i}"
+            code = "pad = '" + "p" * 1000 + f"'\nprint(len(pad) + {i})\n"
+            f.write(json.dumps({"id": tid, "code": code, "expect": {"stdout": str(1000 + i)}}) + "\n")
+            if i == 10:
+                f.write("\n")   # blank lines are skipped and do not count as tasks
+    assert path.stat().st_size > 2_000_000
+    out = tmp_path / "results.jsonl"
+    cmd = [sandpit, "batch", str(path), "--out", str(out), "--socket", daemon, "--concurrency", "2"]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_kib = 0
+    for _ in range(2400):
+        try:
+            rss = [l for l in open(f"/proc/{p.pid}/status") if l.startswith("VmRSS:")]
+            peak_kib = max(peak_kib, int(rss[0].split()[1])) if rss else peak_kib
+        except OSError:
+            pass
+        if out.exists() and len(out.read_text().splitlines()) >= 800:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    first = [json.loads(l) for l in out.read_text().splitlines() if l.strip()]
+    assert 800 <= len(first) < 2000
+    r = subprocess.run(cmd + ["--resume"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert "concurrency 2" in r.stdout, r.stdout
+    results = [json.loads(l) for l in out.read_text().splitlines() if l.strip()]
+    ids = [x["id"] for x in results]
+    assert len(ids) == 2000 and len({json.dumps(i) for i in ids}) == 2000, "every task exactly once"
+    for x in results:
+        i = x["index"]
+        assert x["id"] == (i if i % 2 == 0 else f"t-{i}"), x   # an integer id stays an integer
+        assert x["status"] == "passed", x
+    print(f"batch CLI peak RSS while running 2,000 tasks: {peak_kib // 1024} MiB")
+    assert peak_kib < 128 << 10, f"the batch process grew to {peak_kib // 1024} MiB"
+
+
+def test_batch_reports_a_bad_line_with_its_file_and_line(sandpit, daemon, tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"id": 1, "cmd": "true"}\n\n{"id": 2, "cmd": "true"\n')
+    r = subprocess.run([sandpit, "batch", str(path), "--out", str(tmp_path / "o.jsonl"), "--socket", daemon],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"{path}:3:" in r.stderr, r.stderr
+    assert not (tmp_path / "o.jsonl").exists() or (tmp_path / "o.jsonl").read_text() == "", "nothing ran"
+
+
+def test_batch_verdicts_name_the_limit_a_task_ran_into(client):
+    seen = []
+    tasks = [{"id": "disk", "cmd": "head -c 64M /dev/zero > big"},
+             {"id": "forks", "cmd": "for i in $(seq 100); do sleep 2 & done; wait; exit 0", "timeoutMs": 20000},
+             {"id": "fine", "cmd": "echo ok"}]
+    client.batch(tasks, concurrency=2, limits={"diskBytes": 16 << 20, "pids": 32}, on_result=seen.append)
+    by = {r["id"]: r for r in seen}
+    assert by["disk"]["status"] == "failed" and by["disk"]["reason"].startswith("disk_full:"), by["disk"]
+    assert by["forks"]["reason"].startswith("pids_limit:"), by["forks"]
+    assert by["fine"]["status"] == "passed" and by["fine"].get("reason") is None
+    assert [by[k]["index"] for k in ("disk", "forks", "fine")] == [0, 1, 2]
