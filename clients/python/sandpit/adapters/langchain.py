@@ -3,16 +3,20 @@
     from sandpit.adapters.langchain import SandpitPythonTool
     tool = SandpitPythonTool()            # one sandbox, made on first use; tool.close() deletes it
     llm_with_tools = llm.bind_tools([tool])
+    # or in LangGraph: ToolNode([tool]), which may call it several times in parallel
 
 State persists between calls (it is one interpreter context). The output is what the model should see:
-stdout, the last expression's value, and the error with its traceback when the code raised. Long
+stdout, the last expression's value. When the code raised, the tool raises ``ToolException`` with the
+error and its traceback: LangChain hands it to the model as an error (``ToolMessage(status="error")``)
+rather than as a result. The sandbox is made once, however many calls race on first use. Long
 output keeps its head and tail.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, Optional, Type
 
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field, PrivateAttr
 
 from ..sandbox import Sandbox
@@ -31,12 +35,17 @@ class SandpitPythonTool(BaseTool):
     args_schema: Type[BaseModel] = PythonInput
     max_output_chars: int = 8000
     create_args: Dict[str, Any] = Field(default_factory=dict)
+    # A raised ToolException goes back to the model as the tool's error, not as an exception in the graph.
+    handle_tool_error: Any = True
     _sandbox: Optional[Sandbox] = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def _get_sandbox(self) -> Sandbox:
-        if self._sandbox is None:
-            self._sandbox = Sandbox.create(**self.create_args)
-        return self._sandbox
+        # Parallel tool calls (LangGraph's ToolNode) race here on first use: one creates, the rest wait.
+        with self._lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox.create(**self.create_args)
+            return self._sandbox
 
     @property
     def sandbox(self) -> Sandbox:
@@ -61,7 +70,8 @@ class SandpitPythonTool(BaseTool):
             parts.append("stderr:\n" + self._shape(err))
         if ex.error is not None:
             parts.append(self._shape(ex.error.traceback or f"{ex.error.name}: {ex.error.value}"))
-        elif ex.text is not None:
+            raise ToolException("\n".join(parts))
+        if ex.text is not None:
             parts.append(self._shape(ex.text))
         if any(r.is_figure for r in ex.results):
             parts.append(f"({sum(r.is_figure for r in ex.results)} figure(s) produced)")
@@ -69,6 +79,7 @@ class SandpitPythonTool(BaseTool):
 
     def close(self) -> None:
         """Deletes the tool's sandbox."""
-        if self._sandbox is not None:
-            self._sandbox.delete()
-            self._sandbox = None
+        with self._lock:
+            sb, self._sandbox = self._sandbox, None
+        if sb is not None:
+            sb.delete()
