@@ -114,7 +114,9 @@ public struct SandboxPlan: Sendable, Equatable {
         case .manual: add("checkpoints", "only on checkpoint.create")
         case .off: add("checkpoints", "off")
         }
-        func dur(_ ms: Int64?) -> String { ms.map { $0 % 60_000 == 0 ? "\($0 / 60_000) min" : "\($0) ms" } ?? "never" }
+        func dur(_ ms: Int64?) -> String {
+            ms.map { $0 > 0 && $0 % 86_400_000 == 0 ? "\($0 / 86_400_000) days" : $0 % 60_000 == 0 ? "\($0 / 60_000) min" : "\($0) ms" } ?? "never"
+        }
         add("idle", "pause after \(dur(p.idle.pauseAfterMs)), hibernate after \(dur(p.idle.hibernateAfterMs)), delete after \(dur(p.idle.deleteAfterMs)); background processes \(p.idle.backgroundKeepsAwake ? "keep it awake" : "do not count")")
         add("sandbox", "wall time " + (p.sandboxTimeoutMs.map { "\($0) ms, then stopped (files kept)" } ?? "unlimited"))
         var plan = SandboxPlan(policy: p, steps: s)
