@@ -78,6 +78,22 @@ def attach(nonce):
     return ("\x1esandpit:%s:" % nonce).encode(), control_in, out_fd, err_fd
 
 
+def plotting_env():
+    """Plots render off-screen; and where the sandbox has no fontconfig setup (its /etc is its own),
+    a minimal one, so libraries that load fontconfig do not print "Fontconfig error" into a cell's output."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    if "FONTCONFIG_FILE" not in os.environ and not os.path.exists("/etc/fonts/fonts.conf"):
+        path = "/tmp/.sandpit-fonts.conf"
+        try:
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write('<?xml version="1.0"?>\n<fontconfig><dir>/usr/share/fonts</dir>'
+                            '<cachedir prefix="xdg">fontconfig</cachedir></fontconfig>\n')
+            os.environ["FONTCONFIG_FILE"] = path
+        except OSError:
+            pass
+
+
 def main():
     nonce = sys.argv[1]
     args = sys.argv[2:]
@@ -105,7 +121,7 @@ def main():
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
     sys.stdin = open(os.devnull)
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    plotting_env()
 
     main_module = types.ModuleType("__main__")
     main_module.__builtins__ = __builtins__
@@ -386,7 +402,7 @@ def harden(request):
         check(lib.prctl(22, 2, ctypes.addressof(prog), 0, 0), "seccomp filter")   # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
     os.environ.clear()
     os.environ.update(request.get("env") or {})
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    plotting_env()
     os.chdir(request.get("cwd") or "/")
     if "random" in sys.modules:
         sys.modules["random"].seed()

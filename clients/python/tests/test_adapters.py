@@ -149,3 +149,14 @@ def test_pip_install_leaves_the_source_tree_clean(tmp_path):
                            capture_output=True, text=True).stdout
     assert after == before, "pip install wrote into the source tree:\n" + after
     assert (tmp_path / "t" / "sandpit" / "adapters" / "smolagents.Dockerfile").exists()
+
+
+def test_plots_print_no_fontconfig_error(daemon, sci_template):
+    """The sandbox's /etc has no fontconfig setup: the driver gives the interpreter a minimal one, so a
+    plot's cell output is the plot, not a "Fontconfig error" line."""
+    from sandpit import Sandbox
+    with Sandbox.create(sci_template) as sb:
+        ex = sb.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
+        assert ex.error is None, ex.error
+        assert "Fontconfig" not in "".join(ex.logs.stderr) + "".join(ex.logs.stdout), ex.logs
+        assert any(r.png for r in ex.results), "the figure came back"
