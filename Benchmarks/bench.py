@@ -379,6 +379,50 @@ def main():
         jupyter_t = json.loads(jr.stdout) if jr.returncode == 0 else None
         if jupyter_t is None: print("Jupyter baseline failed:\n" + jr.stderr[-2000:], file=sys.stderr)
 
+        # (j) interactive I/O: a keystroke's echo through a PTY exec running `cat`, beside a host PTY; and
+        # exec.input throughput into `cat > /dev/null` beside a host pipe.
+        sb = c.call("sandbox.create")["sandboxId"]
+        ex = c.call("exec.run", {"sandboxId": sb, "cmd": ["cat"], "pty": {"rows": 24, "cols": 80}, "yieldMs": 0})["execId"]
+        follow = c.send("exec.wait", {"sandboxId": sb, "execId": ex, "follow": True})
+        key_rtt = []
+        for i in range(a.n * 2):
+            ch = "abcdefghijklmnopqrstuvwxyz"[i % 26]
+            t = time.perf_counter_ns()
+            c.send("exec.input", {"sandboxId": sb, "execId": ex, "data": ch})
+            while True:
+                m = c.read()
+                if m.get("method") == "exec.output" and ch in m["params"].get("data", ""): break
+            key_rtt.append((time.perf_counter_ns() - t) / 1e6)
+        c.send("exec.input", {"sandboxId": sb, "execId": ex, "data": "\r\x04"})
+        while c.read().get("id") != follow: pass
+        master, slave = os.openpty()
+        hostcat = subprocess.Popen(["cat"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        host_key_rtt = []
+        for i in range(a.n * 2):
+            t = time.perf_counter_ns()
+            os.write(master, b"k")
+            got = b""
+            while b"k" not in got: got += os.read(master, 1024)
+            host_key_rtt.append((time.perf_counter_ns() - t) / 1e6)
+        hostcat.kill(); hostcat.wait(); os.close(master)
+        input_mb = 64
+        blob = base64.b64encode(os.urandom(1 << 20)).decode()
+        t = time.perf_counter_ns()
+        ex = c.call("exec.run", {"sandboxId": sb, "shell": "cat > /dev/null", "stdin": "pipe", "background": True})["execId"]
+        for _ in range(input_mb):
+            c.call("exec.input", {"sandboxId": sb, "execId": ex, "dataBase64": blob})
+        c.call("exec.input", {"sandboxId": sb, "execId": ex, "eof": True})
+        while not c.call("exec.logs", {"sandboxId": sb, "execId": ex})["done"]: time.sleep(0.005)
+        input_mbps = input_mb / ((time.perf_counter_ns() - t) / 1e9)
+        c.call("sandbox.delete", {"sandboxId": sb})
+        chunk = os.urandom(1 << 20)
+        t = time.perf_counter_ns()
+        hp = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        for _ in range(input_mb): hp.stdin.write(chunk)
+        hp.stdin.close(); hp.wait()
+        host_pipe_mbps = input_mb / ((time.perf_counter_ns() - t) / 1e9)
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -466,6 +510,11 @@ def main():
         mib = lambda k: statistics.median(mem[k]) / 1048576
         print(f"  memory charged to the sandbox after that cell: {mib('warm'):.1f} MiB from the pool, {mib('forked'):.1f} MiB forked at once, "
               f"{mib('cold'):.1f} MiB cold (a forked interpreter shares the zygote's pages until it writes them)")
+    print("(j) interactive I/O: a keystroke echoed through a PTY running `cat`   (ratio vs a host PTY)")
+    row("sandpit PTY exec: exec.input -> exec.output echo", key_rtt, host_key_rtt)
+    row("host PTY (openpty + cat)", host_key_rtt, host_key_rtt)
+    print(f"  exec.input into `cat > /dev/null`: {input_mbps:.0f} MB/s (64 MiB, 1 MiB base64 chunks); host pipe {host_pipe_mbps:.0f} MB/s "
+          f"({input_mbps / host_pipe_mbps:.3f}x)")
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -37,6 +38,8 @@ struct exec {
     char *inbuf;
     size_t inlen, inoff, incap;
     int in_close_pending;
+    int pty;            // out_fd is a PTY master (stream 3); in_fd a second descriptor of it
+    uint64_t in_total;  // STDIN bytes written to the command (acknowledged to the daemon)
 };
 
 static struct exec execs[MAX_EXECS];
@@ -154,8 +157,21 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         spawn_error(id, errno, what);
         goto done;
     }
-    if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(ep, O_CLOEXEC)) { spawn_error(id, errno, "pipe"); goto fail; }
-    if (h.flags & SP_SPAWN_STDIN) {
+    int pty = (h.flags & SP_SPAWN_PTY) != 0;
+    if (pipe2(ep, O_CLOEXEC)) { spawn_error(id, errno, "pipe"); goto fail; }
+    if (pty) {
+        // A terminal of the sandbox's own devpts instance: out[0] is the master
+        // (read by this loop), in[1] a second descriptor of it (typed into),
+        // and the child's stdin, stdout and stderr are the slave.
+        if (sp_agent_open_pty(h.winsize >> 16, h.winsize & 0xffff, &out[0], &out[1]) != 0) { spawn_error(id, errno, "open a pseudo-terminal"); goto fail; }
+        in[1] = fcntl(out[0], F_DUPFD_CLOEXEC, 3);
+        in[0] = fcntl(out[1], F_DUPFD_CLOEXEC, 3);
+        err[1] = fcntl(out[1], F_DUPFD_CLOEXEC, 3);
+        if (in[1] < 0 || in[0] < 0 || err[1] < 0) { spawn_error(id, errno, "dup"); goto fail; }
+    } else if (pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+        spawn_error(id, errno, "pipe");
+        goto fail;
+    } else if (h.flags & SP_SPAWN_STDIN) {
         if (pipe2(in, O_CLOEXEC)) { spawn_error(id, errno, "pipe"); goto fail; }
     } else {
         in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -188,6 +204,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         if (setsid() < 0) { ce.step = 1; goto child_fail; }
         if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) { ce.step = 7; goto child_fail; }
         if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) { ce.step = 2; goto child_fail; }
+        if (pty && ioctl(0, TIOCSCTTY, 0) != 0) { ce.step = 8; goto child_fail; }
         if (config->nofile) {
             struct rlimit rl = { config->nofile, config->nofile };
             if (setrlimit(RLIMIT_NOFILE, &rl) != 0) { ce.step = 6; goto child_fail; }
@@ -221,11 +238,11 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         // The child never ran the command; reap it here so it is not mistaken for an exec exit.
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
-        static const char *steps[] = { "spawn", "setsid", "redirect stdio", "set credentials", "", "exec", "set open-file limit", "join exec cgroup" };
+        static const char *steps[] = { "spawn", "setsid", "redirect stdio", "set credentials", "", "exec", "set open-file limit", "join exec cgroup", "take the terminal" };
         char what[4400];
         if (ce.step == 4) snprintf(what, sizeof what, "working directory \"%.1024s\"", cwd);
         else if (ce.step == 5) snprintf(what, sizeof what, "exec \"%.1024s\"", path);
-        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < 8 ? ce.step : 0]);
+        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < 9 ? ce.step : 0]);
         spawn_error(id, ce.err, what);
         goto fail;
     }
@@ -233,14 +250,15 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     x->used = 1;
     x->id = id;
     x->pid = pid;
+    x->pty = pty;
     x->out_fd = out[0];
     x->err_fd = err[0];
-    x->in_fd = (h.flags & SP_SPAWN_STDIN) ? in[1] : -1;
+    x->in_fd = (pty || (h.flags & SP_SPAWN_STDIN)) ? in[1] : -1;
     fcntl(x->out_fd, F_SETFL, O_NONBLOCK);
-    fcntl(x->err_fd, F_SETFL, O_NONBLOCK);
+    if (x->err_fd >= 0) fcntl(x->err_fd, F_SETFL, O_NONBLOCK);
     if (x->in_fd >= 0) fcntl(x->in_fd, F_SETFL, O_NONBLOCK);
     out[0] = err[0] = -1;
-    if (h.flags & SP_SPAWN_STDIN) in[1] = -1;
+    if (x->in_fd >= 0) in[1] = -1;
     int32_t p32 = pid;
     send_or_die(SP_FRAME_STARTED, 0, id, &p32, sizeof p32, NULL, 0);
     if (config->cgroup_fd >= 0) (void)mkdirat(config->cgroup_fd, "ex_spare", 0755);   // for the next spawn
@@ -277,11 +295,24 @@ static void finish(struct exec *x) {
     }
 }
 
+// End of input. A pipe is closed; a terminal gets its EOF character
+// (^D at the start of a line), as a person would type it: closing the master
+// would hang the terminal up.
+static void end_input(struct exec *x) {
+    if (x->pty) {
+        static const char eot = 4;
+        if (x->in_fd >= 0) (void)!write(x->in_fd, &eot, 1);
+        x->in_close_pending = 0;
+        return;
+    }
+    close_fd(&x->in_fd);
+}
+
 static void do_stdin(uint32_t id, const char *data, size_t len) {
     struct exec *x = find_id(id);
     if (!x || x->in_fd < 0) return;
     if (len == 0) {
-        if (x->inlen == x->inoff) close_fd(&x->in_fd);
+        if (x->inlen == x->inoff) end_input(x);
         else x->in_close_pending = 1;
         return;
     }
@@ -446,6 +477,14 @@ static void handle_frame(const struct sp_frame_header *h, const char *payload, c
         }
         break;
     }
+    case SP_FRAME_RESIZE: {
+        struct exec *x = find_id(h->id);
+        uint16_t v[2] = { 0, 0 };
+        if (h->length >= sizeof v) memcpy(v, payload, sizeof v);
+        // The kernel sends SIGWINCH to the terminal's foreground process group.
+        if (x && x->pty && x->out_fd >= 0 && v[0] && v[1]) sp_agent_resize_pty(x->out_fd, v[0], v[1]);
+        break;
+    }
     case SP_FRAME_RESTORE: do_restore(h->id, payload, h->length, obuf); break;
     case SP_FRAME_NEST:
         if (config->zygote) sp_agent_nest(ctrl, config->nest_fd, h->id, payload, h->length);
@@ -517,13 +556,18 @@ int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
         for (int i = 2; i < n; i++) {
             struct exec *x = owners[i];
             if (!pfds[i].revents || !x->used) continue;
-            if (pfds[i].fd == x->out_fd) pump_output(x, &x->out_fd, 1, obuf);
+            if (pfds[i].fd == x->out_fd) pump_output(x, &x->out_fd, x->pty ? 3 : 1, obuf);
             else if (pfds[i].fd == x->err_fd) pump_output(x, &x->err_fd, 2, obuf);
             else if (pfds[i].fd == x->in_fd) {
                 ssize_t w = write(x->in_fd, x->inbuf + x->inoff, x->inlen - x->inoff);
-                if (w > 0) x->inoff += (size_t)w;
+                if (w > 0) {
+                    x->inoff += (size_t)w;
+                    x->in_total += (uint64_t)w;
+                    // The daemon sends more only as input is taken (its exec.input backpressure).
+                    send_or_die(SP_FRAME_INPUT_ACK, 0, x->id, &x->in_total, sizeof x->in_total, NULL, 0);
+                }
                 else if (w < 0 && errno != EAGAIN && errno != EINTR) close_fd(&x->in_fd);
-                if (x->inoff == x->inlen && x->in_close_pending) close_fd(&x->in_fd);
+                if (x->inoff == x->inlen && x->in_close_pending) end_input(x);
             }
         }
         if (pfds[0].revents) {

@@ -116,6 +116,10 @@ public struct ExecRecord: Sendable, Equatable {
 
 public enum OutputStream: String, Sendable {
     case stdout, stderr
+    /// A PTY exec's terminal: its stdout and stderr, as one stream of raw bytes.
+    case pty
+    /// Input typed into a PTY exec (`exec.input`), kept in its log so a session can be replayed.
+    case stdin
 }
 
 /// One piece of an exec's output, numbered per exec from 0.
@@ -128,6 +132,29 @@ public struct OutputChunk: Sendable, Equatable {
         self.seq = seq
         self.stream = stream
         self.bytes = bytes
+    }
+
+    /// The head and tail of `chunks` within `maxBytes` (half each; chunks at
+    /// the seams are cut), and how many bytes were left out of the middle.
+    public static func headAndTail(_ chunks: [OutputChunk], maxBytes: Int) -> ([OutputChunk], omitted: Int) {
+        let total = chunks.reduce(0) { $0 + $1.bytes.count }
+        guard total > maxBytes else { return (chunks, 0) }
+        var head: [OutputChunk] = [], tail: [OutputChunk] = []
+        var room = maxBytes / 2
+        for c in chunks where room > 0 {
+            var k = c
+            k.bytes = Array(c.bytes.prefix(room))
+            room -= k.bytes.count
+            head.append(k)
+        }
+        room = maxBytes - maxBytes / 2
+        for c in chunks.reversed() where room > 0 {
+            var k = c
+            k.bytes = Array(c.bytes.suffix(room))
+            room -= k.bytes.count
+            tail.insert(k, at: 0)
+        }
+        return (head + tail, total - maxBytes)
     }
 
     /// Text when the bytes are valid UTF-8, else base64 with `encoding`.

@@ -20,7 +20,11 @@ public struct OutputBuffer: Sendable {
     /// what the head has left are split so the head fills exactly.
     @discardableResult
     public mutating func append(_ stream: OutputStream, _ bytes: [UInt8]) -> [OutputChunk] {
-        if stream == .stdout { stdoutBytes += Int64(bytes.count) } else { stderrBytes += Int64(bytes.count) }
+        switch stream {
+        case .stdout, .pty: stdoutBytes += Int64(bytes.count)
+        case .stderr: stderrBytes += Int64(bytes.count)
+        case .stdin: break
+        }
         var out: [OutputChunk] = []
         var rest = bytes[...]
         let headBudget = budget / 2

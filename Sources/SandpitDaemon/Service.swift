@@ -73,7 +73,7 @@ public final class RPCService: Sendable {
 
     public static let methods = ["server.info", "server.auth", "policy.get", "sandbox.create", "sandbox.pause", "sandbox.resume",
                                  "sandbox.hibernate", "sandbox.keepalive", "sandbox.watch", "sandbox.unwatch", "sandbox.get", "sandbox.list", "sandbox.delete",
-                                 "exec.run", "exec.kill", "exec.list", "exec.logs", "checkpoint.list", "checkpoint.create", "sandbox.restore",
+                                 "exec.run", "exec.kill", "exec.list", "exec.logs", "exec.input", "exec.resize", "exec.wait", "checkpoint.list", "checkpoint.create", "sandbox.restore",
                                  "sandbox.fork", "storage.info", "batch.run", "template.build", "template.list", "template.get", "template.delete"] + fileMethods.sorted() + portMethods.sorted() + codeMethods.sorted()
 
     /// Methods that may hold a thread for long (building sandboxes and
@@ -170,6 +170,38 @@ public final class RPCService: Sendable {
             let sig = try Signals.parse(p.object["signal"]) ?? SIGKILL
             try await engine.kill(try p.requireString("sandboxId"), execId: try p.requireString("execId"), signal: sig, caller: caller)
             return .object([:])
+        case "exec.input":
+            try p.expect(only: ["sandboxId", "execId", "data", "dataBase64", "eof"])
+            var bytes: [UInt8] = []
+            if let d = try p.string("data") { bytes = Array(d.utf8) }
+            if let b = try p.string("dataBase64") {
+                guard bytes.isEmpty else { throw SandpitError.invalidParams("dataBase64", "give data or dataBase64, not both") }
+                guard let d = Base64.decode(b) else { throw SandpitError.invalidParams("dataBase64", "not valid base64") }
+                bytes = d
+            }
+            let eof = try p.bool("eof") ?? false
+            if bytes.isEmpty && !eof { throw SandpitError.invalidParams("data", "give data, dataBase64 or eof") }
+            try await engine.input(try p.requireString("sandboxId"), execId: try p.requireString("execId"), bytes, eof: eof, caller: caller)
+            return .object([:])
+        case "exec.resize":
+            try p.expect(only: ["sandboxId", "execId", "rows", "cols"])
+            guard let rows = try p.int("rows", min: 1, max: 1000), let cols = try p.int("cols", min: 1, max: 1000) else {
+                throw SandpitError.invalidParams("rows", "rows and cols are required (1-1000)")
+            }
+            try await engine.resize(try p.requireString("sandboxId"), execId: try p.requireString("execId"), rows: Int(rows), cols: Int(cols), caller: caller)
+            return .object([:])
+        case "exec.wait":
+            try p.expect(only: ["sandboxId", "execId", "yieldMs", "sinceSeq", "maxOutputBytes", "follow"])
+            let sid = try p.requireString("sandboxId"), eid = try p.requireString("execId")
+            guard case .live(let s) = try await engine.logs(sid, execId: eid, caller: caller) else {
+                throw SandpitError(.invalidState, "exec \(eid) is no longer live (the daemon restarted since): read its summary with exec.logs")
+            }
+            if try p.bool("follow") == true {
+                // Attach: output streams as exec.output notifications, as for a foreground exec.run.
+                return try await stream(s, since: Int(try p.int("sinceSeq", min: 0) ?? 0), requestId: requestId, out: out)
+            }
+            return try await collect(s, since: Int(try p.int("sinceSeq", min: 0) ?? 0), yieldMs: try p.int("yieldMs", min: 0, max: 3_600_000).map { Int($0) },
+                                     maxOutputBytes: try p.int("maxOutputBytes", min: 64, max: 64 << 20).map { Int($0) })
         case "exec.list":
             try p.expect(only: ["sandboxId", "limit"])
             let list = try await engine.execs(try p.requireString("sandboxId"), limit: Int(try p.int("limit", min: 1, max: 1000) ?? 100), caller: caller)
@@ -517,7 +549,8 @@ public final class RPCService: Sendable {
     func execRun(_ p: Params, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
         let caller = peer.caller
         let received = Clock.monotonicNs()
-        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background", "queueTimeoutMs"])
+        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background", "queueTimeoutMs",
+                            "pty", "yieldMs", "maxOutputBytes"])
         let id = try p.requireString("sandboxId")
         let cmd = try p.stringArray("cmd")
         let shell = try p.string("shell")
@@ -539,7 +572,9 @@ public final class RPCService: Sendable {
         let cwd = try p.string("cwd")
         if let c = cwd, !c.hasPrefix("/") || c.utf8.contains(0) { throw SandpitError.invalidParams("cwd", "must be an absolute path") }
         var stdin: [UInt8]?
-        if let s = try p.string("stdin") { stdin = Array(s.utf8) }
+        // `stdin: "pipe"` keeps stdin open for exec.input; any other string is the input itself.
+        let pipe = try p.string("stdin") == "pipe"
+        if !pipe, let s = try p.string("stdin") { stdin = Array(s.utf8) }
         if let b = try p.string("stdinBase64") {
             guard stdin == nil else { throw SandpitError.invalidParams("stdinBase64", "give stdin or stdinBase64, not both") }
             guard let bytes = Base64.decode(b) else { throw SandpitError.invalidParams("stdinBase64", "not valid base64") }
@@ -550,23 +585,42 @@ public final class RPCService: Sendable {
         }
         let timeout = try p.int("timeoutMs", min: 1, max: 7 * 24 * 3_600_000).map { Int($0) }
         let background = try p.bool("background") ?? false
+        var pty: (rows: Int, cols: Int)?
+        if let t = try p.object("pty") {
+            try t.expect(only: ["rows", "cols"])
+            pty = (Int(try t.int("rows", min: 1, max: 1000) ?? 24), Int(try t.int("cols", min: 1, max: 1000) ?? 80))
+        }
+        let yieldMs = try p.int("yieldMs", min: 0, max: 3_600_000).map { Int($0) }
+        let maxOutput = try p.int("maxOutputBytes", min: 64, max: 64 << 20).map { Int($0) }
+        if yieldMs != nil && background { throw SandpitError.invalidParams("yieldMs", "give yieldMs or background, not both") }
 
-        let session = try await engine.exec(id, ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received),
-                                              caller: caller, awaitStart: background,
+        var req = ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received)
+        req.stdinPipe = pipe
+        req.pty = pty
+        let session = try await engine.exec(id, req, caller: caller, awaitStart: background || yieldMs != nil,
                                               admit: try ticket(p, peer: peer, requestId: requestId, out: out, waitingFor: "exec"))
+        if let yieldMs { return try await collect(session, since: 0, yieldMs: yieldMs, maxOutputBytes: maxOutput) }
         if background {
             return .object(["execId": .string(session.execId), "state": .string(session.isFinished ? "exited" : "running"), "background": true])
         }
-        var last = -1
+        return try await stream(session, since: 0, requestId: requestId, out: out)
+    }
+
+    /// Sends an exec's output from `since` as `exec.output` notifications
+    /// until it ends, then its result. Input typed into a terminal is in the
+    /// log (for `exec.logs`), not echoed here: the terminal echoes it.
+    func stream(_ session: ExecSession, since: Int, requestId: JSONValue, out: any RPCOutbound) async throws -> JSONValue {
+        var last = since - 1
         while true {
             let (chunks, outcome) = try await session.nextCancellable(after: last)
             for c in chunks {
+                last = c.seq
+                if c.stream == .stdin { continue }
                 let (data, enc) = c.wireFields()
                 var o: JSONObject = ["requestId": requestId, "execId": .string(session.execId), "stream": .string(c.stream.rawValue), "data": .string(data)]
                 if let enc { o["encoding"] = .string(enc) }
                 o["seq"] = .int(Int64(c.seq))
                 try await out.send(RPC.notification("exec.output", .object(o)))
-                last = c.seq
             }
             if let outcome {
                 let rec = await session.waitRecorded()
@@ -586,6 +640,46 @@ public final class RPCService: Sendable {
     }
 
     static func name(_ s: Int32) -> String { Signals.name(s) }
+
+    /// A yield-style answer (`exec.run` with `yieldMs`, `exec.wait`): the
+    /// output from `since` on, gathered until the exec ends or `yieldMs` pass,
+    /// whichever is first. Running: `{execId, running: true, chunks, nextSeq}`;
+    /// ended: the exec result plus `running: false`, `chunks`, `nextSeq`. With
+    /// `maxOutputBytes` the answer keeps the head and tail of the output and
+    /// says how much it left out (`omittedBytes`; `exec.logs` has it all).
+    func collect(_ s: ExecSession, since: Int, yieldMs: Int?, maxOutputBytes: Int?) async throws -> JSONValue {
+        let deadline = yieldMs.map { ContinuousClock.now + .milliseconds($0) }
+        var chunks: [OutputChunk] = []
+        var last = since - 1
+        var outcome: ExecOutcome?
+        while outcome == nil {
+            if let d = deadline, ContinuousClock.now >= d { break }
+            let next: (chunks: [OutputChunk], outcome: ExecOutcome?)? = try await withThrowingTaskGroup(of: (chunks: [OutputChunk], outcome: ExecOutcome?)?.self) { g in
+                g.addTask { [last] in try await s.nextCancellable(after: last) }
+                if let d = deadline { g.addTask { try await Task.sleep(until: d); return nil } }
+                defer { g.cancelAll() }
+                return try await g.next()!
+            }
+            guard let next else { break }
+            chunks += next.chunks
+            last = next.chunks.last?.seq ?? last
+            outcome = next.outcome
+        }
+        var shown = chunks
+        var omitted = 0
+        if let max = maxOutputBytes { (shown, omitted) = OutputChunk.headAndTail(chunks, maxBytes: max) }
+        var o: JSONObject
+        if let outcome, case .object(let r) = Self.resultJSON(s.execId, outcome, step: await s.waitRecorded()) {
+            o = r
+            o["running"] = false
+        } else {
+            o = ["execId": .string(s.execId), "running": true]
+        }
+        o["chunks"] = .array(shown.map(Self.chunkJSON))
+        o["nextSeq"] = .int(Int64(last + 1))
+        if omitted > 0 { o["omittedBytes"] = .int(Int64(omitted)) }
+        return .object(o)
+    }
 
     static func chunkJSON(_ c: OutputChunk) -> JSONValue {
         let (data, enc) = c.wireFields()
@@ -633,7 +727,7 @@ extension ExecSession {
     func nextCancellable(after: Int) async throws -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
         try Task.checkCancellation()
         let r = await withTaskCancellationHandler {
-            await next(after: after)
+            await next(after: after, untilCancelled: true)
         } onCancel: {
             self.wakeAll()
         }

@@ -67,6 +67,10 @@ public struct ExecRequest: Sendable {
     /// As the sandbox's root (a zygote's interpreter, which must own the
     /// namespaces it nests), not the template's user.
     var asRoot = false
+    /// Keep stdin open after `stdin` (if any): more comes with `Engine.input`.
+    public var stdinPipe = false
+    /// Run on a new pseudo-terminal of this size (rows, cols): its controlling terminal.
+    public var pty: (rows: Int, cols: Int)?
 
     public init(argv: [String], env: [String: String] = [:], cwd: String? = nil, stdin: [UInt8]? = nil,
                 timeoutMs: Int? = nil, receivedNs: UInt64 = Clock.monotonicNs()) {
@@ -773,19 +777,22 @@ public final class Engine: Sendable {
         // A service exec's output is consumed as it arrives (and then dropped), so nothing may be cut from it.
         let budget = req.service ? Int.max / 4 : Int(rt.policy.outputBytes ?? 16 << 20)
         let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: budget,
-                                  receivedNs: req.receivedNs)
+                                  receivedNs: req.receivedNs, input: req.pty != nil ? .terminal : req.stdinPipe ? .pipe : .none)
         session.wake = woke
         execAdmitted = false   // released when the exec finishes
         rt.register(session)
         if !req.service { rt.idle.withLock { $0.begin(now: Clock.nowMs()) } }
 
         let config = rt.image.config
-        let env = Self.commandEnv(rt, req.env)
+        var env = Self.commandEnv(rt, req.env)
+        if req.pty != nil && !env.contains(where: { $0.0 == "TERM" }) { env.append(("TERM", "xterm-256color")) }
         var payload: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v) { payload += $0 } }
         u32(req.asRoot ? 0 : config.uid); u32(req.asRoot ? 0 : config.gid)
-        u32((req.stdin != nil || req.service ? SP_SPAWN_STDIN : 0) | (req.placeholder ? SP_SPAWN_PLACEHOLDER : 0))
+        u32((req.stdin != nil || req.service || req.stdinPipe ? SP_SPAWN_STDIN : 0) | (req.placeholder ? SP_SPAWN_PLACEHOLDER : 0)
+            | (req.pty != nil ? SP_SPAWN_PTY : 0))
         u32(UInt32(req.argv.count)); u32(UInt32(env.count))
+        u32(req.pty.map { UInt32(min(max($0.rows, 1), 0xffff)) << 16 | UInt32(min(max($0.cols, 1), 0xffff)) } ?? 0)
         func str(_ s: String) { payload += Array(s.utf8); payload.append(0) }
         str(req.cwd ?? config.workdir)
         for a in req.argv { str(a) }
@@ -805,7 +812,8 @@ public final class Engine: Sendable {
                 rt.send(type: SP_FRAME_STDIN.rawValue, id: n, payload: Array(input[off..<end]))
                 off = end
             }
-            rt.send(type: SP_FRAME_STDIN.rawValue, id: n, payload: [])
+            session.inputSent(UInt64(input.count))
+            if !req.stdinPipe && req.pty == nil { rt.send(type: SP_FRAME_STDIN.rawValue, id: n, payload: []) }
         }
         let record = rt.record
         let cat = catalog
@@ -856,6 +864,44 @@ public final class Engine: Sendable {
         // Sent even when the command has ended: the agent signals whatever
         // the command left running in its cgroup (a fork bomb's remains, say).
         rt.signal(exec: s.numericId, signal)
+    }
+
+    /// Writes to a running exec's stdin (a pipe, or typed into its terminal),
+    /// with backpressure: at most `ExecSession.inputWindow` bytes may wait in
+    /// the sandbox; a write waits for room, up to `waitMs`, then fails with
+    /// `limit_exceeded`. `eof` closes a pipe, or types ^D into a terminal.
+    public func input(_ id: String, execId: String, _ bytes: [UInt8], eof: Bool, waitMs: Int = 10_000, caller: Caller) async throws {
+        let rt = try await liveRuntime(id, caller: caller)
+        guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
+        guard s.input != .none else {
+            throw SandpitError(.invalidState, "exec \(execId) has no open stdin: start it with stdin: \"pipe\" or pty")
+        }
+        try s.checkInputOpen()
+        var off = 0
+        while off < bytes.count {
+            let end = min(off + Int(SP_OUTPUT_CHUNK), bytes.count)
+            try await s.reserveInput(UInt64(end - off), waitMs: waitMs)
+            let chunk = Array(bytes[off..<end])
+            if s.input == .terminal { s.append(.stdin, chunk) }
+            rt.send(type: SP_FRAME_STDIN.rawValue, id: s.numericId, payload: chunk)
+            off = end
+        }
+        if eof {
+            s.closeInput()
+            rt.send(type: SP_FRAME_STDIN.rawValue, id: s.numericId, payload: [])
+        }
+        rt.idle.withLock { $0.touch(now: Clock.nowMs()) }
+    }
+
+    /// Sets a PTY exec's window size; its foreground process group gets SIGWINCH.
+    public func resize(_ id: String, execId: String, rows: Int, cols: Int, caller: Caller) async throws {
+        let rt = try await liveRuntime(id, caller: caller)
+        guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
+        guard s.input == .terminal else { throw SandpitError(.invalidState, "exec \(execId) has no terminal: start it with pty") }
+        var payload: [UInt8] = []
+        withUnsafeBytes(of: UInt16(rows)) { payload += $0 }
+        withUnsafeBytes(of: UInt16(cols)) { payload += $0 }
+        rt.send(type: SP_FRAME_RESIZE.rawValue, id: s.numericId, payload: payload)
     }
 
     public enum Logs: Sendable {

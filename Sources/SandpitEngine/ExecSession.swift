@@ -49,7 +49,18 @@ public final class ExecSession: Sendable {
         /// Set once the step is recorded (step number advanced, checkpoint taken or not).
         var recorded: StepRecord?
         var recordWaiters: [CheckedContinuation<StepRecord, Never>] = []
+        /// Input sent to the agent, and taken by the command (the agent's acks).
+        var inputSent: UInt64 = 0
+        var inputTaken: UInt64 = 0
+        var inputClosed = false
+        var inputWaiters: [CheckedContinuation<Void, Never>] = []
     }
+
+    /// How the command's stdin can be written to after it starts.
+    public enum Input: Sendable { case none, pipe, terminal }
+    public let input: Input
+    /// Input that may wait in the sandbox, not yet taken by the command.
+    static let inputWindow: UInt64 = 1 << 20
 
     let state: Mutex<State>
     /// Set when starting this exec had to wake its sandbox.
@@ -59,7 +70,8 @@ public final class ExecSession: Sendable {
         set { wakeInfo.withLock { $0 = newValue } }
     }
 
-    init(sandboxId: String, numericId: UInt32, command: [String], outputBudget: Int, receivedNs: UInt64) {
+    init(sandboxId: String, numericId: UInt32, command: [String], outputBudget: Int, receivedNs: UInt64, input: Input = .none) {
+        self.input = input
         self.sandboxId = sandboxId
         self.numericId = numericId
         self.execId = "ex_\(numericId)"
@@ -99,6 +111,64 @@ public final class ExecSession: Sendable {
         for w in waiters { w.resume() }
     }
 
+    func inputSent(_ n: UInt64) { state.withLock { $0.inputSent += n } }
+
+    /// The agent wrote `total` bytes of input to the command so far.
+    func inputTaken(_ total: UInt64) {
+        let w = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.inputTaken = max(s.inputTaken, total)
+            defer { s.inputWaiters = [] }
+            return s.inputWaiters
+        }
+        for c in w { c.resume() }
+    }
+
+    func checkInputOpen() throws {
+        let (closed, done) = state.withLock { ($0.inputClosed, $0.outcome != nil) }
+        if done { throw SandpitError(.invalidState, "exec \(execId) has ended") }
+        if closed { throw SandpitError(.invalidState, "exec \(execId)'s stdin is closed (eof was sent)") }
+    }
+
+    func closeInput() { state.withLock { $0.inputClosed = true } }
+
+    /// Waits until `n` more bytes fit in the input window, then counts them as
+    /// sent. A command that does not read makes the write fail after `waitMs`.
+    func reserveInput(_ n: UInt64, waitMs: Int) async throws {
+        let deadline = ContinuousClock.now + .milliseconds(waitMs)
+        while true {
+            let ok = try state.withLock { s -> Bool in
+                if s.outcome != nil { throw SandpitError(.invalidState, "exec \(execId) has ended") }
+                guard s.inputSent - s.inputTaken + n <= Self.inputWindow || s.inputSent == s.inputTaken else { return false }
+                s.inputSent += n
+                return true
+            }
+            if ok { return }
+            if ContinuousClock.now >= deadline {
+                throw SandpitError(.limitExceeded, "the command has not read its input for \(waitMs) ms (\(Self.inputWindow >> 10) KiB are waiting)",
+                                   details: ["waitingBytes": .int(Int64(state.withLock { $0.inputSent - $0.inputTaken }))])
+            }
+            // Woken by the next ack or the exec's end; re-checked at least every 100 ms.
+            let tick = Task { [self] in
+                try? await Task.sleep(for: .milliseconds(100))
+                wakeInputWaiters()
+            }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if s.outcome != nil || s.inputSent - s.inputTaken + n <= Self.inputWindow { return true }
+                    s.inputWaiters.append(c)
+                    return false
+                }
+                if ready { c.resume() }
+            }
+            tick.cancel()
+        }
+    }
+
+    func wakeInputWaiters() {
+        let w = state.withLock { s -> [CheckedContinuation<Void, Never>] in defer { s.inputWaiters = [] }; return s.inputWaiters }
+        for c in w { c.resume() }
+    }
+
     /// Drops output a reader has consumed (service execs, whose output is never replayed).
     func consumed(through seq: Int) { state.withLock { $0.buffer.discard(through: seq) } }
 
@@ -134,6 +204,7 @@ public final class ExecSession: Sendable {
         }
         for w in waiters { w.resume() }
         for w in starts { w.resume() }
+        wakeInputWaiters()
     }
 
     /// Waits until the process has started (or the exec ended without starting).
@@ -178,7 +249,9 @@ public final class ExecSession: Sendable {
 
     /// Retained chunks with seq > `after` (-1 for all), suspending until there
     /// are some or the exec has ended. Returns the outcome once ended and drained.
-    public func next(after: Int) async -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
+    /// With `untilCancelled`, a cancelled caller gets nothing back at once
+    /// (`wakeAll` wakes it); otherwise it waits regardless.
+    public func next(after: Int, untilCancelled: Bool = false) async -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
         while true {
             let r: ([OutputChunk], ExecOutcome?)? = state.withLock { s in
                 let c = s.buffer.chunks(since: after + 1)
@@ -187,9 +260,10 @@ public final class ExecSession: Sendable {
                 return nil
             }
             if let r { return r }
+            if untilCancelled && Task.isCancelled { return ([], nil) }
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let ready = state.withLock { s -> Bool in
-                    if s.outcome != nil || s.buffer.nextSeq > after + 1 { return true }
+                    if s.outcome != nil || s.buffer.nextSeq > after + 1 || (untilCancelled && Task.isCancelled) { return true }
                     s.waiters.append(c)
                     return false
                 }

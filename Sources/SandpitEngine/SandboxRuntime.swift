@@ -115,7 +115,9 @@ final class SandboxRuntime: Sendable {
                 retire(f.id)
             }
         case SP_FRAME_OUTPUT.rawValue:
-            session(f.id)?.append(f.stream == 2 ? .stderr : .stdout, f.payload)
+            session(f.id)?.append(f.stream == 2 ? .stderr : f.stream == 3 ? .pty : .stdout, f.payload)
+        case SP_FRAME_INPUT_ACK.rawValue:
+            if f.payload.count >= 8 { session(f.id)?.inputTaken(f.payload.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }) }
         case SP_FRAME_EXITED.rawValue:
             if let s = session(f.id) {
                 let status = f.int32()

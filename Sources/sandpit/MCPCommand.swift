@@ -129,7 +129,14 @@ actor MCPSession {
         Tool(name: "run_command", description: "Run a shell command (bash) in the sandbox, as an unprivileged user with no network. Returns the exit code, stdout and stderr.",
              inputSchema: schema(["command": .object(["type": "string"]),
                                   "cwd": .object(["type": "string", "description": "Working directory (default, or empty: /home/user)"]),
-                                  "timeout_seconds": .object(["type": "number", "description": "Kill the command after this long (default, or 0: no limit)"])], required: ["command"])),
+                                  "timeout_seconds": .object(["type": "number", "description": "Kill the command after this long (default, or 0: no limit)"]),
+                                  "yield_seconds": .object(["type": "number", "description": "Return after this long with the output so far if the command is still running (it keeps running, its stdin open: continue with write_stdin). Default, or 0: wait for it to end"]),
+                                  "tty": .object(["type": "boolean", "description": "Run it on a terminal (for REPLs, prompts, editors); use with yield_seconds"])], required: ["command"])),
+        Tool(name: "write_stdin", description: "Send input to a command started with run_command and yield_seconds (\\n ends a line; \\u0003 is Ctrl-C on a terminal), then return the output that followed, waiting up to yield_seconds. Empty input just waits for more output.",
+             inputSchema: schema(["exec_id": .object(["type": "string", "description": "The exec id run_command gave"]),
+                                  "input": .object(["type": "string", "description": "Text to send (may be empty)"]),
+                                  "close_stdin": .object(["type": "boolean", "description": "Then close its stdin (end of input)"]),
+                                  "yield_seconds": .object(["type": "number", "description": "How long to gather output (default 1)"])], required: ["exec_id"])),
         Tool(name: "read_file", description: "Read a text file from the sandbox (paths relative to /home/user or absolute).",
              inputSchema: schema(["path": .object(["type": "string"])], required: ["path"]), annotations: .init(readOnlyHint: true)),
         Tool(name: "write_file", description: "Write a text file in the sandbox, creating parent directories.",
@@ -151,6 +158,7 @@ actor MCPSession {
             switch name {
             case "run_code": return try await runCode(args)
             case "run_command": return try await runCommand(args)
+            case "write_stdin": return try await writeStdin(args)
             case "read_file":
                 let r = try await rpc("fs.read", ["path": .string(try Self.string(args, "path"))])
                 let bytes = Base64.decode(r["data"]?.stringValue ?? "") ?? []
@@ -242,10 +250,55 @@ actor MCPSession {
         return .init(content: (parts.isEmpty ? [] : [.text(text: parts.joined(separator: "\n"), annotations: nil, _meta: nil)]) + content, isError: false)
     }
 
+    /// Where each yielding command's next output starts.
+    var nextSeq: [String: Int64] = [:]
+
+    /// What a yield-style answer says: the output so far, and either how it
+    /// ended or how to go on.
+    func yielded(_ r: JSONValue) -> CallTool.Result {
+        let exec = r["execId"]?.stringValue ?? ""
+        nextSeq[exec] = r["nextSeq"]?.intValue ?? 0
+        var out: [UInt8] = [], err: [UInt8] = []
+        for c in r["chunks"]?.arrayValue ?? [] where c["stream"]?.stringValue != "stdin" {
+            if c["stream"]?.stringValue == "stderr" { err += outputBytes(c) } else { out += outputBytes(c) }
+        }
+        let o = String(decoding: out, as: UTF8.self), e = String(decoding: err, as: UTF8.self)
+        var text: String
+        if r["running"] == true {
+            text = "still running (exec_id \(exec)): send input or wait for more with write_stdin"
+        } else {
+            nextSeq[exec] = nil
+            text = r["timedOut"] == true ? "timed out (killed)" : "exit code \(r["exitCode"]?.intValue ?? -1)"
+        }
+        if let n = r["omittedBytes"]?.intValue { text += "\n(\(n) bytes of output left out of the middle)" }
+        text += "\noutput:\n" + (o.isEmpty ? "(none yet)" : shape(o, label: "output"))
+        if !e.isEmpty { text += "\nstderr:\n" + shape(e, label: "stderr") }
+        return .init(content: [.text(text: text, annotations: nil, _meta: nil)], isError: r["running"] != true && r["exitCode"]?.intValue != 0)
+    }
+
+    func writeStdin(_ args: [String: Value]) async throws -> CallTool.Result {
+        let exec = try Self.string(args, "exec_id")
+        let input = args["input"]?.stringValue ?? ""
+        if !input.isEmpty { _ = try await rpc("exec.input", ["execId": .string(exec), "data": .string(input)]) }
+        if args["close_stdin"]?.boolValue == true { _ = try await rpc("exec.input", ["execId": .string(exec), "eof": true]) }
+        let wait = Self.seconds(args["yield_seconds"]) ?? 1000
+        let r = try await rpc("exec.wait", ["execId": .string(exec), "yieldMs": .int(wait), "sinceSeq": .int(nextSeq[exec] ?? 0),
+                                            "maxOutputBytes": .int(Int64(maxOutput))])
+        return yielded(r)
+    }
+
     func runCommand(_ args: [String: Value]) async throws -> CallTool.Result {
         var p: JSONObject = ["shell": .string(try Self.string(args, "command"))]
         if let c = Self.given(args["cwd"])?.stringValue { p["cwd"] = .string(c) }
         if let t = Self.seconds(args["timeout_seconds"]) { p["timeoutMs"] = .int(t) }
+        if let y = Self.seconds(args["yield_seconds"]) {
+            // An interactive command over several tool calls: stdin stays open, output comes in slices.
+            p["yieldMs"] = .int(y)
+            p["stdin"] = "pipe"
+            p["maxOutputBytes"] = .int(Int64(maxOutput))
+            if Self.given(args["tty"])?.boolValue == true { p["pty"] = ["rows": 24, "cols": 120] }
+            return yielded(try await rpc("exec.run", p))
+        }
         let (r, out, err) = try await rpcCollecting("exec.run", p, notification: "exec.output", onCancel: { [client] sb, exec in
             // The client gave up on the command: kill it rather than leave it running unseen.
             if let exec { _ = try? await client.call("exec.kill", ["sandboxId": .string(sb), "execId": .string(exec)]) }

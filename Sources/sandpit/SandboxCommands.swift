@@ -50,6 +50,8 @@ struct CommandOptions: ParsableArguments {
     @Flag(help: "Do not give this process's stdin to the command (by default a pipe or file on stdin is read to its end and given to it).")
     var noStdin = false
     @Flag(help: "Print one JSON object with the result instead of streaming output.") var json = false
+    @Flag(name: [.customShort("i"), .long], help: "Keep stdin open: what is typed or piped goes to the command as it comes.") var interactive = false
+    @Flag(name: [.customShort("t"), .long], help: "Run the command on a terminal (a PTY in the sandbox): raw keys, window size, Ctrl-C to it.") var tty = false
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var command: [String] = []
 
     /// The command, with `--` dropped; `-h` asks for help, any other option here is a mistake.
@@ -64,7 +66,7 @@ struct CommandOptions: ParsableArguments {
     }
 
     /// The `exec.run` params for this command.
-    func params(sandbox: String, argv: [String]) throws -> JSONObject {
+    func params(sandbox: String, argv: [String], forwardStdin: Bool = true) throws -> JSONObject {
         var p: JSONObject = ["sandboxId": .string(sandbox), "cmd": .array(argv.map { .string($0) })]
         var e = JSONObject()
         for kv in env {
@@ -74,12 +76,13 @@ struct CommandOptions: ParsableArguments {
         if e.count > 0 { p["env"] = .object(e) }
         if let workdir { p["cwd"] = .string(workdir) }
         if let t = timeoutMs { p["timeoutMs"] = .int(Int64(t)) }
-        if !noStdin, let input = try StdinForward.read() { p["stdinBase64"] = .string(Base64.encode(input)) }
+        if forwardStdin && !noStdin, let input = try StdinForward.read() { p["stdinBase64"] = .string(Base64.encode(input)) }
         return p
     }
 
     /// Runs the command, streaming its output to this process's stdout and stderr.
     func run(_ c: any RPCClient, sandbox: String, argv: [String]) async throws -> JSONValue {
+        if interactive || tty { return try await Interactive.run(c, sandbox: sandbox, argv: argv, tty: tty, options: self) }
         let json = self.json
         return try await c.call("exec.run", try params(sandbox: sandbox, argv: argv)) { method, p in
             guard method == "exec.output", !json else { return }

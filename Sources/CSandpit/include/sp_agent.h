@@ -22,6 +22,10 @@ int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step);
 int sp_agent_setup_network(const char **step);
 int sp_agent_harden(const char **step);
 int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg);
+// A new pseudo-terminal of the sandbox's devpts, with this window size (0: 24x80).
+int sp_agent_open_pty(unsigned rows, unsigned cols, int *master, int *slave);
+// Sets a PTY's window size; the kernel signals its foreground process group (SIGWINCH).
+int sp_agent_resize_pty(int master, unsigned rows, unsigned cols);
 // NEST (zygote agents): clones a nested sandbox's first process; sends NESTED.
 void sp_agent_nest(int ctrl_fd, int nest_fd, uint32_t id, const char *payload, size_t len);
 

@@ -25,6 +25,7 @@ enum sp_frame_type {
     SP_FRAME_RESTORE = 5, // id = request id; payload = uint32 n, n x sp_adopt, then int32 pids to keep:
                           // kill every other process, drain output, answer RESTORED
     SP_FRAME_SIGNAL_PID = 6, // payload = int32 pid, int32 signal (sent by PID 1)
+    SP_FRAME_RESIZE = 8,  // id = exec id; payload = uint16 rows, uint16 cols: a PTY exec's window size (SIGWINCH)
     SP_FRAME_NEST = 7,    // zygote agents only. id = request id; payload = sp_nest_header + argv strings;
                           // descriptors on SP_AGENT_FD_NEST (see sp_nest_header): start a nested sandbox's agent
     // agent -> daemon
@@ -32,10 +33,11 @@ enum sp_frame_type {
     SP_FRAME_FATAL = 65,       // payload = text "step: error"
     SP_FRAME_STARTED = 66,     // id = exec id; payload = int32 pid (inside the sandbox)
     SP_FRAME_SPAWN_ERROR = 67, // id = exec id; payload = int32 errno + text
-    SP_FRAME_OUTPUT = 68,      // id = exec id; stream = 1 stdout, 2 stderr; data
+    SP_FRAME_OUTPUT = 68,      // id = exec id; stream = 1 stdout, 2 stderr, 3 a PTY; data
     SP_FRAME_EXITED = 69,      // id = exec id; payload = int32 wait status
     SP_FRAME_STATS_REPLY = 70, // id = request id; payload = sp_stats
     SP_FRAME_RESTORED = 71,    // id = request id; payload = int32 killed, int32 still alive
+    SP_FRAME_INPUT_ACK = 73,   // id = exec id; payload = uint64 bytes of STDIN data written to the command so far
     SP_FRAME_NESTED = 72,      // id = request id; payload = int32 pid (in the zygote) or -errno, then text;
                                // on success the child's pidfd follows on SP_AGENT_FD_NEST
 };
@@ -56,10 +58,14 @@ struct sp_spawn_header {
     uint32_t flags; // SP_SPAWN_*
     uint32_t argc;
     uint32_t envc;
+    uint32_t winsize; // SP_SPAWN_PTY: rows << 16 | cols
 };
 #define SP_SPAWN_STDIN 1u   // keep a stdin pipe open for STDIN frames; else stdin is /dev/null
 #define SP_SPAWN_PLACEHOLDER 2u // exec nothing: the child waits, holding the exec's pipes, until a
                                 // process forked from a zygote takes them over (RESTORE adopts it)
+#define SP_SPAWN_PTY 4u     // run on a new pseudo-terminal of the sandbox's devpts (its controlling
+                            // terminal, a new session); output comes as stream 3, STDIN frames are typed
+                            // into it, RESIZE sets its window size
 
 // NEST: a sandbox whose user and pid namespaces nest in this zygote's. Its
 // descriptors arrive in one message on SP_AGENT_FD_NEST, in this order:

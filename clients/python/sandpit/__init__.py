@@ -16,24 +16,25 @@ Asyncio::
 The client talks to the daemon on ``SANDPIT_SOCKET`` (or ``socket=``), or starts ``sandpit serve`` as a
 child when no socket is given. Standard library only.
 """
-from ._async import (AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncSandbox,
+from ._async import (AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncPty, AsyncPtyHandle, AsyncSandbox,
                      AsyncWatchHandle)
 from .errors import (BuildFailedError, BusyError, ConflictError, ConnectionClosedError, InternalError,
                      InvalidParamsError, InvalidRequestError, InvalidStateError, LimitExceededError,
                      MethodNotFoundError, NotFoundError, ParseError, PermissionDeniedError, RequestTooLargeError,
                      SandboxFailedError, SandpitError, SandpitTimeoutError, UnavailableError)
-from .models import (Checkpoint, CommandResult, EntryInfo, Execution, ExecutionError, FileEvent, Logs, RestoreResult,
+from .models import (Checkpoint, CommandPoll, CommandResult, EntryInfo, Execution, ExecutionError, FileEvent, Logs, RestoreResult,
                      Result)
-from .sandbox import Client, CommandHandle, Commands, Files, Sandbox, WatchHandle
+from .sandbox import Client, CommandHandle, Commands, Files, Pty, PtyHandle, Sandbox, WatchHandle
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncClient", "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncSandbox", "AsyncWatchHandle",
-    "BuildFailedError", "BusyError", "Checkpoint", "Client", "CommandHandle", "CommandResult", "Commands",
+    "AsyncClient", "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncPty", "AsyncPtyHandle", "AsyncSandbox",
+    "AsyncWatchHandle", "BuildFailedError", "BusyError", "Checkpoint", "Client", "CommandHandle", "CommandPoll",
+    "CommandResult", "Commands",
     "ConflictError", "ConnectionClosedError", "EntryInfo", "Execution", "ExecutionError", "FileEvent", "Files",
     "InternalError", "InvalidParamsError", "InvalidRequestError", "InvalidStateError", "LimitExceededError", "Logs",
     "MethodNotFoundError", "NotFoundError", "ParseError", "PermissionDeniedError", "RequestTooLargeError",
-    "RestoreResult", "Result", "Sandbox", "SandboxFailedError", "SandpitError", "SandpitTimeoutError",
+    "Pty", "PtyHandle", "RestoreResult", "Result", "Sandbox", "SandboxFailedError", "SandpitError", "SandpitTimeoutError",
     "UnavailableError", "WatchHandle",
 ]

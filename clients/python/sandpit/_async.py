@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ._connection import AsyncConnection, decode_chunk
 from .errors import SandpitError
-from .models import Checkpoint, CommandResult, EntryInfo, Execution, FileEvent, Logs, RestoreResult
+from .models import Checkpoint, CommandPoll, CommandResult, EntryInfo, Execution, FileEvent, Logs, RestoreResult
 
 OutputCallback = Callable[[str], Any]
 ResultCallback = Callable[[Any], Any]
@@ -30,6 +30,8 @@ def _route(chunk: Params, out: List[str], err: List[str], on_stdout: Optional[Ou
            on_stderr: Optional[OutputCallback]) -> Any:
     """Keeps an output chunk in its stream's list and passes it to that stream's callback (whose
     result, if awaitable, the caller awaits before the next chunk)."""
+    if chunk.get("stream") == "stdin":   # what was typed into a terminal (exec.logs replays it)
+        return None
     text = decode_chunk(chunk).decode(errors="replace")
     if chunk.get("stream") == "stderr":
         err.append(text)
@@ -102,6 +104,9 @@ class AsyncCommandHandle:
     def __init__(self, sandbox: "AsyncSandbox", exec_id: str) -> None:
         self.sandbox = sandbox
         self.exec_id = exec_id
+        #: Where the next :meth:`poll` starts; the first poll of ``run(..., yield_ms=)``.
+        self.next_seq = 0
+        self.first: Optional[CommandPoll] = None
 
     async def wait(self, *, on_stdout: Optional[OutputCallback] = None, on_stderr: Optional[OutputCallback] = None,
                    poll: float = 0.05) -> CommandResult:
@@ -123,6 +128,88 @@ class AsyncCommandHandle:
     async def kill(self, signal: Union[str, int] = "SIGKILL") -> None:
         await self.sandbox._call("exec.kill", {"execId": self.exec_id, "signal": signal})
 
+    async def send_stdin(self, data: Union[str, bytes]) -> None:
+        """Writes to the command's stdin (started with ``stdin=True``). Waits while the command does not
+        read (up to 10 s, then :class:`LimitExceededError`)."""
+        await self.sandbox._call("exec.input", _input(self.exec_id, data))
+
+    async def close_stdin(self) -> None:
+        """Closes the command's stdin: it reads end-of-file."""
+        await self.sandbox._call("exec.input", {"execId": self.exec_id, "eof": True})
+
+    async def poll(self, yield_ms: int = 1000, *, max_output_bytes: Optional[int] = None) -> CommandPoll:
+        """The output since the last poll, gathered for up to ``yield_ms`` or until the command ends (the
+        shape an LLM tool call wants: ``poll.running``, ``poll.stdout``, and once ended ``poll.result``)."""
+        r = await self.sandbox._call("exec.wait", _drop_none({"execId": self.exec_id, "yieldMs": yield_ms,
+                                                              "sinceSeq": self.next_seq, "maxOutputBytes": max_output_bytes}))
+        poll = CommandPoll.from_wire(r)
+        self.next_seq = poll.next_seq
+        return poll
+
+
+def _input(exec_id: str, data: Union[str, bytes]) -> Params:
+    if isinstance(data, bytes):
+        return {"execId": exec_id, "dataBase64": base64.b64encode(data).decode()}
+    return {"execId": exec_id, "data": data}
+
+
+class AsyncPtyHandle:
+    """A command on a terminal (:meth:`AsyncPty.create`): its output goes to ``on_data`` (bytes) as it
+    comes; type into it with :meth:`send_input` (``"\\x03"`` is Ctrl-C)."""
+
+    def __init__(self, sandbox: "AsyncSandbox", exec_id: str, follow: "asyncio.Task[Params]") -> None:
+        self.sandbox = sandbox
+        self.exec_id = exec_id
+        self._follow = follow
+
+    async def send_input(self, data: Union[str, bytes]) -> None:
+        await self.sandbox._call("exec.input", _input(self.exec_id, data))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Sets the terminal's size; its foreground program gets SIGWINCH."""
+        await self.sandbox._call("exec.resize", {"execId": self.exec_id, "rows": rows, "cols": cols})
+
+    async def kill(self, signal: Union[str, int] = "SIGKILL") -> None:
+        await self.sandbox._call("exec.kill", {"execId": self.exec_id, "signal": signal})
+
+    async def wait(self) -> CommandResult:
+        """Waits for the command to end; its terminal output went to ``on_data``."""
+        return CommandResult.from_wire(await self._follow, "", "")
+
+
+class AsyncPty:
+    """``sandbox.pty``: commands on a pseudo-terminal of the sandbox."""
+
+    def __init__(self, sandbox: "AsyncSandbox") -> None:
+        self._sb = sandbox
+
+    async def create(self, rows: int = 24, cols: int = 80, on_data: Optional[Callable[[bytes], Any]] = None, *,
+                     cmd: Union[str, Sequence[str]] = ("bash", "-i"), env: Optional[Dict[str, str]] = None,
+                     cwd: Optional[str] = None, timeout: Optional[float] = None) -> AsyncPtyHandle:
+        """Starts ``cmd`` (default an interactive bash) on a new terminal of ``rows`` x ``cols``."""
+        p: Params = {"shell": cmd} if isinstance(cmd, str) else {"cmd": list(cmd)}
+        p.update(_drop_none({"env": env, "cwd": cwd, "timeoutMs": _ms(timeout)}))
+        p["pty"] = {"rows": rows, "cols": cols}
+        p["yieldMs"] = 0
+        r = await self._sb._call("exec.run", p)
+        exec_id = r["execId"]
+
+        def deliver(chunk: Params) -> Any:
+            if on_data is not None and chunk.get("stream") != "stdin":
+                return on_data(decode_chunk(chunk))
+
+        for c in r.get("chunks", []):
+            pending = deliver(c)
+            if inspect.isawaitable(pending):
+                await pending
+
+        def note(method: str, n: Params) -> Any:
+            if method == "exec.output":
+                return deliver(n)
+        follow = asyncio.get_running_loop().create_task(self._sb._call(
+            "exec.wait", {"execId": exec_id, "follow": True, "sinceSeq": r.get("nextSeq", 0)}, on_notification=note))
+        return AsyncPtyHandle(self._sb, exec_id, follow)
+
 
 class AsyncCommands:
     """``sandbox.commands``: run programs in the sandbox."""
@@ -131,18 +218,33 @@ class AsyncCommands:
         self._sb = sandbox
 
     async def run(self, cmd: Union[str, Sequence[str]], *, background: bool = False, env: Optional[Dict[str, str]] = None,
-                  cwd: Optional[str] = None, stdin: Optional[Union[str, bytes]] = None, timeout: Optional[float] = None,
+                  cwd: Optional[str] = None, stdin: Optional[Union[str, bytes, bool]] = None, timeout: Optional[float] = None,
                   on_stdout: Optional[OutputCallback] = None, on_stderr: Optional[OutputCallback] = None,
+                  yield_ms: Optional[int] = None, max_output_bytes: Optional[int] = None,
                   ) -> Union[CommandResult, AsyncCommandHandle]:
         """Runs ``cmd`` (a shell string for ``bash -c``, or an argv list). Returns its
         :class:`CommandResult` once it ends (output streamed to the callbacks meanwhile), or at once an
-        :class:`AsyncCommandHandle` with ``background=True``. ``timeout`` is in seconds."""
+        :class:`AsyncCommandHandle` with ``background=True``. ``timeout`` is in seconds. ``stdin``: the
+        input (str or bytes), or ``True`` to keep stdin open for :meth:`AsyncCommandHandle.send_stdin`.
+        With ``yield_ms`` it returns a handle after at most that long, its first :meth:`~AsyncCommandHandle.poll`
+        in ``handle.first``; the command goes on."""
         p: Params = {"shell": cmd} if isinstance(cmd, str) else {"cmd": list(cmd)}
         p.update(_drop_none({"env": env, "cwd": cwd, "timeoutMs": _ms(timeout)}))
-        if isinstance(stdin, bytes):
-            p["stdinBase64"] = base64.b64encode(stdin).decode()
-        elif stdin is not None:
+        if stdin is True:
+            p["stdin"] = "pipe"
+        elif isinstance(stdin, str) and stdin != "pipe":
             p["stdin"] = stdin
+        elif isinstance(stdin, (str, bytes)):
+            p["stdinBase64"] = base64.b64encode(stdin.encode() if isinstance(stdin, str) else stdin).decode()
+        if yield_ms is not None:
+            p["yieldMs"] = yield_ms
+            if max_output_bytes is not None:
+                p["maxOutputBytes"] = max_output_bytes
+            first = CommandPoll.from_wire(await self._sb._call("exec.run", p))
+            h = AsyncCommandHandle(self._sb, first.exec_id)
+            h.next_seq = first.next_seq
+            h.first = first
+            return h
         if background:
             p["background"] = True
             r = await self._sb._call("exec.run", p)
@@ -308,6 +410,7 @@ class AsyncSandbox:
         self.id: str = info["sandboxId"]
         self._owns_client = owns_client
         self.commands = AsyncCommands(self)
+        self.pty = AsyncPty(self)
         self.files = AsyncFiles(self)
         self.checkpoints = AsyncCheckpoints(self)
 

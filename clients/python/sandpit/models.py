@@ -150,6 +150,41 @@ class CommandResult:
 
 
 @dataclass
+class CommandPoll:
+    """What a yielding command produced so far (``commands.run(..., yield_ms=)``, ``handle.poll()``)."""
+
+    exec_id: str
+    running: bool
+    stdout: str
+    stderr: str
+    next_seq: int
+    omitted_bytes: int
+    result: Optional[CommandResult]
+    raw: Dict[str, Any]
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        return None if self.result is None else self.result.exit_code
+
+    @classmethod
+    def from_wire(cls, r: Dict[str, Any]) -> "CommandPoll":
+        import base64
+        out: List[str] = []
+        err: List[str] = []
+        for c in r.get("chunks", []):
+            data = c.get("data", "")
+            text = base64.b64decode(data).decode(errors="replace") if c.get("encoding") == "base64" else data
+            if c.get("stream") == "stderr":
+                err.append(text)
+            elif c.get("stream") != "stdin":
+                out.append(text)
+        running = bool(r.get("running"))
+        result = None if running else CommandResult.from_wire(r, "".join(out), "".join(err))
+        return cls(exec_id=r.get("execId", ""), running=running, stdout="".join(out), stderr="".join(err),
+                   next_seq=int(r.get("nextSeq", 0)), omitted_bytes=int(r.get("omittedBytes", 0)), result=result, raw=r)
+
+
+@dataclass
 class EntryInfo:
     """A file, directory or link in a sandbox (``fs.list`` / ``fs.stat``)."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from ._async import (AsyncCheckpoints, AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncSandbox,
+from ._async import (AsyncCheckpoints, AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncPty, AsyncPtyHandle, AsyncSandbox,
                      AsyncWatchHandle, OutputCallback, Params, ResultCallback)
 from ._connection import LoopThread
-from .models import Checkpoint, CommandResult, EntryInfo, Execution, FileEvent, RestoreResult
+from .models import Checkpoint, CommandPoll, CommandResult, EntryInfo, Execution, FileEvent, RestoreResult
 
 
 class Client:
@@ -56,6 +56,54 @@ class CommandHandle:
     def kill(self, signal: Union[str, int] = "SIGKILL") -> None:
         self._loop.run(self.aio.kill(signal))
 
+    def send_stdin(self, data: Union[str, bytes]) -> None:
+        """See :meth:`AsyncCommandHandle.send_stdin`."""
+        self._loop.run(self.aio.send_stdin(data))
+
+    def close_stdin(self) -> None:
+        self._loop.run(self.aio.close_stdin())
+
+    def poll(self, yield_ms: int = 1000, *, max_output_bytes: Optional[int] = None) -> CommandPoll:
+        """See :meth:`AsyncCommandHandle.poll`."""
+        return self._loop.run(self.aio.poll(yield_ms, max_output_bytes=max_output_bytes))
+
+    @property
+    def first(self) -> Optional[CommandPoll]:
+        return self.aio.first
+
+
+class PtyHandle:
+    """A command on a terminal (:meth:`Pty.create`)."""
+
+    def __init__(self, loop: LoopThread, handle: AsyncPtyHandle) -> None:
+        self._loop = loop
+        self.aio = handle
+        self.exec_id = handle.exec_id
+
+    def send_input(self, data: Union[str, bytes]) -> None:
+        self._loop.run(self.aio.send_input(data))
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._loop.run(self.aio.resize(rows, cols))
+
+    def kill(self, signal: Union[str, int] = "SIGKILL") -> None:
+        self._loop.run(self.aio.kill(signal))
+
+    def wait(self, timeout: Optional[float] = None) -> CommandResult:
+        return self._loop.run(self.aio.wait(), timeout)
+
+
+class Pty:
+    """``sandbox.pty``: commands on a pseudo-terminal (``on_data`` runs on the client's loop thread)."""
+
+    def __init__(self, loop: LoopThread, pty: AsyncPty) -> None:
+        self._loop = loop
+        self.aio = pty
+
+    def create(self, rows: int = 24, cols: int = 80, on_data: Optional[Callable[[bytes], Any]] = None, **kw: Any) -> PtyHandle:
+        """See :meth:`AsyncPty.create` (``cmd``, ``env``, ``cwd``, ``timeout``)."""
+        return PtyHandle(self._loop, self._loop.run(self.aio.create(rows, cols, on_data, **kw)))
+
 
 class Commands:
     """``sandbox.commands``: run programs in the sandbox."""
@@ -67,7 +115,7 @@ class Commands:
     def run(self, cmd: Union[str, Sequence[str]], *, background: bool = False, **kw: Any) -> Union[CommandResult, CommandHandle]:
         """See :meth:`AsyncCommands.run` (``env``, ``cwd``, ``stdin``, ``timeout`` in seconds,
         ``on_stdout``, ``on_stderr``)."""
-        r = self._loop.run(self.aio.run(cmd, background=background, **kw))
+        r = self._loop.run(self.aio.run(cmd, background=background, **kw))   # a handle with background or yield_ms
         return CommandHandle(self._loop, r) if isinstance(r, AsyncCommandHandle) else r
 
     def kill(self, exec_id: str, signal: Union[str, int] = "SIGKILL") -> None:
@@ -156,6 +204,7 @@ class Sandbox:
         self.aio = sandbox
         self.id = sandbox.id
         self.commands = Commands(loop, sandbox.commands)
+        self.pty = Pty(loop, sandbox.pty)
         self.files = Files(loop, sandbox.files)
         self.checkpoints = Checkpoints(loop, sandbox.checkpoints)
 

@@ -216,3 +216,26 @@ def test_sessions_ended_every_way_leave_no_sandbox_or_process(daemon, sandpit, e
             break
         time.sleep(0.1)
     assert mcp_sandboxes(daemon) == [], f"sandboxes left after {ending}"
+
+
+def test_an_interactive_program_over_several_tool_calls(daemon, sandpit):
+    """run_command with yield_seconds returns while the program waits for input; write_stdin answers it;
+    with tty the program runs on a terminal (a REPL)."""
+    c = MCPClient([sandpit, "mcp", "--socket", daemon])
+    c.send("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}})
+    c.send("notifications/initialized", notify=True)
+    r, text = c.tool("run_command", command="echo ready; read a; echo got-$a; read b; echo got-$b", yield_seconds=0.5)
+    assert not r.get("isError") and "still running" in text and "ready" in text, text
+    exec_id = text.split("exec_id ")[1].split(")")[0]
+    r, text = c.tool("write_stdin", exec_id=exec_id, input="one\n", yield_seconds=1)
+    assert "got-one" in text and "ready" not in text and "still running" in text, text
+    r, text = c.tool("write_stdin", exec_id=exec_id, input="two\n", close_stdin=True, yield_seconds=5)
+    assert "got-two" in text and "exit code 0" in text and not r.get("isError"), text
+    r, text = c.tool("run_command", command="python3 -q", tty=True, yield_seconds=1)
+    repl = text.split("exec_id ")[1].split(")")[0]
+    assert ">>>" in text, text
+    r, text = c.tool("write_stdin", exec_id=repl, input="print(6*7)\n", yield_seconds=1)
+    assert "42" in text, text
+    r, text = c.tool("write_stdin", exec_id=repl, input="exit()\n", yield_seconds=5)
+    assert "exit code 0" in text, text
+    assert c.close() == 0
