@@ -106,39 +106,50 @@ __attribute__((noreturn)) static void child_fail(const struct sp_spawn_args *a, 
 
 static int child_run(void *arg) {
     const struct sp_spawn_args *a = arg;
-    char go = 0;
     long r;
-    do { r = raw(SYS_read, a->sync_fd, (long)&go, 1, 0, 0); } while (r == -EINTR);
-    if (r != 1) child_exit(121);
 
-    // The parent has written our uid/gid maps: become root of the new user namespace.
-    if ((r = raw(SYS_setresgid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresgid", r);
-    if ((r = raw(SYS_setresuid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresuid", r);
-    if ((r = raw(SYS_setgroups, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setgroups", r);
-
+    // Descriptors first, before waiting for the go-ahead: the child starts with
+    // a copy of every descriptor of the daemon (its lock on the data dir, its
+    // sockets, the write end of our own sync pipe). Holding them while blocked
+    // would keep a dead daemon's lock and make the wait below endless; with
+    // only ours left, a daemon that dies before letting us go is EOF on the
+    // sync pipe, and we exit.
     // Move every descriptor above the highest destination first, so that
     // dup3(src, dst) can never clobber a source that is still to be placed.
-    // The exec fd and the exec-watch pipe stay open (close-on-exec) up there.
+    // The exec fd, the exec-watch pipe and the sync pipe stay open
+    // (close-on-exec) up there.
     int maxdst = 2;
     for (int i = 0; i < a->nfds; i++) if (a->fds[i].dst > maxdst) maxdst = a->fds[i].dst;
-    int base = maxdst + 1 + a->nfds + 2;
+    int base = maxdst + 1 + a->nfds + 3;
     long exec_high = raw(SYS_fcntl, a->exec_fd, F_DUPFD_CLOEXEC, base, 0, 0);
     if (exec_high < 0) child_fail(a, "dup exec fd", exec_high);
     long watch_high = raw(SYS_fcntl, a->watch_fd, F_DUPFD_CLOEXEC, exec_high + 1, 0, 0);
     if (watch_high < 0) child_fail(a, "dup watch fd", watch_high);
+    long sync_high = raw(SYS_fcntl, a->sync_fd, F_DUPFD_CLOEXEC, watch_high + 1, 0, 0);
+    if (sync_high < 0) child_fail(a, "dup sync fd", sync_high);
     int high[64];
     if (a->nfds > 64) child_fail(a, "too many fds", -EINVAL);
     for (int i = 0; i < a->nfds; i++) {
-        r = raw(SYS_fcntl, a->fds[i].src, F_DUPFD_CLOEXEC, watch_high + 1, 0, 0);
+        r = raw(SYS_fcntl, a->fds[i].src, F_DUPFD_CLOEXEC, sync_high + 1, 0, 0);
         if (r < 0) child_fail(a, "dup fd", r);
         high[i] = (int)r;
     }
     for (int i = 0; i < a->nfds; i++) {
         if ((r = raw(SYS_dup3, high[i], a->fds[i].dst, 0, 0, 0)) < 0) child_fail(a, "dup3", r);
     }
-    // Close everything above the destinations but the exec fd and the watch pipe.
+    // Close everything above the destinations but the exec fd, the watch pipe and the sync pipe.
     if ((r = raw(SYS_close_range, maxdst + 1, exec_high - 1, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
-    if ((r = raw(SYS_close_range, watch_high + 1, ~0U, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
+    if ((r = raw(SYS_close_range, sync_high + 1, ~0U, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
+
+    char go = 0;
+    do { r = raw(SYS_read, sync_high, (long)&go, 1, 0, 0); } while (r == -EINTR);
+    if (r != 1) child_exit(121);   // EOF: the daemon is gone
+    (void)raw(SYS_close, sync_high, 0, 0, 0, 0);
+
+    // The parent has written our uid/gid maps: become root of the new user namespace.
+    if ((r = raw(SYS_setresgid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresgid", r);
+    if ((r = raw(SYS_setresuid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresuid", r);
+    if ((r = raw(SYS_setgroups, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setgroups", r);
 
     // Our signal handlers are a private copy of the daemon's: reset them, so
     // a signal let in below cannot run daemon code on this borrowed memory.

@@ -1,0 +1,91 @@
+"""The daemon killed with SIGKILL at random moments while sandboxes are being made: the next daemon on
+the same data dir starts, and nothing of the dead one is left running."""
+import os
+import random
+import subprocess
+import threading
+import time
+
+from sandpit import Client, SandpitError
+
+
+def start(sandpit, sock, data, log):
+    d = subprocess.Popen([sandpit, "serve", "--socket", str(sock), "--data-dir", str(data), "--storage-gib", "4",
+                          "--warm-pool", "0", "--warm-template-pool", "0"],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    for _ in range(400):
+        if d.poll() is not None:
+            return d
+        try:
+            with Client(str(sock)) as c:
+                c.info()
+            return d
+        except Exception:
+            time.sleep(0.05)
+    return d
+
+
+def sandpit_processes(exe):
+    """Processes whose executable is this sandpit binary (a pre-exec child shares it with the daemon)."""
+    real = os.path.realpath(exe)
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if os.readlink(f"/proc/{p}/exe") == real:
+                    out.append(int(p))
+            except OSError:
+                pass
+    return out
+
+
+def churn(sock, stop):
+    """Creates and deletes cold sandboxes (a limit bypasses any pool) until stopped or the daemon dies."""
+    try:
+        with Client(str(sock)) as c:
+            while not stop.is_set():
+                sid = c.call("sandbox.create", {"limits": {"pids": 256}})["sandboxId"]
+                c.call("sandbox.delete", {"sandboxId": sid})
+    except (SandpitError, OSError):
+        pass
+
+
+def test_kill_9_while_sandboxes_spawn_leaves_no_orphan_and_the_restart_works(sandpit, tmp_path):
+    data, sock = tmp_path / "data", tmp_path / "s.sock"
+    log = open(tmp_path / "daemon.log", "w")
+    rng = random.Random(20261207)
+    before = set(sandpit_processes(sandpit))
+    d = start(sandpit, sock, data, log)
+    try:
+        for round_ in range(12):
+            assert d.poll() is None, f"round {round_}: the daemon did not start:\n" + open(tmp_path / "daemon.log").read()[-3000:]
+            stop = threading.Event()
+            workers = [threading.Thread(target=churn, args=(sock, stop)) for _ in range(2)]
+            for w in workers:
+                w.start()
+            time.sleep(rng.uniform(0.1, 0.8))
+            d.kill()
+            d.wait()
+            stop.set()
+            for w in workers:
+                w.join(30)
+            # Nothing of the dead daemon runs on: no half-spawned child holding its descriptors (and its
+            # lock on the data dir), no agent.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                left = set(sandpit_processes(sandpit)) - before
+                if not left:
+                    break
+                time.sleep(0.05)
+            assert not left, f"round {round_}: processes of the killed daemon still run: {left}"
+            d = start(sandpit, sock, data, log)
+        assert d.poll() is None
+        with Client(str(sock)) as c:
+            sid = c.call("sandbox.create", {})["sandboxId"]
+            assert c.call("exec.run", {"sandboxId": sid, "cmd": ["echo", "alive"]})["exitCode"] == 0
+    finally:
+        d.terminate()
+        assert d.wait(60) == 0
+        log.close()
+    mounts = open("/proc/self/mountinfo").read()
+    assert str(data) not in mounts, "the last daemon's clean shutdown unmounts its store"
