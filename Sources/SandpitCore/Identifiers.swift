@@ -3,9 +3,15 @@
 public enum Identifier {
     static let alphabet = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
 
+    /// Random characters in an id: 22 base-62 characters carry 130 bits, so
+    /// ids cannot be guessed or collide (the first versions used 12, ~71 bits:
+    /// those are still accepted, as catalogs keep them).
+    public static let length = 22
+    static let legacyLength = 12
+
     public static func make<R: RandomNumberGenerator>(_ prefix: String, using rng: inout R) -> String {
         var s = prefix + "_"
-        for _ in 0..<12 { s.unicodeScalars.append(Unicode.Scalar(alphabet[Int(rng.next(upperBound: UInt64(alphabet.count)))])) }
+        for _ in 0..<length { s.unicodeScalars.append(Unicode.Scalar(alphabet[Int(rng.next(upperBound: UInt64(alphabet.count)))])) }
         return s
     }
 
@@ -33,7 +39,7 @@ public enum Identifier {
     public static func isValid(_ id: String, prefix: String) -> Bool {
         let u = Array(id.utf8)
         let p = Array((prefix + "_").utf8)
-        guard u.count == p.count + 12, u.starts(with: p) else { return false }
+        guard u.count == p.count + length || u.count == p.count + legacyLength, u.starts(with: p) else { return false }
         return u[p.count...].allSatisfy { alphabet.contains($0) }
     }
 }

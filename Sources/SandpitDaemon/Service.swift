@@ -313,7 +313,8 @@ public final class RPCService: Sendable {
                             "restored": ["filesystem"], "lost": .array(made.lost.map { .string($0) })])
         case "storage.info":
             try p.expect(only: [])
-            return engine.storageReport()
+            // A tenant sees what its own sandboxes use, not the daemon's store, paths or totals.
+            return caller.admin ? engine.storageReport() : await engine.storageReport(owner: caller.uid)
         case let m where Self.fileMethods.contains(m):
             return try await fileMethod(m, p, requestId: requestId, peer: peer, out: out)
         case let m where Self.portMethods.contains(m):
@@ -517,6 +518,22 @@ public final class RPCService: Sendable {
     func info(_ caller: Caller) async -> JSONValue {
         let known: [TemplateRecord] = (try? await engine.templates(name: nil)) ?? [TemplateRecord.builtin]
         let templates: [JSONValue] = known.map { .string($0.displayName) }
+        guard caller.admin else {
+            // Another tenant of the daemon: its own figures, nothing of the host's paths or the daemon's totals.
+            return .object([
+                "version": .string(Engine.version), "backend": "linux-namespaces", "cgroup": .string(engine.cgroupVersion.rawValue),
+                "rootless": false,
+                "limits": .object(["maxLineBytes": .int(Int64(limits.maxLineBytes)), "maxStdinBytes": .int(Int64(limits.maxStdinBytes)),
+                                   "maxJsonDepth": .int(Int64(JSONCodec.defaultMaxDepth))]),
+                "storage": .object(["mode": .string(engine.storage.mode.rawValue)]),
+                "sandboxes": engine.usage(of: caller.uid)["sandboxes"] ?? 0,
+                "usage": engine.usage(of: caller.uid),
+                "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
+                "templates": .array(templates),
+                "methods": .array(Self.methods.map { .string($0) }),
+                "caller": .object(["uid": .int(caller.uid), "admin": false]),
+            ])
+        }
         return .object([
             "version": .string(Engine.version),
             "backend": "linux-namespaces",

@@ -191,6 +191,12 @@ extension Engine {
         ])
     }
 
+    /// One tenant's own figures: its live sandboxes and the memory they use.
+    public func usage(of owner: Int64) -> JSONValue {
+        let mine = registry.withLock { $0.values.filter { $0.record.owner == owner } }
+        return .object(["sandboxes": .int(Int64(mine.count)), "memoryBytes": .int(mine.reduce(0) { $0 + $1.cgroup.memoryUsage() })])
+    }
+
     /// Idle time and memory in use of a live sandbox (nil when not live).
     public func liveStats(_ id: String) -> (idleMs: Int64, memoryBytes: Int64)? {
         guard let rt = registry.withLock({ $0[id] }) else { return nil }

@@ -498,6 +498,17 @@ extension Engine {
     func hadInterpreters(_ id: String) -> Bool { !contextLanguages(id).isEmpty }
 
     /// What the store holds: its size and use, and per-sandbox apparent sizes.
+    /// What one tenant's sandboxes hold on the store (their disks and
+    /// checkpoints, by allocated blocks): not the store's totals or paths.
+    public func storageReport(owner: Int64) async -> JSONValue {
+        let mine = ((try? await catalog.listSandboxes(state: nil, after: nil, limit: 100_000)) ?? [])
+            .filter { $0.owner == owner && $0.state != .deleted }
+        var bytes: Int64 = 0
+        for s in mine { bytes += FS.allocatedBytes(storage.root + "/sandboxes/" + s.id) }
+        return .object(["mode": .string(storage.mode.rawValue), "reflink": .bool(storage.reflink),
+                        "sandboxDirs": .int(Int64(mine.count)), "usedBytes": .int(bytes)])
+    }
+
     public func storageReport() -> JSONValue {
         var st = statvfs()
         _ = statvfs(storage.root, &st)

@@ -133,6 +133,17 @@ public enum FS {
         return (total, free, (total > 0 && free < max(1 << 20, total / 100)) || (st.f_files > 0 && st.f_favail == 0))
     }
 
+    /// Blocks allocated under `path` (files, not following symlinks or crossing mounts), in bytes.
+    public static func allocatedBytes(_ path: String) -> Int64 {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return 0 }
+        var n = Int64(st.st_blocks) * 512
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            for e in (try? entries(path)) ?? [] { n += allocatedBytes(path + "/" + e) }
+        }
+        return n
+    }
+
     public static func readText(_ path: String) throws(OSError) -> String {
         String(decoding: try readFile(path), as: UTF8.self)
     }

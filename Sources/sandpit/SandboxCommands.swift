@@ -289,11 +289,11 @@ struct Ps: AsyncParsableCommand {
         }
         func mem(_ b: Int64?) -> String { b.map { "\($0 >> 20)M" } ?? "-" }
         let now = Clock.nowMs()
-        print("SANDBOX".column(17) + "STATE".column(11) + "IDLE".column(6) + "MEMORY".column(8) + "TEMPLATE".column(10)
+        print("SANDBOX".column(26) + "STATE".column(11) + "IDLE".column(6) + "MEMORY".column(8) + "TEMPLATE".column(10)
               + "POLICY".column(9) + "STEP".column(6) + "DELETES".column(9) + "NAME".column(12) + "CREATED")
         for s in list {
             let deletes = s["deleteAt"]?.stringValue.flatMap(Timestamp.parseMs).map { "in " + dur(max(0, $0 - now)) } ?? "-"
-            print((s["sandboxId"]?.stringValue ?? "").column(17) + (s["state"]?.stringValue ?? "").column(11)
+            print((s["sandboxId"]?.stringValue ?? "").column(26) + (s["state"]?.stringValue ?? "").column(11)
                   + (s["idleMs"]?.intValue.map(dur) ?? "-").column(6) + mem(s["memoryBytes"]?.intValue).column(8)
                   + (s["template"]?.stringValue ?? "").column(10) + (s["policy"]?.stringValue ?? "").column(9)
                   + String(s["step"]?.intValue ?? 0).column(6) + deletes.column(9)
@@ -417,11 +417,11 @@ struct CheckpointCommand: AsyncParsableCommand {
             await c.close()
             let list = r["checkpoints"]?.arrayValue ?? []
             if json { print(JSONCodec.encode(.array(list))); return }
-            print("STEP".column(6) + "CHECKPOINT".column(38) + "CHANGES".column(16) + "CREATED".column(26) + "NAME")
+            print("STEP".column(6) + "CHECKPOINT".column(26) + "CHANGES".column(16) + "CREATED".column(26) + "NAME")
             for ck in list {
                 let d = ck["diff"]
                 let changes = "+\(d?["added"]?.intValue ?? 0) ~\(d?["modified"]?.intValue ?? 0) -\(d?["deleted"]?.intValue ?? 0)"
-                print(String(ck["step"]?.intValue ?? 0).column(6) + (ck["checkpointId"]?.stringValue ?? "").column(38) + changes.column(16)
+                print(String(ck["step"]?.intValue ?? 0).column(6) + (ck["checkpointId"]?.stringValue ?? "").column(26) + changes.column(16)
                       + (ck["createdAt"]?.stringValue ?? "").column(26) + (ck["name"]?.stringValue ?? ""))
             }
         }

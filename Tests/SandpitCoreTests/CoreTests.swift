@@ -98,6 +98,9 @@ import Testing
         #expect(!Identifier.isValid("sb_../../etc", prefix: "sb"))
         #expect(!Identifier.isValid(id, prefix: "ex"))
         #expect(id != Identifier.make("sb"))
+        #expect(id.count == 3 + 22, "at least 128 random bits: 22 base-62 characters")
+        #expect(Identifier.isValid("sb_AAAAAAAAAAAA", prefix: "sb"), "ids of older catalogs stay valid")
+        #expect(!Identifier.isValid("sb_AAAAAAAAAAAAA", prefix: "sb"))
     }
 
     @Test func policyRejectsUnknownFieldsNamingThem() {

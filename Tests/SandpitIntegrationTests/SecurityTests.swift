@@ -495,6 +495,7 @@ struct SecurityTests {
                 ["sandbox.list", [:]],
                 ["sandbox.create", ["metadata": ["who": "alice"]]],
                 ["server.info", [:]],
+                ["storage.info", [:]],
             ])
             func code(_ v: JSONValue) -> JSONValue? { v["error"]?["data"]?["code"] }
             // Someone else's sandbox looks exactly like one that does not exist.
@@ -506,6 +507,14 @@ struct SecurityTests {
             let aliceBox = seen[5]["result"]?["sandboxId"]?.stringValue ?? ""
             #expect(aliceBox.hasPrefix("sb_"))
             #expect(seen[6]["result"]?["caller"]?["uid"] == 4242 && seen[6]["result"]?["caller"]?["admin"] == false)
+            // A tenant sees its own figures: one sandbox (its own, not the bystander), no host paths, no totals.
+            let info = seen[6]["result"] ?? .null
+            #expect(info["sandboxes"] == 1 && info["usage"]?["sandboxes"] == 1, "\(info)")
+            for k in ["dataDir", "agent", "agentRssBytes", "warmPool"] { #expect(info[k] == nil, "server.info shows a tenant \(k)") }
+            #expect(info["storage"]?["root"] == nil)
+            let store = seen[7]["result"] ?? .null
+            #expect(store["root"] == nil && store["totalBytes"] == nil && store["freeBytes"] == nil, "\(store)")
+            #expect(store["sandboxDirs"] == 1 && (store["usedBytes"]?.intValue ?? -1) >= 0, "\(store)")
             // Bob cannot touch Alice's sandbox until he presents the admin token.
             let bobs = try bob.calls([
                 ["sandbox.get", ["sandboxId": .string(aliceBox)]],
