@@ -2,13 +2,14 @@ import Logging
 import SandpitCatalog
 import SandpitCore
 
-/// Writes checkpoint rows to the catalog in batches, off the request path.
+/// Writes checkpoint rows to the catalog, many in one transaction.
 ///
 /// A checkpoint's files exist (and the sandbox's in-memory head has moved)
-/// before its row is queued here; a row is written within a few
-/// milliseconds, many in one transaction. Whatever reads checkpoints from
-/// the catalog calls `flush()` first, so it always sees every checkpoint a
-/// reply has named. A crash before the write leaves files without a row,
+/// before its row is queued here. A checkpoint a reply will name (a step,
+/// `checkpoint.create`) is flushed before the reply goes, so it survives a
+/// crash right after; others (a warm sandbox's start) are written within a
+/// few milliseconds. Whatever reads checkpoints from the catalog calls
+/// `flush()` first. A crash before the write leaves files without a row,
 /// which the next start removes (as for a crash mid-checkpoint).
 actor CheckpointLog {
     private let catalog: Catalog

@@ -16,12 +16,10 @@ extension Engine {
     /// checkpoints the files. Never throws: a failed checkpoint is reported
     /// in the result and the step still counts.
     ///
-    /// Returns as soon as the checkpoint's files exist, or for an unchanged
-    /// step as soon as its record is known (the links follow under the step
-    /// lock); its catalog row is queued on `checkpointLog`, so the caller's
-    /// reply does not wait for SQLite. Whatever reads checkpoints
-    /// (`checkpoint.list`, restore, fork) first calls `settleSteps`, so a
-    /// restore to this step is exact.
+    /// Returns once the checkpoint is durable: its files exist and its
+    /// catalog row is committed, so a reply that names it holds across a
+    /// crash of the daemon at any later instant (a kill -9 right after the
+    /// reply finds it listed and restorable).
     ///
     /// `epoch` is `rt.restores` when the command started: a command an
     /// in-place restore killed records no step.
@@ -42,22 +40,9 @@ extension Engine {
                 }
                 do {
                     let t0 = Clock.monotonicNs()
-                    let (ck, links) = try await snapshotFiles(rt, name: nil, deferLinks: true)
-                    if let links {
-                        // An unchanged step: its two hard links are made after
-                        // the reply, still under the step lock (see finishLater).
-                        let log = checkpointLog, logger = logger, sb = rt.id
-                        await rt.steps.finishLater {
-                            do {
-                                try await links()
-                                await log.add(ck)
-                            } catch {
-                                logger.warning("checkpoint failed", metadata: ["sandbox": "\(sb)", "checkpoint": "\(ck.id)", "error": "\(error)"])
-                            }
-                        }
-                    } else {
-                        await checkpointLog.add(ck)
-                    }
+                    let ck = try await snapshotFiles(rt, name: nil)
+                    await checkpointLog.add(ck)
+                    await checkpointLog.flush()
                     return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
                                                   checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
                 } catch {
@@ -92,7 +77,7 @@ extension Engine {
 
     /// A whole checkpoint, catalog row included; the caller holds the step lock.
     func snapshot(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
-        let (ck, _) = try await snapshotFiles(rt, name: name, deferLinks: false)
+        let ck = try await snapshotFiles(rt, name: name)
         await checkpointLog.add(ck)
         await checkpointLog.flush()
         return ck
@@ -103,14 +88,8 @@ extension Engine {
     /// the catalog last: a crash in between leaves files the next start
     /// removes, never a listed checkpoint without its files. The sandbox's
     /// head has moved to it on return; the caller queues the row on
-    /// `checkpointLog` once the files exist. They exist on return, except
-    /// with `deferLinks` for an unchanged step: then the record comes back
-    /// with the work that makes them (two hard links, or a full snapshot if
-    /// linking fails), for the caller to run before the step lock goes to
-    /// anyone else.
-    func snapshotFiles(_ rt: SandboxRuntime, name: String?, deferLinks: Bool) async throws
-        -> (CheckpointRecord, links: (@Sendable () async throws -> Void)?)
-    {
+    /// `checkpointLog` once the files exist (they do on return).
+    func snapshotFiles(_ rt: SandboxRuntime, name: String?) async throws -> CheckpointRecord {
         guard let disk = rt.disk else { throw SandpitError(.invalidState, "no disk of its own") }
         let id = Identifier.make("ck")
         let sb = rt.id
@@ -149,15 +128,10 @@ extension Engine {
         }
         let small = (known?.entries.count ?? .max) <= 256
         let manifest: Manifest
-        var links: (@Sendable () async throws -> Void)?
         if small, let m = unchanged() {
             manifest = m
-            if deferLinks {
-                // Linking can fail (the link count limit, say): then a real snapshot of the same files.
-                links = { if !linkToHead() { _ = try await EngineThread.run { try full() } } }
-            } else if !linkToHead() {
-                _ = try await EngineThread.run { try full() }
-            }
+            // Linking can fail (the link count limit, say): then a real snapshot of the same files.
+            if !linkToHead() { _ = try await EngineThread.run { try full() } }
         } else {
             manifest = try await EngineThread.run { () throws -> Manifest in
                 if !small, let m = unchanged(), linkToHead() { return m }
@@ -173,7 +147,7 @@ extension Engine {
         rt.headManifest.withLock { $0 = manifest }
         rt.state.withLock { $0.record.head = id }
         logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
-        return (record, links)
+        return record
     }
 
     func loadManifest(_ sb: String, _ ck: String) -> Manifest? {

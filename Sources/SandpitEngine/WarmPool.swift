@@ -106,7 +106,7 @@ extension Engine {
             let rt = started!
             let t1 = Clock.monotonicNs()
             if rt.disk != nil, rt.policy.checkpoints != .off {
-                let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start", deferLinks: false).0 }
+                let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start") }
                 rt.warmBase.withLock { $0 = base }
             }
             logger.debug("warm template sandbox", metadata: ["sandbox": "\(rt.id)", "forked": "\(z != nil)",

@@ -89,3 +89,38 @@ def test_kill_9_while_sandboxes_spawn_leaves_no_orphan_and_the_restart_works(san
         log.close()
     mounts = open("/proc/self/mountinfo").read()
     assert str(data) not in mounts, "the last daemon's clean shutdown unmounts its store"
+
+
+def test_a_checkpoint_a_reply_named_survives_a_kill_9_right_after_the_reply(sandpit, tmp_path):
+    """Each round: a step that changes a file (or, every third round, changes nothing), the daemon killed
+    the instant its reply arrives, a new daemon: the step is listed and restores with its content."""
+    data, sock = tmp_path / "data", tmp_path / "s.sock"
+    log = open(tmp_path / "daemon.log", "w")
+    d = start(sandpit, sock, data, log)
+    try:
+        with Client(str(sock)) as c:
+            sid = c.call("sandbox.create", {})["sandboxId"]
+        expected = {}
+        for round_ in range(15):
+            with Client(str(sock)) as c:
+                cmd = "true" if round_ % 3 == 2 else f"echo {round_} > state.txt"
+                r = c.call("exec.run", {"sandboxId": sid, "shell": cmd})
+            d.kill()   # as soon as the reply is in
+            d.wait()
+            ck = r["checkpoint"]
+            expected[ck["step"]] = ck["checkpointId"]
+            d = start(sandpit, sock, data, log)
+            assert d.poll() is None, open(tmp_path / "daemon.log").read()[-3000:]
+            with Client(str(sock)) as c:
+                listed = {x["step"]: x["checkpointId"] for x in c.call("checkpoint.list", {"sandboxId": sid})["checkpoints"]}
+                for step, ck_id in expected.items():
+                    assert listed.get(step) == ck_id, f"round {round_}: step {step} ({ck_id}) was acknowledged but is gone: {listed}"
+                want = str(max(k for k in range(round_ + 1) if k % 3 != 2))
+                c.call("sandbox.restore", {"sandboxId": sid, "step": ck["step"]})
+                got = c.call("fs.read", {"sandboxId": sid, "path": "state.txt"})
+                import base64
+                assert base64.b64decode(got["data"]).decode().strip() == want
+    finally:
+        d.terminate()
+        d.wait(60)
+        log.close()
