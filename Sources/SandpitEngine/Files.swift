@@ -29,6 +29,8 @@ final class Upload: Sendable {
     let fd: Int32
     let owner: Int64
     let written = Atomic<Int64>(0)
+    /// The first chunk that could not be written: the upload can only be aborted after it.
+    let failure = Mutex<SandpitError?>(nil)
     init(id: String, sandboxId: String, path: [UInt8], temp: [UInt8], fd: Int32, owner: Int64) {
         self.id = id
         self.sandboxId = sandboxId
@@ -120,7 +122,14 @@ extension Engine {
     /// Writes one chunk at `offset` (chunks may arrive in any order).
     public func uploadChunk(_ uploadId: String, offset: Int64, data: [UInt8], caller: Caller) async throws -> Int64 {
         let u = try upload(uploadId, caller: caller)
-        try await EngineThread.run { try SandboxFiles.writeAll(u.fd, data, at: offset, path: u.path) }
+        if let f = u.failure.withLock({ $0 }) { throw f }
+        do {
+            try await EngineThread.run { try SandboxFiles.writeAll(u.fd, data, at: offset, path: u.path) }
+        } catch {
+            let e = error as? SandpitError ?? SandpitError(.internal, "\(error)")
+            u.failure.withLock { if $0 == nil { $0 = e } }
+            throw e
+        }
         let end = offset + Int64(data.count)
         var cur = u.written.load(ordering: .relaxed)
         while end > cur {
@@ -131,9 +140,15 @@ extension Engine {
         return max(end, cur)
     }
 
-    /// Renames the finished upload over its path; returns its size.
+    /// Renames the finished upload over its path; returns its size. An upload
+    /// a chunk of which failed (a full disk, say) is dropped instead, and the
+    /// commit answers with that chunk's error: a partial file never lands.
     public func commitUpload(_ uploadId: String, caller: Caller) async throws -> Int64 {
         let u = try upload(uploadId, caller: caller)
+        if let f = u.failure.withLock({ $0 }) {
+            await abortUpload(uploadId, caller: caller)
+            throw SandpitError(f.code, "the upload failed and was dropped: \(f.message)", details: f.details)
+        }
         uploads.withLock { _ = $0.removeValue(forKey: uploadId) }
         defer { close(u.fd) }
         var st = stat()

@@ -150,3 +150,24 @@ def test_without_a_socket_the_client_starts_its_own_daemon(sandpit, tmp_path, mo
         assert c.info()["caller"]["admin"] is True   # stdio: the child's own client
         with Sandbox.create(client=c) as sb:
             assert sb.run_code("6 * 7").text == "42"
+
+
+def test_an_upload_that_hit_the_disk_limit_cannot_be_committed(client):
+    import base64
+    from sandpit import LimitExceededError, NotFoundError
+    sid = client.call("sandbox.create", {"limits": {"diskBytes": 16 << 20}})["sandboxId"]
+    try:
+        up = client.call("fs.upload", {"sandboxId": sid, "path": "big.bin"})["uploadId"]
+        chunk = base64.b64encode(b"\0" * (8 << 20)).decode()
+        with pytest.raises(LimitExceededError):
+            for i in range(4):
+                client.call("fs.uploadChunk", {"uploadId": up, "offset": i * (8 << 20), "data": chunk})
+        with pytest.raises(LimitExceededError) as e:
+            client.call("fs.uploadCommit", {"uploadId": up})
+        assert "dropped" in str(e.value)
+        with pytest.raises(NotFoundError):
+            client.call("fs.stat", {"sandboxId": sid, "path": "big.bin"})
+        names = [x["name"] for x in client.call("fs.list", {"sandboxId": sid, "path": "/home/user"})["entries"]]
+        assert not [n for n in names if "upload" in n], names
+    finally:
+        client.call("sandbox.delete", {"sandboxId": sid})
