@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CSandpit
+import SandpitCore
 
 /// Template layers on the host: directories in overlayfs's own format (a
 /// whiteout is a 0/0 character device, an opaque directory carries
@@ -108,14 +109,26 @@ public enum LayerFS {
     /// apart) into `dir`, keeping numeric owners, modes and xattrs. GNU tar
     /// refuses members outside `dir` and delays links that could redirect
     /// later members.
+    /// An archive tar refuses (a member outside `dir`, a hostile link, a
+    /// corrupt stream) fails the build with `build_failed` and tar's words,
+    /// which name the entry.
     public static func extract(_ archive: String, into dir: String) throws {
-        try HostCommand.run(["tar", "--extract", "--file", archive, "--directory", dir, "--numeric-owner", "--same-permissions",
-                             "--xattrs", "--xattrs-include=*", "--no-overwrite-dir", "--delay-directory-restore"])
+        try tar(["tar", "--extract", "--file", archive, "--directory", dir, "--numeric-owner", "--same-permissions",
+                 "--xattrs", "--xattrs-include=*", "--no-overwrite-dir", "--delay-directory-restore"], archive)
     }
 
     /// The member names of an archive (for telling image archives from rootfs tarballs).
     public static func members(_ archive: String) throws -> [String] {
-        try HostCommand.run(["tar", "--list", "--file", archive]).split(separator: "\n").map(String.init)
+        try tar(["tar", "--list", "--file", archive], archive).split(separator: "\n").map(String.init)
+    }
+
+    @discardableResult
+    static func tar(_ argv: [String], _ archive: String) throws -> String {
+        do { return try HostCommand.run(argv) } catch let f as HostCommand.Failure {
+            let said = f.output.split(separator: "\n").filter { !$0.contains("Exiting with failure status") }.prefix(5).joined(separator: "; ")
+            throw SandpitError(.buildFailed, "cannot unpack \(archive) safely: \(said.isEmpty ? "tar exited with \(f.status)" : said)",
+                               details: ["path": .string(archive)])
+        }
     }
 
     /// The sha256 of a file's contents (hex), via coreutils.

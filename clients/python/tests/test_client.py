@@ -171,3 +171,20 @@ def test_an_upload_that_hit_the_disk_limit_cannot_be_committed(client):
         assert not [n for n in names if "upload" in n], names
     finally:
         client.call("sandbox.delete", {"sandboxId": sid})
+
+
+def test_a_hostile_archive_fails_the_build_naming_the_entry(client, tmp_path):
+    import io
+    import tarfile
+    from sandpit import BuildFailedError
+    os.chmod(tmp_path, 0o755)
+    with tarfile.open(tmp_path / "evil.tar", "w") as t:
+        for name, data in (("../../escape.txt", b"pwned\n"), ("bin/ok", b"")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    (tmp_path / "Dockerfile").write_text(f"FROM {tmp_path}/evil.tar\n")
+    with pytest.raises(BuildFailedError) as e:
+        client.call("template.build", {"name": "evil", "file": str(tmp_path / "Dockerfile")})
+    assert "../../escape.txt" in str(e.value) and e.value.code == "build_failed"
+    assert not os.path.exists(tmp_path.parent.parent / "escape.txt")
