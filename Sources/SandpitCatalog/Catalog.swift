@@ -100,6 +100,21 @@ public final class Catalog: @unchecked Sendable {
         );
         ALTER TABLE sandboxes ADD COLUMN template_id TEXT NOT NULL DEFAULT 'default';
         """,
+        // 4: template tags belong to their owner (a uid; -1 = shared, built by
+        // an admin): two tenants may each have their own `pip:latest`.
+        """
+        CREATE TABLE tags_owned (
+            name TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            owner INTEGER NOT NULL DEFAULT -1,
+            template_id TEXT NOT NULL REFERENCES templates(template_id),
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (name, tag, owner)
+        );
+        INSERT INTO tags_owned (name, tag, owner, template_id, created_at) SELECT name, tag, -1, template_id, created_at FROM tags;
+        DROP TABLE tags;
+        ALTER TABLE tags_owned RENAME TO tags;
+        """,
     ]
 
     public init(path: String) throws {
@@ -374,18 +389,27 @@ public final class Catalog: @unchecked Sendable {
         let layers = (try? JSONCodec.parse(r[5].text ?? "[]"))?.arrayValue?.compactMap(\.stringValue) ?? []
         let config = (try? JSONCodec.parse(r[7].text ?? "{}")).flatMap(ImageConfig.init(json:)) ?? .default
         return TemplateRecord(templateId: r[2].text ?? "", name: r[0].text ?? "", tag: r[1].text ?? "", createdAt: r[3].int ?? 0,
-                              layers: layers, bytes: r[6].int ?? 0, config: config, parent: r[8].text)
+                              layers: layers, bytes: r[6].int ?? 0, config: config, parent: r[8].text,
+                              owner: r.count > 9 ? r[9].int ?? TemplateRecord.shared : TemplateRecord.shared)
     }
 
     static let taggedSelect = """
-        SELECT g.name, g.tag, t.template_id, g.created_at, t.created_at, t.layers, t.bytes, t.config, t.parent
+        SELECT g.name, g.tag, t.template_id, g.created_at, t.created_at, t.layers, t.bytes, t.config, t.parent, g.owner
         FROM tags g JOIN templates t ON t.template_id = g.template_id
         """
 
-    /// The template a tag names.
-    public func template(name: String, tag: String) async throws -> TemplateRecord? {
+    /// The template a tag names for `uid`: its own tag, else a shared one.
+    public func template(name: String, tag: String, visibleTo uid: Int64) async throws -> TemplateRecord? {
         try await onQueue { db in
-            try db.query(Self.taggedSelect + " WHERE g.name=? AND g.tag=?", [.text(name), .text(tag)]).first.map(Self.template)
+            try db.query(Self.taggedSelect + " WHERE g.name=? AND g.tag=? AND g.owner IN (?, -1) ORDER BY g.owner = -1 LIMIT 1",
+                         [.text(name), .text(tag), .int(uid)]).first.map(Self.template)
+        }
+    }
+
+    /// The tag `name:tag` of exactly this owner.
+    public func template(name: String, tag: String, owner: Int64) async throws -> TemplateRecord? {
+        try await onQueue { db in
+            try db.query(Self.taggedSelect + " WHERE g.name=? AND g.tag=? AND g.owner=?", [.text(name), .text(tag), .int(owner)]).first.map(Self.template)
         }
     }
 
@@ -400,13 +424,15 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
-    /// Tagged templates, by name then tag (`name` filters).
-    public func templates(name: String?) async throws -> [TemplateRecord] {
+    /// Tagged templates, by name then tag (`name` filters); with `visibleTo`,
+    /// only that uid's own tags and shared ones.
+    public func templates(name: String?, visibleTo uid: Int64? = nil) async throws -> [TemplateRecord] {
         try await onQueue { db in
-            if let name {
-                return try db.query(Self.taggedSelect + " WHERE g.name=? ORDER BY g.tag", [.text(name)]).map(Self.template)
-            }
-            return try db.query(Self.taggedSelect + " ORDER BY g.name, g.tag").map(Self.template)
+            var conds: [String] = [], args: [SQLiteDB.Value] = []
+            if let name { conds.append("g.name=?"); args.append(.text(name)) }
+            if let uid { conds.append("g.owner IN (?, -1)"); args.append(.int(uid)) }
+            let whereClause = conds.isEmpty ? "" : " WHERE " + conds.joined(separator: " AND ")
+            return try db.query(Self.taggedSelect + whereClause + " ORDER BY g.name, g.tag, g.owner", args).map(Self.template)
         }
     }
 
@@ -419,14 +445,14 @@ public final class Catalog: @unchecked Sendable {
                     ON CONFLICT(template_id) DO NOTHING
                     """, [.text(t.templateId), .int(t.createdAt), .text(JSONCodec.encode(.array(t.layers.map { .string($0) }))),
                           .int(t.bytes), .text(JSONCodec.encode(t.config.json)), t.parent.map { .text($0) } ?? .null])
-                try db.run("INSERT OR REPLACE INTO tags (name, tag, template_id, created_at) VALUES (?,?,?,?)",
-                           [.text(t.name), .text(t.tag), .text(t.templateId), .int(t.createdAt)])
+                try db.run("INSERT OR REPLACE INTO tags (name, tag, owner, template_id, created_at) VALUES (?,?,?,?,?)",
+                           [.text(t.name), .text(t.tag), .int(t.owner), .text(t.templateId), .int(t.createdAt)])
             }
         }
     }
 
-    public func untag(name: String, tag: String) async throws {
-        try await onQueue { db in _ = try db.run("DELETE FROM tags WHERE name=? AND tag=?", [.text(name), .text(tag)]) }
+    public func untag(name: String, tag: String, owner: Int64) async throws {
+        try await onQueue { db in _ = try db.run("DELETE FROM tags WHERE name=? AND tag=? AND owner=?", [.text(name), .text(tag), .int(owner)]) }
     }
 
     /// What still depends on a template: sandboxes (not deleted) created from

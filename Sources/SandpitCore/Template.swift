@@ -122,9 +122,15 @@ public struct TemplateRecord: Sendable, Equatable {
     public var config: ImageConfig
     /// The template this one was built `FROM` (its id), if any.
     public var parent: String?
+    /// Whose tag this is: a tenant's uid (only that tenant sees, uses and
+    /// changes it), or `shared` for templates an admin built, which every
+    /// tenant may use and only an admin may change.
+    public var owner: Int64 = TemplateRecord.shared
+    public static let shared: Int64 = -1
 
     public init(templateId: String, name: String, tag: String, createdAt: Int64, layers: [String], bytes: Int64,
-                config: ImageConfig, parent: String?) {
+                config: ImageConfig, parent: String?, owner: Int64 = TemplateRecord.shared) {
+        self.owner = owner
         self.templateId = templateId
         self.name = name
         self.tag = tag

@@ -295,7 +295,7 @@ extension RPCService {
         o.limits = try p.object("limits")?.object ?? [:]
         o.outputBytes = Int(try p.int("outputBytes", min: 0, max: 16 << 20) ?? 65_536)
         let plan = try engine.plan(policy: o.policy, limits: o.limits)
-        _ = try await engine.resolveTemplate(o.template)   // a bad name fails the request, not every task
+        _ = try await engine.resolveTemplate(o.template, caller: peer.caller)   // a bad name fails the request, not every task
         o.concurrency = Int(try p.int("concurrency", min: 1, max: Int64(engine.config.maxSandboxes))
                             ?? Int64(BatchRunner.capacity(engine: engine, plan: plan)))
         let progressMs = Int(try p.int("progressMs", min: 100, max: 3_600_000) ?? 1000)

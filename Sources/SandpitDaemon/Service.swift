@@ -328,11 +328,11 @@ public final class RPCService: Sendable {
         case "template.list":
             try p.expect(only: ["name"])
             var out: [JSONValue] = []
-            for t in try await engine.templates(name: try p.string("name")) { out.append(await templateJSON(t)) }
+            for t in try await engine.templates(name: try p.string("name"), caller: caller) { out.append(await templateJSON(t)) }
             return .object(["templates": .array(out)])
         case "template.get":
             try p.expect(only: ["name", "tag"])
-            return await templateJSON(try await engine.resolveTemplate(try Self.templateRef(p).joined(separator: ":")))
+            return await templateJSON(try await engine.resolveTemplate(try Self.templateRef(p).joined(separator: ":"), caller: caller))
         case "template.delete":
             try p.expect(only: ["name", "tag", "force"])
             let ref = try Self.templateRef(p)
@@ -362,6 +362,8 @@ public final class RPCService: Sendable {
         o["config"] = t.config.json
         if let parent = t.parent { o["parent"] = .string(parent) }
         if t.isBuiltin { o["builtin"] = true }
+        o["shared"] = .bool(t.owner == TemplateRecord.shared)
+        if t.owner != TemplateRecord.shared { o["owner"] = .int(t.owner) }
         return .object(o)
     }
 
@@ -516,7 +518,7 @@ public final class RPCService: Sendable {
     }
 
     func info(_ caller: Caller) async -> JSONValue {
-        let known: [TemplateRecord] = (try? await engine.templates(name: nil)) ?? [TemplateRecord.builtin]
+        let known: [TemplateRecord] = (try? await engine.templates(name: nil, caller: caller)) ?? [TemplateRecord.builtin]
         let templates: [JSONValue] = known.map { .string($0.displayName) }
         guard caller.admin else {
             // Another tenant of the daemon: its own figures, nothing of the host's paths or the daemon's totals.

@@ -306,7 +306,7 @@ public final class Engine: Sendable {
     public func create(template: String, policy policyName: String, limits: JSONObject = [:], idle: JSONObject = [:],
                        metadata: [String: String], scratch: Bool = false, caller: Caller, admit: AdmissionTicket? = nil) async throws -> SandboxRecord {
         guard !closing.load(ordering: .relaxed) else { throw SandpitError(.unavailable, "the daemon is shutting down") }
-        let tpl = try await resolveTemplate(template)
+        let tpl = try await resolveTemplate(template, caller: caller)
         let templateName = tpl.displayName
         var plan = try plan(policy: policyName, limits: limits)
         plan.idle = try plan.policy.idle(narrowedBy: idle)

@@ -64,20 +64,23 @@ extension Engine {
         return SandboxImage(templateId: id, lower: lower, hostUsr: config.base == .host, config: config)
     }
 
-    /// The template `ref` (`name[:tag]`) names now.
-    public func resolveTemplate(_ ref: String) async throws -> TemplateRecord {
+    /// The template `ref` (`name[:tag]`) names now for `caller`: its own
+    /// tag, else a shared one. Another tenant's is `not_found`, exactly as a
+    /// name that does not exist.
+    public func resolveTemplate(_ ref: String, caller: Caller) async throws -> TemplateRecord {
         if ref == "default" || ref == "default:latest" { return .builtin }
         let (name, tag) = try TemplateRef.parse(ref)
-        guard let t = try await catalog.template(name: name, tag: tag) else {
-            let known = ["default"] + (try await catalog.templates(name: nil)).map(\.reference)
+        guard let t = try await catalog.template(name: name, tag: tag, visibleTo: caller.uid) else {
+            let known = ["default"] + (try await catalog.templates(name: nil, visibleTo: caller.uid)).map(\.reference)
             throw SandpitError(.notFound, "template \(name):\(tag) does not exist (available: \(known.joined(separator: ", ")))",
                                details: ["template": .string(ref)])
         }
         return t
     }
 
-    public func templates(name: String?) async throws -> [TemplateRecord] {
-        var out = try await catalog.templates(name: name)
+    /// Templates `caller` may use (an admin: every tenant's too).
+    public func templates(name: String?, caller: Caller) async throws -> [TemplateRecord] {
+        var out = try await catalog.templates(name: name, visibleTo: caller.admin ? nil : caller.uid)
         if name == nil || name == "default" { out.insert(.builtin, at: 0) }
         return out
     }
@@ -96,8 +99,16 @@ extension Engine {
     public func deleteTemplate(name: String, tag: String, force: Bool, caller: Caller) async throws -> TemplateRecord {
         guard name != "default" else { throw SandpitError(.permissionDenied, "the built-in default template cannot be deleted") }
         return try await buildLock.run { [self] in
-            guard let t = try await catalog.template(name: name, tag: tag) else { throw SandpitError.notFound("Template", "\(name):\(tag)") }
-            let others = try await catalog.templates(name: nil).filter { $0.templateId == t.templateId && $0.reference != t.reference }
+            // A tenant removes its own tag; an admin the shared one. A shared
+            // tag is the admin's to remove; another tenant's does not exist here.
+            let owner = caller.admin ? TemplateRecord.shared : caller.uid
+            guard let t = try await catalog.template(name: name, tag: tag, owner: owner) else {
+                if !caller.admin, try await catalog.template(name: name, tag: tag, owner: TemplateRecord.shared) != nil {
+                    throw SandpitError(.permissionDenied, "template \(name):\(tag) is shared by the daemon's admin; only an admin can delete it")
+                }
+                throw SandpitError.notFound("Template", "\(name):\(tag)")
+            }
+            let others = try await catalog.templates(name: nil).filter { $0.templateId == t.templateId && !($0.reference == t.reference && $0.owner == t.owner) }
             if others.isEmpty && !force {
                 let deps = try await catalog.templateDependents(t.templateId)
                 if !deps.sandboxes.isEmpty || !deps.templates.isEmpty {
@@ -109,7 +120,7 @@ extension Engine {
                                                  "templates": .array(deps.templates.map { .string($0) })])
                 }
             }
-            try await catalog.untag(name: name, tag: tag)
+            try await catalog.untag(name: name, tag: tag, owner: owner)
             if others.isEmpty {
                 await discardTemplatePools(t.templateId)   // warm sandboxes hold its layers
                 await retireZygotes(t.templateId)
@@ -281,7 +292,7 @@ struct Build {
             guard name != req.name || tag != req.tag else {
                 throw SandpitError(.invalidParams, "a template cannot be built FROM itself (\(name):\(tag))", details: ["field": "spec"])
             }
-            let t = try await engine.resolveTemplate(name + ":" + tag)
+            let t = try await engine.resolveTemplate(name + ":" + tag, caller: caller)
             if !t.isBuiltin {
                 layers = t.layers
                 config = t.config
@@ -466,13 +477,14 @@ struct Build {
         let id = "tp_" + SHA256.hex(key + "\n" + JSONCodec.encode(config.json)).prefix(24)
         var bytes: Int64 = 0
         for k in layers { bytes += try await engine.catalog.layer(k)?.bytes ?? 0 }
+        // An admin's build is shared with every tenant; a tenant's is its own.
         let t = TemplateRecord(templateId: id, name: req.name, tag: req.tag, createdAt: Clock.nowMs(), layers: layers, bytes: bytes,
-                               config: config, parent: parent)
+                               config: config, parent: parent, owner: caller.admin ? TemplateRecord.shared : caller.uid)
         Fault.point("template.before-tag")
         try await engine.catalog.tagTemplate(t)
         await engine.catalog.event("template-built", sandbox: nil, detail: "\(t.reference) \(id)")
         say(total, "Successfully built \(id) as \(t.reference)")
-        return try await engine.catalog.template(name: req.name, tag: req.tag) ?? t
+        return try await engine.catalog.template(name: req.name, tag: req.tag, owner: t.owner) ?? t
     }
 
     // MARK: steps

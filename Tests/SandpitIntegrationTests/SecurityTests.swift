@@ -531,6 +531,58 @@ struct SecurityTests {
         }
     }
 
+    @Test func templatesBelongToTheirOwner() throws {
+        try Arena.with(extraArgs: ["--socket-mode", "0666"]) { a in
+            let alice = Tenant(uid: 4242, socket: a.daemon.socketPath!, scratch: a.daemon.scratch)
+            let bob = Tenant(uid: 4343, socket: a.daemon.socketPath!, scratch: a.daemon.scratch)
+            func code(_ v: JSONValue) -> JSONValue? { v["error"]?["data"]?["code"] }
+            // The daemon's owner publishes one for everyone.
+            _ = try a.client.result("template.build", ["name": "pub", "spec": "FROM default\nENV WHO=admin\n"])
+            let al = try alice.calls([
+                ["template.build", ["name": "app", "spec": "FROM default\nENV SECRET=alice-secret\n"]],
+                ["sandbox.create", ["template": "app"]],
+            ])
+            #expect(al[0]["result"]?["shared"] == false && al[0]["result"]?["owner"] == 4242, "\(al[0])")
+            let aliceBox = al[1]["result"]?["sandboxId"]?.stringValue ?? ""
+            let bo = try bob.calls([
+                ["template.get", ["name": "app"]],
+                ["template.get", ["name": "nope"]],
+                ["sandbox.create", ["template": "app"]],
+                ["template.list", [:]],
+                ["template.delete", ["name": "app", "force": true]],
+                ["template.delete", ["name": "pub"]],
+                // Bob's own `app`: it does not touch Alice's.
+                ["template.build", ["name": "app", "spec": "FROM default\nENV SECRET=bob-secret\n"]],
+                ["sandbox.create", ["template": "pub"]],
+            ])
+            // Alice's template looks to Bob exactly like one that does not exist.
+            #expect(code(bo[0]) == "not_found" && code(bo[2]) == "not_found")
+            #expect(bo[0]["error"]?["message"]?.stringValue?.replacingOccurrences(of: "app", with: "X")
+                    == bo[1]["error"]?["message"]?.stringValue?.replacingOccurrences(of: "nope", with: "X"))
+            #expect(!"\(bo[2])".contains("alice-secret"))
+            let names = (bo[3]["result"]?["templates"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
+            #expect(names.contains("pub") && !names.contains("app"), "\(names)")
+            #expect(code(bo[4]) == "not_found", "Bob cannot delete Alice's template")
+            #expect(code(bo[5]) == "permission_denied", "only an admin deletes a shared template")
+            #expect(bo[6]["result"]?["owner"] == 4343)
+            #expect(bo[7]["result"]?["sandboxId"] != nil, "a shared template is everyone's to use")
+            // Alice's sandboxes still come from her own template.
+            let check = try alice.calls([
+                ["exec.run", ["sandboxId": .string(aliceBox), "shell": "echo $SECRET"]],
+                ["sandbox.create", ["template": "app"]],
+                ["template.get", ["name": "app"]],
+            ])
+            #expect(check[0]["result"]?["exitCode"] == 0)
+            let second = check[1]["result"]?["sandboxId"]?.stringValue ?? ""
+            let out = try alice.calls([["exec.run", ["sandboxId": .string(second), "shell": "echo $SECRET"]]])
+            #expect(out[0]["result"]?["stdoutBytes"] == 13, "alice-secret, not bob's: \(out[0])")
+            #expect(check[2]["result"]?["config"]?["env"]?["SECRET"] == "alice-secret")
+            // An admin sees every tenant's.
+            let all = (try a.client.result("template.list")["templates"]?.arrayValue ?? []).filter { $0["name"] == "app" }
+            #expect(all.count == 2)
+        }
+    }
+
     // MARK: policies
 
     @Test func looserLimitsThanThePolicyAreRefused() throws {
