@@ -32,6 +32,7 @@ public enum JSONCodec {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
         case .int(let i): out += String(i)
+        case .bigInteger(let digits): out += digits
         case .double(let d):
             if d.isFinite {
                 if d.rounded() == d && abs(d) < 1e15 { out += String(Int64(d)) } else { out += "\(d)" }
@@ -309,6 +310,7 @@ public enum JSONCodec {
             }
             let text = String(decoding: bytes[start..<i], as: UTF8.self)
             if isInt, let v = Int64(text) { return .int(v) }
+            if isInt { return .bigInteger(text) }
             guard let d = Double(text), d.isFinite else { throw fail("number out of range") }
             return .double(d)
         }

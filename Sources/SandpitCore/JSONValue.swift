@@ -5,6 +5,10 @@ public enum JSONValue: Sendable, Equatable {
     case bool(Bool)
     case int(Int64)
     case double(Double)
+    /// An integer beyond Int64, kept as its exact digits, so it is written
+    /// back as it came (a request id of 2^64 is echoed as 18446744073709551616,
+    /// not as a rounded float the client cannot match).
+    case bigInteger(String)
     case string(String)
     case array([JSONValue])
     case object(JSONObject)
@@ -28,7 +32,7 @@ public enum JSONValue: Sendable, Equatable {
         switch self {
         case .null: "null"
         case .bool: "boolean"
-        case .int, .double: "number"
+        case .int, .double, .bigInteger: "number"
         case .string: "string"
         case .array: "array"
         case .object: "object"

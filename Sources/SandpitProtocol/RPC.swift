@@ -37,7 +37,7 @@ public enum RPC {
         var id: JSONValue? = o["id"]
         if let i = id {
             switch i {
-            case .string, .int, .double, .null: break
+            case .string, .int, .double, .bigInteger, .null: break
             default:
                 return .failure(RPCRejection(id: .null, error: SandpitError(.invalidRequest, "id must be a string, number or null")))
             }

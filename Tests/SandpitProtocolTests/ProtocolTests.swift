@@ -43,6 +43,17 @@ import SandpitCore
         #expect(reject(#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#)?.code == .invalidParams)
     }
 
+    @Test func echoesIntegerIdsOfAnySizeExactly() {
+        for id in ["18446744073709551616", "-99999999999999999999999", "9223372036854775807", "7"] {
+            guard case .success(let req) = RPC.parse(Array("{\"jsonrpc\":\"2.0\",\"id\":\(id),\"method\":\"server.info\"}".utf8)) else {
+                Issue.record("id \(id) was refused")
+                continue
+            }
+            let reply = RPC.response(id: req.id ?? .null, result: .object([:]))
+            #expect(reply.contains("\"id\":\(id),") || reply.contains("\"id\":\(id)}"), "\(reply)")
+        }
+    }
+
     @Test func keepsTheIdForErrorsAfterItWasRead() {
         if case .failure(let r) = RPC.parse(Array(#"{"jsonrpc":"2.0","id":"q7","method":5}"#.utf8)) {
             #expect(r.id == .string("q7"))

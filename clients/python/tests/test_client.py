@@ -188,3 +188,29 @@ def test_a_hostile_archive_fails_the_build_naming_the_entry(client, tmp_path):
         client.call("template.build", {"name": "evil", "file": str(tmp_path / "Dockerfile")})
     assert "../../escape.txt" in str(e.value) and e.value.code == "build_failed"
     assert not os.path.exists(tmp_path.parent.parent / "escape.txt")
+
+
+def test_request_ids_of_any_size_and_type_are_echoed_exactly(daemon, client):
+    import json
+    import socket
+    sid = client.call("sandbox.create", {})["sandboxId"]
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(daemon)
+        f = s.makefile("rwb")
+        for rid in (2 ** 64 + 5, -(2 ** 70), "id-ü", 0):
+            f.write((json.dumps({"jsonrpc": "2.0", "id": rid, "method": "exec.run",
+                                 "params": {"sandboxId": sid, "cmd": ["echo", "x"]}}) + "\n").encode())
+            f.flush()
+            seen = []
+            while True:
+                m = json.loads(f.readline())
+                if m.get("method") == "exec.output":
+                    seen.append(m["params"]["requestId"])
+                    continue
+                assert m["id"] == rid and type(m["id"]) is type(rid) and "result" in m, m
+                break
+            assert seen and all(r == rid for r in seen), seen
+        s.close()
+    finally:
+        client.call("sandbox.delete", {"sandboxId": sid})
