@@ -854,6 +854,7 @@ public final class Engine: Sendable {
         do { try await Task.sleep(until: deadline) } catch { return }
         guard let rt, !session.isFinished else { return }
         session.markTimedOut()
+        rt.noteDaemonKill(session)
         rt.signal(exec: session.numericId, SIGKILL)
     }
 
@@ -863,6 +864,7 @@ public final class Engine: Sendable {
         guard let s = rt.session(named: execId) else { throw SandpitError.notFound("Exec", execId) }
         // Sent even when the command has ended: the agent signals whatever
         // the command left running in its cgroup (a fork bomb's remains, say).
+        if signal == SIGKILL { rt.noteDaemonKill(s) }
         rt.signal(exec: s.numericId, signal)
     }
 

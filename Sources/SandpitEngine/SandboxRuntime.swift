@@ -121,7 +121,9 @@ final class SandboxRuntime: Sendable {
         case SP_FRAME_EXITED.rawValue:
             if let s = session(f.id) {
                 let status = f.int32()
-                let oom = (status & 0x7f) == 9 && oomCountAdvanced(s)
+                let byDaemon = daemonKilled.withLock { $0.remove(s.numericId) } != nil
+                let base = oomBaseline.withLock { $0.removeValue(forKey: s.numericId) } ?? 0
+                let oom = (status & 0x7f) == 9 && !byDaemon && cgroup.oomKills() > base
                 s.finish(status: status, nowNs: now, oomKilled: oom)
                 retire(f.id)
             }
@@ -142,11 +144,18 @@ final class SandboxRuntime: Sendable {
     /// OOM kills are counted per cgroup; an exec is OOM-killed when the count
     /// moved while it ran.
     private let oomBaseline = Mutex<[UInt32: Int]>([:])
+    private let daemonKilled = Mutex<Set<UInt32>>([])
     func noteOOMBaseline(_ id: UInt32) { let c = cgroup.oomKills(); oomBaseline.withLock { $0[id] = c } }
-    private func oomCountAdvanced(_ s: ExecSession) -> Bool {
-        let base = oomBaseline.withLock { $0.removeValue(forKey: s.numericId) } ?? 0
-        return cgroup.oomKills() > base
-    }
+
+    /// The daemon is about to SIGKILL this exec, still running (its timeout,
+    /// exec.kill): that kill is what ends it, whatever the OOM killer does
+    /// to its neighbours meanwhile.
+    func noteDaemonKill(_ s: ExecSession) { if !s.isFinished { daemonKilled.withLock { _ = $0.insert(s.numericId) } } }
+
+    // An exec ended by SIGKILL was OOM-killed when the daemon did not kill it
+    // and the sandbox's OOM count rose while it ran. (The count is the
+    // sandbox's: on cgroup v1 a neighbour's OOM kill in the same window, with
+    // a SIGKILL from elsewhere, is not told apart.)
 
     func failReadiness(_ message: String) {
         let w = state.withLock { s -> CheckedContinuation<UInt64, Error>? in

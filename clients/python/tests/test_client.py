@@ -1,5 +1,6 @@
 """The synchronous client against the real daemon."""
 import os
+import time
 import threading
 
 import pytest
@@ -212,5 +213,24 @@ def test_request_ids_of_any_size_and_type_are_echoed_exactly(daemon, client):
                 break
             assert seen and all(r == rid for r in seen), seen
         s.close()
+    finally:
+        client.call("sandbox.delete", {"sandboxId": sid})
+
+
+def test_each_command_says_what_ended_it_beside_an_oom_killed_neighbour(client):
+    """A memory hog is OOM-killed while two commands beside it run into their timeouts: the hog is
+    oomKilled (not timedOut), the others timedOut (not oomKilled); alone, a timeout is only a timeout."""
+    sid = client.call("sandbox.create", {"limits": {"memoryBytes": 128 << 20}})["sandboxId"]
+    try:
+        sb = Sandbox.connect(sid, client=client)
+        slow = [sb.commands.run(["sleep", "30"], background=True, timeout=3) for _ in range(2)]
+        time.sleep(0.3)
+        hog = sb.commands.run(["python3", "-c", "x = bytearray(1 << 30); x[::4096] = b'x' * len(x[::4096])"], timeout=20)
+        assert hog.oom_killed and not hog.timed_out, hog.raw
+        for h in slow:
+            r = h.wait()
+            assert r.timed_out and not r.oom_killed, r.raw
+        alone = sb.commands.run(["sleep", "30"], timeout=0.5)
+        assert alone.timed_out and not alone.oom_killed, alone.raw
     finally:
         client.call("sandbox.delete", {"sandboxId": sid})
