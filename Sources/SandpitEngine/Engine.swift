@@ -779,6 +779,16 @@ public final class Engine: Sendable {
         let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: budget,
                                   receivedNs: req.receivedNs, input: req.pty != nil ? .terminal : req.stdinPipe ? .pipe : .none)
         session.wake = woke
+        if !req.service {
+            session.onUnreadLimit.withLock {
+                $0 = { [weak rt, weak session] in
+                    guard let rt, let session else { return }
+                    session.markKilled(by: "its output went unread: \(ExecSession.unreadOutputLimit >> 20) MiB since anyone last read it")
+                    rt.noteDaemonKill(session)
+                    rt.signal(exec: session.numericId, SIGKILL)
+                }
+            }
+        }
         execAdmitted = false   // released when the exec finishes
         rt.register(session)
         if !req.service { rt.idle.withLock { $0.begin(now: Clock.nowMs()) } }

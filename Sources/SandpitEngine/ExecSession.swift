@@ -54,7 +54,18 @@ public final class ExecSession: Sendable {
         var inputTaken: UInt64 = 0
         var inputClosed = false
         var inputWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Output written since anyone last read this exec's output.
+        var unread: Int64 = 0
+        var unreadLimitHit = false
     }
+
+    /// A command whose output nobody reads (a detached `yes`) is killed once
+    /// this much has gone unread: it would only burn CPU for output the
+    /// budget throws away. A reader (a streaming exec.run, exec.logs,
+    /// exec.wait) resets the count.
+    public static let unreadOutputLimit: Int64 = 256 << 20
+    /// Called once when `unreadOutputLimit` is passed.
+    let onUnreadLimit = Mutex<(@Sendable () -> Void)?>(nil)
 
     /// How the command's stdin can be written to after it starts.
     public enum Input: Sendable { case none, pipe, terminal }
@@ -103,12 +114,16 @@ public final class ExecSession: Sendable {
 
     /// Records a chunk of output and wakes readers.
     func append(_ stream: OutputStream, _ bytes: [UInt8]) {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let (waiters, overflow) = state.withLock { s -> ([CheckedContinuation<Void, Never>], Bool) in
             s.buffer.append(stream, bytes)
+            s.unread += Int64(bytes.count)
+            let over = s.unread > Self.unreadOutputLimit && !s.unreadLimitHit && s.outcome == nil
+            if over { s.unreadLimitHit = true }
             defer { s.waiters = [] }
-            return s.waiters
+            return (s.waiters, over)
         }
         for w in waiters { w.resume() }
+        if overflow, let f = onUnreadLimit.withLock({ $0 }) { f() }
     }
 
     func inputSent(_ n: UInt64) { state.withLock { $0.inputSent += n } }
@@ -254,6 +269,7 @@ public final class ExecSession: Sendable {
     public func next(after: Int, untilCancelled: Bool = false) async -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
         while true {
             let r: ([OutputChunk], ExecOutcome?)? = state.withLock { s in
+                s.unread = 0
                 let c = s.buffer.chunks(since: after + 1)
                 if !c.isEmpty { return (c, nil) }
                 if let o = s.outcome { return ([], o) }
@@ -289,7 +305,10 @@ public final class ExecSession: Sendable {
 
     /// A snapshot for exec.logs.
     public func logs(since: Int) -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
-        state.withLock { ($0.buffer.chunks(since: since), $0.outcome) }
+        state.withLock { s in
+            s.unread = 0
+            return (s.buffer.chunks(since: since), s.outcome)
+        }
     }
 }
 

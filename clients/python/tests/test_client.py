@@ -234,3 +234,22 @@ def test_each_command_says_what_ended_it_beside_an_oom_killed_neighbour(client):
         assert alone.timed_out and not alone.oom_killed, alone.raw
     finally:
         client.call("sandbox.delete", {"sandboxId": sid})
+
+
+def test_a_detached_stream_nobody_reads_is_stopped(client):
+    sid = client.call("sandbox.create", {})["sandboxId"]
+    try:
+        flood = client.call("exec.run", {"sandboxId": sid, "cmd": ["yes"], "background": True})["execId"]
+        quiet = client.call("exec.run", {"sandboxId": sid, "shell": "seq 1 1000; sleep 30", "background": True})["execId"]
+        state = {}
+        for _ in range(300):
+            state = {e["execId"]: e["state"] for e in client.call("exec.list", {"sandboxId": sid})["execs"]}
+            if state.get(flood) != "running":
+                break
+            time.sleep(0.1)
+        assert state.get(flood) != "running", "a detached `yes` nobody reads keeps running"
+        r = client.call("exec.logs", {"sandboxId": sid, "execId": flood})["result"]
+        assert "output went unread" in r.get("killedBy", ""), r
+        assert state.get(quiet) == "running", "a command with little output is left alone"
+    finally:
+        client.call("sandbox.delete", {"sandboxId": sid})
