@@ -54,15 +54,23 @@ struct ChannelOutbound: RPCOutbound {
 enum ConnectionServer {
     /// Request lines at least this long are parsed off the control loop.
     static let bulkLineBytes = 256 << 10
+    /// Requests one connection may have in flight. Past it the daemon stops
+    /// reading that connection until one ends: a client that sends without
+    /// reading its answers stalls itself (its answers wait, unread, in a
+    /// bounded number of tasks), not the daemon's memory or other clients.
+    static let maxInFlight = 512
 
     static func serve<S: AsyncSequence & Sendable>(_ inbound: S, out: any RPCOutbound, service: RPCService, peer: Peer, logger: Logger) async throws
     where S.Element == LineFramer.Item {
         // Whatever ends the connection, what it held awake is released.
         defer { service.disconnected(peer) }
+        let slots = InFlight(limit: maxInFlight)
         try await withThrowingDiscardingTaskGroup { group in
             for try await item in inbound {
+                await slots.acquire()
                 switch item {
                 case .oversized(let n):
+                    defer { slots.release() }
                     try await out.send(RPC.error(id: .null, SandpitError(
                         .requestTooLarge, "request line of \(n)+ bytes exceeds the limit of \(service.limits.maxLineBytes) bytes",
                         details: ["limit": .int(Int64(service.limits.maxLineBytes))])))
@@ -71,6 +79,7 @@ enum ConnectionServer {
                     // cooperative pool, so the shared control loop does not
                     // stall for megabytes of JSON.
                     group.addTask(executorPreference: globalConcurrentExecutor) {
+                        defer { slots.release() }
                         switch RPC.parse(bytes) {
                         case .failure(let r): try? await out.send(RPC.error(id: r.id, r.error))
                         case .success(let req): await service.handle(req, peer: peer, out: out)
@@ -79,9 +88,13 @@ enum ConnectionServer {
                 case .line(let bytes):
                     switch RPC.parse(bytes) {
                     case .failure(let r):
+                        defer { slots.release() }
                         try await out.send(RPC.error(id: r.id, r.error))
                     case .success(let req):
-                        group.addTask { await service.handle(req, peer: peer, out: out) }
+                        group.addTask {
+                            defer { slots.release() }
+                            await service.handle(req, peer: peer, out: out)
+                        }
                     }
                 }
             }
@@ -96,6 +109,31 @@ enum ConnectionServer {
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+/// A counting semaphore for one connection's requests in flight.
+final class InFlight: Sendable {
+    private let state: Mutex<(free: Int, waiters: [CheckedContinuation<Void, Never>])>
+    init(limit: Int) { state = Mutex((limit, [])) }
+
+    func acquire() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.free > 0 { s.free -= 1; return true }
+                s.waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.waiters.isEmpty { s.free += 1; return nil }
+            return s.waiters.removeFirst()
+        }
+        next?.resume()
     }
 }
 

@@ -124,3 +124,49 @@ def test_a_checkpoint_a_reply_named_survives_a_kill_9_right_after_the_reply(sand
         d.terminate()
         d.wait(60)
         log.close()
+
+
+def test_a_client_that_pipelines_without_reading_stalls_only_itself(daemon):
+    import socket
+    import statistics
+
+    from conftest import ROOT  # noqa: F401  (the daemon fixture's socket is all this needs)
+
+    def daemon_rss_kib():
+        out = subprocess.run(["pgrep", "-f", f"serve --socket {daemon}"], capture_output=True, text=True).stdout.split()
+        return max(int(l.split()[1]) for pid in out for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
+
+    with Client(daemon) as c:
+        sid = c.call("sandbox.create", {})["sandboxId"]
+
+        def exec_ms(n):
+            out = []
+            for _ in range(n):
+                t = time.perf_counter()
+                c.call("exec.run", {"sandboxId": sid, "cmd": ["true"]})
+                out.append((time.perf_counter() - t) * 1000)
+            return statistics.median(out)
+
+        base = exec_ms(20)
+        rss0 = daemon_rss_kib()
+        hog = socket.socket(socket.AF_UNIX)
+        hog.connect(daemon)
+        hog.setblocking(False)
+        line = b'{"jsonrpc":"2.0","id":1,"method":"server.info"}\n'
+        sent, stop = 0, time.monotonic() + 5
+        while sent < 20_000 and time.monotonic() < stop:
+            try:
+                hog.send(line)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.01)   # the daemon stopped reading this connection: it is stalled
+        time.sleep(0.5)
+        during = exec_ms(20)
+        grew = daemon_rss_kib() - rss0
+        hog.close()
+        c.call("sandbox.delete", {"sandboxId": sid})
+    print(f"exec.run median {base:.2f} ms alone, {during:.2f} ms beside a client that sent {sent} requests "
+          f"without reading; daemon RSS +{grew // 1024} MiB")
+    assert sent < 20_000, "the daemon kept reading a connection whose answers nobody read"
+    assert during <= max(2 * base, base + 5), (base, during)
+    assert grew < 100 << 10
