@@ -118,7 +118,8 @@ extension Engine {
         @Sendable func full() throws -> Manifest {
             if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
             let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
-                try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
+                Fault.point("checkpoint.frozen")
+                return try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
             }
             Fault.point("checkpoint.cloned")
             try FS.writeBytes(copy + ".manifest.tmp", m.encoded())

@@ -236,6 +236,11 @@ public final class Engine: Sendable {
             }
         }
         try catalog.loseRunningExecs(at: now)
+        // A daemon killed mid-checkpoint left that sandbox's disk frozen (and
+        // held, loop device and all): thaw it before anything uses the disk.
+        for image in SandboxDisk.releaseLeftovers(under: storage.root + "/sandboxes/") {
+            logger.warning("thawed a sandbox disk a dead daemon left frozen", metadata: ["image": "\(image)"])
+        }
         for name in cgroups.existing() {
             do { try cgroups.handle(name).destroy() } catch { logger.warning("leftover cgroup", metadata: ["cgroup": "\(name)", "error": "\(error)"]) }
         }

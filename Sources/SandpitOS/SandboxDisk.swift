@@ -40,6 +40,34 @@ public enum SandboxDisk {
         return r
     }
 
+    /// Thaws and lets go of sandbox disks a dead daemon left behind: a
+    /// daemon killed mid-checkpoint leaves its disk's filesystem frozen, and
+    /// a frozen filesystem keeps itself (its superblock, its loop device, the
+    /// image's blocks) alive with no mount left. Each loop device backed by a
+    /// file under `dir` is mounted again (the kernel hands back the same
+    /// superblock), thawed (a filesystem that is not frozen says EINVAL, which
+    /// is fine) and let go: autoclear then frees the device. Returns the
+    /// images it thawed.
+    public static func releaseLeftovers(under dir: String) -> [String] {
+        var thawed: [String] = []
+        for dev in FS.listDirectory("/sys/block") where dev.hasPrefix("loop") {
+            guard let backing = try? FS.readText("/sys/block/\(dev)/loop/backing_file"),
+                  backing.hasPrefix(dir) else { continue }
+            let image = String(backing.split(separator: "\n").first ?? "")
+            guard let fs = try? FileDescriptor(sys("fsopen(ext4)") { sp_fsopen("ext4") }) else { continue }
+            defer { fs.close() }
+            guard (try? sys("fsconfig(source)") { sp_fsconfig_string(fs.raw, "source", "/dev/" + dev) }) != nil,
+                  (try? sys("fsconfig(create ext4)") { sp_fsconfig_create(fs.raw) }) != nil,
+                  let m = try? FileDescriptor(sys("fsmount(ext4)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_NOSUID) }) else { continue }
+            defer { m.close() }
+            let root = openat(m.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard root >= 0 else { continue }
+            if sp_fs_thaw(root) == 0 { thawed.append(image) }
+            close(root)
+        }
+        return thawed
+    }
+
     /// Mounts `image` (detached, nodev, nosuid, noatime). The returned fd is
     /// the mount; `/proc/self/fd/N/upper` names its upper directory.
     public static func mount(_ image: String) throws(OSError) -> FileDescriptor {

@@ -170,3 +170,49 @@ def test_a_client_that_pipelines_without_reading_stalls_only_itself(daemon):
     assert sent < 20_000, "the daemon kept reading a connection whose answers nobody read"
     assert during <= max(2 * base, base + 5), (base, during)
     assert grew < 100 << 10
+
+
+def loop_devices_under(path):
+    out = []
+    for dev in os.listdir("/sys/block"):
+        try:
+            if dev.startswith("loop") and open(f"/sys/block/{dev}/loop/backing_file").read().startswith(str(path)):
+                out.append(dev)
+        except OSError:
+            pass
+    return out
+
+
+def test_a_daemon_killed_while_a_disk_is_frozen_leaves_nothing_frozen_after_restart(sandpit, tmp_path):
+    """SANDPIT_CRASH_AT=checkpoint.frozen kills the daemon while it holds a sandbox's disk frozen for a
+    checkpoint. The next start thaws it: the sandbox wakes and writes, and a clean shutdown lets go of
+    every loop device and the store."""
+    data, sock = tmp_path / "data", tmp_path / "s.sock"
+    log = open(tmp_path / "daemon.log", "w")
+    env = dict(os.environ, SANDPIT_CRASH_AT="checkpoint.frozen")
+    d = subprocess.Popen([sandpit, "serve", "--socket", str(sock), "--data-dir", str(data), "--storage-gib", "4", "--warm-pool", "0"],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+    for _ in range(200):
+        if sock.exists():
+            break
+        time.sleep(0.05)
+    with Client(str(sock)) as c:
+        sid = c.call("sandbox.create", {})["sandboxId"]
+        try:
+            c.call("exec.run", {"sandboxId": sid, "shell": "echo before > f.txt"})
+        except SandpitError:
+            pass
+    assert d.wait(30) == -9
+    assert loop_devices_under(data / "store" / "sandboxes"), "the crash left the sandbox's disk held (the bug this guards)"
+    d = start(sandpit, sock, data, log)
+    try:
+        assert not loop_devices_under(data / "store" / "sandboxes"), "the restart thawed and released the frozen disk"
+        with Client(str(sock)) as c:
+            r = c.call("exec.run", {"sandboxId": sid, "shell": "cat f.txt; echo after >> f.txt; cat f.txt", "timeoutMs": 20000})
+            assert r["exitCode"] == 0 and not r["timedOut"], r
+    finally:
+        d.terminate()
+        assert d.wait(60) == 0
+        log.close()
+    assert not loop_devices_under(data), "a clean shutdown lets go of every loop device"
+    assert str(data) not in open("/proc/self/mountinfo").read()
