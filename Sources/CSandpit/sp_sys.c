@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "sp_sys.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -60,3 +61,5 @@ int sp_recv_fds(int sock, int *fds, int max, int timeout_ms) {
     }
     return got;
 }
+
+int sp_malloc_trim(void) { return malloc_trim(0); }

@@ -672,6 +672,7 @@ public final class Engine: Sendable {
         try await catalog.deleteSandbox(id, at: Clock.nowMs())
         await catalog.event("deleted", sandbox: id, detail: reason == "deleted" ? "" : reason)
         emit(id, .deleted, reason: reason, owner: owner)
+        MemoryTrim.soon()
         collectAfterDelete(templateId: templateId)
     }
 
@@ -980,5 +981,22 @@ extension String {
         while let f = s.first, f.isWhitespace { s = s.dropFirst() }
         while let l = s.last, l.isWhitespace { s = s.dropLast() }
         return String(s)
+    }
+}
+
+/// Gives freed heap memory back to the system a moment after sandboxes go:
+/// glibc keeps freed arenas mapped, so a daemon that held many exec outputs
+/// would otherwise keep their RSS after the sandboxes are deleted. Calls
+/// within the delay coalesce into one trim, off every request's path.
+enum MemoryTrim {
+    private static let scheduled = Atomic<Bool>(false)
+
+    static func soon() {
+        guard scheduled.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        Task.detached(priority: .background) {
+            try? await Task.sleep(for: .milliseconds(500))
+            scheduled.store(false, ordering: .releasing)
+            _ = sp_malloc_trim()
+        }
     }
 }

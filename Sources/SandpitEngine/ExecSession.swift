@@ -91,6 +91,8 @@ public final class ExecSession: Sendable {
     }
 
     public var isFinished: Bool { state.withLock { $0.outcome != nil } }
+    /// Output bytes held in memory for readers.
+    var retainedBytes: Int { state.withLock { $0.buffer.headBytes + $0.buffer.tailBytes } }
     public var outcome: ExecOutcome? { state.withLock { $0.outcome } }
 
     func markSpawnSent(_ ns: UInt64) { state.withLock { $0.spawnSentNs = ns } }

@@ -73,6 +73,11 @@ final class SandboxRuntime: Sendable {
     let onUnexpectedExit: @Sendable (SandboxRuntime, String) -> Void
 
     static let keepFinishedExecs = 64
+    /// Output of finished execs kept in memory per sandbox for `exec.logs`:
+    /// older execs' output goes past it (their summary stays in the catalog),
+    /// so a sandbox that ran 64 commands of 16 MiB each does not hold 1 GiB of
+    /// the daemon's memory. The latest finished exec is always kept.
+    static let keepFinishedOutputBytes = 32 << 20
 
     init(record: SandboxRecord, plan: SandboxPlan, image: SandboxImage, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned, disk: FileDescriptor?,
          onUnexpectedExit: @escaping @Sendable (SandboxRuntime, String) -> Void) {
@@ -249,9 +254,10 @@ final class SandboxRuntime: Sendable {
         oomBaseline.withLock { _ = $0.removeValue(forKey: id) }
         state.withLock { s in
             s.finishedOrder.append(id)
-            while s.finishedOrder.count > Self.keepFinishedExecs {
+            var kept = s.finishedOrder.reduce(0) { $0 + (s.execs[$1]?.retainedBytes ?? 0) }
+            while s.finishedOrder.count > Self.keepFinishedExecs || (kept > Self.keepFinishedOutputBytes && s.finishedOrder.count > 1) {
                 let old = s.finishedOrder.removeFirst()
-                s.execs.removeValue(forKey: old)
+                kept -= s.execs.removeValue(forKey: old)?.retainedBytes ?? 0
             }
         }
     }

@@ -1,6 +1,8 @@
 // Small wrappers for GNU-only libc calls that Swift's Glibc module hides.
 #ifndef SP_SYS_H
 #define SP_SYS_H
+// Returns freed heap memory to the system (glibc's malloc_trim).
+int sp_malloc_trim(void);
 int sp_pipe_cloexec(int fds[2]);
 int sp_socketpair_cloexec(int fds[2]);
 int sp_accept_cloexec(int fd);

@@ -216,3 +216,31 @@ def test_a_daemon_killed_while_a_disk_is_frozen_leaves_nothing_frozen_after_rest
         log.close()
     assert not loop_devices_under(data), "a clean shutdown lets go of every loop device"
     assert str(data) not in open("/proc/self/mountinfo").read()
+
+
+def test_exec_output_kept_in_the_daemon_is_bounded_and_returned(daemon):
+    """Two sandboxes each run 64 commands of 16 MiB output: the daemon holds a bounded part of it for
+    exec.logs, and after the sandboxes are deleted its RSS is back within 64 MiB of where it started."""
+    def rss_mib():
+        out = subprocess.run(["pgrep", "-f", f"serve --socket {daemon}"], capture_output=True, text=True).stdout.split()
+        return max(int(l.split()[1]) for pid in out for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) // 1024
+
+    with Client(daemon) as c:
+        start_mib = rss_mib()
+        sids = [c.call("sandbox.create", {})["sandboxId"] for _ in range(2)]
+        for sid in sids:
+            for _ in range(64):
+                ex = c.call("exec.run", {"sandboxId": sid, "shell": "yes sandpit | head -c 16M", "background": True})["execId"]
+                while not c.call("exec.logs", {"sandboxId": sid, "execId": ex, "sinceSeq": 1 << 30})["done"]:
+                    time.sleep(0.01)
+        peak_mib = rss_mib()
+        # The latest command's output is still there in full.
+        last = c.call("exec.list", {"sandboxId": sids[0], "limit": 1})["execs"][0]
+        assert last["stdoutBytes"] == 16 << 20
+        for sid in sids:
+            c.call("sandbox.delete", {"sandboxId": sid})
+        time.sleep(1.5)
+        end_mib = rss_mib()
+    print(f"daemon RSS: {start_mib} MiB at start, {peak_mib} MiB after 2 x 64 x 16 MiB of output, {end_mib} MiB after deleting")
+    assert peak_mib - start_mib < 200, "output kept in memory is bounded per sandbox"
+    assert end_mib - start_mib < 64, "memory comes back when the sandboxes go"
