@@ -123,6 +123,16 @@ static int resolve(const char *name, char *const *envp, char *out, size_t outlen
 
 struct child_err { int32_t step; int32_t err; };
 
+// Moves *fd above the standard descriptors (close-on-exec); 0 on success.
+static int lift_fd(int *fd) {
+    if (*fd > 2) return 0;
+    int hi = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+    if (hi < 0) return -1;
+    close(*fd);
+    *fd = hi;
+    return 0;
+}
+
 static void do_spawn(uint32_t id, const char *payload, size_t len) {
     struct sp_spawn_header h;
     if (len < sizeof h || find_id(id)) { spawn_error(id, EINVAL, "malformed spawn request"); return; }
@@ -158,7 +168,6 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         goto done;
     }
     int pty = (h.flags & SP_SPAWN_PTY) != 0;
-    if (pipe2(ep, O_CLOEXEC)) { spawn_error(id, errno, "pipe"); goto fail; }
     if (pty) {
         // A terminal of the sandbox's own devpts instance: out[0] is the master
         // (read by this loop), in[1] a second descriptor of it (typed into),
@@ -177,6 +186,9 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (in[0] < 0) { spawn_error(id, errno, "open /dev/null"); goto fail; }
     }
+    // The child reports a failure before exec on this pipe after it has put
+    // its stdio in place: neither end may be one of fds 0-2.
+    if (pipe2(ep, O_CLOEXEC) || lift_fd(&ep[0]) || lift_fd(&ep[1])) { spawn_error(id, errno, "pipe"); goto fail; }
     // Each command's whole process tree lives in its own cgroup, so a kill
     // reaches processes that left its process group or session.
     // A cgroup made ahead of time (after the previous spawn) is renamed,

@@ -9,15 +9,15 @@ public enum Identifier {
     public static let length = 22
     static let legacyLength = 12
 
-    public static func make<R: RandomNumberGenerator>(_ prefix: String, using rng: inout R) -> String {
+    public static func make<R: RandomNumberGenerator>(_ prefix: String, length: Int = length, using rng: inout R) -> String {
         var s = prefix + "_"
         for _ in 0..<length { s.unicodeScalars.append(Unicode.Scalar(alphabet[Int(rng.next(upperBound: UInt64(alphabet.count)))])) }
         return s
     }
 
-    public static func make(_ prefix: String) -> String {
+    public static func make(_ prefix: String, length: Int = length) -> String {
         var rng = SystemRandomNumberGenerator()
-        return make(prefix, using: &rng)
+        return make(prefix, length: length, using: &rng)
     }
 
     /// A secret for bearer use (port tokens): `count` base-62 characters from the system RNG.

@@ -319,7 +319,9 @@ extension Engine {
         guard rt.exposures.withLock({ $0.count }) < PortExposure.maxPerSandbox else {
             throw SandpitError(.limitExceeded, "sandbox \(id) already has \(PortExposure.maxPerSandbox) exposed ports")
         }
-        var info = Exposure(exposeId: Identifier.make("px"), sandboxId: id, port: port, on: on, token: token ? Identifier.secret() : nil)
+        // A short id: it names a Unix socket under the data dir (108-byte paths), and
+        // it is no secret (the token is; the socket is the caller's own, mode 0600).
+        var info = Exposure(exposeId: Identifier.make("px", length: 12), sandboxId: id, port: port, on: on, token: token ? Identifier.secret() : nil)
         let fd: Int32
         if on == "unix" {
             let dir = config.dataDir + "/ports"
