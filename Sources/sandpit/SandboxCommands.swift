@@ -18,6 +18,18 @@ enum ExitStatus {
     static let timedOut: Int32 = 124
     static let killed: Int32 = 137
 
+    /// Runs a command's body; a failure of sandpit itself (no daemon, no such
+    /// sandbox or template) is said on stderr and exits 125, so it is never
+    /// mistaken for the command's own status.
+    static func guarding(_ body: () async throws -> Void) async throws {
+        do { try await body() } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch let e as ValidationError {
+            throw e
+        } catch {
+            FileHandleStderr.write("sandpit: \(error)\n")
+            throw ExitCode(sandpitFailed)
+        }
+    }
+
     /// The status for an `exec.run` result, saying on stderr why when the command was ended.
     static func of(_ r: JSONValue, timeoutMs: Int?) -> Int32 {
         if r["spawnError"]?.stringValue != nil {
@@ -139,7 +151,9 @@ struct Run: AsyncParsableCommand {
 
     func validate() throws { _ = try command.argv(Self.self, example: "sandpit run -- python3 -c 'print(42)'") }
 
-    func run() async throws {
+    func run() async throws { try await ExitStatus.guarding { try await body() } }
+
+    func body() async throws {
         let argv = try command.argv(Self.self, example: "sandpit run -- python3 -c 'print(42)'")
         if keep && rm { throw ValidationError("give --keep or --rm, not both") }
         if keep && client.socket == nil { throw ValidationError("--keep needs a daemon (--socket or SANDPIT_SOCKET): without one the sandbox ends with this process") }
@@ -191,7 +205,9 @@ struct Exec: AsyncParsableCommand {
 
     func validate() throws { _ = try command.argv(Self.self, example: "sandpit exec SANDBOX -- ls -la") }
 
-    func run() async throws {
+    func run() async throws { try await ExitStatus.guarding { try await body() } }
+
+    func body() async throws {
         let argv = try command.argv(Self.self, example: "sandpit exec SANDBOX -- ls -la")
         let c = try client.connectDaemon("exec")
         let r = try await Interrupt.race { try await command.run(c, sandbox: sandboxId, argv: argv) }

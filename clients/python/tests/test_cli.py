@@ -126,3 +126,10 @@ def test_idle_sandboxes_are_deleted_by_default_retention_and_watchers_are_told(d
         assert p["reason"].startswith("retention: idle for"), p
         s.close()
         c.call("sandbox.delete", {"sandboxId": sb["sandboxId"]})
+
+
+def test_a_failure_of_sandpit_itself_exits_125(sandpit, daemon):
+    r = cli(sandpit, daemon, "exec", "sb_AAAAAAAAAAAA", "--", "true")
+    assert r.returncode == 125 and "not_found" in r.stderr, r
+    r = cli(sandpit, daemon, "run", "--template", "no-such-template", "--", "true")
+    assert r.returncode == 125 and "no-such-template" in r.stderr, r
