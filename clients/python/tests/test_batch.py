@@ -1,6 +1,5 @@
 """`sandpit batch` on the generated fixture (statuses, resume after Ctrl-C) and batch.run from the client."""
 import json
-import os
 import signal
 import subprocess
 import sys

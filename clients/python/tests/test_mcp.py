@@ -95,7 +95,6 @@ def test_mcp_round_trip_over_stdio(daemon, sandpit):
 # --- spec errors and sessions that end every way a client can end.
 
 import asyncio
-import os
 import signal
 import time
 
