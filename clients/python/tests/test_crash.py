@@ -41,6 +41,18 @@ def sandpit_processes(exe):
     return out
 
 
+def kill_during(d, workers, stop, seconds):
+    """Starts the workers, kills the daemon with SIGKILL after `seconds`, then stops and joins them."""
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    d.kill()
+    d.wait()
+    stop.set()
+    for w in workers:
+        w.join(30)
+
+
 def churn(sock, stop):
     """Creates and deletes cold sandboxes (a limit bypasses any pool) until stopped or the daemon dies."""
     try:
@@ -62,15 +74,7 @@ def test_kill_9_while_sandboxes_spawn_leaves_no_orphan_and_the_restart_works(san
         for round_ in range(12):
             assert d.poll() is None, f"round {round_}: the daemon did not start:\n" + open(tmp_path / "daemon.log").read()[-3000:]
             stop = threading.Event()
-            workers = [threading.Thread(target=churn, args=(sock, stop)) for _ in range(2)]
-            for w in workers:
-                w.start()
-            time.sleep(rng.uniform(0.1, 0.8))
-            d.kill()
-            d.wait()
-            stop.set()
-            for w in workers:
-                w.join(30)
+            kill_during(d, [threading.Thread(target=churn, args=(sock, stop)) for _ in range(2)], stop, rng.uniform(0.1, 0.8))
             # Nothing of the dead daemon runs on: no half-spawned child holding its descriptors (and its
             # lock on the data dir), no agent.
             deadline = time.monotonic() + 5
@@ -311,15 +315,8 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
         for round_ in range(rounds):
             assert d.poll() is None, open(tmp_path / "daemon.log").read()[-3000:]
             stop, inflight = threading.Event(), {}
-            ws = [threading.Thread(target=worker, args=(i + round_ * 2, stop, inflight)) for i in range(2)]
-            for w in ws:
-                w.start()
-            time.sleep(rng.uniform(0.3, 1.5))
-            d.kill()
-            d.wait()
-            stop.set()
-            for w in ws:
-                w.join(30)
+            kill_during(d, [threading.Thread(target=worker, args=(i + round_ * 2, stop, inflight)) for i in range(2)], stop,
+                        rng.uniform(0.3, 1.5))
             for op in inflight.values():
                 if op:
                     interrupted[op] = interrupted.get(op, 0) + 1
