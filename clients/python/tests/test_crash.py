@@ -265,6 +265,7 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
     before = set(sandpit_processes(sandpit))
 
     current = {}      # sandbox -> content of state.txt now (when known)
+    undecided = {}    # sandbox -> its checkpoints, for deletes in flight at a kill
 
     def worker(wid, stop, inflight):
         r = random.Random(wid * 1000 + len(acked))
@@ -302,9 +303,11 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
                         current[new] = acked[sid][ck]
                     elif op == "delete" and len(mine) > 1:
                         sid = mine.pop(r.randrange(len(mine)))
+                        # Until its reply, a delete may or may not have happened.
+                        undecided[sid] = acked.pop(sid, {})
                         c.call("sandbox.delete", {"sandboxId": sid})
                         deleted.add(sid)
-                        acked.pop(sid, None)
+                        undecided.pop(sid, None)
                     inflight[wid] = None
         except (SandpitError, OSError, KeyError):
             pass
@@ -336,6 +339,13 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
             for sid in deleted:
                 with pytest.raises(SandpitError):
                     c.call("sandbox.get", {"sandboxId": sid})
+            # A delete the kill interrupted either happened or did not: gone, or intact.
+            for sid, cks in undecided.items():
+                try:
+                    listed = {x["checkpointId"] for x in c.call("checkpoint.list", {"sandboxId": sid})["checkpoints"]}
+                except SandpitError:
+                    continue
+                assert set(cks) <= listed, f"{sid}: a half-deleted sandbox lost checkpoints"
         print(f"{rounds} rounds; in flight at the kill: {interrupted}; {checked} acknowledged checkpoints restored exactly, "
               f"{len(acked)} sandboxes woke, {len(deleted)} deletes held")
         assert checked > 0
