@@ -894,6 +894,8 @@ public final class Engine: Sendable {
         guard s.input != .none else {
             throw SandpitError(.invalidState, "exec \(execId) has no open stdin: start it with stdin: \"pipe\" or pty")
         }
+        // Closing the stdin of a command that has already ended has nothing left to do.
+        if bytes.isEmpty && eof && s.isFinished { return }
         try s.checkInputOpen()
         var off = 0
         while off < bytes.count {

@@ -279,8 +279,14 @@ actor MCPSession {
     func writeStdin(_ args: [String: Value]) async throws -> CallTool.Result {
         let exec = try Self.string(args, "exec_id")
         let input = args["input"]?.stringValue ?? ""
-        if !input.isEmpty { _ = try await rpc("exec.input", ["execId": .string(exec), "data": .string(input)]) }
-        if args["close_stdin"]?.boolValue == true { _ = try await rpc("exec.input", ["execId": .string(exec), "eof": true]) }
+        let close = args["close_stdin"]?.boolValue == true
+        // One request: the input and the end of it, so a command that ends on the input races nothing.
+        if !input.isEmpty || close {
+            var p: JSONObject = ["execId": .string(exec)]
+            if !input.isEmpty { p["data"] = .string(input) }
+            if close { p["eof"] = true }
+            _ = try await rpc("exec.input", p)
+        }
         let wait = Self.seconds(args["yield_seconds"]) ?? 1000
         let r = try await rpc("exec.wait", ["execId": .string(exec), "yieldMs": .int(wait), "sinceSeq": .int(nextSeq[exec] ?? 0),
                                             "maxOutputBytes": .int(Int64(maxOutput))])

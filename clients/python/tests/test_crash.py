@@ -12,9 +12,10 @@ from sandpit import Client, SandpitError
 
 
 def start(sandpit, sock, data, log):
+    # Its own process group: what it spawns is told apart from other daemons' (the suite's own).
     d = subprocess.Popen([sandpit, "serve", "--socket", str(sock), "--data-dir", str(data), "--storage-gib", "4",
                           "--warm-pool", "0", "--warm-template-pool", "0"],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     for _ in range(400):
         if d.poll() is not None:
             return d
@@ -27,14 +28,15 @@ def start(sandpit, sock, data, log):
     return d
 
 
-def sandpit_processes(exe):
-    """Processes whose executable is this sandpit binary (a pre-exec child shares it with the daemon)."""
+def sandpit_processes(exe, group=None):
+    """Processes whose executable is this sandpit binary (a pre-exec child shares it with the daemon);
+    with `group`, only those in that process group (a daemon started by `start` and what it spawned)."""
     real = os.path.realpath(exe)
     out = []
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
-                if os.readlink(f"/proc/{p}/exe") == real:
+                if os.readlink(f"/proc/{p}/exe") == real and (group is None or os.getpgid(int(p)) == group):
                     out.append(int(p))
             except OSError:
                 pass
@@ -68,7 +70,6 @@ def test_kill_9_while_sandboxes_spawn_leaves_no_orphan_and_the_restart_works(san
     data, sock = tmp_path / "data", tmp_path / "s.sock"
     log = open(tmp_path / "daemon.log", "w")
     rng = random.Random(20261207)
-    before = set(sandpit_processes(sandpit))
     d = start(sandpit, sock, data, log)
     try:
         for round_ in range(12):
@@ -79,7 +80,7 @@ def test_kill_9_while_sandboxes_spawn_leaves_no_orphan_and_the_restart_works(san
             # lock on the data dir), no agent.
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
-                left = set(sandpit_processes(sandpit)) - before
+                left = set(sandpit_processes(sandpit, group=d.pid))
                 if not left:
                     break
                 time.sleep(0.05)
@@ -262,7 +263,7 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
     acked = {}        # sandbox -> {step: content}
     deleted = set()
     interrupted = {}  # operation -> rounds it was in flight at the kill
-    before = set(sandpit_processes(sandpit))
+    groups = []       # every daemon started: what each spawned is in its process group
 
     current = {}      # sandbox -> content of state.txt now (when known)
     undecided = {}    # sandbox -> its checkpoints, for deletes in flight at a kill
@@ -313,6 +314,7 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
             pass
 
     d = start(sandpit, sock, data, log)
+    groups.append(d.pid)
     rounds = 20
     try:
         for round_ in range(rounds):
@@ -324,6 +326,7 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
                 if op:
                     interrupted[op] = interrupted.get(op, 0) + 1
             d = start(sandpit, sock, data, log)
+            groups.append(d.pid)
         assert d.poll() is None
         with Client(str(sock)) as c:
             checked = 0
@@ -355,4 +358,4 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
         log.close()
     assert not loop_devices_under(data), "no loop device left"
     assert str(data) not in open("/proc/self/mountinfo").read(), "no mount left"
-    assert not (set(sandpit_processes(sandpit)) - before), "no process left"
+    assert not [p for g in groups for p in sandpit_processes(sandpit, group=g)], "no process left"
