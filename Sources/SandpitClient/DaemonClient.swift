@@ -190,9 +190,6 @@ public final class DaemonClient: RPCClient, Sendable {
         return nil
     }
 
-    /// Calls still waiting for their answer.
-    public var inFlight: Int { state.withLock { $0.pending.count } }
-
     public func close() async {
         // Queued writes go out first; then the reader sees EOF and ends.
         await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in writes.async { k.resume() } }

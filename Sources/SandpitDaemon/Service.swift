@@ -651,14 +651,12 @@ public final class RPCService: Sendable {
     static func execJSON(_ r: ExecRecord) -> JSONValue {
         .object([
             "execId": .string(r.execId), "command": .array(r.command.map { .string($0) }), "state": .string(r.state.rawValue),
-            "exitCode": r.exitCode.map { .int(Int64($0)) } ?? .null, "signal": r.signal.map { .string(name(Int32($0))) } ?? .null,
+            "exitCode": r.exitCode.map { .int(Int64($0)) } ?? .null, "signal": r.signal.map { .string(Signals.name(Int32($0))) } ?? .null,
             "timedOut": .bool(r.timedOut), "startedAt": .string(Timestamp.iso8601(ms: r.startedAt)),
             "endedAt": r.endedAt.map { .string(Timestamp.iso8601(ms: $0)) } ?? .null,
             "stdoutBytes": .int(r.stdoutBytes), "stderrBytes": .int(r.stderrBytes),
         ])
     }
-
-    static func name(_ s: Int32) -> String { Signals.name(s) }
 
     /// A yield-style answer (`exec.run` with `yieldMs`, `exec.wait`): the
     /// output from `since` on, gathered until the exec ends or `yieldMs` pass,
