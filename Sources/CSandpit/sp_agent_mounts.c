@@ -1,7 +1,7 @@
 // The sandbox's filesystem view. Runs in the agent, a fresh single-threaded
 // process that is root of its own user namespace. The daemon has already built
 // the overlay root (fd SP_AGENT_FD_ROOT) and a read-only clone of /usr
-// (fd SP_AGENT_FD_USR) with full privileges; here they are attached inside the
+// (fd SP_AGENT_FD_USR), and /dev with device nodes of its own (SP_AGENT_FD_DEV), with full privileges; here they are attached inside the
 // sandbox's private mount namespace, so every sandbox mount dies with it.
 #define _GNU_SOURCE
 #include "sp_agent.h"
@@ -57,19 +57,28 @@ int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step) 
     // Kernel knobs stay readable but not writable; sysrq and kcore are masked.
     STEP("bind /proc/sys", mount(NEWROOT "/proc/sys", NEWROOT "/proc/sys", NULL, MS_BIND | MS_REC, NULL));
     STEP("remount /proc/sys ro", mount(NULL, NEWROOT "/proc/sys", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
-    // Masked where the kernel has them.
+
+    STEP("mkdir /dev", mkdir_p1(NEWROOT "/dev", 0755));
+    if (cfg->has_dev) {
+        // Device nodes of our own (the daemon made them): a bind of the host's
+        // would share their inodes, and so their file locks, with the host
+        // and every other sandbox.
+        STEP("attach /dev", sp_move_mount_fd(SP_AGENT_FD_DEV, NEWROOT "/dev"));
+        close(SP_AGENT_FD_DEV);
+    } else {
+        STEP("mount /dev", mount("tmpfs", NEWROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=65536,nr_inodes=256"));
+        const char *nodes[] = { "null", "zero", "full", "random", "urandom", "tty" };
+        for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+            STEP("bind /dev node", bind_dev(nodes[i]));
+        }
+    }
+    // Masked where the kernel has them, with the sandbox's own /dev/null
+    // (a file lock taken on a mask must not reach the host's).
     const char *masked[] = { NEWROOT "/proc/sysrq-trigger", NEWROOT "/proc/kcore", NEWROOT "/proc/kallsyms",
                              NEWROOT "/proc/timer_list", NEWROOT "/proc/keys", NEWROOT "/proc/latency_stats" };
     for (size_t i = 0; i < sizeof masked / sizeof masked[0]; i++) {
         if (access(masked[i], F_OK) != 0) continue;
-        STEP("mask procfs file", mount("/dev/null", masked[i], NULL, MS_BIND, NULL));
-    }
-
-    STEP("mkdir /dev", mkdir_p1(NEWROOT "/dev", 0755));
-    STEP("mount /dev", mount("tmpfs", NEWROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=65536,nr_inodes=256"));
-    const char *nodes[] = { "null", "zero", "full", "random", "urandom", "tty" };
-    for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
-        STEP("bind /dev node", bind_dev(nodes[i]));
+        STEP("mask procfs file", mount(NEWROOT "/dev/null", masked[i], NULL, MS_BIND, NULL));
     }
     STEP("mkdir /dev/pts", mkdir_p1(NEWROOT "/dev/pts", 0755));
     STEP("mount /dev/pts", mount("devpts", NEWROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"));

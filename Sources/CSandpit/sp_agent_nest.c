@@ -34,7 +34,7 @@
 #define AT_EMPTY_PATH 0x1000
 #endif
 
-#define MAX_NEST_FDS 6
+#define MAX_NEST_FDS 7
 
 static void reply(int ctrl, uint32_t id, int32_t value, const char *text) {
     sp_send_frame(ctrl, SP_FRAME_NESTED, 0, id, &value, sizeof value, text, text ? strlen(text) : 0);
@@ -67,9 +67,9 @@ __attribute__((noreturn)) static void child(const int *src, const int *dst, int 
     if (exec_high < 0) goto fail;
     for (int i = 0; i < nmap; i++) if ((high[i] = fcntl(src[i], F_DUPFD_CLOEXEC, exec_high + 1)) < 0) goto fail;
     for (int i = 0; i < nmap; i++) if (dup3(high[i], dst[i], 0) < 0) goto fail;
-    syscall(SYS_close_range, SP_AGENT_FD_CGROUP + 1, exec_high - 1, 0);
+    syscall(SYS_close_range, SP_AGENT_FD_DEV + 1, exec_high - 1, 0);
     syscall(SYS_close_range, exec_high + 1, ~0U, 0);
-    for (int i = 0; i < SP_AGENT_FD_CGROUP + 1; i++) {
+    for (int i = 0; i <= SP_AGENT_FD_DEV; i++) {
         int placed = 0;
         for (int k = 0; k < nmap; k++) if (dst[k] == i) placed = 1;
         if (!placed) close(i);
@@ -99,7 +99,7 @@ void sp_agent_nest(int ctrl, int nest_fd, uint32_t id, const char *payload, size
     int pidfd = -1;
     if (len < sizeof h) { reply(ctrl, id, -EINVAL, "malformed nest request"); goto out; }
     memcpy(&h, payload, sizeof h);
-    int want = 4 + ((h.fd_mask & SP_NEST_USR) != 0) + ((h.fd_mask & SP_NEST_CGROUP) != 0);
+    int want = 4 + ((h.fd_mask & SP_NEST_USR) != 0) + ((h.fd_mask & SP_NEST_CGROUP) != 0) + ((h.fd_mask & SP_NEST_DEV) != 0);
     if (nfds != want || h.argc == 0 || h.argc > 64 || h.id_count == 0) { reply(ctrl, id, -EINVAL, "malformed nest request"); goto out; }
     argv = calloc(h.argc + 1, sizeof *argv);
     if (!argv) { reply(ctrl, id, -ENOMEM, "nest"); goto out; }
@@ -115,6 +115,7 @@ void sp_agent_nest(int ctrl, int nest_fd, uint32_t id, const char *payload, size
     src[nmap] = fds[k++]; dst[nmap++] = SP_AGENT_FD_ROOT;
     if (h.fd_mask & SP_NEST_USR) { src[nmap] = fds[k++]; dst[nmap++] = SP_AGENT_FD_USR; }
     if (h.fd_mask & SP_NEST_CGROUP) { src[nmap] = fds[k++]; dst[nmap++] = SP_AGENT_FD_CGROUP; }
+    if (h.fd_mask & SP_NEST_DEV) { src[nmap] = fds[k++]; dst[nmap++] = SP_AGENT_FD_DEV; }
     int exec_fd = fds[k++], sync_fd = fds[k++];
 
     struct clone_args ca;

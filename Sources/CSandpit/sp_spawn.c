@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +35,9 @@
 #endif
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
+#endif
+#ifndef SECBIT_NO_SETUID_FIXUP
+#define SECBIT_NO_SETUID_FIXUP (1 << 2)
 #endif
 #ifndef AT_EMPTY_PATH
 #define AT_EMPTY_PATH 0x1000
@@ -150,6 +154,9 @@ static int child_run(void *arg) {
     if ((r = raw(SYS_setresgid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresgid", r);
     if ((r = raw(SYS_setresuid, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setresuid", r);
     if ((r = raw(SYS_setgroups, 0, 0, 0, 0, 0)) != 0) child_fail(a, "setgroups", r);
+    // A new user namespace starts with default securebits; make sure of it,
+    // since the parent's thread may have borrowed NO_SETUID_FIXUP (see below).
+    if ((r = raw(SYS_prctl, PR_SET_SECUREBITS, 0, 0, 0, 0)) != 0) child_fail(a, "securebits", r);
 
     // Our signal handlers are a private copy of the daemon's: reset them, so
     // a signal let in below cannot run daemon code on this borrowed memory.
@@ -180,8 +187,32 @@ struct sp_spawn_handle *sp_spawn_sandbox(struct sp_spawn_args *a, int *pidfd_out
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int pidfd = -1;
     int flags = (int)a->clone_flags | CLONE_VM | CLONE_PIDFD | SIGCHLD;
+    // A new user namespace is owned by the effective uid of the thread that
+    // creates it, and the kernel charges per-user limits of everything inside
+    // (inotify instances and watches, message queue bytes, ...) to that owner.
+    // Owned by the daemon's root, every sandbox would share root's budget with
+    // the host and each other, so this thread borrows the sandbox's owner uid
+    // for the clone: its own credentials only (the raw syscall, not glibc's
+    // process-wide setresuid), keeping its capabilities (NO_SETUID_FIXUP), and
+    // restored before anything else runs on it.
+    int borrowed = a->owner_uid != 0 && (a->clone_flags & CLONE_NEWUSER);
+    long oldbits = 0;
+    if (borrowed) {
+        oldbits = syscall(SYS_prctl, PR_GET_SECUREBITS, 0, 0, 0, 0);
+        if (oldbits < 0 || syscall(SYS_prctl, PR_SET_SECUREBITS, oldbits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0) {
+            borrowed = 0;
+        } else if (syscall(SYS_setresuid, -1, a->owner_uid, -1) != 0) {
+            if (syscall(SYS_prctl, PR_SET_SECUREBITS, oldbits, 0, 0, 0) != 0) abort();
+            borrowed = 0;
+        }
+    }
     pid_t pid = clone(child_run, mem + SP_CHILD_STACK, flags, a, &pidfd);
     int e = errno;
+    if (borrowed) {
+        // A daemon thread left with another uid would be worse than no daemon.
+        if (syscall(SYS_setresuid, -1, 0, -1) != 0) abort();
+        if (syscall(SYS_prctl, PR_SET_SECUREBITS, oldbits, 0, 0, 0) != 0) abort();
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(watch[1]);   // the child has its own copy (and may still read a->watch_fd)
     if (pid < 0) {

@@ -30,6 +30,10 @@ public struct EngineConfig: Sendable {
     public var maxExecs: Int?
 
     public static let defaultIDs = IDMapping(hostBase: 100_000, count: 65_536)
+    /// Host uids that own sandboxes' user namespaces, one per sandbox (see
+    /// `SandboxSpawner.spawn`): 0x7F000000 up to below systemd's foreign range
+    /// (0x7FFE0000). No process runs with them and no file belongs to them.
+    public static let ownerIDs: ClosedRange<UInt32> = 0x7F00_0000...0x7FFD_FFFF
 
     public init(dataDir: String, storageMode: StorageMode = .loop, storageBytes: Int64 = 32 << 30, agentPath: String,
                 policiesDir: String?, ids: IDMapping = EngineConfig.defaultIDs,
@@ -128,6 +132,11 @@ public final class Engine: Sendable {
     let uploads = Mutex<[String: Upload]>([:])
     /// Template builds and layer garbage collection, one at a time.
     let buildLock = StepLock()
+    /// The host's /usr for sandboxes (nil when it could not be set up: each
+    /// sandbox then gets a plain read-only bind).
+    let hostUsr: HostUsr?
+    /// The next sandbox user namespace owner, as an offset into `EngineConfig.ownerIDs`.
+    let nextOwner: Atomic<UInt32>
 
     public static let version = "0.1.0"
     public static let cgroupPrefix = "sandpit"
@@ -163,6 +172,20 @@ public final class Engine: Sendable {
         // Exposed ports' socket files belong to runtimes, which never outlive a daemon.
         try? FS.removeTree(config.dataDir + "/ports")
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
+        do {
+            let mapping: FileDescriptor?
+            do { mapping = try config.ids.namespace() } catch {
+                logger.warning("no id-mapping namespace; /usr shows the overflow id in sandboxes", metadata: ["error": "\(error)"])
+                mapping = nil
+            }
+            hostUsr = try HostUsr(emptyDir: config.dataDir + "/empty", mapping: mapping)
+            mapping?.close()
+        } catch {
+            logger.warning("no per-sandbox /usr overlay; sandboxes share the host's /usr inodes (and file locks)", metadata: ["error": "\(error)"])
+            hostUsr = nil
+        }
+        // Different data dirs (daemons) start at different owners.
+        nextOwner = Atomic(Self.fnv1a(config.dataDir) % UInt32(EngineConfig.ownerIDs.count))
         try reconcile()
         try reconcileLayers()
         refillWarmPool()
@@ -181,6 +204,13 @@ public final class Engine: Sendable {
             rl.rlim_max = rlim_t(max)
             _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl)
         }
+    }
+
+    /// A host uid to own the next sandbox's user namespace (0 when that is turned off).
+    func nextOwnerID() -> UInt32 {
+        guard !KernelFeatures.isDisabled(KernelFeatures.sandboxOwnerIDs) else { return 0 }
+        let n = UInt32(EngineConfig.ownerIDs.count)
+        return EngineConfig.ownerIDs.lowerBound + nextOwner.wrappingAdd(1, ordering: .relaxed).oldValue % n
     }
 
     static func fnv1a(_ s: String) -> UInt32 {
@@ -437,7 +467,8 @@ public final class Engine: Sendable {
             // The overlay holds the scratch tmpfs from here on; nothing else needs it.
             scratch?.close()
             scratch = nil
-            let usr = image.hostUsr ? try DetachedMount.readOnlyBind("/usr") : nil
+            let usr = image.hostUsr ? try hostUsr?.mount() ?? DetachedMount.readOnlyBind("/usr") : nil
+            let dev = try DetachedMount.devices(owner: rootUid)
             let limits = CgroupLimits(memoryBytes: policy.memoryBytes, pids: policy.pids.map { Int($0) },
                                       cpuMillicores: policy.cpuMillicores.map { Int($0) })
             let cg = plan.useCgroup ? try cgroups.create(id, limits: limits) : NoCgroupDriver().handle(id)
@@ -449,31 +480,24 @@ public final class Engine: Sendable {
             }
             defer { tracking?.close() }
             let ids = config.ids
-            let log = logger
             var seccomp: UInt32 = 0
             if plan.seccompEnabled { seccomp = 1 << 8 | (plan.restrictSockets ? SP_SECCOMP_RESTRICT_SOCKETS : 0) }
-            var argv = ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1",
+            var argv = ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1", "--dev", "1",
                         "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"]
-            // The agent in its cgroup, and host-root-owned /usr shown as root-owned
-            // inside (purely cosmetic, so failures only log). The id maps come first:
-            // the daemon writes them, or a zygote's agent did for a nested sandbox.
+            // The agent in its cgroup. The id maps come first: the daemon writes
+            // them, or a zygote's agent did for a nested sandbox.
             let prepare: (Int32) throws -> Void = { pid in
                 try cg.addProcess(pid)
-                let ns = open("/proc/\(pid)/ns/user", O_RDONLY | O_CLOEXEC)
-                if ns >= 0, let usr {
-                    do { try DetachedMount.idmap(usr, usernsFd: ns) } catch { log.debug("idmapped /usr unavailable", metadata: ["error": "\(error)"]) }
-                    close(ns)
-                }
             }
             let spawned: SandboxSpawner.Spawned
             switch role {
             case .nested(let z):
-                spawned = try await spawnNested(in: z, argv: argv, rootMount: root, usrMount: usr, cgroupDir: tracking, prepare: prepare)
+                spawned = try await spawnNested(in: z, argv: argv, rootMount: root, usrMount: usr, devMount: dev, cgroupDir: tracking, prepare: prepare)
             case .sandbox, .zygote:
                 var nest: FileDescriptor?
                 if case .zygote(let socket) = role { argv += ["--zygote", "1"]; nest = socket }
                 spawned = try SandboxSpawner.spawn(agentFd: agentFd.raw, argv: argv, rootMount: root, usrMount: usr,
-                                                   cgroupDir: tracking, nestSocket: nest) { pid in
+                                                   devMount: dev, cgroupDir: tracking, nestSocket: nest, owner: nextOwnerID()) { pid in
                     try ids.apply(to: pid)
                     try prepare(pid)
                 }

@@ -12,10 +12,12 @@ public enum DetachedMount {
     public static func overlay(lower: [String], upper: String, work: String) throws(OSError) -> FileDescriptor {
         let fs = FileDescriptor(try sys("fsopen(overlay)") { sp_fsopen("overlay") })
         defer { fs.close() }
-        // "lowerdir+" appends one layer at a time (no ':' escaping issues).
-        for l in lower { _ = try sys("fsconfig(lowerdir+)", path: l) { sp_fsconfig_string(fs.raw, "lowerdir+", l) } }
-        _ = try sys("fsconfig(upperdir)", path: upper) { sp_fsconfig_string(fs.raw, "upperdir", upper) }
-        _ = try sys("fsconfig(workdir)", path: work) { sp_fsconfig_string(fs.raw, "workdir", work) }
+        var held: [FileDescriptor] = []
+        defer { for h in held { h.close() } }
+        try setLower(fs, lower, holding: &held)
+        let u = try short(upper, holding: &held), w = try short(work, holding: &held)
+        _ = try sys("fsconfig(upperdir)", path: upper) { sp_fsconfig_string(fs.raw, "upperdir", u) }
+        _ = try sys("fsconfig(workdir)", path: work) { sp_fsconfig_string(fs.raw, "workdir", w) }
         _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
         return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV) })
     }
@@ -25,9 +27,71 @@ public enum DetachedMount {
     public static func readOnlyOverlay(lower: [String]) throws(OSError) -> FileDescriptor {
         let fs = FileDescriptor(try sys("fsopen(overlay)") { sp_fsopen("overlay") })
         defer { fs.close() }
-        for l in lower { _ = try sys("fsconfig(lowerdir+)", path: l) { sp_fsconfig_string(fs.raw, "lowerdir+", l) } }
+        var held: [FileDescriptor] = []
+        defer { for h in held { h.close() } }
+        try setLower(fs, lower, holding: &held)
         _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
         return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_RDONLY | SP_MOUNT_ATTR_NOSUID) })
+    }
+
+    /// fsconfig takes strings of at most 255 bytes (longer is EINVAL).
+    static let maxParam = 255
+
+    /// `path`, or a short /proc/self/fd name for it when it is too long for
+    /// fsconfig; the descriptor goes in `held` and must stay open until the
+    /// filesystem is created (older kernels resolve paths only then).
+    static func short(_ path: String, holding held: inout [FileDescriptor], always: Bool = false) throws(OSError) -> String {
+        guard always || path.utf8.count > maxParam else { return path }
+        let fd = FileDescriptor(try sys("open", path: path) { open(path, 0o10_000_000 /* O_PATH */ | O_DIRECTORY | O_CLOEXEC) })
+        held.append(fd)
+        return "/proc/self/fd/\(fd.raw)"
+    }
+
+    /// The lower layers, top first: one `lowerdir+` per layer where the
+    /// kernel has it (Linux 6.8), else the classic colon-separated `lowerdir`
+    /// in one string, each layer named by a descriptor so that the list fits
+    /// fsconfig's 255 bytes (about 14 layers).
+    static func setLower(_ fs: FileDescriptor, _ lower: [String], holding held: inout [FileDescriptor]) throws(OSError) {
+        if KernelFeatures.hasOverlayLowerdirAppend {
+            for l in lower {
+                let p = try short(l, holding: &held)
+                _ = try sys("fsconfig(lowerdir+)", path: l) { sp_fsconfig_string(fs.raw, "lowerdir+", p) }
+            }
+            return
+        }
+        var names: [String] = []
+        for l in lower { names.append(try short(l, holding: &held, always: true)) }
+        let joined = names.joined(separator: ":")
+        guard joined.utf8.count <= maxParam else {
+            throw OSError(call: "overlay with \(lower.count) layers (this kernel's overlayfs takes them in one 255-byte option; Linux 6.8 lifts the limit)", errno: E2BIG)
+        }
+        _ = try sys("fsconfig(lowerdir)", path: lower.first ?? "") { sp_fsconfig_string(fs.raw, "lowerdir", joined) }
+    }
+
+    /// A sandbox's /dev: a small tmpfs (nosuid, noexec) with device nodes of
+    /// its own (null, zero, full, random, urandom, tty), owned by the
+    /// sandbox's root (`owner`, a host uid). The sandbox cannot add nodes
+    /// (mknod needs CAP_MKNOD on the host); the ones here work because the
+    /// daemon made the filesystem.
+    public static func devices(owner: UInt32) throws(OSError) -> FileDescriptor {
+        let fs = FileDescriptor(try sys("fsopen(tmpfs)") { sp_fsopen("tmpfs") })
+        defer { fs.close() }
+        _ = try sys("fsconfig(size)") { sp_fsconfig_string(fs.raw, "size", "65536") }
+        _ = try sys("fsconfig(nr_inodes)") { sp_fsconfig_string(fs.raw, "nr_inodes", "256") }
+        _ = try sys("fsconfig(mode)") { sp_fsconfig_string(fs.raw, "mode", "755") }
+        _ = try sys("fsconfig(uid)") { sp_fsconfig_string(fs.raw, "uid", String(owner)) }
+        _ = try sys("fsconfig(gid)") { sp_fsconfig_string(fs.raw, "gid", String(owner)) }
+        _ = try sys("fsconfig(create tmpfs)") { sp_fsconfig_create(fs.raw) }
+        let m = FileDescriptor(try sys("fsmount(tmpfs)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NOEXEC) })
+        let nodes: [(String, UInt32, UInt32)] = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+        for (name, major, minor) in nodes {
+            let dev = dev_t((major & 0xfff) << 8 | (minor & 0xff) | (minor & ~0xff) << 12)
+            _ = try sys("mknod /dev/" + name) { mknodat(m.raw, name, S_IFCHR | 0o666, dev) }
+            // mknod applies the umask.
+            _ = try sys("chmod /dev/" + name) { fchmodat(m.raw, name, 0o666, 0) }
+            _ = try sys("chown /dev/" + name) { fchownat(m.raw, name, owner, owner, Int32(AT_SYMLINK_NOFOLLOW)) }
+        }
+        return m
     }
 
     /// A recursive read-only, nosuid, nodev bind of `path`.
@@ -114,4 +178,44 @@ public enum RootSwap {
         }
         try result.get()
     }
+}
+
+/// The host's /usr as each sandbox sees it: a read-only overlayfs of its own
+/// per sandbox, over one read-only (and, where the kernel allows, idmapped)
+/// clone of the host's /usr that the daemon keeps.
+///
+/// A bind of /usr would hand every sandbox the host's own inodes, and file
+/// locks live on inodes: a `flock` on /usr/bin/python3 in one sandbox would
+/// block the same lock in every other sandbox and on the host (a covert
+/// channel, and a way to stall host programs). An overlay is a superblock of
+/// its own, with inodes (and so locks and leases) of its own.
+public final class HostUsr: Sendable {
+    /// The daemon's clone of /usr, reached by the overlays through /proc/self/fd.
+    let base: FileDescriptor
+    /// An empty directory: a read-only overlay needs two lower layers.
+    let emptyDir: String
+    public let idmapped: Bool
+
+    /// `mapping` is a user namespace whose map is the sandboxes' (nil: no idmapping).
+    public init(emptyDir: String, mapping: FileDescriptor?) throws(OSError) {
+        let fd = FileDescriptor(try sys("open_tree", path: "/usr") { sp_open_tree_clone("/usr") })
+        _ = try sys("mount_setattr(ro)", path: "/usr") {
+            sp_mount_setattr(fd.raw, SP_MOUNT_ATTR_RDONLY | SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NODEV, 0, -1)
+        }
+        var mapped = false
+        if let mapping, !KernelFeatures.isDisabled(KernelFeatures.idmappedMounts) {
+            mapped = sp_mount_setattr(fd.raw, SP_MOUNT_ATTR_IDMAP, 0, mapping.raw) == 0
+        }
+        try FS.mkdirs(emptyDir, mode: 0o755)
+        base = fd
+        self.emptyDir = emptyDir
+        idmapped = mapped
+    }
+
+    /// A new read-only, nosuid, nodev overlay of /usr for one sandbox.
+    public func mount() throws(OSError) -> FileDescriptor {
+        try DetachedMount.readOnlyOverlay(lower: ["/proc/self/fd/\(base.raw)", emptyDir])
+    }
+
+    public func close() { base.close() }
 }

@@ -23,9 +23,11 @@ public enum SandboxSpawner {
 
     /// Clones the agent with new user, pid, mount, net, ipc and uts namespaces.
     /// `prepare` runs after clone and before the child may proceed: it writes the
-    /// id maps and moves the child into its cgroup.
+    /// id maps and moves the child into its cgroup. The user namespace is owned
+    /// by host uid `owner` (0: the daemon's root), which the kernel charges for
+    /// per-user limits of everything in the sandbox.
     public static func spawn(agentFd: Int32, argv: [String], rootMount: FileDescriptor, usrMount: FileDescriptor?,
-                             cgroupDir: FileDescriptor? = nil, nestSocket: FileDescriptor? = nil,
+                             devMount: FileDescriptor? = nil, cgroupDir: FileDescriptor? = nil, nestSocket: FileDescriptor? = nil, owner: UInt32 = 0,
                              prepare: (Int32) throws -> Void) throws -> Spawned {
         var sv: [Int32] = [-1, -1]
         _ = try sys("socketpair") { sp_socketpair_cloexec(&sv) }
@@ -40,6 +42,7 @@ public enum SandboxSpawner {
 
         var maps = [sp_fd_map(src: sv[1], dst: SP_AGENT_FD_CTRL), sp_fd_map(src: rootMount.raw, dst: SP_AGENT_FD_ROOT)]
         if let u = usrMount { maps.append(sp_fd_map(src: u.raw, dst: SP_AGENT_FD_USR)) }
+        if let d = devMount { maps.append(sp_fd_map(src: d.raw, dst: SP_AGENT_FD_DEV)) }
         if let c = cgroupDir { maps.append(sp_fd_map(src: c.raw, dst: SP_AGENT_FD_CGROUP)) }
         if let n = nestSocket { maps.append(sp_fd_map(src: n.raw, dst: SP_AGENT_FD_NEST)) }
         let cargv = argv.map { strdup($0) } + [nil]
@@ -55,7 +58,7 @@ public enum SandboxSpawner {
                     let args = UnsafeMutablePointer<sp_spawn_args>.allocate(capacity: 1)
                     args.initialize(to: sp_spawn_args(exec_fd: agentFd, argv: av.baseAddress, envp: ev.baseAddress,
                                                       fds: mp.baseAddress, nfds: Int32(mp.count), sync_fd: syncp[0],
-                                                      report_fd: SP_AGENT_FD_CTRL, clone_flags: flags, watch_fd: -1))
+                                                      report_fd: SP_AGENT_FD_CTRL, clone_flags: flags, owner_uid: owner, watch_fd: -1))
                     defer { args.deallocate() }
                     var pidfd: Int32 = -1
                     var pid: pid_t = -1

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSandpit
 
 /// The id range a sandbox's user namespace maps onto. Sandbox uid 0 is host
 /// `hostBase`, never host root; `count` ids are mapped.
@@ -21,5 +22,10 @@ public struct IDMapping: Sendable, Equatable {
         let line = "0 \(hostBase) \(count)\n"
         try FS.writeFile("/proc/\(pid)/uid_map", line)
         try FS.writeFile("/proc/\(pid)/gid_map", line)
+    }
+
+    /// A user namespace with this mapping and nothing in it, for idmapped mounts.
+    public func namespace() throws(OSError) -> FileDescriptor {
+        FileDescriptor(try sys("user namespace for an id map") { sp_idmap_userns(hostBase, count) })
     }
 }

@@ -583,6 +583,102 @@ struct SecurityTests {
         }
     }
 
+    /// Issue 27: a lock taken in one sandbox on a file every sandbox sees
+    /// (the host's /usr, a device node, a masked /proc file) was held on the
+    /// host's inode: it blocked the same lock in other sandboxes and on the
+    /// host (a covert channel, and a way to stall host programs).
+    @Test func fileLocksStayInsideTheirSandbox() throws {
+        try Arena.with { a in
+            let holder = try a.sandbox(), other = try a.sandbox()
+            let shared = "/usr/lib/os-release"
+            // (/proc/kallsyms is masked with the sandbox's /dev/null: the same inode.)
+            let paths = [shared, "/usr/bin/python3", "/proc/kallsyms", "/etc/passwd"]
+            // Every kind of lock on each file, held for 60 s in the background.
+            let hold = """
+                import fcntl, os, struct, sys, time
+                held = []
+                for p in \(paths):
+                    f = open(p, "rb"); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); held.append(f)
+                g = open("\(shared)", "rb"); fcntl.lockf(g, fcntl.LOCK_SH | fcntl.LOCK_NB); held.append(g)
+                h = os.open("\(shared)", os.O_RDONLY)
+                fcntl.fcntl(h, 37, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 0, 0, 0))   # F_OFD_SETLK
+                open("/tmp/held", "w").write("held\\n")
+                time.sleep(60)
+                """
+            _ = try a.client.result("fs.write", ["sandboxId": .string(holder), "path": "/tmp/hold.py", "text": .string(hold)])
+            _ = try a.sh(holder, "nohup python3 /tmp/hold.py >/tmp/hold.log 2>&1 &")
+            #expect(eventually { (try? a.sh(holder, "cat /tmp/held /tmp/hold.log 2>/dev/null").stdout) == "held\n" }, "the holder did not take its locks")
+            // Another sandbox takes the same exclusive locks at once.
+            let r = try a.python(other, """
+                import fcntl
+                for p in \(paths + ["/dev/null"]):
+                    f = open(p, "rb"); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print("ok", p)
+                """)
+            #expect(r == (paths + ["/dev/null"]).map { "ok \($0)\n" }.joined(), "\(r)")
+            // And so does the host, for the files it shares with the sandboxes.
+            for p in [shared, "/usr/bin/python3", "/dev/null"] {
+                let fd = open(p, O_RDONLY | O_CLOEXEC)
+                #expect(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0, "the host cannot lock \(p): \(String(cString: strerror(errno)))")
+                close(fd)
+            }
+            // No POSIX or OFD lock of the sandbox's shows on the host's inode.
+            let fd = open(shared, O_RDWR | O_CLOEXEC)
+            #expect(fd >= 0)
+            for cmd in [F_GETLK, 36 /* F_OFD_GETLK */] {
+                var lk = flock()
+                lk.l_type = Int16(F_WRLCK)
+                lk.l_whence = Int16(SEEK_SET)
+                #expect(fcntl(fd, cmd, &lk) == 0 && lk.l_type == Int16(F_UNLCK), "cmd \(cmd): a sandbox's lock is seen on the host (pid \(lk.l_pid))")
+            }
+            close(fd)
+        }
+    }
+
+    /// Issue 27: per-user kernel limits were charged to the daemon's root for
+    /// every sandbox, so one sandbox's inotify instances or message queues
+    /// exhausted them for every other sandbox and for root on the host.
+    @Test func perUserKernelLimitsAreEachSandboxsOwn() throws {
+        try Arena.with { a in
+            let hog = try a.sandbox(), other = try a.sandbox()
+            let grab = """
+                import ctypes, os, time
+                libc = ctypes.CDLL(None, use_errno=True)
+                rt = ctypes.CDLL("librt.so.1", use_errno=True)
+                rt.mq_open.restype = ctypes.c_int
+                n = 0
+                while n < 4000 and libc.inotify_init1(0) >= 0: n += 1
+                e1 = ctypes.get_errno()
+                q = 0
+                while q < 1000 and rt.mq_open(("/q%d" % q).encode(), os.O_CREAT | os.O_RDWR, 0o600, None) >= 0: q += 1
+                e2 = ctypes.get_errno()
+                print(n, e1, q, e2, flush=True)
+                open("/tmp/held", "w").write("held\\n")
+                time.sleep(60)
+                """
+            _ = try a.client.result("fs.write", ["sandboxId": .string(hog), "path": "/tmp/grab.py", "text": .string(grab)])
+            _ = try a.sh(hog, "nohup python3 /tmp/grab.py >/tmp/grab.log 2>&1 &")
+            #expect(eventually { (try? a.sh(hog, "cat /tmp/held 2>/dev/null").stdout) == "held\n" }, "the hog did not finish grabbing")
+            let got = try a.sh(hog, "cat /tmp/grab.log").stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            // It reached a limit of its own (EMFILE / ENOMEM or EMFILE), not an endless supply.
+            #expect(got.count == 4 && got[0] < 4000 && got[0] > 0 && got[2] < 1000 && got[2] > 0, "\(got)")
+            // Another sandbox still has all of its own.
+            let r = try a.python(other, """
+                import ctypes, os
+                libc = ctypes.CDLL(None, use_errno=True)
+                rt = ctypes.CDLL("librt.so.1", use_errno=True)
+                fd = libc.inotify_init1(0); print("inotify", fd >= 0, ctypes.get_errno() if fd < 0 else 0)
+                q = rt.mq_open(b"/mine", os.O_CREAT | os.O_RDWR, 0o600, None); print("mq", q >= 0, ctypes.get_errno() if q < 0 else 0)
+                """)
+            #expect(r == "inotify True 0\nmq True 0\n", "\(r)")
+            // So does root on the host.
+            let fd = inotify_init1(Int32(IN_CLOEXEC))
+            #expect(fd >= 0, "the host's root cannot make an inotify instance: \(String(cString: strerror(errno)))")
+            if fd >= 0 { close(fd) }
+            let mq = Host.sh("python3 -c \"import ctypes,os; rt=ctypes.CDLL('librt.so.1',use_errno=True); q=rt.mq_open(b'/sandpit-test-host',os.O_CREAT|os.O_RDWR,0o600,None); print(q>=0, ctypes.get_errno()); rt.mq_unlink(b'/sandpit-test-host')\"")
+            #expect(mq.output == "True 0\n", "the host's root cannot open a message queue: \(mq.output)")
+        }
+    }
+
     // MARK: policies
 
     @Test func looserLimitsThanThePolicyAreRefused() throws {

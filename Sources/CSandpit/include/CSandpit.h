@@ -9,3 +9,4 @@
 #include "sp_snapshot.h"
 #include "sp_files.h"
 #include "sp_rootswap.h"
+#include "sp_idmap.h"

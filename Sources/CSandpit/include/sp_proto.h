@@ -15,6 +15,7 @@
 #define SP_AGENT_FD_USR 5
 #define SP_AGENT_FD_CGROUP 6   // optional: delegated cgroup dir for per-exec groups
 #define SP_AGENT_FD_NEST 7     // zygote agents only: the daemon passes a nested sandbox's descriptors here
+#define SP_AGENT_FD_DEV 8      // optional: the sandbox's own /dev (a tmpfs with its device nodes, made by the daemon)
 
 enum sp_frame_type {
     // daemon -> agent
@@ -73,11 +74,12 @@ struct sp_spawn_header {
 // go-ahead pipe (the child waits for one byte on it before it execs).
 struct sp_nest_header {
     uint32_t id_count;   // ids mapped 1:1 from this namespace into the nested one
-    uint32_t fd_mask;    // SP_NEST_USR | SP_NEST_CGROUP: which optional descriptors came
+    uint32_t fd_mask;    // SP_NEST_USR | SP_NEST_CGROUP | SP_NEST_DEV: which optional descriptors came
     uint32_t argc;       // then argc NUL-terminated argv strings
 };
 #define SP_NEST_USR 1u
 #define SP_NEST_CGROUP 2u
+#define SP_NEST_DEV 4u
 
 // RESTORE: exec `exec`'s main process becomes `pid` (a process that outlives
 // the old one, e.g. a frozen interpreter copy), so its end ends the exec.

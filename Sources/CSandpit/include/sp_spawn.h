@@ -16,6 +16,7 @@ struct sp_spawn_args {
     int sync_fd;                 // child blocks reading one byte from this first
     int report_fd;               // where the child reports a failure as an SP_FRAME_FATAL (a dst fd)
     unsigned long long clone_flags; // CLONE_NEW* flags
+    unsigned owner_uid;          // host uid that owns the new user namespace (0: the daemon's root)
     int watch_fd;                // set by sp_spawn_sandbox
 };
 
