@@ -28,7 +28,6 @@ int sp_agent_main(int argc, char **argv) {
         if (strcmp(argv[i], "--hostname") == 0) cfg.hostname = argv[i + 1];
         else if (strcmp(argv[i], "--tmp-size") == 0) cfg.tmp_size_bytes = strtoul(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--usr") == 0) cfg.has_usr = strcmp(argv[i + 1], "1") == 0;
-        else if (strcmp(argv[i], "--dev") == 0) cfg.has_dev = strcmp(argv[i + 1], "1") == 0;
         else if (strcmp(argv[i], "--seccomp") == 0) cfg.seccomp = (int)strtol(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--nofile") == 0) cfg.nofile = strtoul(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--zygote") == 0) cfg.zygote = strcmp(argv[i + 1], "1") == 0;

@@ -21,22 +21,6 @@
 
 #define STEP(name, expr) do { *step = (name); if ((expr) != 0) return -1; } while (0)
 
-static int touch(const char *path) {
-    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0666);
-    if (fd < 0) return -1;
-    close(fd);
-    return 0;
-}
-
-static int bind_dev(const char *name) {
-    char src[64], dst[64];
-    snprintf(src, sizeof src, "/dev/%s", name);
-    snprintf(dst, sizeof dst, NEWROOT "/dev/%s", name);
-    if (touch(dst) != 0) return -1;
-    if (mount(src, dst, NULL, MS_BIND, NULL) != 0) return -1;
-    return 0;
-}
-
 static int mkdir_p1(const char *path, mode_t mode) {
     if (mkdir(path, mode) != 0 && errno != EEXIST) return -1;
     return 0;
@@ -59,19 +43,11 @@ int sp_agent_setup_mounts(const struct sp_agent_config *cfg, const char **step) 
     STEP("remount /proc/sys ro", mount(NULL, NEWROOT "/proc/sys", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
 
     STEP("mkdir /dev", mkdir_p1(NEWROOT "/dev", 0755));
-    if (cfg->has_dev) {
-        // Device nodes of our own (the daemon made them): a bind of the host's
-        // would share their inodes, and so their file locks, with the host
-        // and every other sandbox.
-        STEP("attach /dev", sp_move_mount_fd(SP_AGENT_FD_DEV, NEWROOT "/dev"));
-        close(SP_AGENT_FD_DEV);
-    } else {
-        STEP("mount /dev", mount("tmpfs", NEWROOT "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=65536,nr_inodes=256"));
-        const char *nodes[] = { "null", "zero", "full", "random", "urandom", "tty" };
-        for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
-            STEP("bind /dev node", bind_dev(nodes[i]));
-        }
-    }
+    // Device nodes of our own (the daemon made them): a bind of the host's
+    // would share their inodes, and so their file locks, with the host and
+    // every other sandbox.
+    STEP("attach /dev", sp_move_mount_fd(SP_AGENT_FD_DEV, NEWROOT "/dev"));
+    close(SP_AGENT_FD_DEV);
     // Masked where the kernel has them, with the sandbox's own /dev/null
     // (a file lock taken on a mask must not reach the host's).
     const char *masked[] = { NEWROOT "/proc/sysrq-trigger", NEWROOT "/proc/kcore", NEWROOT "/proc/kallsyms",

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "sp_spawn.h"
 #include "sp_proto.h"
+#include "sp_anchor.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -172,20 +173,17 @@ static int child_run(void *arg) {
     child_fail(a, "execveat agent", r);
 }
 
-struct sp_spawn_handle *sp_spawn_sandbox(struct sp_spawn_args *a, int *pidfd_out, pid_t *pid_out) {
-    // The child's stack, with a guard page below it.
-    char *mem = mmap(NULL, SP_CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (mem == MAP_FAILED) return NULL;
-    if (mprotect(mem, 4096, PROT_NONE) != 0) { int e = errno; munmap(mem, SP_CHILD_STACK); errno = e; return NULL; }
-    int watch[2];
-    if (pipe2(watch, O_CLOEXEC) != 0) { int e = errno; munmap(mem, SP_CHILD_STACK); errno = e; return NULL; }
-    a->watch_fd = watch[1];
+struct clone_job { struct sp_spawn_args *a; char *mem; pid_t pid; int pidfd; int err; };
 
+// The clone itself, on whichever thread: signals blocked across it (the child
+// starts with them blocked), and the owner uid borrowed (see below).
+static void clone_section(void *p) {
+    struct clone_job *j = p;
+    struct sp_spawn_args *a = j->a;
     // Every signal blocked across clone: the child starts with them blocked.
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int pidfd = -1;
     int flags = (int)a->clone_flags | CLONE_VM | CLONE_PIDFD | SIGCHLD;
     // A new user namespace is owned by the effective uid of the thread that
     // creates it, and the kernel charges per-user limits of everything inside
@@ -206,14 +204,31 @@ struct sp_spawn_handle *sp_spawn_sandbox(struct sp_spawn_args *a, int *pidfd_out
             borrowed = 0;
         }
     }
-    pid_t pid = clone(child_run, mem + SP_CHILD_STACK, flags, a, &pidfd);
-    int e = errno;
+    j->pid = clone(child_run, j->mem + SP_CHILD_STACK, flags, a, &j->pidfd);
+    j->err = errno;
     if (borrowed) {
         // A daemon thread left with another uid would be worse than no daemon.
         if (syscall(SYS_setresuid, -1, 0, -1) != 0) abort();
         if (syscall(SYS_prctl, PR_SET_SECUREBITS, oldbits, 0, 0, 0) != 0) abort();
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+struct sp_spawn_handle *sp_spawn_sandbox(struct sp_spawn_args *a, int *pidfd_out, pid_t *pid_out) {
+    // The child's stack, with a guard page below it.
+    char *mem = mmap(NULL, SP_CHILD_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (mem == MAP_FAILED) return NULL;
+    if (mprotect(mem, 4096, PROT_NONE) != 0) { int e = errno; munmap(mem, SP_CHILD_STACK); errno = e; return NULL; }
+    int watch[2];
+    if (pipe2(watch, O_CLOEXEC) != 0) { int e = errno; munmap(mem, SP_CHILD_STACK); errno = e; return NULL; }
+    a->watch_fd = watch[1];
+
+    struct clone_job j = { a, mem, -1, -1, 0 };
+    // On the thread that lives in the anchor mount namespace (sp_anchor.c),
+    // so the sandbox's starts from nothing of the host's; inline without one.
+    if (!sp_anchor_run(clone_section, &j)) clone_section(&j);
+    pid_t pid = j.pid;
+    int pidfd = j.pidfd, e = j.err;
     close(watch[1]);   // the child has its own copy (and may still read a->watch_fd)
     if (pid < 0) {
         close(watch[0]);

@@ -184,6 +184,14 @@ public final class Engine: Sendable {
             logger.warning("no per-sandbox /usr overlay; sandboxes share the host's /usr inodes (and file locks)", metadata: ["error": "\(error)"])
             hostUsr = nil
         }
+        if !SandboxSpawner.isStaticExecutable(config.agentPath) {
+            logger.warning("the agent is not statically linked (scripts/build-agent makes one): sandboxes start from a copy of the host's mounts and keep them alive while they live",
+                           metadata: ["agent": "\(config.agentPath)"])
+        } else {
+            do { try SandboxSpawner.useAnchorNamespace(scratch: config.dataDir + "/anchor") } catch {
+                logger.warning("sandboxes start from a copy of the host's mounts, which they keep alive while they live", metadata: ["error": "\(error)"])
+            }
+        }
         // Different data dirs (daemons) start at different owners.
         nextOwner = Atomic(Self.fnv1a(config.dataDir) % UInt32(EngineConfig.ownerIDs.count))
         try reconcile()
@@ -482,7 +490,7 @@ public final class Engine: Sendable {
             let ids = config.ids
             var seccomp: UInt32 = 0
             if plan.seccompEnabled { seccomp = 1 << 8 | (plan.restrictSockets ? SP_SECCOMP_RESTRICT_SOCKETS : 0) }
-            var argv = ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1", "--dev", "1",
+            var argv = ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1",
                         "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"]
             // The agent in its cgroup. The id maps come first: the daemon writes
             // them, or a zygote's agent did for a nested sandbox.

@@ -111,7 +111,7 @@ extension Engine {
     /// Starts a nested sandbox's agent through the zygote's agent (NEST): the
     /// descriptors go over the nest socket, the pidfd comes back on it.
     func spawnNested(in z: Zygote, argv: [String], rootMount: FileDescriptor, usrMount: FileDescriptor?,
-                     devMount: FileDescriptor?, cgroupDir: FileDescriptor?, prepare: (Int32) throws -> Void) async throws -> SandboxSpawner.Spawned {
+                     devMount: FileDescriptor, cgroupDir: FileDescriptor?, prepare: (Int32) throws -> Void) async throws -> SandboxSpawner.Spawned {
         guard z.usable else { throw SandpitError(.sandboxFailed, "the template's zygote is gone") }
         var sv: [Int32] = [-1, -1]
         _ = try sys("socketpair") { sp_socketpair_cloexec(&sv) }
@@ -123,7 +123,7 @@ extension Engine {
         var mask: UInt32 = 0
         if let u = usrMount { fds.append(u.raw); mask |= SP_NEST_USR }
         if let c = cgroupDir { fds.append(c.raw); mask |= SP_NEST_CGROUP }
-        if let d = devMount { fds.append(d.raw); mask |= SP_NEST_DEV }
+        fds.append(devMount.raw); mask |= SP_NEST_DEV
         fds += [agentFd.raw, goRead.raw]
         var payload: [UInt8] = []
         for v in [config.ids.count, mask, UInt32(argv.count)] { withUnsafeBytes(of: v) { payload += $0 } }

@@ -27,7 +27,7 @@ public enum SandboxSpawner {
     /// by host uid `owner` (0: the daemon's root), which the kernel charges for
     /// per-user limits of everything in the sandbox.
     public static func spawn(agentFd: Int32, argv: [String], rootMount: FileDescriptor, usrMount: FileDescriptor?,
-                             devMount: FileDescriptor? = nil, cgroupDir: FileDescriptor? = nil, nestSocket: FileDescriptor? = nil, owner: UInt32 = 0,
+                             devMount: FileDescriptor, cgroupDir: FileDescriptor? = nil, nestSocket: FileDescriptor? = nil, owner: UInt32 = 0,
                              prepare: (Int32) throws -> Void) throws -> Spawned {
         var sv: [Int32] = [-1, -1]
         _ = try sys("socketpair") { sp_socketpair_cloexec(&sv) }
@@ -42,7 +42,7 @@ public enum SandboxSpawner {
 
         var maps = [sp_fd_map(src: sv[1], dst: SP_AGENT_FD_CTRL), sp_fd_map(src: rootMount.raw, dst: SP_AGENT_FD_ROOT)]
         if let u = usrMount { maps.append(sp_fd_map(src: u.raw, dst: SP_AGENT_FD_USR)) }
-        if let d = devMount { maps.append(sp_fd_map(src: d.raw, dst: SP_AGENT_FD_DEV)) }
+        maps.append(sp_fd_map(src: devMount.raw, dst: SP_AGENT_FD_DEV))
         if let c = cgroupDir { maps.append(sp_fd_map(src: c.raw, dst: SP_AGENT_FD_CGROUP)) }
         if let n = nestSocket { maps.append(sp_fd_map(src: n.raw, dst: SP_AGENT_FD_NEST)) }
         let cargv = argv.map { strdup($0) } + [nil]
@@ -89,6 +89,29 @@ public enum SandboxSpawner {
                 }
             }
         }
+    }
+
+    /// Clones sandboxes from then on from a mount namespace with nothing of
+    /// the host's in it, on a thread of its own (see sp_anchor.c), so a
+    /// sandbox holds no host mount alive. `scratch` is an empty directory it
+    /// is built on (in a private copy of the namespace only). Once per process.
+    public static func useAnchorNamespace(scratch: String) throws(OSError) {
+        try FS.mkdirs(scratch, mode: 0o700)
+        let ns = FileDescriptor(try sys("anchor mount namespace", path: scratch) { sp_anchor_mntns(scratch) })
+        defer { ns.close() }
+        _ = try sys("anchor thread") { sp_anchor_start(ns.raw) }
+    }
+
+    /// Whether the executable at `path` is statically linked (an ELF file
+    /// without a program interpreter): only such an agent can be exec'd in
+    /// the anchor namespace, where no dynamic loader is reachable.
+    public static func isStaticExecutable(_ path: String) -> Bool {
+        guard let data = try? FS.readFile(path), data.count >= 64, data[0] == 0x7f, data[1] == 0x45, data[4] == 2 else { return false }
+        func u(_ off: Int, _ n: Int) -> Int { (0..<n).reduce(0) { $0 | Int(data[off + $1]) << (8 * $1) } }
+        let phoff = u(32, 8), phentsize = u(54, 2), phnum = u(56, 2)
+        guard phentsize >= 4, phoff + phnum * phentsize <= data.count else { return false }
+        for i in 0..<phnum where u(phoff + i * phentsize, 4) == 3 { return false }   // PT_INTERP
+        return true
     }
 
     public static func kill(pidfd: Int32, signal: Int32 = SIGKILL) {

@@ -679,6 +679,29 @@ struct SecurityTests {
         }
     }
 
+    /// Issue 27: a sandbox kept alive every host mount that existed when it
+    /// was created (detached copies pinned by its namespace), so a host disk
+    /// could not really be unmounted while any sandbox lived.
+    @Test func sandboxesHoldNoHostMount() throws {
+        try Arena.with { a in
+            let dir = a.daemon.scratch + "/hostdisk"
+            let img = a.daemon.scratch + "/hostdisk.img"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let made = Host.sh("truncate -s 32M \(img) && mkfs.ext4 -q -F \(img) && mount -o loop \(img) \(dir) && losetup -j \(img) | cut -d: -f1")
+            #expect(made.status == 0, "\(made.output)")
+            let loop = made.output.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "/").last.map(String.init) ?? "?"
+            #expect(FileManager.default.fileExists(atPath: "/proc/fs/ext4/\(loop)"))
+            let sb = try a.sandbox()
+            #expect(try a.sh(sb, "echo up").stdout == "up\n")
+            #expect(Host.sh("umount \(dir)").status == 0)
+            // The filesystem is gone for real (and its autoclear loop device with it) while the sandbox lives.
+            #expect(eventually { !FileManager.default.fileExists(atPath: "/proc/fs/ext4/\(loop)") }, "the sandbox keeps the unmounted host filesystem alive")
+            #expect(eventually { Host.sh("losetup -j \(img)").output.isEmpty })
+            #expect(try a.sh(sb, "echo still").stdout == "still\n")
+            if FileManager.default.fileExists(atPath: "/proc/fs/ext4/\(loop)") { _ = try? a.client.call("sandbox.delete", ["sandboxId": .string(sb)]) }
+        }
+    }
+
     // MARK: policies
 
     @Test func looserLimitsThanThePolicyAreRefused() throws {

@@ -10,3 +10,4 @@
 #include "sp_files.h"
 #include "sp_rootswap.h"
 #include "sp_idmap.h"
+#include "sp_anchor.h"

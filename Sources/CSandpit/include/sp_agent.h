@@ -8,7 +8,6 @@ struct sp_agent_config {
     const char *hostname;
     unsigned long tmp_size_bytes;
     int has_usr;
-    int has_dev;               // /dev arrives on SP_AGENT_FD_DEV (else a tmpfs with binds of the host's nodes)
     int seccomp;               // 0 off, else SP_SECCOMP_* flags + 1 << 8 ("on")
     unsigned long nofile;      // RLIMIT_NOFILE for spawned commands (0 = inherit)
     int cgroup_fd;             // delegated cgroup dir: each exec gets a child group "ex_<id>" (-1 = none)

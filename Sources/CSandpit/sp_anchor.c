@@ -1,0 +1,146 @@
+// The mount namespace sandboxes are cloned from, and the thread that clones them.
+//
+// clone(CLONE_NEWNS) copies the mount namespace of the calling thread. Copied
+// from the daemon's (the host's), a sandbox's namespace began with a copy of
+// every host mount; the agent detaches them with the old root, but a user
+// namespace's copies are locked together and the kernel keeps the detached
+// tree alive as long as the sandbox lives: no host filesystem mounted when
+// the sandbox started could really go away (an unmounted disk stayed in use,
+// a daemon's own store lingered). The anchor is a namespace that holds
+// nothing of the host's: a tiny tmpfs root with an empty /tmp (where the
+// agent attaches the sandbox's root) and a procfs (the kernel lets a user
+// namespace mount a procfs only where one is fully visible). A dedicated
+// thread joins it once (a thread may enter another mount namespace after
+// unsharing its fs state) and makes every clone.
+#define _GNU_SOURCE
+#include "sp_anchor.h"
+#include "sp_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int sp_anchor_mntns(const char *scratch) {
+    int ready[2], hold[2];
+    if (pipe2(ready, O_CLOEXEC) != 0) return -1;
+    if (pipe2(hold, O_CLOEXEC) != 0) { int e = errno; close(ready[0]); close(ready[1]); errno = e; return -1; }
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
+        errno = e;
+        return -1;
+    }
+    if (pid == 0) {
+        // After fork in a multithreaded process: async-signal-safe calls only.
+        close(ready[0]);
+        close(hold[1]);
+        char tmp[512], proc[512];
+        size_t n = strlen(scratch);
+        int err = 0;
+        if (n + 8 > sizeof tmp) err = ENAMETOOLONG;
+        else {
+            memcpy(tmp, scratch, n); memcpy(tmp + n, "/tmp", 5);
+            memcpy(proc, scratch, n); memcpy(proc + n, "/proc", 6);
+        }
+        if (!err && unshare(CLONE_NEWNS) != 0) err = errno;
+        if (!err && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) err = errno;
+        if (!err && mount("sandpit-anchor", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,nr_inodes=16,mode=755") != 0) err = errno;
+        if (!err && mkdir(tmp, 0755) != 0) err = errno;
+        if (!err && mkdir(proc, 0555) != 0) err = errno;
+        if (!err && mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) err = errno;
+        if (!err && chdir(scratch) != 0) err = errno;
+        if (!err && syscall(SYS_pivot_root, ".", ".") != 0) err = errno;
+        if (!err && umount2(".", MNT_DETACH) != 0) err = errno;
+        if (!err && chdir("/") != 0) err = errno;
+        unsigned char code = (unsigned char)(err > 255 ? 255 : err);
+        (void)write(ready[1], &code, 1);
+        char c;
+        (void)read(hold[0], &c, 1);   // EOF once the parent has our namespace
+        _exit(0);
+    }
+    close(ready[1]);
+    close(hold[0]);
+    int ns = -1, err = 0;
+    unsigned char code = 255;
+    if (read(ready[0], &code, 1) != 1) err = EIO;
+    else if (code != 0) err = code;
+    else {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
+        if ((ns = open(path, O_RDONLY | O_CLOEXEC)) < 0) err = errno;
+    }
+    close(ready[0]);
+    close(hold[1]);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    if (ns < 0) errno = err ? err : EIO;
+    return ns;
+}
+
+// One clone at a time, on the thread that lives in the anchor.
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int running = 0;
+static sp_clone_job job = NULL;   // set by a caller, cleared by the thread when done
+static void *job_arg = NULL;
+
+struct start { int ns; int err; int done; };
+
+static void *anchor_thread(void *p) {
+    struct start *s = p;
+    int err = 0;
+    if (unshare(CLONE_FS) != 0) err = errno;
+    else if (setns(s->ns, CLONE_NEWNS) != 0) err = errno;
+    else if (chdir("/") != 0) err = errno;
+    pthread_mutex_lock(&lock);
+    s->err = err;
+    s->done = 1;
+    pthread_cond_broadcast(&cond);
+    if (err) { pthread_mutex_unlock(&lock); return NULL; }
+    for (;;) {
+        while (job == NULL) pthread_cond_wait(&cond, &lock);
+        job(job_arg);
+        job = NULL;
+        pthread_cond_broadcast(&cond);
+    }
+}
+
+int sp_anchor_start(int ns) {
+    pthread_mutex_lock(&lock);
+    if (running) { pthread_mutex_unlock(&lock); return 0; }
+    pthread_mutex_unlock(&lock);
+    struct start s = { ns, 0, 0 };
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, anchor_thread, &s);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) { errno = rc; return -1; }
+    pthread_mutex_lock(&lock);
+    while (!s.done) pthread_cond_wait(&cond, &lock);
+    if (!s.err) running = 1;
+    pthread_mutex_unlock(&lock);
+    if (s.err) { errno = s.err; return -1; }
+    return 0;
+}
+
+int sp_anchor_run(sp_clone_job fn, void *arg) {
+    pthread_mutex_lock(&lock);
+    if (!running) { pthread_mutex_unlock(&lock); return 0; }
+    while (job != NULL) pthread_cond_wait(&cond, &lock);   // another caller's clone
+    job = fn;
+    job_arg = arg;
+    pthread_cond_broadcast(&cond);
+    while (job == fn && job_arg == arg) pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    return 1;
+}
