@@ -439,6 +439,27 @@ struct SecurityTests {
         }
     }
 
+    /// Issue 27: a 1 GiB request line must be discarded as it arrives, not
+    /// buffered (the default 16 MiB cap); the connection then goes on.
+    @Test func aGigabyteLineIsDiscardedAsItArrives() throws {
+        try Arena.with { a in
+            let c = try a.daemon.connect()
+            let before = a.daemonRSS()
+            c.sendRaw(Array(#"{"jsonrpc":"2.0","id":7,"method":"server.info","params":{"pad":""#.utf8))
+            let chunk = [UInt8](repeating: 0x78, count: 1 << 20)
+            var peak = before
+            for i in 0..<1024 {
+                c.sendRaw(chunk)
+                if i % 32 == 0 { peak = max(peak, a.daemonRSS()) }
+            }
+            c.sendRaw(Array("\"}}\n".utf8))
+            let e = c.readMessage()
+            #expect(e?["error"]?["data"]?["code"] == "request_too_large", "\(String(describing: e))")
+            #expect(peak - before < 48 << 20, "daemon RSS grew by \((peak - before) >> 20) MiB for a line it refuses")
+            #expect(try c.result("server.info")["backend"] == "linux-namespaces")
+        }
+    }
+
     @Test func wrongTypesUnknownFieldsAndDuplicateIdsGetTypedErrors() throws {
         try Arena.with { a in
             let c = try a.daemon.connect()
