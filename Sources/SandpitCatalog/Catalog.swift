@@ -377,6 +377,17 @@ public final class Catalog: @unchecked Sendable {
         try queue.sync { Set(try db.query("SELECT id FROM checkpoints").compactMap { $0[0].text }) }
     }
 
+    /// Forgets one checkpoint (pruned): its children take its parent as theirs,
+    /// so walking a branch back from its head skips it.
+    public func pruneCheckpoint(_ id: String, parent: String?) async throws {
+        try await onQueue { db in
+            try db.transaction {
+                _ = try db.run("UPDATE checkpoints SET parent_id=? WHERE parent_id=?", [parent.map { .text($0) } ?? .null, .text(id)])
+                _ = try db.run("DELETE FROM checkpoints WHERE id=?", [.text(id)])
+            }
+        }
+    }
+
     public func dropCheckpoints(_ ids: [String]) throws {
         try queue.sync {
             try db.transaction { for id in ids { _ = try db.run("DELETE FROM checkpoints WHERE id=?", [.text(id)]) } }

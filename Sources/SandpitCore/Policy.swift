@@ -17,6 +17,11 @@ public struct Policy: Sendable, Equatable {
     public var execTimeoutMs: Int64?                // default wall time per exec
     public var sandboxTimeoutMs: Int64?             // wall time of the whole sandbox, from creation
     public var outputBytes: Int64? = 16 << 20       // retained output per exec (head + tail)
+    /// The store a sandbox's checkpoints may hold, counted as the bytes of
+    /// the files each one changed (its `bytes`); see `checkpointQuota`.
+    public var checkpointBytes: Int64? = 16 << 30
+    /// What happens when a new checkpoint would take a sandbox past `checkpointBytes`.
+    public var checkpointQuota: CheckpointQuota = .prune
     public var network: NetworkMode = .none
     /// For `allowlist`: `host:port` entries (`*.example.org:443`, `127.0.0.1:8000`); port `*` for any.
     public var allow: [String] = []
@@ -34,6 +39,12 @@ public struct Policy: Sendable, Equatable {
     public var idle = IdlePolicy(pauseAfterMs: 300_000, hibernateAfterMs: 1_800_000, deleteAfterMs: IdlePolicy.defaultRetentionMs, backgroundKeepsAwake: true)
 
     public enum Purpose: String, Sendable, CaseIterable { case sandbox, build }
+    public enum CheckpointQuota: String, Sendable, CaseIterable {
+        /// Delete the oldest checkpoints without a name (never the head) until it fits.
+        case prune
+        /// Keep the older ones; the new checkpoint is not taken (`limit_exceeded`).
+        case refuse
+    }
     public enum NetworkMode: String, Sendable, CaseIterable {
         case none        // loopback only
         case allowlist   // egress only through the daemon's proxy, to listed hosts
@@ -53,7 +64,7 @@ public struct Policy: Sendable, Equatable {
 
     /// The numeric limits, by wire name. Smaller is tighter for every one.
     public static let limitKeys: [String] = ["memoryBytes", "pids", "cpuMillicores", "openFiles", "diskBytes", "diskInodes",
-                                             "tmpBytes", "execTimeoutMs", "sandboxTimeoutMs", "outputBytes"]
+                                             "tmpBytes", "execTimeoutMs", "sandboxTimeoutMs", "outputBytes", "checkpointBytes"]
 
     subscript(limit key: String) -> Int64? {
         get {
@@ -68,6 +79,7 @@ public struct Policy: Sendable, Equatable {
             case "execTimeoutMs": execTimeoutMs
             case "sandboxTimeoutMs": sandboxTimeoutMs
             case "outputBytes": outputBytes
+            case "checkpointBytes": checkpointBytes
             default: nil
             }
         }
@@ -83,6 +95,7 @@ public struct Policy: Sendable, Equatable {
             case "execTimeoutMs": execTimeoutMs = newValue
             case "sandboxTimeoutMs": sandboxTimeoutMs = newValue
             case "outputBytes": outputBytes = newValue
+            case "checkpointBytes": checkpointBytes = newValue
             default: break
             }
         }
@@ -95,10 +108,11 @@ public struct Policy: Sendable, Equatable {
     static let minimums: [String: Int64] = [
         "memoryBytes": 16 << 20, "pids": 8, "cpuMillicores": 10, "openFiles": 16, "diskBytes": 16 << 20,
         "diskInodes": 1024, "tmpBytes": 1 << 20, "execTimeoutMs": 1, "sandboxTimeoutMs": 1000, "outputBytes": 1024,
+        "checkpointBytes": 1 << 20,
     ]
 
     static let knownKeys: Set<String> = Set(limitKeys).union(["name", "description", "purpose", "network", "allow", "seccomp",
-                                                              "socketFamilies", "cgroup", "checkpoints", "idle",
+                                                              "socketFamilies", "cgroup", "checkpoints", "checkpointQuota", "idle",
                                                               "interpreterSnapshots"])
 
     /// Decodes a policy document. `source` names the file in errors. A limit
@@ -148,6 +162,7 @@ public struct Policy: Sendable, Equatable {
         p.network = try choice("network", NetworkMode.self) ?? p.network
         p.socketFamilies = try choice("socketFamilies", SocketFamilies.self) ?? p.socketFamilies
         p.checkpoints = try choice("checkpoints", CheckpointMode.self) ?? p.checkpoints
+        p.checkpointQuota = try choice("checkpointQuota", CheckpointQuota.self) ?? p.checkpointQuota
         if let v = o["interpreterSnapshots"] {
             guard let n = v.intValue, (0...Self.maxInterpreterSnapshots).contains(n) else {
                 throw fail("interpreterSnapshots", "must be an integer from 0 to \(Self.maxInterpreterSnapshots)")
@@ -234,6 +249,12 @@ public struct Policy: Sendable, Equatable {
                     throw SandpitError.invalidParams("limits.checkpoints", "must be \"every-step\", \"manual\" or \"off\"")
                 }
                 p.checkpoints = m
+            case "checkpointQuota":
+                // Either is allowed: it decides only which of the sandbox's own checkpoints stay.
+                guard let s = v.stringValue, let q = CheckpointQuota(rawValue: s) else {
+                    throw SandpitError.invalidParams("limits.checkpointQuota", "must be \"prune\" or \"refuse\"")
+                }
+                p.checkpointQuota = q
             case "allow":
                 guard let arr = v.arrayValue?.compactMap(\.stringValue), arr.count == v.arrayValue?.count else {
                     throw SandpitError.invalidParams("limits.allow", "must be a list of \"host:port\" strings")
@@ -245,7 +266,7 @@ public struct Policy: Sendable, Equatable {
                 p.allow = arr
                 if arr.isEmpty { p.network = .none }
             default:
-                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow", "checkpoints", "interpreterSnapshots"]).joined(separator: ", ")))")
+                throw SandpitError.invalidParams("limits.\(k)", "unknown limit (known: \((Self.limitKeys + ["network", "allow", "checkpoints", "checkpointQuota", "interpreterSnapshots"]).joined(separator: ", ")))")
             }
         }
         return p
@@ -293,6 +314,7 @@ public struct Policy: Sendable, Equatable {
         o["socketFamilies"] = .string(socketFamilies.rawValue)
         o["cgroup"] = .bool(cgroup)
         o["checkpoints"] = .string(checkpoints.rawValue)
+        o["checkpointQuota"] = .string(checkpointQuota.rawValue)
         o["interpreterSnapshots"] = .int(interpreterSnapshots)
         o["idle"] = idle.json
         return .object(o)

@@ -69,15 +69,15 @@ public struct SandboxPlan: Sendable, Equatable {
         if let bytes = p.diskBytes, let inodes = p.diskInodes, inodes > bytes / 8192 { p.diskInodes = bytes / 8192 }
         var s: [Step] = []
         func add(_ n: String, _ d: String) { s.append(Step(name: n, detail: d)) }
-        add("namespaces", "user, pid, mount, network, ipc, uts (clone); cgroup (agent unshares)")
-        add("user-map", "sandbox 0-\(host.uidCount - 1) -> host \(host.uidBase)-\(host.uidBase + host.uidCount - 1); commands run as uid 1000")
+        add("namespaces", "user, pid, mount (from an empty anchor: no host mount), network, ipc, uts (clone); cgroup (agent unshares)")
+        add("user-map", "sandbox 0-\(host.uidCount - 1) -> host \(host.uidBase)-\(host.uidBase + host.uidCount - 1); commands run as uid 1000; the user namespace owned by a host uid of its own (per-user kernel limits per sandbox)")
         if let d = p.diskBytes {
             add("disk", "own ext4 image for the writable layer: \(Self.bytes(d)), \(p.diskInodes.map { "\($0) inodes" } ?? "default inodes")")
         } else {
             add("disk", "writable layer on the shared store (no per-sandbox size limit)")
         }
-        add("root", "overlayfs (template layers + writable layer), nodev; /usr bound read-only; pivot_root")
-        add("mounts", "fresh /proc (/proc/sys read-only, kernel files masked), minimal /dev, devpts, /dev/shm, tmpfs /tmp \(p.tmpBytes.map(Self.bytes) ?? "unlimited")")
+        add("root", "overlayfs (template layers + writable layer), nodev; /usr a read-only overlay of its own (no host inode, so no shared file lock); pivot_root")
+        add("mounts", "fresh /proc (/proc/sys read-only, kernel files masked), /dev with its own device nodes, devpts, /dev/shm, tmpfs /tmp \(p.tmpBytes.map(Self.bytes) ?? "unlimited")")
         switch p.network {
         case .none: add("network", "loopback only")
         case .allowlist:
@@ -110,8 +110,8 @@ public struct SandboxPlan: Sendable, Equatable {
         add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
         add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
         switch p.checkpoints {
-        case .everyStep: add("checkpoints", "after every exec: freeze the disk, clone its image by reference, record the diff")
-        case .manual: add("checkpoints", "only on checkpoint.create")
+        case .everyStep: add("checkpoints", "after every exec: freeze the disk, clone its image by reference, record the diff" + Self.quota(p))
+        case .manual: add("checkpoints", "only on checkpoint.create" + Self.quota(p))
         case .off: add("checkpoints", "off")
         }
         func dur(_ ms: Int64?) -> String {
@@ -142,5 +142,10 @@ public struct SandboxPlan: Sendable, Equatable {
         if b >= 1 << 20 && b % (1 << 20) == 0 { return "\(b >> 20) MiB" }
         if b >= 1 << 10 && b % (1 << 10) == 0 { return "\(b >> 10) KiB" }
         return "\(b) B"
+    }
+
+    static func quota(_ p: Policy) -> String {
+        guard let q = p.checkpointBytes else { return "; no store quota" }
+        return "; at most \(bytes(q)) of changed files kept, then " + (p.checkpointQuota == .prune ? "the oldest unnamed ones are pruned" : "new ones are refused")
     }
 }

@@ -282,8 +282,11 @@ public final class RPCService: Sendable {
             return .object([:])
         case "checkpoint.list":
             try p.expect(only: ["sandboxId"])
-            let list = try await engine.checkpoints(try p.requireString("sandboxId"), caller: caller)
-            return .object(["checkpoints": .array(list.map(\.json))])
+            let id = try p.requireString("sandboxId")
+            let list = try await engine.checkpoints(id, caller: caller)
+            let quota = try await engine.checkpointQuota(id, caller: caller)
+            return .object(["checkpoints": .array(list.map(\.json)), "bytes": .int(list.reduce(0) { $0 + $1.bytes }),
+                            "quotaBytes": quota.map { .int($0) } ?? .null])
         case "checkpoint.create":
             try p.expect(only: ["sandboxId", "name"])
             let name = try p.string("name")

@@ -40,7 +40,7 @@ extension Engine {
                 }
                 do {
                     let t0 = Clock.monotonicNs()
-                    let ck = try await snapshotFiles(rt, name: nil)
+                    let ck = try await applyCheckpointQuota(rt, new: snapshotFiles(rt, name: nil))
                     await checkpointLog.add(ck)
                     await checkpointLog.flush()
                     return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
@@ -72,7 +72,67 @@ extension Engine {
                 ? "sandbox \(id) keeps its files in a scratch tmpfs (a batch task's sandbox), so it cannot be checkpointed"
                 : "sandbox \(id) has no disk of its own (its policy sets diskBytes null), so it cannot be checkpointed")
         }
-        return try await rt.steps.run { [self] in try await snapshot(rt, name: name) }
+        return try await rt.steps.run { [self] in
+            let ck = try await applyCheckpointQuota(rt, new: snapshotFiles(rt, name: name))
+            await checkpointLog.add(ck)
+            await checkpointLog.flush()
+            return ck
+        }
+    }
+
+    /// Keeps a sandbox's checkpoints within its policy's `checkpointBytes`
+    /// now that `ck` (the new head, its row not yet written) is taken: under
+    /// `prune` the oldest checkpoints without a name go first (never the
+    /// head); under `refuse`, or when pruning cannot make room, `ck` is
+    /// undone (its files removed, the head back on its parent) and the call
+    /// fails with `limit_exceeded`. The caller holds the step lock.
+    func applyCheckpointQuota(_ rt: SandboxRuntime, new taken: CheckpointRecord) async throws -> CheckpointRecord {
+        var ck = taken
+        guard let quota = rt.policy.checkpointBytes else { return ck }
+        var total: Int64
+        if let known = rt.checkpointBytes.withLock({ $0 }) {
+            total = known
+        } else {
+            await checkpointLog.flush()
+            total = try await catalog.checkpoints(of: rt.id).reduce(0) { $0 + $1.bytes }
+        }
+        if total + ck.bytes > quota, rt.policy.checkpointQuota == .prune {
+            await checkpointLog.flush()
+            let all = try await catalog.checkpoints(of: rt.id)
+            total = all.reduce(0) { $0 + $1.bytes }
+            // Oldest first; a checkpoint's children take over its parent.
+            var parentOf = Dictionary(all.map { ($0.id, $0.parentId) }, uniquingKeysWith: { a, _ in a })
+            parentOf[ck.id] = ck.parentId
+            var pruned: [String] = []
+            for old in all where total + ck.bytes > quota && old.name == nil && old.id != ck.id {
+                let parent = parentOf[old.id] ?? nil
+                try await catalog.pruneCheckpoint(old.id, parent: parent)
+                for (k, v) in parentOf where v == old.id { parentOf[k] = parent }
+                unlink(checkpointImage(rt.id, old.id))
+                unlink(checkpointManifest(rt.id, old.id))
+                total -= old.bytes
+                pruned.append(old.id)
+            }
+            if !pruned.isEmpty {
+                logger.info("checkpoints pruned to fit the store quota", metadata: ["sandbox": "\(rt.id)", "pruned": "\(pruned.count)"])
+                await catalog.event("checkpoints-pruned", sandbox: rt.id, detail: pruned.joined(separator: " "))
+            }
+            // The new head's parent may be gone: it hangs on the nearest kept ancestor.
+            if let p = ck.parentId, pruned.contains(p) { ck.parentId = parentOf[ck.id] ?? nil }
+        }
+        if total + ck.bytes <= quota {
+            rt.checkpointBytes.withLock { $0 = total + ck.bytes }
+            return ck
+        }
+        rt.checkpointBytes.withLock { $0 = total }
+        unlink(checkpointImage(rt.id, ck.id))
+        unlink(checkpointManifest(rt.id, ck.id))
+        let parent = ck.parentId
+        rt.headManifest.withLock { $0 = parent.flatMap { loadManifest(rt.id, $0) } }
+        rt.state.withLock { $0.record.head = parent }
+        let why = rt.policy.checkpointQuota == .prune ? "even after pruning every checkpoint without a name" : "policy checkpointQuota is \"refuse\""
+        throw SandpitError(.limitExceeded, "checkpoint not taken: the sandbox's checkpoints would hold \(total + ck.bytes) bytes of changed files, over its checkpointBytes quota of \(quota) (\(why)); delete or restore to free some, or raise limits.checkpointBytes",
+                           details: ["limit": "checkpointBytes", "quotaBytes": .int(quota), "usedBytes": .int(total), "checkpointBytes": .int(ck.bytes)])
     }
 
     /// A whole checkpoint, catalog row included; the caller holds the step lock.
@@ -153,6 +213,14 @@ extension Engine {
 
     func loadManifest(_ sb: String, _ ck: String) -> Manifest? {
         (try? FS.readFile(checkpointManifest(sb, ck), limit: 1 << 30)).flatMap(Manifest.decode)
+    }
+
+    /// The sandbox's checkpoint store quota (`checkpointBytes` of the policy it runs under; nil: none).
+    public func checkpointQuota(_ id: String, caller: Caller) async throws -> Int64? {
+        let r = try await sandbox(id, caller: caller)
+        if let rt = try runtime(id, caller: caller) { return rt.policy.checkpointBytes }
+        if let plan = dormantPlans.withLock({ $0[id] }) { return plan.policy.checkpointBytes }
+        return try? policies.policy(r.policy).checkpointBytes
     }
 
     public func checkpoints(_ id: String, caller: Caller) async throws -> [CheckpointRecord] {

@@ -40,6 +40,8 @@ final class SandboxRuntime: Sendable {
     let steps = StepLock()
     /// The writable layer as of the head checkpoint (the base of the next diff).
     let headManifest = Mutex<Manifest?>(nil)
+    /// The `bytes` of all the sandbox's checkpoints (nil until first needed), for its store quota.
+    let checkpointBytes = Mutex<Int64?>(nil)
     /// The memory this sandbox was admitted with (nil: not admitted, or already released).
     let admittedMemory = Mutex<Int64?>(nil)
     /// A warm template's sandbox: the checkpoint of its files taken while it

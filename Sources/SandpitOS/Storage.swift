@@ -48,7 +48,8 @@ public struct StorageVolume: Sendable {
             try HostCommand.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", tmp])
             _ = try sys("rename", path: image) { rename(tmp, image) }
         }
-        try HostCommand.run(["mount", "-o", "loop,noatime", image, root])
+        // discard: space the store frees goes back to the host's disk.
+        try HostCommand.run(["mount", "-o", "loop,noatime,discard", image, root])
         try FS.chmod(root, 0o711)
         return probed(StorageVolume(mode: .loop, root: root, image: image))
     }

@@ -173,6 +173,75 @@ struct CheckpointTests {
         }
     }
 
+    /// Issue 27: checkpoints kept the blocks of data written and deleted
+    /// within a step (the image was cloned with them), so the store grew by
+    /// everything a sandbox ever wrote. 20 steps × 400 MiB written, flushed
+    /// and deleted must leave the store about where it was.
+    @Test func writingAndDeletingEveryStepDoesNotGrowTheStore() throws {
+        try Arena.with { a in
+            func used() throws -> Int64 { try a.client.result("storage.info")["usedBytes"]!.intValue! }
+            let sb = try a.sandbox()
+            _ = try a.sh(sb, "echo warm > /home/user/w")
+            let before = try used()
+            for i in 1...20 {
+                let r = try a.sh(sb, "head -c 400M /dev/zero > /home/user/big && sync /home/user/big && rm /home/user/big && echo \(i) > /home/user/n")
+                #expect(r.result["exitCode"] == 0 && r.result["checkpoint"]?["checkpointId"] != nil, "step \(i): \(r.result)")
+            }
+            let grown = try used() - before
+            #expect(grown < 64 << 20, "the store grew by \(grown >> 20) MiB over 20 steps that kept nothing")
+            let list = try a.client.result("checkpoint.list", ["sandboxId": .string(sb)])
+            #expect(list["checkpoints"]?.arrayValue?.count == 21)
+        }
+    }
+
+    /// Issue 27: a sandbox's checkpoints are counted against its policy's
+    /// `checkpointBytes`; under `prune` the oldest without a name go first
+    /// (never the head, never a named one).
+    @Test func checkpointQuotaPrunesTheOldestUnnamed() throws {
+        try Arena.with { a in
+            let quota: Int64 = 10 << 20
+            let sb = try a.sandbox(limits: ["checkpointBytes": .int(quota)])
+            func list() throws -> JSONValue { try a.client.result("checkpoint.list", ["sandboxId": .string(sb)]) }
+            _ = try a.sh(sb, "head -c 3000000 /dev/urandom > /home/user/f1")          // step 1: 3 MB
+            let named = try a.client.result("checkpoint.create", ["sandboxId": .string(sb), "name": "keep"])
+            for i in 2...6 { _ = try a.sh(sb, "head -c 3000000 /dev/urandom > /home/user/f\(i)") }   // 3 MB each
+            let l = try list()
+            let cks = l["checkpoints"]?.arrayValue ?? []
+            #expect(l["quotaBytes"] == .int(quota))
+            #expect((l["bytes"]?.intValue ?? .max) <= quota, "\(l)")
+            // Kept: the named one and the newest steps; the oldest unnamed ones went.
+            #expect(cks.contains { $0["checkpointId"] == named["checkpointId"] })
+            #expect(cks.last?["step"] == 6)
+            #expect(!cks.contains { $0["step"] == 2 }, "step 2 should have been pruned: \(cks.map { $0["step"] })")
+            // What is left restores exactly; a pruned step is gone.
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "step": 5])
+            #expect(try a.sh(sb, "ls /home/user | grep -c '^f'").stdout == "5\n")
+            #expect(try a.client.call("sandbox.restore", ["sandboxId": .string(sb), "step": 2])["error"]?["data"]?["code"] == "not_found")
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": named["checkpointId"]!])
+            #expect(try a.sh(sb, "ls /home/user | grep '^f'").stdout == "f1\n")
+        }
+    }
+
+    /// Under `refuse` a checkpoint that would pass the quota is not taken:
+    /// the step counts, the reply says why, the older ones stay.
+    @Test func checkpointQuotaRefusesWhenThePolicySaysSo() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["checkpointBytes": .int(5 << 20), "checkpointQuota": "refuse"])
+            let s1 = try a.sh(sb, "head -c 3000000 /dev/urandom > /home/user/f1")
+            #expect(s1.result["checkpoint"]?["step"] == 1)
+            let s2 = try a.sh(sb, "head -c 3000000 /dev/urandom > /home/user/f2")
+            #expect(s2.result["step"] == 2 && s2.result["checkpoint"] == .null)
+            #expect(s2.result["checkpointError"]?.stringValue?.contains("checkpointBytes") == true, "\(s2.result)")
+            let e = try a.client.call("checkpoint.create", ["sandboxId": .string(sb)])["error"]
+            #expect(e?["data"]?["code"] == "limit_exceeded" && e?["data"]?["quotaBytes"] == .int(5 << 20), "\(String(describing: e))")
+            let l = try a.client.result("checkpoint.list", ["sandboxId": .string(sb)])
+            #expect(l["checkpoints"]?.arrayValue?.map { $0["step"] } == [1])
+            // The head is still step 1's: a restore to it works and drops f2.
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "step": 1])
+            #expect(try a.sh(sb, "ls /home/user | grep '^f'").stdout == "f1\n")
+        }
+    }
+
     @Test func manualAndOffModesAndDisklessPolicies() throws {
         try Arena.with { a in
             let manual = try a.sandbox(limits: ["checkpoints": "manual"])
