@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 import SandpitCore
+import Synchronization
 
 /// The durable record of sandboxes, execs and events, in SQLite (WAL).
 /// Every call runs on one serial dispatch queue, off Swift's cooperative pool,
@@ -117,9 +121,24 @@ public final class Catalog: @unchecked Sendable {
         """,
     ]
 
+    /// Space kept for the catalog on the data dir's disk (see `DiskReserve`):
+    /// one part for a running daemon's writes, one for a start on a disk
+    /// that the previous run left full (its part already spent).
+    public let reserve: DiskReserve
+    public let startReserve: DiskReserve
+
     public init(path: String) throws {
         self.path = path
+        reserve = DiskReserve(path: path + ".reserve", bytes: 16 << 20)
+        startReserve = DiskReserve(path: path + ".reserve-start", bytes: 8 << 20)
+        if !reserve.held && startReserve.held && !reserve.ensure() {
+            // Still full: this start spends the second part.
+            _ = startReserve.release()
+        }
+        reserve.ensure()
+        startReserve.ensure()
         db = try SQLiteDB(path: path)
+        db.onFull = { [reserve, startReserve] in reserve.release() || startReserve.release() }
         // One daemon owns a data dir (its lock file says so), so nothing else
         // opens this database: holding SQLite's lock for good saves the file
         // lock calls of every transaction and the WAL's shared-memory index.
@@ -541,5 +560,49 @@ public final class Catalog: @unchecked Sendable {
             try db.run("INSERT INTO events (at, sandbox_id, kind, detail) VALUES (strftime('%s','now')*1000, ?, ?, ?)",
                        [sandbox.map { .text($0) } ?? .null, .text(kind), .text(detail)])
         }
+    }
+}
+
+/// A file of real blocks kept beside the catalog: when the disk fills (the
+/// store's image, sandboxes' files, anything else on it), the catalog's next
+/// write fails with SQLITE_FULL, the reserve is deleted and the write goes
+/// through. So a daemon on a full disk still records what it does and still
+/// starts (its start writes to the catalog too). Made again once the disk
+/// has room for it and some.
+public final class DiskReserve: Sendable {
+    public let path: String
+    public let bytes: Int64
+    private let lock = Mutex<Void>(())
+
+    public init(path: String, bytes: Int64) {
+        self.path = path
+        self.bytes = bytes
+    }
+
+    /// Whether the reserve is in place.
+    public var held: Bool { access(path, F_OK) == 0 }
+
+    /// Creates it when missing and the disk has twice its size free. True when held afterwards.
+    @discardableResult
+    public func ensure() -> Bool {
+        lock.withLock { _ in
+            if held { return true }
+            var st = statvfs()
+            let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+            guard statvfs(dir.isEmpty ? "/" : dir, &st) == 0,
+                  Int64(st.f_bavail) * Int64(st.f_frsize) >= 2 * bytes else { return false }
+            let tmp = path + ".tmp"
+            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { return false }
+            let rc = posix_fallocate(fd, 0, off_t(bytes))
+            close(fd)
+            guard rc == 0, rename(tmp, path) == 0 else { unlink(tmp); return false }
+            return true
+        }
+    }
+
+    /// Deletes it: true when that freed space.
+    public func release() -> Bool {
+        lock.withLock { _ in unlink(path) == 0 }
     }
 }

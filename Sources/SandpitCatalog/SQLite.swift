@@ -36,6 +36,12 @@ final class SQLiteDB: @unchecked Sendable {
         sqlite3_close(db)
     }
 
+    /// Called when a write fails because the disk is full (SQLITE_FULL):
+    /// true when it freed space, and the write is then tried once more.
+    var onFull: (() -> Bool)?
+
+    static let full: Int32 = 13   // SQLITE_FULL
+
     func execute(_ sql: String) throws {
         var err: UnsafeMutablePointer<CChar>?
         let rc = sqlite3_exec(db, sql, nil, nil, &err)
@@ -48,7 +54,12 @@ final class SQLiteDB: @unchecked Sendable {
 
     @discardableResult
     func run(_ sql: String, _ binds: [Value] = []) throws -> Int {
-        _ = try query(sql, binds)
+        do {
+            _ = try query(sql, binds)
+        } catch let e as Failure where e.code == Self.full && sqlite3_get_autocommit(db) != 0 && onFull?() == true {
+            // A statement of its own (not inside a transaction, which retries as a whole).
+            _ = try query(sql, binds)
+        }
         return Int(sqlite3_changes(db))
     }
 
@@ -98,6 +109,14 @@ final class SQLiteDB: @unchecked Sendable {
     }
 
     func transaction<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try once(body)
+        } catch let e as Failure where e.code == Self.full && onFull?() == true {
+            return try once(body)
+        }
+    }
+
+    private func once<T>(_ body: () throws -> T) throws -> T {
         try execute("BEGIN IMMEDIATE")
         do {
             let r = try body()

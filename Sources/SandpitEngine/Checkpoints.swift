@@ -176,16 +176,22 @@ extension Engine {
             return true
         }
         @Sendable func full() throws -> Manifest {
-            if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
-            let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
-                Fault.point("checkpoint.frozen")
-                return try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
+            // A failed checkpoint leaves nothing behind (a half copy on a full store would keep it full).
+            do {
+                if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
+                let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
+                    Fault.point("checkpoint.frozen")
+                    return try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
+                }
+                Fault.point("checkpoint.cloned")
+                try FS.writeBytes(copy + ".manifest.tmp", m.encoded())
+                _ = try sys("rename", path: copy) { rename(copy + ".manifest.tmp", self.checkpointManifest(sb, id)) }
+                _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
+                return m
+            } catch {
+                for f in [copy + ".tmp", copy + ".manifest.tmp", copy, self.checkpointManifest(sb, id)] { unlink(f) }
+                throw Self.storeError(error)
             }
-            Fault.point("checkpoint.cloned")
-            try FS.writeBytes(copy + ".manifest.tmp", m.encoded())
-            _ = try sys("rename", path: copy) { rename(copy + ".manifest.tmp", self.checkpointManifest(sb, id)) }
-            _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
-            return m
         }
         let small = (known?.entries.count ?? .max) <= 256
         let manifest: Manifest
@@ -209,6 +215,14 @@ extension Engine {
         rt.state.withLock { $0.record.head = id }
         logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
         return record
+    }
+
+    /// A store that ran out of space is the caller's limit, not an internal
+    /// failure: `limit_exceeded`, saying so. Other errors pass through.
+    static func storeError(_ error: Error) -> Error {
+        guard let e = error as? OSError, [ENOSPC, EDQUOT].contains(e.errno) else { return error }
+        return SandpitError(.limitExceeded, "the checkpoint did not fit: the store is full (\(e)); the sandbox runs on as it was. Delete sandboxes or checkpoints, or give the store more room (--storage-gib)",
+                            details: ["limit": "store"])
     }
 
     func loadManifest(_ sb: String, _ ck: String) -> Manifest? {

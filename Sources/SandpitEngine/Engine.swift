@@ -135,6 +135,9 @@ public final class Engine: Sendable {
     /// The host's /usr for sandboxes (nil when it could not be set up: each
     /// sandbox then gets a plain read-only bind).
     let hostUsr: HostUsr?
+    /// When the catalog's disk reserve was last checked, and whether it was there.
+    let reserveCheck = Mutex<Int64>(0)
+    let reserveHeld = Atomic<Bool>(true)
     /// The next sandbox user namespace owner, as an offset into `EngineConfig.ownerIDs`.
     let nextOwner: Atomic<UInt32>
 
@@ -196,6 +199,11 @@ public final class Engine: Sendable {
         nextOwner = Atomic(Self.fnv1a(config.dataDir) % UInt32(EngineConfig.ownerIDs.count))
         try reconcile()
         try reconcileLayers()
+        if !catalog.reserve.ensure() || !catalog.startReserve.ensure() {
+            reserveHeld.store(false, ordering: .relaxed)
+            logger.error("the data dir's disk is full: started on the catalog's reserve; sandboxes and checkpoints will fail until space is freed",
+                         metadata: ["dataDir": "\(config.dataDir)"])
+        }
         refillWarmPool()
         startIdleService()
     }

@@ -43,8 +43,29 @@ extension Engine {
         try await delete(id, caller: .inProcess, reason: reason)
     }
 
+    /// Every 10 s: the catalog's disk reserve is made again once there is
+    /// room, and its loss (the data dir's disk filled up) is logged once.
+    func checkDiskReserve(now: Int64) {
+        let due = reserveCheck.withLock { last -> Bool in
+            guard now - last >= 10_000 else { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        let had = reserveHeld.load(ordering: .relaxed)
+        let has = catalog.reserve.ensure() && catalog.startReserve.ensure()
+        reserveHeld.store(has, ordering: .relaxed)
+        if had && !has {
+            logger.error("the data dir's disk is full: the catalog is using its reserve; free space (delete sandboxes, checkpoints or other files on it)",
+                         metadata: ["dataDir": "\(config.dataDir)"])
+        } else if !had && has {
+            logger.info("the data dir's disk has room again; the catalog's reserve is back", metadata: ["dataDir": "\(config.dataDir)"])
+        }
+    }
+
     func idleTick() async {
         let now = Clock.nowMs()
+        checkDiskReserve(now: now)
         for rt in registry.withLock({ Array($0.values) }) {
             // Background processes: only worth counting when an action is due, or while they are
             // what keeps the sandbox awake (once they end, nothing else would clear the flag).

@@ -244,6 +244,85 @@ def test_a_daemon_killed_while_a_disk_is_frozen_leaves_nothing_frozen_after_rest
     assert str(data) not in open("/proc/self/mountinfo").read()
 
 
+def free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_daemon_still_restarts(sandpit, tmp_path):
+    """Issue 27: on a full disk a checkpoint failed as `internal`, left its half-copied image behind
+    (keeping the disk full), the catalog could no longer write (`database or disk is full`) and the
+    daemon would not start again. Here the data dir is on a small tmpfs that a host file fills."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "sandpit-full-test", str(disk)], check=True)
+    log = open(tmp_path / "daemon.log", "w")
+    data, sock = disk / "data", tmp_path / "s.sock"
+
+    def serve():
+        d = subprocess.Popen([sandpit, "serve", "--socket", str(sock), "--data-dir", str(data), "--storage", "dir",
+                              "--warm-pool", "0", "--warm-template-pool", "0"],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        for _ in range(400):
+            if d.poll() is not None:
+                break
+            try:
+                with Client(str(sock)) as c:
+                    c.info()
+                break
+            except Exception:
+                time.sleep(0.05)
+        return d
+
+    d = serve()
+    try:
+        assert d.poll() is None, open(tmp_path / "daemon.log").read()
+        with Client(str(sock)) as c:
+            sid = c.call("sandbox.create", {"limits": {"diskBytes": 128 << 20}})["sandboxId"]
+            assert c.call("exec.run", {"sandboxId": sid, "shell": "echo one > a"})["checkpoint"]
+            fillers = []
+
+            def fill():
+                """Fills the disk with a host file, leaving a little (a freed reserve or half copy is taken too)."""
+                path = disk / f"filler{len(fillers)}"
+                with open(path, "wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, max(free_bytes(disk) - (1 << 20), 4096))
+                fillers.append(path)
+
+            fill()
+            r = c.call("exec.run", {"sandboxId": sid, "shell": "head -c 8000000 /dev/urandom > b; echo wrote"})
+            assert r["checkpoint"] is None and "store is full" in r["checkpointError"], r
+            ckdir = data / "store" / "sandboxes" / sid / "checkpoints"
+            assert not [f for f in os.listdir(ckdir) if f.endswith(".tmp")], os.listdir(ckdir)
+            # The sandbox runs on, the catalog still records (the step counted), and checkpoint.create says why.
+            fill()
+            assert c.call("exec.run", {"sandboxId": sid, "shell": "echo alive"})["exitCode"] == 0
+            assert c.call("sandbox.get", {"sandboxId": sid})["step"] == 3
+            fill()
+            with pytest.raises(SandpitError) as e:
+                c.call("checkpoint.create", {"sandboxId": sid})
+            assert e.value.code == "limit_exceeded" and "store is full" in str(e.value), e.value
+            assert not [f for f in os.listdir(ckdir) if f.endswith(".tmp")], os.listdir(ckdir)
+        d.kill()
+        d.wait()
+        # Still full: the next daemon starts anyway, says so, and serves.
+        d = serve()
+        assert d.poll() is None, open(tmp_path / "daemon.log").read()[-2000:]
+        with Client(str(sock)) as c:
+            assert c.call("exec.run", {"sandboxId": sid, "shell": "cat a"})["exitCode"] == 0
+        assert "disk is full" in open(tmp_path / "daemon.log").read()
+        # Room again: checkpoints work.
+        for f in fillers:
+            os.unlink(f)
+        with Client(str(sock)) as c:
+            assert c.call("checkpoint.create", {"sandboxId": sid})["checkpointId"]
+    finally:
+        d.terminate()
+        d.wait(60)
+        log.close()
+        subprocess.run(["umount", "-l", str(disk)])
+
+
 def test_exec_output_kept_in_the_daemon_is_bounded_and_returned(daemon):
     """Two sandboxes each run 64 commands of 16 MiB output: the daemon holds a bounded part of it for
     exec.logs, and after the sandboxes are deleted its RSS is back within 64 MiB of where it started."""
