@@ -21,6 +21,8 @@ public struct SandpitError: Error, Sendable, Equatable, CustomStringConvertible 
         case requestTooLarge = "request_too_large"
         /// A template build step failed (its output is in `data`).
         case buildFailed = "build_failed"
+        /// A checkpoint's image no longer matches the checksum taken when it was made.
+        case checkpointCorrupt = "checkpoint_corrupt"
     }
 
     public var code: Code
@@ -53,6 +55,7 @@ public struct SandpitError: Error, Sendable, Equatable, CustomStringConvertible 
         case .sandboxFailed: -32050
         case .requestTooLarge: -32600
         case .buildFailed: -32051
+        case .checkpointCorrupt: -32052
         }
     }
 

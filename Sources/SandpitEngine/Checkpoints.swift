@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import SandpitCore
 import SandpitOS
 
@@ -43,6 +44,7 @@ extension Engine {
                     let ck = try await applyCheckpointQuota(rt, new: snapshotFiles(rt, name: nil))
                     await checkpointLog.add(ck)
                     await checkpointLog.flush()
+                    sealCheckpoint(rt.id, ck)
                     return ExecSession.StepRecord(step: step, checkpoint: ck, checkpointError: nil,
                                                   checkpointUs: Int64((Clock.monotonicNs() - t0) / 1000))
                 } catch {
@@ -76,6 +78,7 @@ extension Engine {
             let ck = try await applyCheckpointQuota(rt, new: snapshotFiles(rt, name: name))
             await checkpointLog.add(ck)
             await checkpointLog.flush()
+            sealCheckpoint(rt.id, ck)
             return ck
         }
     }
@@ -109,6 +112,7 @@ extension Engine {
                 try await catalog.pruneCheckpoint(old.id, parent: parent)
                 for (k, v) in parentOf where v == old.id { parentOf[k] = parent }
                 unlink(checkpointImage(rt.id, old.id))
+                unlink(checkpointImage(rt.id, old.id) + ".sum")
                 unlink(checkpointManifest(rt.id, old.id))
                 total -= old.bytes
                 pruned.append(old.id)
@@ -140,7 +144,48 @@ extension Engine {
         let ck = try await snapshotFiles(rt, name: name)
         await checkpointLog.add(ck)
         await checkpointLog.flush()
+        sealCheckpoint(rt.id, ck)
         return ck
+    }
+
+    /// One queue for checksums, at background priority: they are read back
+    /// only when a restore or fork uses the checkpoint.
+    static let checksumQueue = DispatchQueue(label: "sandpit.checksums", qos: .background)
+
+    /// Records the checksum of a new checkpoint's image, after the reply:
+    /// an image shared with its parent (a step that changed nothing) shares
+    /// the parent's sum; others are read once on the checksum queue.
+    /// `verifyCheckpoint` waits for a pending one.
+    func sealCheckpoint(_ sb: String, _ ck: CheckpointRecord) {
+        let image = checkpointImage(sb, ck.id)
+        if let p = ck.parentId, FS.sameFile(image, checkpointImage(sb, p)), link(checkpointImage(sb, p) + ".sum", image + ".sum") == 0 { return }
+        let id = ck.id
+        let task = Task.detached(priority: .background) { [weak self] in
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                Self.checksumQueue.async {
+                    // A checkpoint deleted (or pruned) meanwhile has no image: nothing to seal.
+                    if let sum = try? ImageChecksum.compute(image) { try? sum.write(for: image) }
+                    c.resume()
+                }
+            }
+            self?.checksums.withLock { _ = $0.removeValue(forKey: id) }
+        }
+        checksums.withLock { $0[id] = task }
+    }
+
+    /// Refuses a checkpoint whose image no longer matches its checksum,
+    /// before a restore or fork uses it (nothing is touched yet). An image
+    /// without a sum (made by an earlier version) is used as it is.
+    func verifyCheckpoint(_ sb: String, _ ck: CheckpointRecord) async throws {
+        if let pending = checksums.withLock({ $0[ck.id] }) { await pending.value }
+        let image = checkpointImage(sb, ck.id)
+        guard let want = ImageChecksum.stored(for: image) else { return }
+        let got = try await EngineThread.run { try ImageChecksum.compute(image) }
+        guard got != want else { return }
+        logger.error("a checkpoint's image is damaged", metadata: ["sandbox": "\(sb)", "checkpoint": "\(ck.id)", "want": "\(want.text)", "got": "\(got.text)"])
+        await catalog.event("checkpoint-corrupt", sandbox: sb, detail: ck.id)
+        throw SandpitError(.checkpointCorrupt, "checkpoint \(ck.id) (step \(ck.step)) of sandbox \(sb) is damaged: its image no longer matches the checksum taken when it was made (crc32c \(String(want.crc, radix: 16)), now \(String(got.crc, radix: 16))), so it is not used; the sandbox is as it was. Restore another step or checkpoint",
+                           details: ["checkpointId": .string(ck.id), "step": .int(Int64(ck.step))])
     }
 
     /// The checkpoint itself; the caller holds the sandbox's step lock.
@@ -290,6 +335,7 @@ extension Engine {
         try await settleSteps(id, caller: caller)
         var record = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(record, step: step, checkpointId: checkpointId)
+        try await verifyCheckpoint(id, ck)
         if let rt = try runtime(id, caller: caller), let done = try await restoreInPlace(rt, to: ck, caller: caller) {
             return done
         }
@@ -496,6 +542,7 @@ extension Engine {
         try await settleSteps(id, caller: caller)
         let source = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
+        try await verifyCheckpoint(id, ck)
         let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
         let memory = plan.policy.memoryBytes ?? 0
         let languages = contextLanguages(id)
@@ -516,6 +563,8 @@ extension Engine {
                 try FS.mkdirs(checkpointDir(newId), mode: 0o700)
                 try storage.copyFile(checkpointImage(id, ck.id), to: checkpointImage(newId, base))
                 try storage.copyFile(checkpointManifest(id, ck.id), to: checkpointManifest(newId, base))
+                // The same bytes: the same sum.
+                if let sum = ImageChecksum.stored(for: checkpointImage(id, ck.id)) { try? sum.write(for: checkpointImage(newId, base)) }
                 try storage.copyFile(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img")
                 try await catalog.insertCheckpoints([CheckpointRecord(
                     id: base, sandboxId: newId, step: ck.step, name: "fork of \(ck.id)", parentId: nil, createdAt: now,

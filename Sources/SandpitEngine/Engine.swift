@@ -135,6 +135,8 @@ public final class Engine: Sendable {
     /// The host's /usr for sandboxes (nil when it could not be set up: each
     /// sandbox then gets a plain read-only bind).
     let hostUsr: HostUsr?
+    /// Checkpoint checksums being computed, by checkpoint id (see `sealCheckpoint`).
+    let checksums = Mutex<[String: Task<Void, Never>]>([:])
     /// When the catalog's disk reserve was last checked, and whether it was there.
     let reserveCheck = Mutex<Int64>(0)
     let reserveHeld = Atomic<Bool>(true)

@@ -150,3 +150,43 @@ public enum SandboxDisk {
         return path
     }
 }
+
+/// A checkpoint image's checksum (CRC-32C of its size, data layout and data:
+/// see sp_checksum.c), kept beside it as `<image>.sum`.
+public struct ImageChecksum: Sendable, Equatable {
+    public var crc: UInt32
+    public var dataBytes: UInt64
+
+    public static func compute(_ image: String) throws(OSError) -> ImageChecksum {
+        let fd = FileDescriptor(try sys("open", path: image) { open(image, O_RDONLY | O_CLOEXEC) })
+        defer { fd.close() }
+        var crc: UInt32 = 0, bytes: UInt64 = 0
+        _ = try sys("checksum", path: image) { sp_sparse_crc32c(fd.raw, &crc, &bytes) }
+        return ImageChecksum(crc: crc, dataBytes: bytes)
+    }
+
+    public var text: String { "crc32c \(String(crc, radix: 16)) \(dataBytes)\n" }
+
+    public init(crc: UInt32, dataBytes: UInt64) {
+        self.crc = crc
+        self.dataBytes = dataBytes
+    }
+
+    public init?(text: String) {
+        let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard f.count == 3, f[0] == "crc32c", let c = UInt32(f[1], radix: 16), let b = UInt64(f[2]) else { return nil }
+        crc = c
+        dataBytes = b
+    }
+
+    /// Writes `<image>.sum` (through a temporary name).
+    public func write(for image: String) throws(OSError) {
+        try FS.writeBytes(image + ".sum.tmp", Array(text.utf8))
+        _ = try sys("rename", path: image) { rename(image + ".sum.tmp", image + ".sum") }
+    }
+
+    /// The sum kept for `image`; nil when it has none (made before sums existed, or not yet).
+    public static func stored(for image: String) -> ImageChecksum? {
+        (try? FS.readText(image + ".sum")).flatMap { ImageChecksum(text: $0) }
+    }
+}

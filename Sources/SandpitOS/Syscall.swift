@@ -102,6 +102,12 @@ public enum FS {
         return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
     }
 
+    /// Whether both paths name the same inode (hard links of one file).
+    public static func sameFile(_ a: String, _ b: String) -> Bool {
+        var x = stat(), y = stat()
+        return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino
+    }
+
     public static func lexists(_ path: String) -> Bool {
         var st = stat()
         return lstat(path, &st) == 0

@@ -242,6 +242,46 @@ struct CheckpointTests {
         }
     }
 
+    /// Issue 27: bytes flipped in a checkpoint's image were restored
+    /// silently. A damaged checkpoint is refused before anything is touched.
+    @Test func aDamagedCheckpointIsRefusedAndTheSandboxIsLeftAsItWas() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let s1 = try a.sh(sb, "echo good > /home/user/f")
+            let good = s1.result["checkpoint"]?["checkpointId"]?.stringValue ?? ""
+            let s2 = try a.sh(sb, "echo later > /home/user/f; head -c 100000 /dev/urandom > /home/user/r")
+            let bad = s2.result["checkpoint"]?["checkpointId"]?.stringValue ?? ""
+            _ = try a.sh(sb, "echo now > /home/user/f")
+            let dir = a.daemon.dataDir + "/store/sandboxes/\(sb)/checkpoints/"
+            // Its checksum is written in the background, just after the reply.
+            #expect(eventually { FileManager.default.fileExists(atPath: dir + bad + ".img.sum") })
+            // Flip one byte in the middle of the image's data.
+            let fd = open(dir + bad + ".img", O_RDWR)
+            #expect(fd >= 0)
+            let data = lseek(fd, 1 << 20, 3 /* SEEK_DATA */)
+            var byte: UInt8 = 0
+            #expect(data >= 0 && pread(fd, &byte, 1, data + 777) == 1)
+            byte ^= 0x5a
+            #expect(pwrite(fd, &byte, 1, data + 777) == 1)
+            close(fd)
+            for (method, extra) in [("sandbox.restore", JSONObject()), ("sandbox.fork", ["count": 1])] {
+                var p: JSONObject = ["sandboxId": .string(sb), "checkpointId": .string(bad)]
+                for (k, v) in extra { p[k] = v }
+                let e = try a.client.call(method, .object(p))["error"]
+                #expect(e?["code"] == -32052 && e?["data"]?["code"] == "checkpoint_corrupt" && e?["data"]?["checkpointId"] == .string(bad),
+                        "\(method): \(String(describing: e))")
+            }
+            // Untouched: still running, its files as they were, its head where it was.
+            let now = try a.sh(sb, "cat /home/user/f")
+            #expect(now.stdout == "now\n" && now.result["exitCode"] == 0)
+            #expect(try a.client.result("sandbox.get", ["sandboxId": .string(sb)])["state"] == "running")
+            #expect(try a.client.result("sandbox.list")["sandboxes"]?.arrayValue?.count == 2, "no fork was made")
+            // A sound checkpoint still restores.
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": .string(good)])
+            #expect(try a.sh(sb, "cat /home/user/f").stdout == "good\n")
+        }
+    }
+
     @Test func manualAndOffModesAndDisklessPolicies() throws {
         try Arena.with { a in
             let manual = try a.sandbox(limits: ["checkpoints": "manual"])

@@ -11,3 +11,4 @@
 #include "sp_rootswap.h"
 #include "sp_idmap.h"
 #include "sp_anchor.h"
+#include "sp_checksum.h"
