@@ -258,9 +258,12 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
-    public func deleteSandbox(_ id: String, at: Int64) async throws {
+    /// Marks a sandbox deleted, its running execs lost and (with `checkpoints`)
+    /// forgets its checkpoints, in one transaction: a crash leaves it whole or gone.
+    public func deleteSandbox(_ id: String, at: Int64, checkpoints: Bool = false) async throws {
         try await onQueue { db in
             try db.transaction {
+                if checkpoints { try db.run("DELETE FROM checkpoints WHERE sandbox_id=?", [.text(id)]) }
                 try db.run("UPDATE sandboxes SET state='deleted', state_reason='deleted', last_active_at=? WHERE id=?", [.int(at), .text(id)])
                 try db.run("UPDATE execs SET state='lost', ended_at=? WHERE sandbox_id=? AND state='running'", [.int(at), .text(id)])
             }

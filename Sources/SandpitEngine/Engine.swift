@@ -708,10 +708,12 @@ public final class Engine: Sendable {
         dormant.withLock { _ = $0.removeValue(forKey: id) }
         dormantPlans.withLock { _ = $0.removeValue(forKey: id) }
         lostContexts.withLock { _ = $0.removeValue(forKey: id) }
-        try FS.removeTree(storage.root + "/sandboxes/" + id)
+        // The catalog first, in one transaction, then the files: a crash in
+        // between leaves a deleted sandbox whose files the next start removes,
+        // never a listed sandbox that lost its checkpoints.
         await checkpointLog.flush()
-        try await catalog.deleteCheckpoints(of: id)
-        try await catalog.deleteSandbox(id, at: Clock.nowMs())
+        try await catalog.deleteSandbox(id, at: Clock.nowMs(), checkpoints: true)
+        try FS.removeTree(storage.root + "/sandboxes/" + id)
         await catalog.event("deleted", sandbox: id, detail: reason == "deleted" ? "" : reason)
         emit(id, .deleted, reason: reason, owner: owner)
         MemoryTrim.soon()

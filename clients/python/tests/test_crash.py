@@ -198,6 +198,27 @@ def test_a_client_that_pipelines_without_reading_stalls_only_itself(daemon):
     assert grew < 100 << 10
 
 
+def sandbox_cgroups(data):
+    """The sandbox cgroups (sb_*) of the daemon on `data`, whose parent group is named after the data dir."""
+    h = 2166136261
+    for b in str(data).encode():
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    digits, name = "0123456789abcdefghijklmnopqrstuvwxyz", ""
+    while True:
+        h, r = divmod(h, 36)
+        name = digits[r] + name
+        if h == 0:
+            break
+    found = []
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(root) == "sandpit-" + name:
+            found += [os.path.join(root, x) for x in dirs if x.startswith("sb_")]
+            dirs[:] = []
+        elif root.count("/") > 6:
+            dirs[:] = []
+    return found
+
+
 def loop_devices_under(path):
     out = []
     for dev in os.listdir("/sys/block"):
@@ -415,7 +436,7 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
 
     d = start(sandpit, sock, data, log)
     groups.append(d.pid)
-    rounds = 20
+    rounds = 50
     try:
         for round_ in range(rounds):
             assert d.poll() is None, open(tmp_path / "daemon.log").read()[-3000:]
@@ -459,3 +480,10 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
     assert not loop_devices_under(data), "no loop device left"
     assert str(data) not in open("/proc/self/mountinfo").read(), "no mount left"
     assert not [p for g in groups for p in sandpit_processes(sandpit, group=g)], "no process left"
+    assert not sandbox_cgroups(data), "no cgroup left"
+    # The catalog survived 50 kills whole.
+    import sqlite3
+    db = sqlite3.connect(f"file:{data / 'catalog.sqlite'}?mode=ro", uri=True)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    db.close()
