@@ -177,6 +177,8 @@ public final class Engine: Sendable {
         // Exposed ports' socket files belong to runtimes, which never outlive a daemon.
         try? FS.removeTree(config.dataDir + "/ports")
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
+        KernelFeatures.attachDir = config.dataDir + "/attach"
+        DetachedMount.clearAttachments()
         do {
             let mapping: FileDescriptor?
             do { mapping = try config.ids.namespace() } catch {
@@ -1017,6 +1019,7 @@ public final class Engine: Sendable {
         await discardZygotes()
         await checkpointLog.flush()
         cgroups.removeParent()
+        hostUsr?.close()
         storage.release()
     }
 }

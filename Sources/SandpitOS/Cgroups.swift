@@ -279,7 +279,16 @@ public struct CgroupV2Driver: CgroupDriver {
 
     public func create(_ name: String, limits: CgroupLimits) throws(OSError) -> CgroupHandle {
         try FS.mkdirs(base)
-        try? FS.writeFile(base + "/cgroup.subtree_control", "+memory +pids +cpu")
+        // The controllers reach the sandbox's group only if they are enabled
+        // in every group above it: the sandboxes' parent's parent (the root,
+        // or the daemon's parent group) and the sandboxes' parent. One at a
+        // time, so a controller this host lacks does not block the others.
+        for dir in [String(base[..<(base.lastIndex(of: "/") ?? base.endIndex)]), base] {
+            let enabled = (try? FS.readText(dir + "/cgroup.subtree_control")) ?? ""
+            for c in Self.controllers where !enabled.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains(where: { $0 == c }) {
+                try? FS.writeFile(dir + "/cgroup.subtree_control", "+" + c)
+            }
+        }
         let dir = base + "/" + name
         try FS.mkdir(dir)
         if let m = limits.memoryBytes {
@@ -295,6 +304,9 @@ public struct CgroupV2Driver: CgroupDriver {
         let dir = base + "/" + name
         return CgroupHandle(name: name, dirs: [dir], procsFiles: [dir + "/cgroup.procs"], memoryDir: dir, version: .v2, trackingDir: dir, freezerDir: dir)
     }
+
+    /// The controllers sandboxes' limits need.
+    static let controllers = ["memory", "pids", "cpu"]
 
     public func removeParent() { rmdir(base) }
 

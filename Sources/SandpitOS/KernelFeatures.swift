@@ -19,7 +19,34 @@ public enum KernelFeatures {
     /// bytes) are charged per sandbox instead of to the daemon's root.
     public static let sandboxOwnerIDs = "sandbox-owner-ids"
 
-    public static let all = [overlayLowerdirAppend, idmappedMounts, sandboxOwnerIDs]
+    /// overlayfs layers on detached mounts (named through /proc/self/fd;
+    /// Linux 6.15+ clones them). Without it each such mount is attached for
+    /// the moment the overlay is created, under `attachDir`, then detached.
+    public static let overlayDetachedLayers = "overlay-detached-layers"
+
+    public static let all = [overlayLowerdirAppend, overlayDetachedLayers, idmappedMounts, sandboxOwnerIDs]
+
+    /// Where detached mounts are attached for a moment on kernels without
+    /// `overlayDetachedLayers` (the daemon sets it to a directory of its data dir).
+    nonisolated(unsafe) public static var attachDir = "/run/sandpit-attach"
+
+    /// Whether overlayfs takes layers on detached mounts: probed by creating
+    /// an overlay of two directories of a detached tmpfs.
+    public static let hasOverlayDetachedLayers: Bool = {
+        if isDisabled(overlayDetachedLayers) { return false }
+        let t = sp_fsopen("tmpfs")
+        guard t >= 0 else { return false }
+        defer { close(t) }
+        guard sp_fsconfig_create(t) == 0 else { return false }
+        let m = sp_fsmount(t, 0)
+        guard m >= 0 else { return false }
+        defer { close(m) }
+        guard mkdirat(m, "a", 0o755) == 0, mkdirat(m, "b", 0o755) == 0 else { return false }
+        let fs = sp_fsopen("overlay")
+        guard fs >= 0 else { return false }
+        defer { close(fs) }
+        return sp_fsconfig_string(fs, "lowerdir", "/proc/self/fd/\(m)/a:/proc/self/fd/\(m)/b") == 0 && sp_fsconfig_create(fs) == 0
+    }()
 
     /// Names forced off by `SANDPIT_DISABLE`.
     public static let disabled: Set<String> = {
@@ -29,13 +56,21 @@ public enum KernelFeatures {
 
     public static func isDisabled(_ name: String) -> Bool { disabled.contains(name) }
 
-    /// Whether overlayfs takes `lowerdir+`: probed on an overlay context that is never created.
+    /// Whether overlayfs takes `lowerdir+`: probed by creating (not
+    /// mounting) a read-only overlay of two empty directories with it. Setting
+    /// the key alone proves nothing: before Linux 6.5 overlayfs took its
+    /// options the legacy way, where any key is accepted until the create.
     public static let hasOverlayLowerdirAppend: Bool = {
         if isDisabled(overlayLowerdirAppend) { return false }
+        var template = Array("/tmp/sandpit-probe-XXXXXX".utf8CString)
+        guard let base = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else { return false }
+        defer { rmdir(base + "/a"); rmdir(base + "/b"); rmdir(base) }
+        guard mkdir(base + "/a", 0o755) == 0, mkdir(base + "/b", 0o755) == 0 else { return false }
         let fs = sp_fsopen("overlay")
         guard fs >= 0 else { return false }
         defer { close(fs) }
-        return sp_fsconfig_string(fs, "lowerdir+", "/") == 0
+        return sp_fsconfig_string(fs, "lowerdir+", base + "/a") == 0 && sp_fsconfig_string(fs, "lowerdir+", base + "/b") == 0
+            && sp_fsconfig_create(fs) == 0
     }()
 }
 

@@ -13,9 +13,11 @@ public enum DetachedMount {
         let fs = FileDescriptor(try sys("fsopen(overlay)") { sp_fsopen("overlay") })
         defer { fs.close() }
         var held: [FileDescriptor] = []
-        defer { for h in held { h.close() } }
-        try setLower(fs, lower, holding: &held)
-        let u = try short(upper, holding: &held), w = try short(work, holding: &held)
+        var attached: [String] = []
+        defer { for h in held { h.close() }; detach(attached) }
+        let layers = try attachingDetached(lower + [upper, work], attached: &attached)
+        try setLower(fs, Array(layers.dropLast(2)), holding: &held)
+        let u = try short(layers[layers.count - 2], holding: &held), w = try short(layers[layers.count - 1], holding: &held)
         _ = try sys("fsconfig(upperdir)", path: upper) { sp_fsconfig_string(fs.raw, "upperdir", u) }
         _ = try sys("fsconfig(workdir)", path: work) { sp_fsconfig_string(fs.raw, "workdir", w) }
         _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
@@ -28,10 +30,63 @@ public enum DetachedMount {
         let fs = FileDescriptor(try sys("fsopen(overlay)") { sp_fsopen("overlay") })
         defer { fs.close() }
         var held: [FileDescriptor] = []
-        defer { for h in held { h.close() } }
-        try setLower(fs, lower, holding: &held)
+        var attached: [String] = []
+        defer { for h in held { h.close() }; detach(attached) }
+        try setLower(fs, try attachingDetached(lower, attached: &attached), holding: &held)
         _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
         return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_RDONLY | SP_MOUNT_ATTR_NOSUID) })
+    }
+
+    /// On kernels whose overlayfs cannot take layers on detached mounts,
+    /// attaches each detached mount a layer path names (`/proc/self/fd/N/...`)
+    /// at a directory of `KernelFeatures.attachDir` and returns the paths
+    /// rewritten to it; `detach` undoes that once the overlay exists (it holds
+    /// private clones of its layers by then). The descriptors stay usable:
+    /// a lazily detached mount serves what is opened through it.
+    static func attachingDetached(_ paths: [String], attached: inout [String]) throws(OSError) -> [String] {
+        guard !KernelFeatures.hasOverlayDetachedLayers else { return paths }
+        var out: [String] = []
+        var byFd: [Int32: String] = [:]
+        for p in paths {
+            guard p.hasPrefix("/proc/self/fd/") else { out.append(p); continue }
+            let rest = p.dropFirst("/proc/self/fd/".count)
+            let num = rest.prefix { $0.isNumber }
+            guard let fd = Int32(num) else { out.append(p); continue }
+            let tail = String(rest.dropFirst(num.count))
+            if let at = byFd[fd] { out.append(at + tail); continue }
+            try FS.mkdirs(KernelFeatures.attachDir, mode: 0o700)
+            var template = Array((KernelFeatures.attachDir + "/m-XXXXXX").utf8CString)
+            guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+                throw OSError(call: "mkdtemp", errno: errno, path: KernelFeatures.attachDir)
+            }
+            if sp_move_mount_fd(fd, dir) != 0 {
+                let e = errno
+                rmdir(dir)
+                // Already attached (a mount kept attached for good): use it where it is.
+                if e == EINVAL { out.append(p); continue }
+                throw OSError(call: "attach a layer's mount", errno: e, path: dir)
+            }
+            attached.append(dir)
+            byFd[fd] = dir
+            out.append(dir + tail)
+        }
+        return out
+    }
+
+    static func detach(_ attached: [String]) {
+        for dir in attached {
+            _ = umount2(dir, Int32(MNT_DETACH))
+            rmdir(dir)
+        }
+    }
+
+    /// Unmounts and removes what a daemon that died left attached.
+    public static func clearAttachments() {
+        for name in FS.listDirectory(KernelFeatures.attachDir) {
+            let dir = KernelFeatures.attachDir + "/" + name
+            _ = umount2(dir, Int32(MNT_DETACH))
+            rmdir(dir)
+        }
     }
 
     /// fsconfig takes strings of at most 255 bytes (longer is EINVAL).
@@ -194,6 +249,9 @@ public final class HostUsr: Sendable {
     let base: FileDescriptor
     /// An empty directory: a read-only overlay needs two lower layers.
     let emptyDir: String
+    /// How the overlays name `base`: through /proc/self/fd, or where it is
+    /// attached for good on kernels whose overlayfs cannot take detached layers.
+    let basePath: String
     public let idmapped: Bool
 
     /// `mapping` is a user namespace whose map is the sandboxes' (nil: no idmapping).
@@ -207,6 +265,14 @@ public final class HostUsr: Sendable {
             mapped = sp_mount_setattr(fd.raw, SP_MOUNT_ATTR_IDMAP, 0, mapping.raw) == 0
         }
         try FS.mkdirs(emptyDir, mode: 0o755)
+        if KernelFeatures.hasOverlayDetachedLayers {
+            basePath = "/proc/self/fd/\(fd.raw)"
+        } else {
+            let at = KernelFeatures.attachDir + "/usr"
+            try FS.mkdirs(at, mode: 0o755)
+            _ = try sys("attach /usr clone", path: at) { sp_move_mount_fd(fd.raw, at) }
+            basePath = at
+        }
         base = fd
         self.emptyDir = emptyDir
         idmapped = mapped
@@ -214,8 +280,11 @@ public final class HostUsr: Sendable {
 
     /// A new read-only, nosuid, nodev overlay of /usr for one sandbox.
     public func mount() throws(OSError) -> FileDescriptor {
-        try DetachedMount.readOnlyOverlay(lower: ["/proc/self/fd/\(base.raw)", emptyDir])
+        try DetachedMount.readOnlyOverlay(lower: [basePath, emptyDir])
     }
 
-    public func close() { base.close() }
+    public func close() {
+        if !basePath.hasPrefix("/proc/") { _ = umount2(basePath, Int32(MNT_DETACH)); rmdir(basePath) }
+        base.close()
+    }
 }

@@ -1,0 +1,174 @@
+"""The checks the VM lane runs on a distribution kernel with a cgroup v2 root
+(scripts/test-vm): isolation, resource limits, pause, checkpoints, file locks,
+teardown. Each check attacks or measures for real through one daemon and
+records pass or fail with what it saw; the result file says which failed."""
+import os
+import sys
+import time
+import traceback
+
+from sandpit import Client, Sandbox
+
+out, bin_dir = sys.argv[1], sys.argv[2]
+results = []
+
+
+def check(name):
+    def wrap(fn):
+        t0 = time.time()
+        try:
+            fn()
+            results.append((name, True, ""))
+        except Exception as e:  # noqa: BLE001 - a failed check is reported, not raised
+            results.append((name, False, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=2)}"))
+        print(f"{'ok  ' if results[-1][1] else 'FAIL'} {name} ({time.time() - t0:.1f} s)", flush=True)
+        return fn
+    return wrap
+
+
+c = Client(os.environ["SANDPIT_SOCKET"])
+
+
+def run(sid, script, timeout=None):
+    """Runs a shell command; returns (the exec's result, its stdout)."""
+    r = Sandbox.connect(sid, client=c).commands.run(script, timeout=timeout)
+    return r.raw, r.stdout
+
+
+def cg_parent():
+    """The sandboxes' parent group (sandpit-*) under the cgroup2 root."""
+    for name in os.listdir("/sys/fs/cgroup"):
+        if name.startswith("sandpit-") and os.path.isdir(f"/sys/fs/cgroup/{name}"):
+            return name
+    raise AssertionError("no sandpit-* group under /sys/fs/cgroup")
+
+
+sb = c.call("sandbox.create", {"metadata": {"lane": "vm"}})["sandboxId"]
+info = c.call("server.info", {})
+
+
+@check("cgroup v2 detected and its controllers in use")
+def _():
+    assert '"v2"' in repr(info).replace("'", '"'), info
+
+
+@check("a command runs as the unprivileged sandbox user in its own namespaces")
+def _():
+    r, text = run(sb, "id -u; cat /proc/self/uid_map | tr -s ' '; grep CapEff /proc/self/status")
+    assert r["exitCode"] == 0, r
+    lines = text.split("\n")
+    assert lines[0] == "1000" and lines[1].strip() == "0 100000 65536" and "0000000000000000" in lines[2], text
+
+
+@check("namespaces and mounts cannot be made inside")
+def _():
+    r, text = run(sb, "unshare -Ur true; echo u=$?; mount -t tmpfs x /tmp 2>/dev/null; echo m=$?")
+    assert "u=1" in text and "m=0" not in text, text
+
+
+@check("memory limit: a hog is OOM-killed and reported, swap off")
+def _():
+    s = c.call("sandbox.create", {"limits": {"memoryBytes": 64 << 20}})["sandboxId"]
+    r = c.call("exec.run", {"sandboxId": s, "cmd": ["python3", "-c", "b=[]\nwhile True: b.append(bytearray(1<<20))"], "timeoutMs": 120000})
+    assert r["oomKilled"] is True and not r["timedOut"], r
+    swap = open(f"/sys/fs/cgroup/{cg_parent()}/{s}/memory.swap.max").read().strip()
+    assert swap == "0", swap
+    c.call("sandbox.delete", {"sandboxId": s})
+
+
+
+@check("pids limit: a fork bomb stops at it")
+def _():
+    s = c.call("sandbox.create", {"limits": {"pids": 32}})["sandboxId"]
+    run(s, "for i in $(seq 1 100); do sleep 5 & done 2>/dev/null; true", timeout=60)
+    group = f"/sys/fs/cgroup/{cg_parent()}/{s}"
+    assert open(group + "/pids.max").read().strip() == "32"
+    events = open(group + "/pids.events").read()
+    assert int(events.split()[1]) > 0, f"the limit was never hit: {events}"
+    assert int(open(group + "/pids.current").read()) <= 32
+    c.call("sandbox.delete", {"sandboxId": s})
+
+
+@check("cpu quota written to cpu.max")
+def _():
+    s = c.call("sandbox.create", {"limits": {"cpuMillicores": 250}})["sandboxId"]
+    assert open(f"/sys/fs/cgroup/{cg_parent()}/{s}/cpu.max").read().split() == ["25000", "100000"]
+    c.call("sandbox.delete", {"sandboxId": s})
+
+
+@check("pause freezes every process (cgroup.freeze) and resume thaws them")
+def _():
+    s = c.call("sandbox.create", {})["sandboxId"]
+    c.call("exec.run", {"sandboxId": s, "shell": "nohup sh -c 'while :; do date +%s%N > /tmp/tick; sleep 0.05; done' >/dev/null 2>&1 &"})
+    time.sleep(1)
+    c.call("sandbox.pause", {"sandboxId": s})
+    frozen = open(f"/sys/fs/cgroup/{cg_parent()}/{s}/cgroup.events").read()
+    assert "frozen 1" in frozen, frozen
+    c.call("sandbox.resume", {"sandboxId": s})
+    r, text = run(s, "a=$(cat /tmp/tick); sleep 0.5; b=$(cat /tmp/tick); [ \"$a\" != \"$b\" ] && echo moving")
+    assert "moving" in text, text
+    c.call("sandbox.delete", {"sandboxId": s})
+
+
+@check("checkpoint and restore bring each step back")
+def _():
+    s = c.call("sandbox.create", {})["sandboxId"]
+    r1 = c.call("exec.run", {"sandboxId": s, "shell": "echo one > f"})
+    c.call("exec.run", {"sandboxId": s, "shell": "echo two > f; rm -f /home/user/.bashrc"})
+    c.call("sandbox.restore", {"sandboxId": s, "step": r1["step"]})
+    r, text = run(s, "cat f; ls -a /home/user | grep -c bashrc")
+    assert text.split() == ["one", "1"], text
+    fork = c.call("sandbox.fork", {"sandboxId": s, "count": 1})["sandboxes"][0]["sandboxId"]
+    r, text = run(fork, "cat f")
+    assert text.strip() == "one", text
+    for x in (s, fork):
+        c.call("sandbox.delete", {"sandboxId": x})
+
+
+@check("a file lock in one sandbox is not seen by another or by the host")
+def _():
+    a = c.call("sandbox.create", {})["sandboxId"]
+    c.call("exec.run", {"sandboxId": a, "shell": "nohup flock /usr/bin/env sleep 30 >/dev/null 2>&1 &"})
+    time.sleep(1)
+    b = c.call("sandbox.create", {})["sandboxId"]
+    r, text = run(b, "flock -n /usr/bin/env echo free")
+    assert "free" in text, text
+    import fcntl
+    with open("/usr/bin/env", "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    for x in (a, b):
+        c.call("sandbox.delete", {"sandboxId": x})
+
+
+@check("an exec timeout kills its whole tree")
+def _():
+    r = c.call("exec.run", {"sandboxId": sb, "shell": "sleep 60 & sleep 60", "timeoutMs": 1500})
+    assert r["timedOut"] is True and not r["oomKilled"], r
+    r, text = run(sb, "ps -e -o comm | grep -c sleep")
+    assert text.strip() == "0", text
+
+
+@check("delete leaves no process, cgroup or mount")
+def _():
+    s = c.call("sandbox.create", {})["sandboxId"]
+    c.call("exec.run", {"sandboxId": s, "shell": "nohup sleep 300 >/dev/null 2>&1 &"})
+    parent = cg_parent()
+    c.call("sandbox.delete", {"sandboxId": s})
+    for _ in range(100):
+        if not os.path.exists(f"/sys/fs/cgroup/{parent}/{s}"):
+            break
+        time.sleep(0.1)
+    assert not os.path.exists(f"/sys/fs/cgroup/{parent}/{s}")
+    assert s not in open("/proc/self/mountinfo").read()
+
+
+c.call("sandbox.delete", {"sandboxId": sb})
+failed = [r for r in results if not r[1]]
+with open(os.path.join(out, "checks.log"), "w") as f:
+    for name, ok, why in results:
+        f.write(f"{'ok  ' if ok else 'FAIL'} {name}\n{why}")
+with open(os.path.join(out, "result"), "w") as f:
+    if failed:
+        f.write(f"failed {len(failed)} of {len(results)}: " + "; ".join(n for n, _, _ in failed) + "\n")
+    else:
+        f.write(f"passed {len(results)} checks on kernel {os.uname().release}, cgroup v2\n")
