@@ -63,3 +63,18 @@ int sp_recv_fds(int sock, int *fds, int max, int timeout_ms) {
 }
 
 int sp_malloc_trim(void) { return malloc_trim(0); }
+
+int sp_pidfd_open_probe(void) {
+    long fd = syscall(434 /* SYS_pidfd_open */, getpid(), 0);
+    if (fd < 0) return 0;
+    close((int)fd);
+    return 1;
+}
+
+int sp_openat2_probe(void) {
+    struct { unsigned long long flags, mode, resolve; } how = { O_RDONLY | O_CLOEXEC | O_DIRECTORY, 0, 0x10 /* RESOLVE_IN_ROOT */ };
+    long fd = syscall(437 /* SYS_openat2 */, AT_FDCWD, "/", &how, sizeof how);
+    if (fd < 0) return 0;
+    close((int)fd);
+    return 1;
+}

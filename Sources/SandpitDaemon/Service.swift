@@ -559,6 +559,7 @@ public final class RPCService: Sendable {
                                  "templates": .int(Int64(engine.warmTemplateCount)),
                                  "zygotes": .int(Int64(engine.zygoteCount))]),
             "agentRssBytes": .int(Int64(engine.agentRssBytes)),
+            "host": engine.hostReport,
             "agent": .string(engine.config.agentPath),
             "policies": .array(engine.policies.policies.keys.sorted().map { .string($0) }),
             "templates": .array(templates),

@@ -156,6 +156,11 @@ public final class Engine: Sendable {
         guard geteuid() == 0 else {
             throw SandpitError(.unavailable, "sandpit needs root to create sandboxes (user namespaces with a uid range, cgroups, overlay mounts); run it as root")
         }
+        // What no fallback can replace: refuse to start, saying what is missing, rather than fail every create.
+        let missing = KernelFeatures.checks().filter { $0.required && !$0.ok }
+        guard missing.isEmpty else {
+            throw SandpitError(.unavailable, "this host cannot make sandboxes: " + missing.map { "\($0.name): \($0.detail)" }.joined(separator: "; ") + " (see `sandpit doctor`)")
+        }
         try FS.mkdirs(config.dataDir, mode: 0o711)
         Self.raiseFileLimitCeiling()
         lockFd = try Self.lock(config.dataDir)
@@ -319,6 +324,31 @@ public final class Engine: Sendable {
     // MARK: info
 
     public var cgroupVersion: CgroupVersion { cgroups.version }
+
+    /// What this host gives sandboxes: the kernel, each facility Sandpit
+    /// uses (with what happens without it), the cgroup controllers in use and
+    /// so the limits that are enforced. `server.info.host`, `sandpit doctor`.
+    public var hostReport: JSONValue {
+        var features: JSONObject = [:]
+        for c in KernelFeatures.checks() { features[c.name] = .object(["ok": .bool(c.ok), "detail": .string(c.detail)]) }
+        features["idmapped /usr"] = .object(["ok": .bool(hostUsr?.idmapped ?? false),
+                                             "detail": .string(hostUsr?.idmapped == true ? "yes" : "no: /usr's files show as the overflow id (nobody) inside")])
+        features["per-sandbox /usr overlay"] = .object(["ok": .bool(hostUsr != nil),
+                                                        "detail": .string(hostUsr != nil ? "yes" : "no: sandboxes share /usr's inodes (and file locks) with the host")])
+        features["reflink store"] = .object(["ok": .bool(storage.reflink), "detail": .string(storage.reflink ? "yes" : "no: checkpoints and forks copy images in full")])
+        let controllers = cgroups.controllers()
+        var enforced: [JSONValue] = []
+        if controllers.contains("memory") { enforced += ["memoryBytes (swap off, OOM reported)"] }
+        if controllers.contains("pids") { enforced += ["pids"] }
+        if controllers.contains("cpu") { enforced += ["cpuMillicores"] }
+        if controllers.contains("freezer") || controllers.contains("freeze") { enforced += ["pause (freeze)"] }
+        return .object([
+            "kernel": .string(KernelFeatures.release),
+            "cgroup": .object(["version": .string(cgroups.version.rawValue), "controllers": .array(controllers.map { .string($0) })]),
+            "limitsEnforced": .array(enforced + ["diskBytes", "diskInodes", "tmpBytes", "openFiles", "execTimeoutMs", "outputBytes"]),
+            "features": .object(features),
+        ])
+    }
     public var agentRssBytes: UInt64 { lastAgentRss.load(ordering: .relaxed) }
     public var liveCount: Int { registry.withLock { $0.count } }
     public var warmCount: Int { warmPool.withLock { $0.count } }

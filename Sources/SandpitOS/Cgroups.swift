@@ -29,6 +29,8 @@ public protocol CgroupDriver: Sendable {
     func handle(_ name: String) -> CgroupHandle
     /// Removes the (empty) parent group at shutdown.
     func removeParent()
+    /// The controllers sandboxes get (so the limits that are enforced).
+    func controllers() -> [String]
 }
 
 /// One sandbox's cgroup: a directory per hierarchy (one on v2).
@@ -201,6 +203,8 @@ public struct CgroupV1Driver: CgroupDriver {
 
     static let controllers = ["memory", "pids", "cpu", "freezer"]
 
+    public func controllers() -> [String] { Self.controllers.filter { bases[$0] != nil } }
+
     public init(root: String, prefix: String, selfCgroup: String) {
         self.root = root
         self.prefix = prefix
@@ -308,6 +312,14 @@ public struct CgroupV2Driver: CgroupDriver {
     /// The controllers sandboxes' limits need.
     static let controllers = ["memory", "pids", "cpu"]
 
+    /// Those the sandboxes' parent passes down (or, before the first sandbox, those its parent has).
+    public func controllers() -> [String] {
+        let have = (try? FS.readText(base + "/cgroup.subtree_control"))
+            ?? (try? FS.readText(String(base[..<(base.lastIndex(of: "/") ?? base.endIndex)]) + "/cgroup.controllers")) ?? ""
+        let names = have.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+        return Self.controllers.filter(names.contains) + ["freeze"]   // cgroup.freeze is in every v2 group
+    }
+
     public func removeParent() { rmdir(base) }
 
     public func existing() -> [String] {
@@ -325,4 +337,5 @@ public struct NoCgroupDriver: CgroupDriver {
     }
     public func existing() -> [String] { [] }
     public func removeParent() {}
+    public func controllers() -> [String] { [] }
 }

@@ -74,6 +74,68 @@ public enum KernelFeatures {
     }()
 }
 
+extension KernelFeatures {
+    /// The running kernel's release (`uname -r`).
+    public static var release: String {
+        var u = utsname()
+        guard uname(&u) == 0 else { return "?" }
+        return withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
+    /// One host fact Sandpit depends on: whether it is usable, and what
+    /// Sandpit does (or cannot do) without it.
+    public struct Check: Sendable {
+        public var name: String
+        public var ok: Bool
+        public var detail: String
+        /// Without it no sandbox can be made.
+        public var required: Bool
+        public init(_ name: String, _ ok: Bool, _ detail: String, required: Bool = false) {
+            self.name = name
+            self.ok = ok
+            self.detail = detail
+            self.required = required
+        }
+    }
+
+    static func readInt(_ path: String) -> Int? {
+        (try? FS.readText(path)).flatMap { Int($0.trimmingWhitespace) }
+    }
+
+    /// The kernel facilities, probed now (cheap; nothing is left behind).
+    public static func checks() -> [Check] {
+        var out: [Check] = []
+        let maxNS = readInt("/proc/sys/user/max_user_namespaces") ?? 0
+        out.append(Check("user namespaces", maxNS > 0, maxNS > 0 ? "up to \(maxNS)" : "user.max_user_namespaces is 0: no sandbox can be made", required: true))
+        if let v = readInt("/proc/sys/kernel/unprivileged_userns_clone") {
+            out.append(Check("unprivileged_userns_clone (Debian)", true, v == 1 ? "1" : "0: only root may create user namespaces (the daemon runs as root, so this is fine)"))
+        }
+        if let v = readInt("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") {
+            out.append(Check("apparmor_restrict_unprivileged_userns (Ubuntu)", true, v == 1 ? "1: restricts unprivileged callers only; the daemon keeps its capabilities when it creates them" : "0"))
+        }
+        let fs = sp_fsopen("tmpfs")
+        if fs >= 0 { close(fs) }
+        out.append(Check("new mount API (fsopen, fsmount, move_mount)", fs >= 0, fs >= 0 ? "yes" : "missing (Linux 5.2+ needed)", required: true))
+        let ov = sp_fsopen("overlay")
+        if ov >= 0 { close(ov) }
+        out.append(Check("overlayfs", ov >= 0, ov >= 0 ? "yes" : "missing: modprobe overlay", required: true))
+        out.append(Check("overlayfs lowerdir+", hasOverlayLowerdirAppend,
+                         hasOverlayLowerdirAppend ? "yes" : "no (Linux < 6.8, or forced off): layers in one classic lowerdir of /proc/self/fd names, at most ~14 layers"))
+        out.append(Check("overlayfs layers on detached mounts", hasOverlayDetachedLayers,
+                         hasOverlayDetachedLayers ? "yes" : "no (Linux < 6.15, or forced off): each layer's mount is attached under <data>/attach for the moment of the create"))
+        let loop = FS.exists("/dev/loop-control")
+        out.append(Check("loop devices", loop, loop ? "yes" : "no /dev/loop-control (modprobe loop): sandboxes have no disk of their own; use --storage dir"))
+        let seccomp = (try? FS.readText("/proc/self/status"))?.contains("Seccomp:") ?? false
+        out.append(Check("seccomp", seccomp, seccomp ? "yes" : "missing: sandboxes cannot start (the filter is required)", required: true))
+        let pidfd = sp_pidfd_open_probe() != 0
+        out.append(Check("pidfd", pidfd, pidfd ? "yes" : "missing (Linux 5.3+ needed)", required: true))
+        let openat2 = sp_openat2_probe() != 0
+        out.append(Check("openat2 (RESOLVE_IN_ROOT)", openat2, openat2 ? "yes" : "missing (Linux 5.6+): file calls cannot be confined", required: true))
+        for name in all where isDisabled(name) { out.append(Check("forced off: " + name, true, "SANDPIT_DISABLE")) }
+        return out
+    }
+}
+
 extension String {
     var trimmingWhitespace: String {
         var s = Substring(self)

@@ -25,7 +25,7 @@ struct Sandpit: AsyncParsableCommand {
         subcommands: [Serve.self, Run.self, Create.self, Exec.self, Logs.self, Copy.self, Ps.self, Inspect.self,
                       Pause.self, Resume.self, Stop.self, Rm.self, Attach.self, CheckpointCommand.self, Restore.self, Fork.self,
                       Expose.self, Batch.self, MCPServe.self, TemplateCommand.self, PolicyCommand.self, StorageCommand.self,
-                      Info.self, Completion.self])
+                      Info.self, Doctor.self, Completion.self])
 }
 
 struct EngineOptions: ParsableArguments {

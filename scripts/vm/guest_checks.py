@@ -162,6 +162,15 @@ def _():
     assert s not in open("/proc/self/mountinfo").read()
 
 
+@check("sandpit doctor: a sandbox can be made, cgroup v2 with memory, pids, cpu and freeze")
+def _():
+    import subprocess
+    p = subprocess.run([os.path.join(bin_dir, "sandpit"), "doctor"], capture_output=True, text=True, timeout=600)
+    print(p.stdout, flush=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "v2: memory, pids, cpu, freeze" in p.stdout, p.stdout
+
+
 c.call("sandbox.delete", {"sandboxId": sb})
 failed = [r for r in results if not r[1]]
 with open(os.path.join(out, "checks.log"), "w") as f:
