@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include "sp_anchor.h"
 #include "sp_spawn.h"
+#include "sp_helper.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,61 +29,36 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+// In the helper, after fork: async-signal-safe calls only.
+static int build_anchor(const void *arg) {
+    const char *scratch = arg;
+    char tmp[512], proc[512];
+    size_t n = strlen(scratch);
+    if (n + 8 > sizeof tmp) return ENAMETOOLONG;
+    memcpy(tmp, scratch, n); memcpy(tmp + n, "/tmp", 5);
+    memcpy(proc, scratch, n); memcpy(proc + n, "/proc", 6);
+    if (unshare(CLONE_NEWNS) != 0) return errno;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return errno;
+    if (mount("sandpit-anchor", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,nr_inodes=16,mode=755") != 0) return errno;
+    if (mkdir(tmp, 0755) != 0) return errno;
+    if (mkdir(proc, 0555) != 0) return errno;
+    if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) return errno;
+    if (chdir(scratch) != 0) return errno;
+    if (syscall(SYS_pivot_root, ".", ".") != 0) return errno;
+    if (umount2(".", MNT_DETACH) != 0) return errno;
+    if (chdir("/") != 0) return errno;
+    return 0;
+}
+
+static int open_mntns(pid_t pid, void *ctx) {
+    (void)ctx;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
 int sp_anchor_mntns(const char *scratch) {
-    int ready[2], hold[2];
-    if (pipe2(ready, O_CLOEXEC) != 0) return -1;
-    if (pipe2(hold, O_CLOEXEC) != 0) { int e = errno; close(ready[0]); close(ready[1]); errno = e; return -1; }
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
-        errno = e;
-        return -1;
-    }
-    if (pid == 0) {
-        // After fork in a multithreaded process: async-signal-safe calls only.
-        close(ready[0]);
-        close(hold[1]);
-        char tmp[512], proc[512];
-        size_t n = strlen(scratch);
-        int err = 0;
-        if (n + 8 > sizeof tmp) err = ENAMETOOLONG;
-        else {
-            memcpy(tmp, scratch, n); memcpy(tmp + n, "/tmp", 5);
-            memcpy(proc, scratch, n); memcpy(proc + n, "/proc", 6);
-        }
-        if (!err && unshare(CLONE_NEWNS) != 0) err = errno;
-        if (!err && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) err = errno;
-        if (!err && mount("sandpit-anchor", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,nr_inodes=16,mode=755") != 0) err = errno;
-        if (!err && mkdir(tmp, 0755) != 0) err = errno;
-        if (!err && mkdir(proc, 0555) != 0) err = errno;
-        if (!err && mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) err = errno;
-        if (!err && chdir(scratch) != 0) err = errno;
-        if (!err && syscall(SYS_pivot_root, ".", ".") != 0) err = errno;
-        if (!err && umount2(".", MNT_DETACH) != 0) err = errno;
-        if (!err && chdir("/") != 0) err = errno;
-        unsigned char code = (unsigned char)(err > 255 ? 255 : err);
-        (void)write(ready[1], &code, 1);
-        char c;
-        (void)read(hold[0], &c, 1);   // EOF once the parent has our namespace
-        _exit(0);
-    }
-    close(ready[1]);
-    close(hold[0]);
-    int ns = -1, err = 0;
-    unsigned char code = 255;
-    if (read(ready[0], &code, 1) != 1) err = EIO;
-    else if (code != 0) err = code;
-    else {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
-        if ((ns = open(path, O_RDONLY | O_CLOEXEC)) < 0) err = errno;
-    }
-    close(ready[0]);
-    close(hold[1]);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
-    if (ns < 0) errno = err ? err : EIO;
-    return ns;
+    return sp_with_helper(build_anchor, scratch, open_mntns, NULL);
 }
 
 // One clone at a time, on the thread that lives in the anchor.

@@ -1,19 +1,16 @@
 // A user namespace that exists only for its id map: idmapped mounts (the
 // host's /usr shown with the sandboxes' ids) take one as their mapping.
-//
-// A short-lived child unshares a user namespace and waits; the daemon writes
-// its maps, keeps a descriptor on the namespace and lets the child exit. The
-// child runs after fork in a multithreaded process, so it makes
-// async-signal-safe calls only.
+// A helper (sp_helper.c) unshares it; the daemon writes its maps and keeps a
+// descriptor on it.
 #define _GNU_SOURCE
 #include "sp_idmap.h"
+#include "sp_helper.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 static int write_map(pid_t pid, const char *file, const char *line) {
@@ -28,44 +25,23 @@ static int write_map(pid_t pid, const char *file, const char *line) {
     return 0;
 }
 
+static int unshare_user(const void *arg) {
+    (void)arg;
+    return unshare(CLONE_NEWUSER) == 0 ? 0 : errno;
+}
+
+struct map { unsigned base, count; };
+
+static int map_and_open(pid_t pid, void *ctx) {
+    const struct map *m = ctx;
+    char line[64], path[64];
+    snprintf(line, sizeof line, "0 %u %u\n", m->base, m->count);
+    if (write_map(pid, "uid_map", line) != 0 || write_map(pid, "gid_map", line) != 0) return -1;
+    snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
 int sp_idmap_userns(unsigned host_base, unsigned count) {
-    int ready[2], hold[2];
-    if (pipe2(ready, O_CLOEXEC) != 0) return -1;
-    if (pipe2(hold, O_CLOEXEC) != 0) { int e = errno; close(ready[0]); close(ready[1]); errno = e; return -1; }
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
-        errno = e;
-        return -1;
-    }
-    if (pid == 0) {
-        // Only the parent may hold the other ends: its exit (or close) is our EOF.
-        close(ready[0]);
-        close(hold[1]);
-        char ok = unshare(CLONE_NEWUSER) == 0 ? 1 : 0;
-        (void)write(ready[1], &ok, 1);
-        char c;
-        (void)read(hold[0], &c, 1);   // EOF once the parent is done with us
-        _exit(0);
-    }
-    close(ready[1]);
-    close(hold[0]);
-    int ns = -1, err = 0;
-    char ok = 0;
-    if (read(ready[0], &ok, 1) != 1 || !ok) {
-        err = EPERM;
-    } else {
-        char line[64];
-        snprintf(line, sizeof line, "0 %u %u\n", host_base, count);
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
-        if (write_map(pid, "uid_map", line) != 0 || write_map(pid, "gid_map", line) != 0) err = errno;
-        else if ((ns = open(path, O_RDONLY | O_CLOEXEC)) < 0) err = errno;
-    }
-    close(ready[0]);
-    close(hold[1]);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
-    if (ns < 0) errno = err ? err : EIO;
-    return ns;
+    struct map m = { host_base, count };
+    return sp_with_helper(unshare_user, NULL, map_and_open, &m);
 }

@@ -208,9 +208,11 @@ public final class Engine: Sendable {
         nextOwner = Atomic(Self.fnv1a(config.dataDir) % UInt32(EngineConfig.ownerIDs.count))
         try reconcile()
         try reconcileLayers()
-        if !catalog.reserve.ensure() || !catalog.startReserve.ensure() {
-            reserveHeld.store(false, ordering: .relaxed)
-            logger.error("the data dir's disk is full: started on the catalog's reserve; sandboxes and checkpoints will fail until space is freed",
+        var st = statvfs()
+        let free = statvfs(config.dataDir, &st) == 0 ? Int64(st.f_bavail) * Int64(st.f_frsize) : Int64.max
+        if !catalog.reserve.ensure() || !catalog.startReserve.ensure() || free < 64 << 20 {
+            reserveHeld.store(catalog.reserve.held, ordering: .relaxed)
+            logger.error("the data dir's disk is full (\(free >> 20) MiB free): started anyway (the catalog keeps a reserve); new sandboxes and checkpoints fail until space is freed",
                          metadata: ["dataDir": "\(config.dataDir)"])
         }
         refillWarmPool()

@@ -288,9 +288,11 @@ public struct CgroupV2Driver: CgroupDriver {
         // or the daemon's parent group) and the sandboxes' parent. One at a
         // time, so a controller this host lacks does not block the others.
         for dir in [String(base[..<(base.lastIndex(of: "/") ?? base.endIndex)]), base] {
-            let enabled = (try? FS.readText(dir + "/cgroup.subtree_control")) ?? ""
-            for c in Self.controllers where !enabled.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains(where: { $0 == c }) {
-                try? FS.writeFile(dir + "/cgroup.subtree_control", "+" + c)
+            let enabled = ((try? FS.readText(dir + "/cgroup.subtree_control")) ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+            let missing = Self.controllers.filter { !enabled.contains($0) && !enabled.contains("+" + $0) }
+            guard !missing.isEmpty else { continue }
+            if (try? FS.writeFile(dir + "/cgroup.subtree_control", missing.map { "+" + $0 }.joined(separator: " "))) == nil {
+                for c in missing { try? FS.writeFile(dir + "/cgroup.subtree_control", "+" + c) }
             }
         }
         let dir = base + "/" + name

@@ -11,4 +11,5 @@
 #include "sp_rootswap.h"
 #include "sp_idmap.h"
 #include "sp_anchor.h"
+#include "sp_helper.h"
 #include "sp_checksum.h"

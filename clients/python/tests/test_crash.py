@@ -304,21 +304,34 @@ def test_a_full_disk_fails_a_checkpoint_cleanly_and_the_daemon_still_restarts(sa
             fillers = []
 
             def fill():
-                """Fills the disk with a host file, leaving a little (a freed reserve or half copy is taken too)."""
-                path = disk / f"filler{len(fillers)}"
-                with open(path, "wb") as f:
-                    os.posix_fallocate(f.fileno(), 0, max(free_bytes(disk) - (1 << 20), 4096))
-                fillers.append(path)
+                """Fills the disk with host files until about 1 MiB is left (a freed reserve or half copy is taken too)."""
+                for _ in range(16):
+                    want = free_bytes(disk) - (1 << 20)
+                    if want < (256 << 10):
+                        return
+                    path = disk / f"filler{len(fillers)}"
+                    fillers.append(path)
+                    with open(path, "wb") as f:
+                        while want >= (64 << 10):
+                            try:
+                                os.posix_fallocate(f.fileno(), 0, want)
+                                break
+                            except OSError:
+                                want //= 2   # statfs promised more than the filesystem gives: take less
 
+            # 40 MB of data in the sandbox while there is room: a copy of its image needs more than
+            # the catalog's whole reserve (24 MiB), so freeing that cannot make a checkpoint fit.
+            r = c.call("exec.run", {"sandboxId": sid, "shell": "head -c 40000000 /dev/urandom > b && sync b"})
+            assert r["exitCode"] == 0 and r["checkpoint"], r
             fill()
-            r = c.call("exec.run", {"sandboxId": sid, "shell": "head -c 8000000 /dev/urandom > b; echo wrote"})
+            r = c.call("exec.run", {"sandboxId": sid, "shell": "echo two > a"})
             assert r["checkpoint"] is None and "store is full" in r["checkpointError"], r
             ckdir = data / "store" / "sandboxes" / sid / "checkpoints"
             assert not [f for f in os.listdir(ckdir) if f.endswith(".tmp")], os.listdir(ckdir)
             # The sandbox runs on, the catalog still records (the step counted), and checkpoint.create says why.
             fill()
             assert c.call("exec.run", {"sandboxId": sid, "shell": "echo alive"})["exitCode"] == 0
-            assert c.call("sandbox.get", {"sandboxId": sid})["step"] == 3
+            assert c.call("sandbox.get", {"sandboxId": sid})["step"] == 4
             fill()
             with pytest.raises(SandpitError) as e:
                 c.call("checkpoint.create", {"sandboxId": sid})
