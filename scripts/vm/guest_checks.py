@@ -35,6 +35,18 @@ def run(sid, script, timeout=None):
     return r.raw, r.stdout
 
 
+def tick_of(sid):
+    """/tmp/tick of a sandbox, read from the host side through its agent's root (no exec: it may be paused)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if open(f"/proc/{name}/comm").read().strip() == "sandpit-agent" and sid in open(f"/proc/{name}/cgroup").read():
+                    return open(f"/proc/{name}/root/tmp/tick").read()
+            except OSError:
+                pass
+    raise AssertionError(f"no agent of {sid}")
+
+
 def cg_parent():
     """The sandboxes' parent group (sandpit-*) under the cgroup2 root."""
     for name in os.listdir("/sys/fs/cgroup"):
@@ -104,8 +116,13 @@ def _():
     c.call("sandbox.pause", {"sandboxId": s})
     frozen = open(f"/sys/fs/cgroup/{cg_parent()}/{s}/cgroup.events").read()
     assert "frozen 1" in frozen, frozen
+    before = tick_of(s)
+    time.sleep(1)
+    assert tick_of(s) == before, "a process of the paused sandbox ran"
     c.call("sandbox.resume", {"sandboxId": s})
-    r, text = run(s, "a=$(cat /tmp/tick); sleep 0.5; b=$(cat /tmp/tick); [ \"$a\" != \"$b\" ] && echo moving")
+    assert "frozen 0" in open(f"/sys/fs/cgroup/{cg_parent()}/{s}/cgroup.events").read()
+    # Thawed: it moves again (emulated CPUs are slow: up to 10 s).
+    r, text = run(s, "a=$(cat /tmp/tick); for i in $(seq 1 100); do sleep 0.1; [ \"$(cat /tmp/tick)\" != \"$a\" ] && echo moving && break; done")
     assert "moving" in text, text
     c.call("sandbox.delete", {"sandboxId": s})
 
