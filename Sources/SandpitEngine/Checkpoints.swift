@@ -163,8 +163,9 @@ extension Engine {
         let task = Task.detached(priority: .background) { [weak self] in
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 Self.checksumQueue.async {
-                    // A checkpoint deleted (or pruned) meanwhile has no image: nothing to seal.
-                    if let sum = try? ImageChecksum.compute(image) { try? sum.write(for: image) }
+                    // A checkpoint deleted (or pruned) meanwhile has no image: nothing to seal;
+                    // one a restore or fork sealed first needs nothing more.
+                    if !FS.exists(image + ".sum"), let sum = try? ImageChecksum.compute(image) { try? sum.write(for: image) }
                     c.resume()
                 }
             }
@@ -175,10 +176,15 @@ extension Engine {
 
     /// Refuses a checkpoint whose image no longer matches its checksum,
     /// before a restore or fork uses it (nothing is touched yet). An image
-    /// without a sum (made by an earlier version) is used as it is.
+    /// without a sum (made by an earlier version) is used as it is. One whose
+    /// sum is still queued is sealed here and now (what the queue would have
+    /// done), rather than waiting behind other checkpoints' sums.
     func verifyCheckpoint(_ sb: String, _ ck: CheckpointRecord) async throws {
-        if let pending = checksums.withLock({ $0[ck.id] }) { await pending.value }
         let image = checkpointImage(sb, ck.id)
+        if checksums.withLock({ $0[ck.id] }) != nil, !FS.exists(image + ".sum") {
+            try await EngineThread.run { try ImageChecksum.compute(image).write(for: image) }
+            return
+        }
         guard let want = ImageChecksum.stored(for: image) else { return }
         let got = try await EngineThread.run { try ImageChecksum.compute(image) }
         guard got != want else { return }
