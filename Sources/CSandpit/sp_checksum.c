@@ -58,16 +58,62 @@ uint32_t sp_crc32c(uint32_t crc, const void *data, size_t n) {
     return ~crc_table(crc, data, n);
 }
 
+// Three independent CRCs over three equal stretches at once: the CRC
+// instruction's latency is three times its issue rate, so one stream leaves
+// two thirds of the unit idle. Chunks are summed separately and their CRCs
+// folded into the total, so no CRC combining is needed.
+#define SP_CHUNK (256u << 10)
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static void crc3_hw(const unsigned char *a, size_t n, uint32_t out[3]) {
+    const unsigned char *b = a + n, *c = a + 2 * n;
+    uint64_t x = 0xffffffffu, y = 0xffffffffu, z = 0xffffffffu;
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        uint64_t u, v, w;
+        memcpy(&u, a + i, 8); memcpy(&v, b + i, 8); memcpy(&w, c + i, 8);
+        x = __builtin_ia32_crc32di(x, u);
+        y = __builtin_ia32_crc32di(y, v);
+        z = __builtin_ia32_crc32di(z, w);
+    }
+    out[0] = ~(uint32_t)x; out[1] = ~(uint32_t)y; out[2] = ~(uint32_t)z;
+}
+#endif
+
+// The CRCs of three consecutive n-byte stretches at p (n a multiple of 8).
+static void crc3(const unsigned char *p, size_t n, uint32_t out[3]) {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2")) { crc3_hw(p, n, out); return; }
+#endif
+    for (int k = 0; k < 3; k++) out[k] = sp_crc32c(0, p + (size_t)k * n, n);
+}
+
+// Folds the data [p, p+n) into crc, a chunk CRC at a time.
+static uint32_t fold(uint32_t crc, const unsigned char *p, size_t n) {
+    while (n >= 3 * SP_CHUNK) {
+        uint32_t three[3];
+        crc3(p, SP_CHUNK, three);
+        crc = sp_crc32c(crc, three, sizeof three);
+        p += 3 * SP_CHUNK;
+        n -= 3 * SP_CHUNK;
+    }
+    if (n) {
+        uint32_t last = sp_crc32c(0, p, n);
+        crc = sp_crc32c(crc, &last, sizeof last);
+    }
+    return crc;
+}
+
 int sp_sparse_crc32c(int fd, uint32_t *sum, uint64_t *data_bytes) {
     struct stat st;
     if (fstat(fd, &st) != 0) return -1;
-    size_t cap = 1 << 20;
-    unsigned char *buf = malloc(cap);
-    if (!buf) { errno = ENOMEM; return -1; }
     uint32_t crc = 0;
     uint64_t total = 0;
     uint64_t size = (uint64_t)st.st_size;
     crc = sp_crc32c(crc, &size, sizeof size);
+    size_t cap = 3 * SP_CHUNK;
+    unsigned char *buf = malloc(cap);
+    if (!buf) { errno = ENOMEM; return -1; }
     off_t pos = 0;
     for (;;) {
         off_t data = lseek(fd, pos, SEEK_DATA);
@@ -80,15 +126,22 @@ int sp_sparse_crc32c(int fd, uint32_t *sum, uint64_t *data_bytes) {
         if (hole < 0) { free(buf); return -1; }
         uint64_t seg[2] = { (uint64_t)data, (uint64_t)(hole - data) };
         crc = sp_crc32c(crc, seg, sizeof seg);
+        // Read in pieces of three chunks (a buffer that stays in cache): faster
+        // here than mapping the image, whose page faults cost more than the copy.
+        // Each piece is read whole before it is summed, so the chunking (and
+        // the sum) does not depend on how reads happen to return.
         for (off_t at = data; at < hole;) {
-            size_t want = (size_t)(hole - at) < cap ? (size_t)(hole - at) : cap;
-            ssize_t n = pread(fd, buf, want, at);
-            if (n < 0) { if (errno == EINTR) continue; free(buf); return -1; }
-            if (n == 0) break;
-            crc = sp_crc32c(crc, buf, (size_t)n);
-            at += n;
-            total += (uint64_t)n;
+            size_t want = (size_t)(hole - at) < cap ? (size_t)(hole - at) : cap, got = 0;
+            while (got < want) {
+                ssize_t n = pread(fd, buf + got, want - got, at + (off_t)got);
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) { free(buf); if (n == 0) errno = EIO; return -1; }
+                got += (size_t)n;
+            }
+            crc = fold(crc, buf, want);
+            at += (off_t)want;
         }
+        total += (uint64_t)(hole - data);
         pos = hole;
     }
     free(buf);

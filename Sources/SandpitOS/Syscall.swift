@@ -163,8 +163,13 @@ public enum FS {
             throw OSError(call: "lstat", errno: errno, path: path)
         }
         if (st.st_mode & S_IFMT) == S_IFDIR {
-            for n in try entries(path) { try removeTree(path + "/" + n) }
-            _ = try sys("rmdir", path: path) { rmdir(path) }
+            // A file written into it meanwhile (a background checkpoint checksum,
+            // say) makes rmdir ENOTEMPTY: empty it again, a few times.
+            for attempt in 0..<5 {
+                for n in try entries(path) { try removeTree(path + "/" + n) }
+                if rmdir(path) == 0 || errno == ENOENT { return }
+                if errno != ENOTEMPTY || attempt == 4 { throw OSError(call: "rmdir", errno: errno, path: path) }
+            }
         } else {
             _ = try sys("unlink", path: path) { unlink(path) }
         }
