@@ -175,19 +175,16 @@ extension Engine {
     }
 
     /// Refuses a checkpoint whose image no longer matches its checksum,
-    /// before a restore or fork uses it (nothing is touched yet). An image
-    /// without a sum (made by an earlier version) is used as it is. One whose
-    /// sum is still queued is sealed here and now (what the queue would have
-    /// done), rather than waiting behind other checkpoints' sums.
+    /// before a restore or fork uses it (nothing is touched yet). The image
+    /// is read again only when it is not as it was sealed (inode, size,
+    /// modification time): any write into it shows there. An image without a
+    /// sum (made by an earlier version, or still queued) is used as it is.
     func verifyCheckpoint(_ sb: String, _ ck: CheckpointRecord) async throws {
         let image = checkpointImage(sb, ck.id)
-        if checksums.withLock({ $0[ck.id] }) != nil, !FS.exists(image + ".sum") {
-            try await EngineThread.run { try ImageChecksum.compute(image).write(for: image) }
-            return
-        }
         guard let want = ImageChecksum.stored(for: image) else { return }
+        if ImageChecksum.Stamp.of(image) == want.stamp { return }
         let got = try await EngineThread.run { try ImageChecksum.compute(image) }
-        guard got != want else { return }
+        guard !got.sameData(want) else { return }
         logger.error("a checkpoint's image is damaged", metadata: ["sandbox": "\(sb)", "checkpoint": "\(ck.id)", "want": "\(want.text)", "got": "\(got.text)"])
         await catalog.event("checkpoint-corrupt", sandbox: sb, detail: ck.id)
         throw SandpitError(.checkpointCorrupt, "checkpoint \(ck.id) (step \(ck.step)) of sandbox \(sb) is damaged: its image no longer matches the checksum taken when it was made (crc32c \(String(want.crc, radix: 16)), now \(String(got.crc, radix: 16))), so it is not used; the sandbox is as it was. Restore another step or checkpoint",
@@ -569,8 +566,11 @@ extension Engine {
                 try FS.mkdirs(checkpointDir(newId), mode: 0o700)
                 try storage.copyFile(checkpointImage(id, ck.id), to: checkpointImage(newId, base))
                 try storage.copyFile(checkpointManifest(id, ck.id), to: checkpointManifest(newId, base))
-                // The same bytes: the same sum.
-                if let sum = ImageChecksum.stored(for: checkpointImage(id, ck.id)) { try? sum.write(for: checkpointImage(newId, base)) }
+                // The same bytes: the same sum (with the copy's own stamp).
+                if var sum = ImageChecksum.stored(for: checkpointImage(id, ck.id)), let stamp = ImageChecksum.Stamp.of(checkpointImage(newId, base)) {
+                    sum.stamp = stamp
+                    try? sum.write(for: checkpointImage(newId, base))
+                }
                 try storage.copyFile(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img")
                 try await catalog.insertCheckpoints([CheckpointRecord(
                     id: base, sandboxId: newId, step: ck.step, name: "fork of \(ck.id)", parentId: nil, createdAt: now,

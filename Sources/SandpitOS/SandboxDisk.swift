@@ -152,32 +152,59 @@ public enum SandboxDisk {
 }
 
 /// A checkpoint image's checksum (CRC-32C of its size, data layout and data:
-/// see sp_checksum.c), kept beside it as `<image>.sum`.
+/// see sp_checksum.c), kept beside it as `<image>.sum` with the file's
+/// identity as it was then (inode, size, modification time): a use that finds
+/// the file as sealed trusts it without reading it again; any write into the
+/// image changes its modification time and brings the full comparison.
 public struct ImageChecksum: Sendable, Equatable {
     public var crc: UInt32
     public var dataBytes: UInt64
+    public var stamp: Stamp
+
+    /// What changes when the image's bytes are written through the filesystem.
+    public struct Stamp: Sendable, Equatable {
+        public var inode: UInt64
+        public var size: Int64
+        public var mtimeNs: Int64
+
+        public static func of(_ path: String) -> Stamp? {
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }
+            return Stamp(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))
+        }
+    }
 
     public static func compute(_ image: String) throws(OSError) -> ImageChecksum {
         let fd = FileDescriptor(try sys("open", path: image) { open(image, O_RDONLY | O_CLOEXEC) })
         defer { fd.close() }
+        // The stamp first: a write during the read shows as a changed stamp later.
+        var st = stat()
+        _ = try sys("fstat", path: image) { fstat(fd.raw, &st) }
         var crc: UInt32 = 0, bytes: UInt64 = 0
         _ = try sys("checksum", path: image) { sp_sparse_crc32c(fd.raw, &crc, &bytes) }
-        return ImageChecksum(crc: crc, dataBytes: bytes)
+        return ImageChecksum(crc: crc, dataBytes: bytes, stamp: Stamp(inode: UInt64(st.st_ino), size: Int64(st.st_size),
+                                                                     mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)))
     }
 
-    public var text: String { "crc32c \(String(crc, radix: 16)) \(dataBytes)\n" }
+    public var text: String { "crc32c \(String(crc, radix: 16)) \(dataBytes) \(stamp.inode) \(stamp.size) \(stamp.mtimeNs)\n" }
 
-    public init(crc: UInt32, dataBytes: UInt64) {
+    public init(crc: UInt32, dataBytes: UInt64, stamp: Stamp) {
         self.crc = crc
         self.dataBytes = dataBytes
+        self.stamp = stamp
     }
 
     public init?(text: String) {
         let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
-        guard f.count == 3, f[0] == "crc32c", let c = UInt32(f[1], radix: 16), let b = UInt64(f[2]) else { return nil }
+        guard f.count == 6, f[0] == "crc32c", let c = UInt32(f[1], radix: 16), let b = UInt64(f[2]),
+              let ino = UInt64(f[3]), let size = Int64(f[4]), let m = Int64(f[5]) else { return nil }
         crc = c
         dataBytes = b
+        stamp = Stamp(inode: ino, size: size, mtimeNs: m)
     }
+
+    /// The same bytes as `other` (the stamps may differ).
+    public func sameData(_ other: ImageChecksum) -> Bool { crc == other.crc && dataBytes == other.dataBytes }
 
     /// Writes `<image>.sum` (through a temporary name).
     public func write(for image: String) throws(OSError) {
