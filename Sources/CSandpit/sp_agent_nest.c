@@ -40,15 +40,6 @@ static void reply(int ctrl, uint32_t id, int32_t value, const char *text) {
     sp_send_frame(ctrl, SP_FRAME_NESTED, 0, id, &value, sizeof value, text, text ? strlen(text) : 0);
 }
 
-static int write_file(const char *path, const char *text) {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t w = write(fd, text, strlen(text));
-    int e = errno;
-    close(fd);
-    if (w != (ssize_t)strlen(text)) { errno = w < 0 ? e : EIO; return -1; }
-    return 0;
-}
 
 // The child: waits for the go-ahead, places its descriptors and execs the agent.
 __attribute__((noreturn)) static void child(const int *src, const int *dst, int nmap, int exec_fd, int sync_fd, char **argv) {
@@ -132,9 +123,9 @@ void sp_agent_nest(int ctrl, int nest_fd, uint32_t id, const char *payload, size
     char path[64], line[64];
     snprintf(line, sizeof line, "0 0 %u\n", h.id_count);
     snprintf(path, sizeof path, "/proc/%ld/uid_map", pid);
-    int ok = write_file(path, line) == 0;
+    int ok = sp_write_file(path, line) == 0;
     snprintf(path, sizeof path, "/proc/%ld/gid_map", pid);
-    ok = ok && write_file(path, line) == 0;
+    ok = ok && sp_write_file(path, line) == 0;
     if (!ok) {
         int e = errno;
         kill((pid_t)pid, SIGKILL);

@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "sp_idmap.h"
 #include "sp_helper.h"
+#include "sp_sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,13 +17,7 @@
 static int write_map(pid_t pid, const char *file, const char *line) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = write(fd, line, strlen(line));
-    int e = errno;
-    close(fd);
-    if (n != (ssize_t)strlen(line)) { errno = n < 0 ? e : EIO; return -1; }
-    return 0;
+    return sp_write_file(path, line);
 }
 
 static int unshare_user(const void *arg) {

@@ -78,3 +78,14 @@ int sp_openat2_probe(void) {
     close((int)fd);
     return 1;
 }
+
+int sp_write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t len = strlen(text);
+    ssize_t w = write(fd, text, len);
+    int e = errno;
+    close(fd);
+    if (w != (ssize_t)len) { errno = w < 0 ? e : EIO; return -1; }
+    return 0;
+}

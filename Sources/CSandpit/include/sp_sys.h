@@ -16,6 +16,8 @@ int sp_send_fds(int sock, const int *fds, int n);
 // The descriptors of one such message (close-on-exec), at most `max` (more are closed):
 // their count, or -1 (errno ETIMEDOUT when none came within timeout_ms; 0 = do not wait).
 int sp_recv_fds(int sock, int *fds, int max, int timeout_ms);
+// Writes text to an existing file (a /proc or cgroup knob) in one write. 0, or -1 with errno.
+int sp_write_file(const char *path, const char *text);
 // Host checks (sandpit doctor): 1 when the kernel has pidfd_open / openat2 with RESOLVE_IN_ROOT.
 int sp_pidfd_open_probe(void);
 int sp_openat2_probe(void);
