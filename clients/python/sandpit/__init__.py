@@ -18,7 +18,7 @@ child when no socket is given. Standard library only.
 """
 from ._async import (AsyncClient, AsyncCommandHandle, AsyncCommands, AsyncFiles, AsyncPty, AsyncPtyHandle, AsyncSandbox,
                      AsyncWatchHandle)
-from .errors import (BuildFailedError, BusyError, ConflictError, ConnectionClosedError, InternalError,
+from .errors import (BuildFailedError, BusyError, CheckpointCorruptError, ConflictError, ConnectionClosedError, InternalError,
                      InvalidParamsError, InvalidRequestError, InvalidStateError, LimitExceededError,
                      MethodNotFoundError, NotFoundError, ParseError, PermissionDeniedError, RequestTooLargeError,
                      SandboxFailedError, SandpitError, SandpitTimeoutError, UnavailableError)
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient", "AsyncCommandHandle", "AsyncCommands", "AsyncFiles", "AsyncPty", "AsyncPtyHandle", "AsyncSandbox",
-    "AsyncWatchHandle", "BuildFailedError", "BusyError", "Checkpoint", "Client", "CommandHandle", "CommandPoll",
+    "AsyncWatchHandle", "BuildFailedError", "BusyError", "Checkpoint", "CheckpointCorruptError", "Client", "CommandHandle", "CommandPoll",
     "CommandResult", "Commands",
     "ConflictError", "ConnectionClosedError", "EntryInfo", "Execution", "ExecutionError", "FileEvent", "Files",
     "InternalError", "InvalidParamsError", "InvalidRequestError", "InvalidStateError", "LimitExceededError", "Logs",

@@ -48,6 +48,9 @@ class UnavailableError(SandpitError): code = "unavailable"
 class PermissionDeniedError(SandpitError): code = "permission_denied"
 class SandboxFailedError(SandpitError): code = "sandbox_failed"
 class BuildFailedError(SandpitError): code = "build_failed"
+class CheckpointCorruptError(SandpitError):
+    """A restore or fork of a checkpoint whose image no longer matches its checksum (nothing was changed)."""
+    code = "checkpoint_corrupt"
 
 
 class ConnectionClosedError(UnavailableError):
@@ -58,7 +61,7 @@ _BY_CODE: Dict[str, Type[SandpitError]] = {
     c.code: c for c in (ParseError, InvalidRequestError, RequestTooLargeError, MethodNotFoundError, InvalidParamsError,
                         InternalError, NotFoundError, ConflictError, InvalidStateError, LimitExceededError,
                         SandpitTimeoutError, BusyError, UnavailableError, PermissionDeniedError, SandboxFailedError,
-                        BuildFailedError)
+                        BuildFailedError, CheckpointCorruptError)
 }
 
 

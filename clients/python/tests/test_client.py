@@ -96,6 +96,32 @@ def test_checkpoints_restore_and_fork(daemon):
                 f.delete()
 
 
+def test_a_damaged_checkpoint_is_refused_as_a_typed_error(daemon):
+    """A restore or fork of a checkpoint whose image was written to after it was sealed raises
+    CheckpointCorruptError and changes nothing."""
+    from sandpit import CheckpointCorruptError
+    with Sandbox.create() as sb:
+        sb.commands.run("echo one > f")
+        ck = sb.checkpoints.list()[-1]
+        sb.commands.run("echo two > f")
+        image = os.path.join(os.path.dirname(daemon), "data", "store", "sandboxes", sb.id, "checkpoints", ck.checkpoint_id + ".img")
+        for _ in range(200):
+            if os.path.exists(image + ".sum"):
+                break
+            time.sleep(0.05)
+        with open(image, "r+b") as f:
+            f.seek(os.lseek(f.fileno(), 1 << 20, os.SEEK_DATA) + 4096)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0xFF]))
+        with pytest.raises(CheckpointCorruptError) as e:
+            sb.restore(checkpoint_id=ck.checkpoint_id)
+        assert e.value.rpc_code == -32052 and e.value.data.get("checkpointId") == ck.checkpoint_id
+        with pytest.raises(CheckpointCorruptError):
+            sb.fork(count=1, checkpoint_id=ck.checkpoint_id)
+        assert sb.files.read("f") == "two\n", "the sandbox is as it was"
+
+
 def test_pause_hibernate_keepalive_and_context_manager_deletes(daemon, client):
     sb = Sandbox.create(client=client)
     with sb:
