@@ -428,7 +428,10 @@ public final class Engine: Sendable {
             rt.state.withLock { $0.record = record }
             do {
                 try await catalog.insertSandbox(record)
-                if let base { await checkpointLog.add(base) }
+                if let base {
+                    await checkpointLog.add(base)
+                    sealCheckpoint(rt.id, base)
+                }
             } catch {
                 await teardown(rt)
                 try? FS.removeTree(storage.root + "/sandboxes/" + rt.id)

@@ -48,6 +48,13 @@ extension Engine {
                     let record = SandboxRecord(id: Identifier.make("sb"), state: .starting, template: "default", policy: plan.policy.name,
                                                metadata: [:], createdAt: now, lastActiveAt: now)
                     let rt = try await launch(record, plan: plan)
+                    // The first checkpoint of a sandbox is a whole one (its
+                    // disk's first freeze and sync: ~40 ms here): taken now,
+                    // while it waits, so the first step's is a diff against it.
+                    if rt.disk != nil, rt.policy.checkpoints != .off {
+                        let base = try await rt.steps.run { [self] in try await snapshotFiles(rt, name: "warm start") }
+                        rt.warmBase.withLock { $0 = base }
+                    }
                     if closing.load(ordering: .relaxed) { await discard(rt); return }
                     warmPool.withLock { $0.append(rt) }
                 } catch {
