@@ -142,8 +142,12 @@ static int child_run(void *arg) {
     for (int i = 0; i < a->nfds; i++) {
         if ((r = raw(SYS_dup3, high[i], a->fds[i].dst, 0, 0, 0)) < 0) child_fail(a, "dup3", r);
     }
-    // Close everything above the destinations but the exec fd, the watch pipe and the sync pipe.
+    // Close everything above the destinations but the exec fd, the watch pipe and the sync pipe,
+    // including the daemon's descriptors numbered between those three (another spawn's sync
+    // pipe, say: holding its write end would make a wait below endless once the daemon is gone).
     if ((r = raw(SYS_close_range, maxdst + 1, exec_high - 1, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
+    if (watch_high > exec_high + 1 && (r = raw(SYS_close_range, exec_high + 1, watch_high - 1, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
+    if (sync_high > watch_high + 1 && (r = raw(SYS_close_range, watch_high + 1, sync_high - 1, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
     if ((r = raw(SYS_close_range, sync_high + 1, ~0U, 0, 0, 0)) != 0) child_fail(a, "close_range", r);
 
     char go = 0;
