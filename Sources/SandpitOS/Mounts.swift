@@ -157,12 +157,6 @@ public enum DetachedMount {
         }
         return fd
     }
-
-    /// Makes `mount` show files through the id mapping of the user namespace
-    /// `usernsFd` (host uid 0 appears as root inside the sandbox).
-    public static func idmap(_ mount: FileDescriptor, usernsFd: Int32) throws(OSError) {
-        _ = try sys("mount_setattr(idmap)") { sp_mount_setattr(mount.raw, SP_MOUNT_ATTR_IDMAP, 0, usernsFd) }
-    }
 }
 
 /// Mount table inspection, for leak checks and reconciliation.

@@ -167,10 +167,19 @@ public struct ImageChecksum: Sendable, Equatable {
         public var size: Int64
         public var mtimeNs: Int64
 
+        init(inode: UInt64, size: Int64, mtimeNs: Int64) {
+            self.inode = inode
+            self.size = size
+            self.mtimeNs = mtimeNs
+        }
+
+        init(_ st: stat) {
+            self.init(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))
+        }
+
         public static func of(_ path: String) -> Stamp? {
             var st = stat()
-            guard stat(path, &st) == 0 else { return nil }
-            return Stamp(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))
+            return stat(path, &st) == 0 ? Stamp(st) : nil
         }
     }
 
@@ -182,8 +191,7 @@ public struct ImageChecksum: Sendable, Equatable {
         _ = try sys("fstat", path: image) { fstat(fd.raw, &st) }
         var crc: UInt32 = 0, bytes: UInt64 = 0
         _ = try sys("checksum", path: image) { sp_sparse_crc32c(fd.raw, &crc, &bytes) }
-        return ImageChecksum(crc: crc, dataBytes: bytes, stamp: Stamp(inode: UInt64(st.st_ino), size: Int64(st.st_size),
-                                                                     mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)))
+        return ImageChecksum(crc: crc, dataBytes: bytes, stamp: Stamp(st))
     }
 
     public var text: String { "crc32c \(String(crc, radix: 16)) \(dataBytes) \(stamp.inode) \(stamp.size) \(stamp.mtimeNs)\n" }
