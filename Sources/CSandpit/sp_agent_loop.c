@@ -1,6 +1,7 @@
 // The agent's event loop: one poll() over the control socket, a signalfd for
-// SIGCHLD, and every running exec's pipes. Single-threaded; it forks children
-// with vfork() and only makes syscalls in the child before execve().
+// SIGCHLD, and every running exec's pipes. Single-threaded; a command's
+// process is the spare made ahead of time (sp_agent_spare.c) or a vfork()
+// child, and only makes syscalls before execve() (sp_agent_exec.c).
 #define _GNU_SOURCE
 #include "sp_agent.h"
 #include "sp_proto.h"
@@ -18,7 +19,9 @@
 #include <sys/resource.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,6 +29,14 @@
 
 #define MAX_EXECS 1024
 #define DRAIN_GRACE_NS (100LL * 1000 * 1000)
+// A spare process is forked once nothing happened for this long: no frame in
+// or out, no command ended. Calls back to back spawn while the cgroup lock is
+// hot and need none; and a step's checkpoint, which freezes the sandbox's
+// cgroup right after its command ended or its cell answered, must not find
+// the spare in the middle of its attach (uninterruptible, so unfreezable,
+// for a grace period). After a failed fork, again only this much later:
+#define SPARE_DELAY_NS (5LL * 1000 * 1000)
+#define SPARE_RETRY_NS (1000LL * 1000 * 1000)
 
 struct exec {
     int used;
@@ -40,11 +51,22 @@ struct exec {
     int in_close_pending;
     int pty;            // out_fd is a PTY master (stream 3); in_fd a second descriptor of it
     uint64_t in_total;  // STDIN bytes written to the command (acknowledged to the daemon)
+    char group[24];     // its cgroup: "ex_<id>", or on cgroup v2 the spare's "ex_s<n>"
 };
+
+// Groups of ended commands that still hold processes (they left them
+// running): a later SIGNAL for the exec reaches them through this.
+#define LEFT_GROUPS 256
+static struct { uint32_t id; char group[24]; } left_groups[LEFT_GROUPS];
+static unsigned left_next;
+
+static void group_of(uint32_t id, char *out, size_t len);
 
 static struct exec execs[MAX_EXECS];
 static int ctrl = -1;
 static const struct sp_agent_config *config;
+static int64_t last_activity_ns;   // the last frame in or out, or command ended
+static int v2_groups;   // the delegated cgroup is on cgroup v2
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -53,6 +75,7 @@ static int64_t now_ns(void) {
 }
 
 static void send_or_die(unsigned type, unsigned stream, unsigned id, const void *a, size_t alen, const void *b, size_t blen) {
+    last_activity_ns = now_ns();
     // The daemon is gone or broken: exiting as PID 1 takes the whole sandbox with us.
     if (sp_send_frame(ctrl, type, stream, id, a, alen, b, blen) != 0) _exit(0);
 }
@@ -121,8 +144,6 @@ static int resolve(const char *name, char *const *envp, char *out, size_t outlen
     return -1;
 }
 
-struct child_err { int32_t step; int32_t err; };
-
 // Moves *fd above the standard descriptors (close-on-exec); 0 on success.
 static int lift_fd(int *fd) {
     if (*fd > 2) return 0;
@@ -190,71 +211,52 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     // its stdio in place: neither end may be one of fds 0-2.
     if (pipe2(ep, O_CLOEXEC) || lift_fd(&ep[0]) || lift_fd(&ep[1])) { spawn_error(id, errno, "pipe"); goto fail; }
     // Each command's whole process tree lives in its own cgroup, so a kill
-    // reaches processes that left its process group or session.
-    // A cgroup made ahead of time (after the previous spawn) is renamed,
-    // which costs far less than a mkdir in every controller's hierarchy.
-    int procs_fd = -1;
-    if (config->cgroup_fd >= 0) {
-        char name[32];
-        snprintf(name, sizeof name, "ex_%u", id);
-        if (renameat(config->cgroup_fd, "ex_spare", config->cgroup_fd, name) == 0 ||
-            mkdirat(config->cgroup_fd, name, 0755) == 0 || errno == EEXIST) {
-            snprintf(name, sizeof name, "ex_%u/cgroup.procs", id);
-            procs_fd = openat(config->cgroup_fd, name, O_WRONLY | O_CLOEXEC);
+    // reaches processes that left its process group or session. The spare
+    // (sp_agent_spare.c) is already in one; else a cgroup made ahead of time
+    // (after the previous spawn) is renamed, which costs far less than a
+    // mkdir in every controller's hierarchy, and the child joins it.
+    char group[24];
+    snprintf(group, sizeof group, "ex_%u", id);
+    struct sp_launch l = {
+        .in = in[0], .out = out[1], .err = err[1], .ep = ep[1], .procs_fd = -1, .setsid = 1,
+        .pty = pty, .placeholder = placeholder, .nofile = config->nofile, .uid = h.uid, .gid = h.gid,
+        .path = path, .cwd = cwd, .argv = argv, .envp = envp, .argc = (int)h.argc, .envc = (int)h.envc,
+    };
+    pid_t pid = -1;
+    if (!placeholder && config->cgroup_fd >= 0) pid = sp_agent_spare_launch(config->cgroup_fd, group, sizeof group, &l);
+    if (pid < 0) {
+        if (config->cgroup_fd >= 0) {
+            // (Not the spare's group while a spare is in it; v2 renames nothing.)
+            if ((!v2_groups && !sp_agent_spare_ready() && renameat(config->cgroup_fd, "ex_spare", config->cgroup_fd, group) == 0) ||
+                mkdirat(config->cgroup_fd, group, 0755) == 0 || errno == EEXIST) {
+                char procs[48];
+                snprintf(procs, sizeof procs, "%s/cgroup.procs", group);
+                l.procs_fd = openat(config->cgroup_fd, procs, O_WRONLY | O_CLOEXEC);
+            }
         }
+        // A placeholder runs no program, so it cannot be a vfork child (which
+        // would hold this loop until it execs); the agent is single-threaded.
+        pid = placeholder ? fork() : vfork();
+        if (pid == 0) sp_agent_become(&l);
+        if (l.procs_fd >= 0) close(l.procs_fd);
     }
-    gid_t gid = h.gid;
-    // A placeholder runs no program, so it cannot be a vfork child (which
-    // would hold this loop until it execs); the agent is single-threaded.
-    pid_t pid = placeholder ? fork() : vfork();
-    if (pid == 0) {
-        struct child_err ce = { 0, 0 };
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        if (setsid() < 0) { ce.step = 1; goto child_fail; }
-        if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) { ce.step = 7; goto child_fail; }
-        if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) { ce.step = 2; goto child_fail; }
-        if (pty && ioctl(0, TIOCSCTTY, 0) != 0) { ce.step = 8; goto child_fail; }
-        if (config->nofile) {
-            struct rlimit rl = { config->nofile, config->nofile };
-            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) { ce.step = 6; goto child_fail; }
-        }
-        struct rlimit nocore = { 0, 0 };
-        setrlimit(RLIMIT_CORE, &nocore);
-        if (setgroups(1, &gid) != 0) { ce.step = 3; goto child_fail; }
-        if (setresgid(h.gid, h.gid, h.gid) != 0) { ce.step = 3; goto child_fail; }
-        if (setresuid(h.uid, h.uid, h.uid) != 0) { ce.step = 3; goto child_fail; }
-        if (chdir(cwd) != 0) { ce.step = 4; goto child_fail; }
-        if (placeholder) {
-            // Holds the exec's pipes (and its cgroup) until an interpreter
-            // forked from the template's zygote takes them over; then RESTORE
-            // kills it. Nothing else of the agent stays open here.
-            syscall(SYS_close_range, 3, ~0U, 0);
-            for (;;) pause();
-        }
-        execve(path, argv, envp);
-        ce.step = 5;
-    child_fail:
-        ce.err = errno;
-        (void)!write(ep[1], &ce, sizeof ce);
-        _exit(127);
-    }
-    if (procs_fd >= 0) close(procs_fd);
     if (pid < 0) { spawn_error(id, errno, "fork"); goto fail; }
     close(ep[1]); ep[1] = -1;
-    struct child_err ce;
+    struct sp_child_err ce;
     ssize_t r = read(ep[0], &ce, sizeof ce);
     if (r == (ssize_t)sizeof ce) {
         // The child never ran the command; reap it here so it is not mistaken for an exec exit.
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
-        static const char *steps[] = { "spawn", "setsid", "redirect stdio", "set credentials", "", "exec", "set open-file limit", "join exec cgroup", "take the terminal" };
+        static const char *steps[SP_STEP_COUNT] = {
+            [SP_STEP_SPAWN] = "spawn", [SP_STEP_SETSID] = "setsid", [SP_STEP_STDIO] = "redirect stdio",
+            [SP_STEP_CREDENTIALS] = "set credentials", [SP_STEP_CWD] = "", [SP_STEP_EXEC] = "exec",
+            [SP_STEP_NOFILE] = "set open-file limit", [SP_STEP_CGROUP] = "join exec cgroup", [SP_STEP_TERMINAL] = "take the terminal",
+        };
         char what[4400];
-        if (ce.step == 4) snprintf(what, sizeof what, "working directory \"%.1024s\"", cwd);
-        else if (ce.step == 5) snprintf(what, sizeof what, "exec \"%.1024s\"", path);
-        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < 9 ? ce.step : 0]);
+        if (ce.step == SP_STEP_CWD) snprintf(what, sizeof what, "working directory \"%.1024s\"", cwd);
+        else if (ce.step == SP_STEP_EXEC) snprintf(what, sizeof what, "exec \"%.1024s\"", path);
+        else snprintf(what, sizeof what, "%s", steps[ce.step > 0 && ce.step < SP_STEP_COUNT ? ce.step : 0]);
         spawn_error(id, ce.err, what);
         goto fail;
     }
@@ -263,6 +265,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     x->id = id;
     x->pid = pid;
     x->pty = pty;
+    memcpy(x->group, group, sizeof x->group);
     x->out_fd = out[0];
     x->err_fd = err[0];
     x->in_fd = (pty || (h.flags & SP_SPAWN_STDIN)) ? in[1] : -1;
@@ -273,7 +276,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     if (x->in_fd >= 0) in[1] = -1;
     int32_t p32 = pid;
     send_or_die(SP_FRAME_STARTED, 0, id, &p32, sizeof p32, NULL, 0);
-    if (config->cgroup_fd >= 0) (void)mkdirat(config->cgroup_fd, "ex_spare", 0755);   // for the next spawn
+    if (config->cgroup_fd >= 0 && !v2_groups) (void)mkdirat(config->cgroup_fd, "ex_spare", 0755);   // for the next spawn
 fail:
     for (int i = 0; i < 2; i++) {
         if (out[i] >= 0) close(out[i]);
@@ -296,15 +299,26 @@ static void finish(struct exec *x) {
     free(x->inbuf);
     int32_t st = x->status;
     uint32_t id = x->id;
+    char group[sizeof x->group];
+    memcpy(group, x->group, sizeof group);
     memset(x, 0, sizeof *x);
     send_or_die(SP_FRAME_EXITED, 0, id, &st, sizeof st, NULL, 0);
-    if (config->cgroup_fd >= 0) {
-        // After the reply, off the request's path. Fails (EBUSY) while processes
-        // the command left running are in it; teardown removes it then.
-        char name[32];
-        snprintf(name, sizeof name, "ex_%u", id);
-        unlinkat(config->cgroup_fd, name, AT_REMOVEDIR);
+    // After the reply, off the request's path. Fails (EBUSY) while processes
+    // the command left running are in it; teardown removes it then.
+    if (config->cgroup_fd >= 0 && unlinkat(config->cgroup_fd, group, AT_REMOVEDIR) != 0 && errno == EBUSY) {
+        unsigned i = left_next++ % LEFT_GROUPS;
+        left_groups[i].id = id;
+        memcpy(left_groups[i].group, group, sizeof group);
     }
+}
+
+static void group_of(uint32_t id, char *out, size_t len) {
+    struct exec *x = find_id(id);
+    if (x) { snprintf(out, len, "%s", x->group); return; }
+    for (unsigned i = 0; i < LEFT_GROUPS; i++) {
+        if (left_groups[i].id == id && left_groups[i].group[0]) { snprintf(out, len, "%s", left_groups[i].group); return; }
+    }
+    snprintf(out, len, "ex_%u", id);
 }
 
 // End of input. A pipe is closed; a terminal gets its EOF character
@@ -345,8 +359,9 @@ static void do_stdin(uint32_t id, const char *data, size_t len) {
 // passes to catch children forked while the list was being read.
 static void signal_tree(uint32_t id, int sig) {
     if (config->cgroup_fd < 0) return;
-    char name[40], buf[4096];
-    snprintf(name, sizeof name, "ex_%u/cgroup.procs", id);
+    char group[24], name[48], buf[4096];
+    group_of(id, group, sizeof group);
+    snprintf(name, sizeof name, "%s/cgroup.procs", group);
     for (int pass = 0; pass < (sig == SIGKILL ? 8 : 1); pass++) {
         int fd = openat(config->cgroup_fd, name, O_RDONLY | O_CLOEXEC);
         if (fd < 0) return;
@@ -378,7 +393,9 @@ static void reap_children(void) {
     pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
         struct exec *x = find_pid(pid);
+        if (!x) sp_agent_spare_reaped(pid);
         if (x) {
+            last_activity_ns = now_ns();
             x->exited = 1;
             x->status = st;
             x->drain_deadline = now_ns() + DRAIN_GRACE_NS;
@@ -472,6 +489,7 @@ static void do_restore(uint32_t id, const char *payload, size_t len, char *obuf)
 }
 
 static void handle_frame(const struct sp_frame_header *h, const char *payload, char *obuf) {
+    last_activity_ns = now_ns();
     switch (h->type) {
     case SP_FRAME_SPAWN: do_spawn(h->id, payload, h->length); break;
     case SP_FRAME_STDIN: do_stdin(h->id, payload, h->length); break;
@@ -541,12 +559,26 @@ int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
     struct pollfd *pfds = malloc(sizeof(struct pollfd) * (2 + 3 * MAX_EXECS));
     struct exec **owners = malloc(sizeof(struct exec *) * (2 + 3 * MAX_EXECS));
     if (!rbuf || !obuf || !pfds || !owners) return -1;
+    int spares = config->cgroup_fd >= 0;
+    struct statfs cfs;
+    v2_groups = spares && fstatfs(config->cgroup_fd, &cfs) == 0 && cfs.f_type == CGROUP2_SUPER_MAGIC;
 
     for (;;) {
         int n = 0;
         pfds[n].fd = ctrl; pfds[n].events = POLLIN; owners[n++] = NULL;
         pfds[n].fd = sfd; pfds[n].events = POLLIN; owners[n++] = NULL;
         int64_t now = now_ns(), next = -1;
+        if (spares && !sp_agent_spare_ready()) {
+            if (now >= last_activity_ns + SPARE_DELAY_NS) {
+                int made = sp_agent_spare_make(config->cgroup_fd);
+                if (made < 0) spares = 0;
+                else if (made == 0) last_activity_ns = now + SPARE_RETRY_NS - SPARE_DELAY_NS;
+            }
+            if (!sp_agent_spare_ready() && spares) {
+                int64_t at = last_activity_ns + SPARE_DELAY_NS;
+                if (next < 0 || at < next) next = at;
+            }
+        }
         for (int i = 0; i < MAX_EXECS; i++) {
             struct exec *x = &execs[i];
             if (!x->used) continue;

@@ -72,9 +72,9 @@ extension Engine {
             let (due, held) = rt.idle.withLock { ($0.due(now: now), $0.backgroundProcesses) }
             guard due != nil || held else { continue }
             if rt.plan.idle.backgroundKeepsAwake && due != .delete {
-                // All but the agent, each context's interpreter and its frozen copies.
+                // All but the agent (and its spare), each context's interpreter and its frozen copies.
                 let contexts = rt.contexts.withLock { $0.values.filter { !$0.isDead } }.reduce(0) { $0 + 1 + $1.copyPids.count }
-                let others = rt.cgroup.processes().count - 1 - contexts
+                let others = rt.cgroup.processesButSpare().count - 1 - contexts
                 let bg = others > 0
                 rt.idle.withLock { $0.backgroundProcesses = bg }
                 if bg { continue }

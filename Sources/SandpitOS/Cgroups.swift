@@ -42,21 +42,29 @@ public struct CgroupHandle: Sendable {
     public var version: CgroupVersion
 
     /// Freezes every process in the group (no CPU, memory kept) and waits
-    /// until the kernel reports it frozen.
-    public func freeze() throws(OSError) {
+    /// until the kernel reports it frozen: polled every 100 µs at first (a
+    /// group of sleeping processes freezes in well under a millisecond), then
+    /// every 2.5 ms, for at most `timeoutMs` (EBUSY then, the group left
+    /// freezing: thaw it).
+    public func freeze(timeoutMs: Int = 1000) throws(OSError) {
         guard let d = freezerDir else { throw OSError(call: "freeze", errno: ENOTSUP, path: nil) }
+        let deadline = Clock.monotonicNs() + UInt64(timeoutMs) * 1_000_000
+        var polls = 0
+        func pause() -> Bool {
+            polls += 1
+            usleep(polls <= 20 ? 100 : 2_500)
+            return Clock.monotonicNs() < deadline
+        }
         if version == .v2 {
             try FS.writeFile(d + "/cgroup.freeze", "1")
-            for _ in 0..<400 {
+            repeat {
                 if (try? FS.readText(d + "/cgroup.events"))?.contains("frozen 1") == true { return }
-                usleep(2_500)
-            }
+            } while pause()
         } else {
-            for _ in 0..<400 {
+            repeat {
                 try FS.writeFile(d + "/freezer.state", "FROZEN")
                 if (try? FS.readText(d + "/freezer.state"))?.hasPrefix("FROZEN") == true { return }
-                usleep(2_500)
-            }
+            } while pause()
         }
         throw OSError(call: "freeze", errno: EBUSY, path: d)
     }
@@ -101,6 +109,18 @@ public struct CgroupHandle: Sendable {
             for l in text.split(separator: "\n") { if let p = Int32(l) { pids.insert(p) } }
         }
         return pids.sorted()
+    }
+
+    /// Pids in the group but the agent's spare process: the next command's
+    /// process, made ahead of time in a group of its own (`ex_spare` on v1,
+    /// `ex_s<n>` on v2), which is no work of the sandbox's.
+    public func processesButSpare() -> [Int32] {
+        guard let t = trackingDir else { return processes() }
+        var spare = Set<Int32>()
+        for name in FS.subdirectories(t) where name.hasPrefix("ex_s") {
+            for l in ((try? FS.readText(t + "/" + name + "/cgroup.procs")) ?? "").split(separator: "\n") { if let p = Int32(l) { spare.insert(p) } }
+        }
+        return processes().filter { !spare.contains($0) }
     }
 
     /// Child groups (the agent's per-exec groups), deepest first.

@@ -427,7 +427,7 @@ struct ContextTests {
                 s = open('/proc/self/status').read()
                 print(os.getuid(), 'Seccomp:\\t2' in s, 'NoNewPrivs:\\t1' in s, 'CapEff:\\t0000000000000000' in s, 'CapBnd:\\t0000000000000000' in s,
                       open('/proc/1/comm').read().strip(), os.path.exists('/home/user/mine'))
-                print(sorted(p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/comm').read().strip() not in ('python3', 'sandpit-agent')))
+                print(sorted(p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/comm').read().strip() not in ('python3', 'sandpit-agent', 'sandpit-spare')))
                 def target(fd):
                     try: return os.readlink(f'/proc/self/fd/{fd}')
                     except OSError: return None

@@ -25,11 +25,11 @@ struct IsolationTests {
             let c = try d.connect()
             let a = try c.result("sandbox.create")["sandboxId"]!.stringValue!
             let b = try c.result("sandbox.create")["sandboxId"]!.stringValue!
-            // Processes: only the agent and this command's own.
+            // Processes: only the agent (and its spare: the next command's process, made ahead) and this command's own.
             let ps = try sh(c, a, "for p in /proc/[0-9]*; do echo \"${p#/proc/} $(cat $p/comm 2>/dev/null)\"; done | sort -n")
             let procs = ps.out.split(separator: "\n").map { $0.split(separator: " ") }
             #expect(procs.first?.first == "1" && procs.first?.last == "sandpit-agent", "ps: \(ps.out)")
-            #expect(Set(procs.compactMap { $0.last.map(String.init) }).isSubset(of: ["sandpit-agent", "bash", "cat", "sort"]), "ps: \(ps.out)")
+            #expect(Set(procs.compactMap { $0.last.map(String.init) }).isSubset(of: ["sandpit-agent", "sandpit-spare", "bash", "cat", "sort"]), "ps: \(ps.out)")
             // Users: not root, and sandbox root is not host root.
             #expect(try sh(c, a, "id -u").out == "1000\n")
             let map = try sh(c, a, "cat /proc/self/uid_map").out.split(whereSeparator: { $0 == " " || $0 == "\n" })
@@ -62,6 +62,59 @@ struct IsolationTests {
             #expect(try sh(c, a, "ls /proc/self/fd | sort -n | tr '\\n' ' '").out == "0 1 2 3 ")
             // The host's default python runs.
             #expect(try sh(c, a, "python3 -c 'print(6*7)'").out == "42\n")
+        }
+    }
+
+    /// After a pause (an agent thinking) the next command's process is already
+    /// in its cgroup, made ahead of time: it must be like a command spawned at
+    /// once in everything a command can see or be done to.
+    @Test func commandsStartedAfterAPauseComeFromTheSpareAndAreLikeAnyOther() throws {
+        guard Host.sh("stat -fc %T /sys/fs/cgroup/pids 2>/dev/null").output.hasPrefix("cgroupfs") else { return }   // v1 only
+        try withDaemon(socket: true) { d in
+            let c = try d.connect()
+            let sb = try c.result("sandbox.create", ["limits": ["pids": 128]])["sandboxId"]!.stringValue!
+            func spare() -> [String] {
+                Host.cgroups(matching: sb).filter { $0.contains("/pids/") }.flatMap { dir in
+                    ((try? String(contentsOfFile: dir + "/ex_spare/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n").map {
+                        ((try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                    }
+                }
+            }
+            func afterAPause() { #expect(eventually { spare() == ["sandpit-spare"] }, "a spare waits in ex_spare: \(spare())") }
+            afterAPause()
+            // What the command sees: its credentials, cwd, env, argv, stdin, only stdio open, its own exec group.
+            c.notifications = []
+            let r = try c.result("exec.run", ["sandboxId": .string(sb), "cmd": ["python3", "-c", """
+                import os, sys; print(os.getuid(), os.getcwd(), os.environ['GREETING'], sys.stdin.read().upper(), sys.argv[1:], sorted(os.listdir('/proc/self/fd')), os.getsid(0) == os.getpid(), [l for l in open('/proc/self/cgroup') if ':pids:' in l][0].strip())
+                """, "a b"], "env": ["GREETING": "hej"], "cwd": "/tmp", "stdin": "piped"])
+            let out = c.notifications.compactMap { $0["params"]?["data"]?.stringValue }.joined()
+            #expect(r["exitCode"] == 0 && out.hasPrefix("1000 /tmp hej PIPED ['a b'] ['0', '1', '2', '3'] True "), "\(out)")
+            #expect(out.contains(":pids:/ex_") && !out.contains("ex_spare"), "in its own exec group: \(out)")
+            // A terminal.
+            afterAPause()
+            c.notifications = []
+            _ = try c.result("exec.run", ["sandboxId": .string(sb), "shell": "tty; stty size", "pty": ["rows": 30, "cols": 100]])
+            let tty = c.notifications.compactMap { $0["params"]?["data"]?.stringValue }.joined()
+            #expect(tty.hasPrefix("/dev/pts/") && tty.contains("30 100"), "\(tty)")
+            // A bad working directory is reported as before.
+            afterAPause()
+            let cwd = try c.result("exec.run", ["sandboxId": .string(sb), "cmd": ["true"], "cwd": "/nope"])
+            #expect(cwd["spawnError"]?.stringValue?.contains("/nope") == true, "\(cwd)")
+            // exec.kill reaches the whole tree, also what left the session.
+            afterAPause()
+            let bg = try c.result("exec.run", ["sandboxId": .string(sb), "shell": "setsid sleep 300 & sleep 300", "background": true])
+            usleep(200_000)
+            _ = try c.result("exec.kill", ["sandboxId": .string(sb), "execId": bg["execId"]!])
+            #expect(eventually { (try? self.sh(c, sb, "ls /proc/*/comm | xargs cat 2>/dev/null | grep -c '^sleep$'").out) == "0\n" })
+            // A restore kills every process but the agent, the spare too; a new one follows.
+            let step = try c.result("exec.run", ["sandboxId": .string(sb), "shell": "echo one > /home/user/f"])["checkpoint"]?["step"]
+            _ = try c.result("sandbox.restore", ["sandboxId": .string(sb), "step": step ?? 0])
+            afterAPause()
+            #expect(try sh(c, sb, "cat /home/user/f").out == "one\n")
+            // The spare is no work of the sandbox's: it does not keep an idle sandbox awake.
+            let idle = try c.result("sandbox.create", ["idle": ["pauseAfterMs": 300]])["sandboxId"]!
+            _ = try c.result("exec.run", ["sandboxId": idle, "cmd": ["true"]])
+            #expect(eventually { (try? c.result("sandbox.get", ["sandboxId": idle])["state"]) == "paused" })
         }
     }
 

@@ -277,10 +277,12 @@ public enum Host {
     }
 
     /// Live sandbox agents on the host: processes whose argv[0] is
-    /// `sandpit-agent` (a shell or grep that merely mentions the name is not one).
+    /// `sandpit-agent` (a shell or grep that merely mentions the name is not one),
+    /// one per sandbox; not their spare processes (forks named `sandpit-spare`).
     public static func agents() -> [Int32] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.filter { pid in
-            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !d.isEmpty else { return false }
+            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !d.isEmpty,
+                  (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) != "sandpit-spare\n" else { return false }
             return d.split(separator: 0, maxSplits: 1, omittingEmptySubsequences: false).first.map { Array($0) } == Array("sandpit-agent".utf8)
         }
     }

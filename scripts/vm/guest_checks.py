@@ -165,6 +165,27 @@ def _():
     assert text.strip() == "0", text
 
 
+@check("after a pause a command comes from a spare already in its own group (ex_s<n>), and exec.kill reaches its tree")
+def _():
+    group = f"/sys/fs/cgroup/{cg_parent()}/{sb}"
+    for _ in range(100):
+        spares = [g for g in os.listdir(group) if g.startswith("ex_s") and open(f"{group}/{g}/cgroup.procs").read().strip()]
+        if spares:
+            break
+        time.sleep(0.05)
+    assert len(spares) == 1, os.listdir(group)
+    pid = open(f"{group}/{spares[0]}/cgroup.procs").read().split()[0]
+    assert open(f"/proc/{pid}/comm").read().strip() == "sandpit-spare"
+    bg = c.call("exec.run", {"sandboxId": sb, "shell": "setsid sleep 300 & exec sleep 300", "background": True})
+    time.sleep(0.5)
+    procs = open(f"{group}/{spares[0]}/cgroup.procs").read().split()
+    assert pid in procs and len(procs) == 2, ("the spare became the command, its child beside it", procs)
+    c.call("exec.kill", {"sandboxId": sb, "execId": bg["execId"]})
+    time.sleep(1)
+    r, text = run(sb, "ps -e -o comm | grep -c sleep")
+    assert text.strip() == "0", text
+
+
 @check("delete leaves no process, cgroup or mount")
 def _():
     s = c.call("sandbox.create", {})["sandboxId"]

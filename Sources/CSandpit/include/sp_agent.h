@@ -29,6 +29,35 @@ int sp_agent_resize_pty(int master, unsigned rows, unsigned cols);
 // NEST (zygote agents): clones a nested sandbox's first process; sends NESTED.
 void sp_agent_nest(int ctrl_fd, int nest_fd, uint32_t id, const char *payload, size_t len);
 
+// A command's process: what it becomes between fork and execve (sp_agent_exec.c).
+struct sp_child_err { int32_t step; int32_t err; };
+enum { SP_STEP_SPAWN, SP_STEP_SETSID, SP_STEP_STDIO, SP_STEP_CREDENTIALS, SP_STEP_CWD, SP_STEP_EXEC,
+       SP_STEP_NOFILE, SP_STEP_CGROUP, SP_STEP_TERMINAL, SP_STEP_COUNT };
+struct sp_launch {
+    int in, out, err, ep;      // stdin, stdout, stderr; the error pipe's write end (close-on-exec)
+    int procs_fd;              // a cgroup.procs to join first (-1: already placed)
+    int setsid, pty, placeholder;
+    unsigned long nofile;      // RLIMIT_NOFILE (0 = inherit)
+    uint32_t uid, gid;
+    const char *path, *cwd;
+    char **argv, **envp;
+    int argc, envc;
+};
+// Never returns: execs l->path, or reports { step, errno } on l->ep and exits 127.
+_Noreturn void sp_agent_become(const struct sp_launch *l);
+
+// The spare process (sp_agent_spare.c): the next command's process, forked and
+// placed in its cgroup ahead of time: "ex_spare" (v1) or "ex_s<n>" (v2).
+// 1: there is one; 0: none now (try later); -1: never here (no cgroup).
+int sp_agent_spare_make(int cgroup_fd);
+int sp_agent_spare_ready(void);
+// Hands the spare the command; its pid, or -1 (no spare, or it died) and the
+// caller spawns as it would without one. group: in, the name the command's
+// group should have; out, the name it has (v2 keeps the spare's).
+int sp_agent_spare_launch(int cgroup_fd, char *group, size_t glen, const struct sp_launch *l);
+// 1 when pid was the spare (it died waiting).
+int sp_agent_spare_reaped(int pid);
+
 // Frame I/O on the control socket (blocking writes, all-or-nothing).
 int sp_send_frame(int fd, unsigned type, unsigned stream, unsigned id, const void *a, size_t alen, const void *b, size_t blen);
 #endif
