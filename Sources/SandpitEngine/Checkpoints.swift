@@ -227,7 +227,7 @@ extension Engine {
             // A failed checkpoint leaves nothing behind (a half copy on a full store would keep it full).
             do {
                 if !FS.isDirectory(dir) { try FS.mkdir(dir, mode: 0o700) }
-                let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store) {
+                let m = try SandboxDisk.snapshot(mount: disk, image: image, to: copy + ".tmp", storage: store, quiesce: { Self.holdWriters(rt) }) {
                     Fault.point("checkpoint.frozen")
                     return try ManifestScan.scan(SandboxDisk.path(in: disk, SandboxDisk.upper))
                 }
@@ -263,6 +263,27 @@ extension Engine {
         rt.state.withLock { $0.record.head = id }
         logger.debug("checkpoint", metadata: ["sandbox": "\(sb)", "checkpoint": "\(id)", "us": "\((Clock.monotonicNs() - t0) / 1000)"])
         return record
+    }
+
+    /// Holds every writer of a running sandbox's disk without freezing the
+    /// filesystem (see `SandboxDisk.snapshot`): the daemon's file calls (none
+    /// may be writing now) and the sandbox's processes (its cgroup frozen,
+    /// which stops each outside any filesystem call). nil when it cannot:
+    /// no freezer, already paused, a writer busy, or a process that does not
+    /// freeze within 50 ms (stuck in the kernel): then the filesystem is frozen.
+    static func holdWriters(_ rt: SandboxRuntime) -> (() -> Void)? {
+        guard rt.cgroup.freezerDir != nil, rt.idle.withLock({ $0.phase }) == .running, rt.diskWriters.close() else { return nil }
+        do {
+            try rt.cgroup.freeze(timeoutMs: 50)
+        } catch {
+            rt.cgroup.thaw()
+            rt.diskWriters.open()
+            return nil
+        }
+        return {
+            rt.cgroup.thaw()
+            rt.diskWriters.open()
+        }
     }
 
     /// A store that ran out of space is the caller's limit, not an internal

@@ -52,7 +52,9 @@ extension Engine {
     /// Running and paused sandboxes are reached through their agent's root
     /// (paused ones stay frozen); a hibernated one is read from its saved
     /// files (a read-only overlay) unless `write`, which wakes it.
-    public func withFiles<T: Sendable>(_ id: String, caller: Caller, write: Bool,
+    /// `modifies` (default: `write`) says the body changes files, so a
+    /// checkpoint must not copy the disk meanwhile (`DiskWriterGate`).
+    public func withFiles<T: Sendable>(_ id: String, caller: Caller, write: Bool, modifies: Bool? = nil,
                                        _ body: @escaping @Sendable (_ root: Int32, _ resolve: @Sendable ([UInt8]) -> [UInt8]) throws -> T)
         async throws -> (T, FileAccess)
     {
@@ -61,12 +63,16 @@ extension Engine {
         if let rt = try runtime(id, caller: caller), !rt.hasExited {
             rt.idle.withLock { $0.touch(now: Clock.nowMs()) }
             let pid = rt.spawned.pid, cfg = rt.image.config, ids = config.ids
+            let gate = rt.diskWriters, modifies = modifies ?? write
             let result = try await EngineThread.run { () throws -> T in
                 let root = try sys("open", path: "/proc/\(pid)/root") { open("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
                 defer { close(root) }
-                return try FileCredentials.with(uid: ids.hostID(cfg.uid), gid: ids.hostID(cfg.gid)) {
-                    try body(root) { self.absolute($0, workdir: cfg.workdir) }
+                let run = {
+                    try FileCredentials.with(uid: ids.hostID(cfg.uid), gid: ids.hostID(cfg.gid)) {
+                        try body(root) { self.absolute($0, workdir: cfg.workdir) }
+                    }
                 }
+                return modifies ? try gate.write(run) : try run()
             }
             return (result, access)
         }
@@ -124,7 +130,11 @@ extension Engine {
         let u = try upload(uploadId, caller: caller)
         if let f = u.failure.withLock({ $0 }) { throw f }
         do {
-            try await EngineThread.run { try SandboxFiles.writeAll(u.fd, data, at: offset, path: u.path) }
+            let gate = registry.withLock { $0[u.sandboxId] }?.diskWriters
+            try await EngineThread.run {
+                if let gate { try gate.write { try SandboxFiles.writeAll(u.fd, data, at: offset, path: u.path) } }
+                else { try SandboxFiles.writeAll(u.fd, data, at: offset, path: u.path) }
+            }
         } catch {
             let e = error as? SandpitError ?? SandpitError(.internal, "\(error)")
             u.failure.withLock { if $0 == nil { $0 = e } }
@@ -168,7 +178,7 @@ extension Engine {
         guard let u = try? upload(uploadId, caller: caller) else { return }
         uploads.withLock { _ = $0.removeValue(forKey: uploadId) }
         close(u.fd)
-        _ = try? await withFiles(u.sandboxId, caller: .inProcess, write: false) { root, _ in SandboxFiles.unlink(root, u.temp) }
+        _ = try? await withFiles(u.sandboxId, caller: .inProcess, write: false, modifies: true) { root, _ in SandboxFiles.unlink(root, u.temp) }
     }
 }
 

@@ -1,4 +1,5 @@
 import CSandpit
+import Foundation
 import SandpitCore
 import SandpitOS
 import Synchronization
@@ -38,6 +39,9 @@ final class SandboxRuntime: Sendable {
     let fileWatches = Mutex<[String: FileWatch]>([:])
     /// One step at a time: step numbers, checkpoints and restores never interleave.
     let steps = StepLock()
+    /// The daemon's own writes into the sandbox's files (the file API) against
+    /// a checkpoint that holds every writer without freezing the filesystem.
+    let diskWriters = DiskWriterGate()
     /// The writable layer as of the head checkpoint (the base of the next diff).
     let headManifest = Mutex<Manifest?>(nil)
     /// The `bytes` of all the sandbox's checkpoints (nil until first needed), for its store quota.
@@ -360,5 +364,45 @@ func withDeadline<T: Sendable>(seconds: Int, _ message: String, _ body: @escapin
         }
         defer { g.cancelAll() }
         return try await g.next()!
+    }
+}
+
+/// Lets the daemon's file calls write into a sandbox's disk while no
+/// checkpoint holds its writers, and a checkpoint hold them only when none is
+/// writing (else it freezes the filesystem, which holds every writer anyway).
+/// A writer that arrives during such a checkpoint waits for it (milliseconds).
+final class DiskWriterGate: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var writers = 0
+    private var held = false
+
+    /// Runs a write into the sandbox's files (on an engine thread: it may block briefly).
+    func write<T>(_ body: () throws -> T) rethrows -> T {
+        cond.lock()
+        while held { cond.wait() }
+        writers += 1
+        cond.unlock()
+        defer {
+            cond.lock()
+            writers -= 1
+            cond.unlock()
+        }
+        return try body()
+    }
+
+    /// Holds writers out, if none is writing now: true, and `open()` lets them in again.
+    func close() -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        guard writers == 0, !held else { return false }
+        held = true
+        return true
+    }
+
+    func open() {
+        cond.lock()
+        held = false
+        cond.broadcast()
+        cond.unlock()
     }
 }

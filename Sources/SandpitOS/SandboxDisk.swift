@@ -25,14 +25,30 @@ public enum SandboxDisk {
         try storage.copyFile(blank, to: image)
     }
 
-    /// A point-in-time copy of a mounted sandbox disk: the filesystem is
-    /// frozen (writes flushed, new ones held), `during` runs (to read the
-    /// layer consistently), the image is cloned to `copy`, and the filesystem
-    /// is thawed, whatever happens.
+    /// A point-in-time copy of a mounted sandbox disk: every writer is held,
+    /// the filesystem's writes are flushed, `during` runs (to read the layer
+    /// consistently), the image is cloned to `copy`, and the writers go on,
+    /// whatever happens.
+    ///
+    /// Writers are held by `quiesce` when it can (it stops every process that
+    /// could write, the sandbox's and the daemon's own file calls, and returns
+    /// what lets them go), else by freezing the filesystem (`FIFREEZE`).
+    /// The freeze takes three per-superblock locks whose write side waits an
+    /// RCU grace period each when none was taken lately: ~40 ms for a step an
+    /// agent takes after thinking, against ~1 ms for a `syncfs` with the
+    /// writers held.
     public static func snapshot<T>(mount: FileDescriptor, image: String, to copy: String, storage: StorageVolume,
-                                   during: () throws -> T) throws -> T {
+                                   quiesce: () -> (() -> Void)? = { nil }, during: () throws -> T) throws -> T {
         // The mount fd is a path handle; ioctls need a file opened on the filesystem.
         let root = FileDescriptor(try sys("open", path: image) { openat(mount.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+        defer { root.close() }
+        if let release = quiesce() {
+            defer { release() }
+            _ = try sys("sync sandbox disk", path: image) { sp_fs_sync(root.raw) }
+            let r = try during()
+            try storage.copyFile(image, to: copy)
+            return r
+        }
         _ = try sys("freeze sandbox disk", path: image) { sp_fs_freeze(root.raw) }
         defer { _ = sp_fs_thaw(root.raw) }
         let r = try during()
@@ -84,6 +100,7 @@ public enum SandboxDisk {
         // image): without it a checkpoint's clone of the image kept every block
         // the sandbox ever wrote and deleted, and the store grew by all of it.
         _ = try sys("fsconfig(discard)", path: image) { sp_fsconfig_flag(fs.raw, "discard") }
+        _ = try sys("fsconfig(noinit_itable)", path: image) { sp_fsconfig_flag(fs.raw, "noinit_itable") }
         _ = try sys("fsconfig(create ext4)", path: image) { sp_fsconfig_create(fs.raw) }
         return FileDescriptor(try sys("fsmount(ext4)", path: image) {
             sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NOATIME)

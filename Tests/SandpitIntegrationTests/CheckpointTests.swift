@@ -244,6 +244,57 @@ struct CheckpointTests {
 
     /// Issue 27: bytes flipped in a checkpoint's image were restored
     /// silently. A damaged checkpoint is refused before anything is touched.
+    /// A checkpoint holds every writer of the sandbox's disk: its processes
+    /// (its cgroup frozen, then a sync) or, when that cannot be, the whole
+    /// filesystem (FIFREEZE); the daemon's own file calls wait for it either
+    /// way. With a process and the file API writing as fast as they can, every
+    /// checkpoint is a consistent filesystem, and restores.
+    @Test func checkpointsTakenWhileEverythingWritesAreConsistent() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            // In the sandbox: creates, appends, renames and deletes, without pause.
+            let bg = try a.client.result("exec.run", ["sandboxId": .string(sb), "background": true, "shell": """
+                i=0; while :; do i=$((i+1)); echo $i >> /home/user/log; head -c 65536 /dev/urandom > /home/user/f.$((i % 7))
+                mv /home/user/f.$((i % 7)) /home/user/g.$((i % 5)); rm -f /home/user/g.$((i % 3)); done
+                """])
+            // Through the file API, from another connection: 64 KiB files, a few ms apart (so a checkpoint
+            // finds it writing at times, and idle at others).
+            let other = try a.daemon.connect()
+            final class Flag: @unchecked Sendable { let lock = NSLock(); var stop = false; var written = 0 }
+            let flag = Flag()
+            let blob = Base64.encode([UInt8]((0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31) }))
+            let done = DispatchSemaphore(value: 0)
+            Thread {
+                var k = 0
+                while !flag.lock.withLock({ flag.stop }) {
+                    if (try? other.result("fs.write", ["sandboxId": .string(sb), "path": .string("/home/user/api.\(k % 4)"), "data": .string(blob)])) != nil {
+                        flag.lock.withLock { flag.written += 1 }
+                    }
+                    k += 1
+                    usleep(useconds_t(1_000 + (k % 5) * 1_000))
+                }
+                done.signal()
+            }.start()
+            var cks: [String] = []
+            for k in 0..<12 {
+                usleep(useconds_t(10_000 + k * 12_000))
+                cks.append(try a.client.result("checkpoint.create", ["sandboxId": .string(sb)])["checkpointId"]!.stringValue!)
+            }
+            flag.lock.withLock { flag.stop = true }
+            done.wait()
+            _ = try a.client.result("exec.kill", ["sandboxId": .string(sb), "execId": bg["execId"]!])
+            #expect(flag.lock.withLock { flag.written } > 10, "the file API wrote meanwhile")
+            let dir = a.daemon.dataDir + "/store/sandboxes/\(sb)/checkpoints/"
+            for ck in cks {
+                let fsck = Host.sh("e2fsck -fn '\(dir)\(ck).img' 2>&1")
+                #expect(fsck.status == 0, "\(ck): \(fsck.output)")
+            }
+            _ = try a.client.result("sandbox.restore", ["sandboxId": .string(sb), "checkpointId": .string(cks[6])])
+            let r = try a.sh(sb, "tail -n1 /home/user/log | grep -c '^[0-9][0-9]*$'; for f in /home/user/api.*; do wc -c < $f; done | sort -u")
+            #expect(r.stdout == "1\n65536\n", "\(r.stdout)")
+        }
+    }
+
     @Test func aDamagedCheckpointIsRefusedAndTheSandboxIsLeftAsItWas() throws {
         try Arena.with { a in
             let sb = try a.sandbox()
