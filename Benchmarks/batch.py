@@ -3,13 +3,15 @@
 unsandboxed subprocesses with the same concurrency, measured in the same run.
 
   sudo python3 Benchmarks/batch.py [--n 300] [--concurrency 2] [--work 20000] [--sandpit .build/release/sandpit]
+  sudo python3 Benchmarks/batch.py --eval [--concurrency 2]
 
 The fixture comes from Fixtures/batch/make_tasks.py: small Python tasks plus infinite loops (timeout) and
-a memory hog (oom). The baseline runs `/usr/bin/python3 -` (the interpreter the default template runs)
+a memory hog (oom). With --eval it is Fixtures/batch/eval/tasks.jsonl instead: 150 code-eval tasks (a
+function written against the standard library and its asserts, 20-100 ms of CPU each; 15 fail on purpose). The baseline runs `/usr/bin/python3 -` (the interpreter the default template runs)
 with the task's timeout and a 1 GiB address-space limit (so the hog fails instead of eating the host).
 Prints tasks/s for each, the ratio, and sandpit's per-task phase medians.
 """
-import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, resource, shutil, statistics, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 
 def baseline(tasks, concurrency):
@@ -32,6 +34,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--work", type=int, default=20000)
     ap.add_argument("--sandpit", default=None)
+    ap.add_argument("--eval", action="store_true", help="the code-eval fixture instead of the synthetic one")
     a = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = a.sandpit or next((p for p in [f"{root}/.build/release/sandpit", f"{root}/.build/debug/sandpit"] if os.path.exists(p)), None)
@@ -39,9 +42,13 @@ def main():
     subprocess.run([f"{root}/scripts/build-agent", os.path.dirname(exe)], check=True)
     scratch = tempfile.mkdtemp(prefix="sandpit-batch-bench-", dir="/tmp")
     tasks_file, out = f"{scratch}/tasks.jsonl", f"{scratch}/results.jsonl"
-    subprocess.run([sys.executable, f"{root}/Fixtures/batch/make_tasks.py", tasks_file, "--n", str(a.n), "--work", str(a.work)], check=True)
+    if a.eval:
+        shutil.copy(f"{root}/Fixtures/batch/eval/tasks.jsonl", tasks_file)
+    else:
+        subprocess.run([sys.executable, f"{root}/Fixtures/batch/make_tasks.py", tasks_file, "--n", str(a.n), "--work", str(a.work)], check=True)
     tasks = [json.loads(l) for l in open(tasks_file)]
-    print(f"{len(tasks)} tasks ({a.n} python, 3 infinite loops, 1 memory hog), concurrency {a.concurrency}, {os.cpu_count()} CPUs")
+    what = "code-eval tasks (Fixtures/batch/eval)" if a.eval else f"({a.n} python, 3 infinite loops, 1 memory hog)"
+    print(f"{len(tasks)} tasks {what}, concurrency {a.concurrency}, {os.cpu_count()} CPUs")
     # Warm the page cache and the store once (untimed).
     subprocess.run([exe, "batch", tasks_file, "--out", f"{scratch}/warm.jsonl", "--concurrency", str(a.concurrency), "--quiet",
                     "--data-dir", f"{scratch}/data"], stdout=subprocess.DEVNULL)

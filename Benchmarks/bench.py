@@ -14,12 +14,19 @@
   (i) new sandbox -> first cell importing numpy, pandas, matplotlib: a PRELOAD template (from its pool,
       and forked from its zygote at once when the pool is empty) vs the same packages without PRELOAD
       (builds Fixtures/templates/sci from PyPI once); memory charged to each sandbox
+  (j) a keystroke through a PTY exec                 vs  a host PTY; exec.input throughput vs a host pipe
+  (k) think time, as agents call: new sandbox -> the *result* of its first command (warm and cold);
+      exec.run `true` 20 ms, 200 ms and 1 s apart   vs  bare fork+exec+wait spaced the same;
+      code.run `x = 1` 200 ms apart                 vs  a Jupyter kernel's execute spaced the same (+ CPU per cell);
+      an agent loop (create, then 20 steps of exec.run / code.run / fs.write+fs.read 4 KiB, 200 ms of
+      think time before each): the time the agent waited  vs  the same steps unsandboxed
 
-Usage: sudo python3 Benchmarks/bench.py [--n 50] [--file-mb 1024] [--sandpit .build/release/sandpit]
+Usage: sudo python3 Benchmarks/bench.py [--n 50] [--file-mb 1024] [--sandpit .build/release/sandpit] [--plot bench.png]
 Starts its own daemon on a scratch data dir; installs bubblewrap with apt-get if missing, and makes a
-venv with ipykernel and jupyter_client (from PyPI) under ~/.cache/sandpit-bench once.
+venv with ipykernel and jupyter_client (from PyPI) under ~/.cache/sandpit-bench once (and matplotlib
+there for --plot).
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, base64, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 def pct(xs, q):
     xs = sorted(xs)
@@ -104,9 +111,10 @@ def cgroup_cpu_ns(sid):
             total += sum(int(x) for x in f[11:15]) * tick
     return total
 
-def time_cmd(argv, n):
+def time_cmd(argv, n, gap=0.0):
     out = []
     for _ in range(n + 3):
+        if gap: time.sleep(gap)
         t = time.perf_counter_ns()
         pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"}, file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
         os.waitpid(pid, 0)
@@ -118,6 +126,7 @@ def main():
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--sandpit", default=None)
     ap.add_argument("--file-mb", type=int, default=1024, help="size of the file for the transfer section (g)")
+    ap.add_argument("--plot", metavar="PNG", help="also draw the table: one panel per section, Sandpit beside its baselines")
     a = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     exe = a.sandpit or next((p for p in [f"{root}/.build/release/sandpit", f"{root}/.build/debug/sandpit"] if os.path.exists(p)), None)
@@ -151,8 +160,9 @@ def main():
                 if w["ready"] >= w["target"]: return
                 time.sleep(0.005)
 
-        def create_and_run(params, cmd, first_out, create_only):
-            """sandbox.create, then cmd: appends create time and create -> first output (ms); deletes it."""
+        def create_and_run(params, cmd, first_out, create_only, first_result=None):
+            """sandbox.create, then cmd: appends create time, create -> first output and create -> the
+            command's result (ms); deletes it."""
             t0 = time.perf_counter_ns()
             sb = c.call("sandbox.create", params)["sandboxId"]
             t1 = time.perf_counter_ns()
@@ -160,16 +170,20 @@ def main():
             def note(m):
                 if not got and m.get("method") == "exec.output": got.append(time.perf_counter_ns())
             c.call("exec.run", {"sandboxId": sb, "cmd": cmd}, on_note=note)
+            t2 = time.perf_counter_ns()
             first_out.append((got[0] - t0) / 1e6); create_only.append((t1 - t0) / 1e6)
+            if first_result is not None: first_result.append((t2 - t0) / 1e6)
             c.call("sandbox.delete", {"sandboxId": sb})
 
-        def measure(policy, n, warm=False):
+        def measure(policy, n, warm=False, results=None):
             first_out, create_only = [], []
             for _ in range(n):
                 params = {"policy": policy}
                 if warm: pool_ready()   # outside the timed region: the pool refills between creates
                 else: params["limits"] = {"pids": 512}   # any override bypasses the pool: a cold start
-                create_and_run(params, ["echo", "ok"], first_out, create_only)
+                # An agent thinks before its first call, too: the sandbox is not created right after the previous one.
+                if results is not None: time.sleep(0.1)
+                create_and_run(params, ["echo", "ok"], first_out, create_only, results)
             sb = c.call("sandbox.create", {"policy": policy})["sandboxId"]
             rt, agent_run = [], []
             for _ in range(n * 4):
@@ -180,8 +194,9 @@ def main():
             c.call("sandbox.delete", {"sandboxId": sb})
             return first_out, create_only, rt, agent_run
 
-        warm_first, warm_create, _, _ = measure("default", a.n, warm=True)
-        first_out, create_only, rt, agent_run = measure("default", a.n)
+        warm_result, cold_result = [], []
+        warm_first, warm_create, _, _ = measure("default", a.n, warm=True, results=warm_result)
+        first_out, create_only, rt, agent_run = measure("default", a.n, results=cold_result)
         # The cost of the barriers: the same with seccomp and cgroups off, and without an own disk.
         bare_first, _, bare_rt, _ = measure("bench-nobarriers", a.n)
         nodisk_first, _, nodisk_rt, _ = measure("bench-nodisk", a.n)
@@ -252,7 +267,6 @@ def main():
             t = time.perf_counter_ns(); subprocess.run(f"cat {big} > /dev/null", shell=True, check=True); cat_t.append((time.perf_counter_ns() - t) / 1e9)
         fsb = c.call("sandbox.create", {})["sandboxId"]
         up_t, down_t = [], []
-        import base64
         for _ in range(3):
             t = time.perf_counter_ns()
             up = c.call("fs.upload", {"sandboxId": fsb, "path": "big.bin"})["uploadId"]
@@ -423,6 +437,65 @@ def main():
         hp.stdin.close(); hp.wait()
         host_pipe_mbps = input_mb / ((time.perf_counter_ns() - t) / 1e9)
 
+        # (k) think time: an agent waits for each call's result, then thinks (a model call) before the next.
+        # exec.run `true` spaced out, beside bare fork+exec+wait spaced the same; code.run spaced 200 ms beside
+        # a Jupyter kernel's execute spaced the same; and an agent loop (create, then 20 steps with 200 ms
+        # of think time before each) beside the same steps unsandboxed (subprocess, Jupyter, plain files).
+        gaps = (0.02, 0.2, 1.0)
+        spaced, spaced_bare = {}, {}
+        sb = c.call("sandbox.create")["sandboxId"]
+        c.call("exec.run", {"sandboxId": sb, "cmd": ["true"]})
+        for gap in gaps:
+            k = a.n if gap < 1 else max(5, a.n // 2)
+            ts = []
+            for _ in range(k):
+                time.sleep(gap)
+                t = time.perf_counter_ns(); c.call("exec.run", {"sandboxId": sb, "cmd": ["/bin/true"]}); ts.append((time.perf_counter_ns() - t) / 1e6)
+            spaced[gap] = ts
+            spaced_bare[gap] = time_cmd(["/bin/true"], k, gap)
+        c.call("code.run", {"sandboxId": sb, "code": "x = 1"})
+        cell_spaced = []
+        mark = cpu_mark(sb)
+        for _ in range(a.n):
+            time.sleep(0.2)
+            t = time.perf_counter_ns(); r = c.call("code.run", {"sandboxId": sb, "code": "x = 1"}, on_note=lambda m: None)
+            cell_spaced.append((time.perf_counter_ns() - t) / 1e6)
+        assert r.get("checkpoint") is not None, r   # a step with its frozen copy, the default
+        time.sleep(0.2)   # what the last cell's copy costs after its reply is counted too
+        cell_spaced_cpu = cpu_per_cell(sb, mark, a.n)
+        c.call("sandbox.delete", {"sandboxId": sb})
+        loop_shell, loop_cell = "ls /tmp | wc -l", "y = sum(range(1000)); y"
+        blob = os.urandom(4096)
+        loop_total, loop_steps = [], []
+        for _ in range(3):
+            pool_ready()
+            time.sleep(0.2)
+            t = time.perf_counter_ns()
+            sb = c.call("sandbox.create")["sandboxId"]
+            waited = (time.perf_counter_ns() - t) / 1e6
+            for i in range(20):
+                time.sleep(0.2)
+                t = time.perf_counter_ns()
+                if i % 3 == 0:
+                    assert c.call("exec.run", {"sandboxId": sb, "shell": loop_shell}, on_note=lambda m: None)["exitCode"] == 0
+                elif i % 3 == 1:
+                    c.call("code.run", {"sandboxId": sb, "code": loop_cell}, on_note=lambda m: None)
+                else:
+                    c.call("fs.write", {"sandboxId": sb, "path": "loop.bin", "data": base64.b64encode(blob).decode()})
+                    assert base64.b64decode(c.call("fs.read", {"sandboxId": sb, "path": "loop.bin"})["data"]) == blob
+                step = (time.perf_counter_ns() - t) / 1e6
+                waited += step
+                loop_steps.append(step)
+            loop_total.append(waited)
+            c.call("sandbox.delete", {"sandboxId": sb})
+        jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", str(a.n), "--gap", "0.2", "x = 1"], capture_output=True, text=True)
+        jupyter_spaced = json.loads(jr.stdout)["x = 1"] if jr.returncode == 0 else None
+        loop_base = []
+        for _ in range(3):
+            jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", "--loop", "20", "--think", "0.2"], capture_output=True, text=True)
+            if jr.returncode == 0: loop_base.append(json.loads(jr.stdout)["waitedMs"])
+            else: print("Jupyter loop baseline failed:\n" + jr.stderr[-2000:], file=sys.stderr)
+
         bare = time_cmd(["/bin/true"], a.n * 4)
         bare_echo = time_cmd(["/bin/echo", "ok"], a.n)
         bw = ensure_bwrap()
@@ -434,48 +507,56 @@ def main():
         d.terminate(); d.wait(timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
 
+    table = []   # (section, name, median, p90, is a baseline) for --plot
+    section = [""]
+    def heading(text):
+        section[0] = text
+        print(text)
     def row(name, xs, base=None):
         ratio = f"{statistics.median(xs) / statistics.median(base):6.2f}x" if base else "      "
         print(f"  {name:48s} median {statistics.median(xs):8.3f} ms   p90 {pct(xs, 0.9):8.3f} ms  {ratio}")
+        name = name.strip()
+        baseline = xs is base or name.split(" ")[0] in ("bare", "bwrap", "Jupyter", "host") or name.startswith("the same")
+        table.append((section[0], name, statistics.median(xs), pct(xs, 0.9), baseline))
     print(f"sandpit bench: n={a.n}, {os.cpu_count()} cores, cgroup {info['cgroup']}, storage {info['storage']['mode']}, binary {exe}")
-    print("(a) new sandbox -> first output of `echo ok`   (ratio vs bwrap)")
+    heading("(a) new sandbox -> first output of `echo ok`   (ratio vs bwrap)")
     row("sandpit, warm pool ready (default)", warm_first, bwrap_echo)
     row("  of which sandbox.create", warm_create, bwrap_echo)
     row("sandpit, cold start (pool bypassed)", first_out, bwrap_echo)
     row("  of which sandbox.create", create_only, bwrap_echo)
     if bwrap_echo: row("bwrap --unshare-all echo ok", bwrap_echo, bwrap_echo)
     row("bare fork+exec+wait echo ok", bare_echo, bwrap_echo)
-    print("(b) run `true` in a live sandbox   (ratio vs bare fork+exec+wait)")
+    heading("(b) run `true` in a live sandbox   (ratio vs bare fork+exec+wait)")
     row("sandpit exec.run round trip (socket)", rt, bare)
     row("  of which agent spawn+run", agent_run, bare)
     row("bare fork+exec+wait /bin/true", bare, bare)
     if bwrap_true: row("bwrap --unshare-all /bin/true", bwrap_true, bare)
-    print("(c) what the barriers cost   (ratio vs the default policy)")
+    heading("(c) what the barriers cost   (ratio vs the default policy)")
     row("cold first output, default policy", first_out, first_out)
     row("cold first output, seccomp + cgroups off", bare_first, first_out)
     row("cold first output, no own disk image", nodisk_first, first_out)
     row("exec.run true, default policy", rt, rt)
     row("exec.run true, seccomp + cgroups off", bare_rt, rt)
     row("exec.run true, no own disk image", nodisk_rt, rt)
-    print("(d) checkpoints, restore, fork   (ratio vs the 1 MB sandbox)")
+    heading("(d) checkpoints, restore, fork   (ratio vs the 1 MB sandbox)")
     row("checkpoint of a one-file change, 1 MB sandbox", ck_small, ck_small)
     row("checkpoint of a one-file change, 500 MB sandbox", ck_big, ck_small)
     row("restore to step k, 1 MB", restore_small, restore_small)
     row("restore to step k, 500 MB", restore_big, restore_small)
     row("fork from step k, 1 MB", fork_small, fork_small)
     row("fork from step k, 500 MB", fork_big, fork_small)
-    print("(e) idle lifecycle, sandbox with 100 MB of its own files and a 50 MB process")
+    heading("(e) idle lifecycle, sandbox with 100 MB of its own files and a 50 MB process")
     row("pause (freeze)", pause_t)
     row("resume from pause", unpause_t)
     row("hibernate (checkpoint + stop)", hib_t)
     row("resume from hibernation", unhib_t)
     print(f"  memory charged while paused: {statistics.median(mem_paused):.1f} MiB; while hibernated: {mem_hibernated:.1f} MiB (no cgroup, nothing resident)")
-    print("(f) create from a template   (ratio vs the 1 MB template)")
+    heading("(f) create from a template   (ratio vs the 1 MB template)")
     for name in ("bench-1mb", "bench-500mb"):
         size, build_s, firsts, creates = tpl[name]
         row(f"{name} ({size / 1048576:.0f} MiB, built in {build_s:.1f} s): create", creates, tpl["bench-1mb"][3])
         row(f"{name}: create -> first output", firsts, tpl["bench-1mb"][2])
-    print(f"(g) files through the socket: {file_size >> 20} MiB in 8 MiB chunks, median of 3   (ratio vs host cat)")
+    heading(f"(g) files through the socket: {file_size >> 20} MiB in 8 MiB chunks, median of 3   (ratio vs host cat)")
     mbps = lambda ts: file_size / 1e6 / statistics.median(ts)
     print(f"  {'host: cat FILE > /dev/null':48s} {mbps(cat_t):8.0f} MB/s")
     print(f"  {'fs.upload (fs.uploadChunk x N, commit)':48s} {mbps(up_t):8.0f} MB/s   {mbps(up_t) / mbps(cat_t):6.3f}x")
@@ -483,7 +564,7 @@ def main():
     print(f"  daemon peak RSS after the transfers: {daemon_hwm / 1048576:.0f} MiB")
     row("fs.read of a 1 KiB file", read_t, cat_small)
     row("exec.run `cat` of the same file", cat_small, cat_small)
-    print("(h) interpreter cells: round trip until the result (and all output) is back   (ratio vs Jupyter)")
+    heading("(h) interpreter cells: round trip until the result (and all output) is back   (ratio vs Jupyter)")
     for code in cells:
         base = jupyter_t[code] if jupyter_t else None
         row(f"sandpit code.run `{code}` (checkpointed: {'yes' if code_ck[code] else 'NO'})", code_t[code], base)
@@ -501,7 +582,7 @@ def main():
     row(f"sandbox.restore in place -> {'+'.join(inplace_what)}", inplace_t, relaunch_t)
     row(f"sandbox.restore by relaunch -> {'+'.join(relaunch_what)}", relaunch_t, relaunch_t)
     if warm_t:
-        print("(i) warm templates: create -> first cell importing numpy, pandas, matplotlib   (ratio vs cold)")
+        heading("(i) warm templates: create -> first cell importing numpy, pandas, matplotlib   (ratio vs cold)")
         row("warm template (PRELOAD): from the pool", warm_t, cold_t)
         row("  pool empty: forked from the zygote at once", forked_t, cold_t)
         row("cold: same packages, no PRELOAD", cold_t, cold_t)
@@ -510,12 +591,37 @@ def main():
         mib = lambda k: statistics.median(mem[k]) / 1048576
         print(f"  memory charged to the sandbox after that cell: {mib('warm'):.1f} MiB from the pool, {mib('forked'):.1f} MiB forked at once, "
               f"{mib('cold'):.1f} MiB cold (a forked interpreter shares the zygote's pages until it writes them)")
-    print("(j) interactive I/O: a keystroke echoed through a PTY running `cat`   (ratio vs a host PTY)")
+    heading("(j) interactive I/O: a keystroke echoed through a PTY running `cat`   (ratio vs a host PTY)")
     row("sandpit PTY exec: exec.input -> exec.output echo", key_rtt, host_key_rtt)
     row("host PTY (openpty + cat)", host_key_rtt, host_key_rtt)
     print(f"  exec.input into `cat > /dev/null`: {input_mbps:.0f} MB/s (64 MiB, 1 MiB base64 chunks); host pipe {host_pipe_mbps:.0f} MB/s "
           f"({input_mbps / host_pipe_mbps:.3f}x)")
+    heading("(k) think time: calls spaced out as an agent makes them, and the first result of a new sandbox")
+    row("warm pool: create -> result of `echo ok`", warm_result, bwrap_echo)
+    row("cold start: create -> result of `echo ok`", cold_result, bwrap_echo)
+    for gap in gaps:
+        row(f"exec.run true, {gap * 1000:.0f} ms apart", spaced[gap], spaced_bare[gap])
+        row(f"  bare fork+exec+wait /bin/true, {gap * 1000:.0f} ms apart", spaced_bare[gap], spaced_bare[gap])
+    row("code.run `x = 1`, 200 ms apart (frozen copy per cell)", cell_spaced, jupyter_spaced)
+    if jupyter_spaced: row("  Jupyter kernel execute `x = 1`, 200 ms apart", jupyter_spaced, jupyter_spaced)
+    dcpu, scpu = cell_spaced_cpu
+    print(f"    CPU per spaced cell (the frozen copy made after the reply included): daemon {ms(dcpu)}, sandbox {ms(scpu)}")
+    row("agent loop: create + 20 steps, time waited", loop_total, loop_base or None)
+    if loop_base: row("  the same 20 steps unsandboxed", loop_base, loop_base)
+    print(f"    per step: sandpit median {statistics.median(loop_steps):.2f} ms (exec.run, code.run, fs.write+fs.read of 4 KiB in turn; 200 ms of think time before each)")
     print(f"agent idle RSS at start: {info['agentRssBytes'] / 1048576:.2f} MiB ({os.path.basename(info['agent'])})")
+    if a.plot: plot(table, a.plot, jupyter_python())
+
+def plot(table, path, venv_python):
+    """One panel per section: each row's median as a bar (p90 as a whisker), baselines grey, log scale.
+    Drawn by Benchmarks/plot.py with the baseline venv's python, which gets matplotlib on first use."""
+    if subprocess.run([venv_python, "-c", "import matplotlib"], capture_output=True).returncode != 0:
+        print("installing matplotlib into the baseline venv for --plot ...", file=sys.stderr)
+        subprocess.run([venv_python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "matplotlib"], check=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    rows = [{"section": s, "name": n, "median": m, "p90": p, "baseline": b} for s, n, m, p, b in table]
+    subprocess.run([venv_python, f"{here}/plot.py", path], input=json.dumps(rows), text=True, check=True)
+    print(f"chart: {path}")
 
 if __name__ == "__main__":
     main()

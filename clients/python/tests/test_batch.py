@@ -56,6 +56,26 @@ def test_batch_cli_judges_every_task_and_resumes_after_interrupt(daemon, sandpit
         assert left == [], "every task and base sandbox is deleted"
 
 
+def test_the_code_eval_fixture_is_judged_as_its_ids_say(daemon, sandpit, tmp_path):
+    """Fixtures/batch/eval: 150 code-eval tasks (a function and its asserts), 15 with a wrong expected value.
+    The fixture is the one Benchmarks/batch.py --eval times; here every verdict is checked, and the
+    committed file must be what make_tasks.py writes (so the two never drift apart)."""
+    fixture = f"{ROOT}/Fixtures/batch/eval/tasks.jsonl"
+    subprocess.run([sys.executable, f"{ROOT}/Fixtures/batch/eval/make_tasks.py", str(tmp_path / "fresh.jsonl")], check=True, capture_output=True)
+    assert open(fixture).read() == (tmp_path / "fresh.jsonl").read_text(), "tasks.jsonl is stale: run Fixtures/batch/eval/make_tasks.py"
+    tasks = [json.loads(l) for l in open(fixture)]
+    assert len(tasks) >= 150
+    out = tmp_path / "results.jsonl"
+    r = subprocess.run([sandpit, "batch", fixture, "--out", str(out), "--socket", daemon, "--concurrency", "2"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    assert r.returncode in (0, 1), r.stderr
+    results = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert sorted(results) == sorted(t["id"] for t in tasks)
+    wrong = {i: (x["status"], x.get("reason"), x.get("stderr", "")[-300:]) for i, x in results.items() if x["status"] != expected(i)}
+    assert wrong == {}, wrong
+    assert all("AssertionError" in results[i]["stderr"] for i in results if i.startswith("fail-")), "a wrong answer fails its assert"
+
+
 def test_batch_method_from_the_client_with_shared_setup(client):
     seen = []
     tasks = [{"id": f"t{i}", "files": {"data.txt": "41\n"}, "setup": ["python3 -c \"open('prepared', 'w').write('yes')\""],
