@@ -164,25 +164,34 @@ public struct CgroupHandle: Sendable {
     }
 
     /// SIGKILLs every process in the group until it is empty, then removes the
-    /// directories. Children first is not needed: each sandbox group is a leaf.
+    /// directories, children (the agent's per-exec groups) first. A child
+    /// group or process that appears meanwhile (a spare process finishing its
+    /// attach as the agent dies, say) is found on the next pass.
     public func destroy() throws(OSError) {
         thaw()   // frozen processes do not die until thawed
-        for _ in 0..<200 {
-            let pids = processes()
-            if pids.isEmpty { break }
-            for p in pids { kill(p, SIGKILL) }
-            usleep(5_000)
-        }
-        for d in dirs.flatMap({ Self.children(of: $0) + [$0] }) {
-            var tries = 0
-            while rmdir(d) != 0 {
-                let e = errno
-                if e == ENOENT { break }
-                tries += 1
-                if e != EBUSY || tries > 200 { throw OSError(call: "rmdir", errno: e, path: d) }
+        var last: OSError?
+        for _ in 0..<5 {
+            for _ in 0..<200 {
+                let pids = processes()
+                if pids.isEmpty { break }
+                for p in pids { kill(p, SIGKILL) }
                 usleep(5_000)
             }
+            last = nil
+            for d in dirs.flatMap({ Self.children(of: $0) + [$0] }) {
+                var tries = 0
+                while rmdir(d) != 0 {
+                    let e = errno
+                    if e == ENOENT { break }
+                    tries += 1
+                    if e != EBUSY || tries > 40 { last = OSError(call: "rmdir", errno: e, path: d); break }
+                    usleep(5_000)
+                }
+                if last != nil { break }
+            }
+            if last == nil { return }
         }
+        if let last { throw last }
     }
 }
 
