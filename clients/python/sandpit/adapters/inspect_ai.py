@@ -265,8 +265,7 @@ class SandpitSandboxEnvironment(SandboxEnvironment):
         return data.decode("utf-8") if text else data
 
     def _file_error(self, e: SandpitError, file: str) -> Exception:
-        errno = e.data.get("errno")
-        if errno == "EISDIR":
+        if e.data.get("errno") == "EISDIR" or e.data.get("type") == "dir":
             return IsADirectoryError(file)
         if isinstance(e, NotFoundError) and e.data.get("path") is not None:
             return FileNotFoundError(file)
