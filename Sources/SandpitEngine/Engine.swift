@@ -28,6 +28,10 @@ public struct EngineConfig: Sendable {
     public var memoryBudgetBytes: Int64?
     /// Concurrent execs across all sandboxes (nil: no cap).
     public var maxExecs: Int?
+    /// Output that finished execs keep in memory for `exec.logs`, across all
+    /// sandboxes (each sandbox also keeps at most 32 MiB); past it the daemon
+    /// forgets the oldest, anywhere (`OutputLedger`).
+    public var finishedOutputBudgetBytes: Int = 256 << 20
 
     public static let defaultIDs = IDMapping(hostBase: 100_000, count: 65_536)
     /// Host uids that own sandboxes' user namespaces, one per sandbox (see
@@ -121,6 +125,8 @@ public final class Engine: Sendable {
     let waking = Mutex<[String: Task<Wake, Error>]>([:])
     let idleService = Mutex<Task<Void, Never>?>(nil)
     let admission: Admission
+    /// The daemon-wide budget for finished execs' retained output.
+    let outputLedger: OutputLedger
     let observers = Mutex<[Int64: @Sendable (StateEvent) -> Void]>([:])
     let portObservers = Mutex<[Int64: @Sendable (PortEvent) -> Void]>([:])
     /// Interpreter contexts of runtimes that ended (sandbox id → context id → language),
@@ -153,6 +159,7 @@ public final class Engine: Sendable {
         self.config = config
         self.logger = logger
         admission = Admission(maxSandboxes: config.maxSandboxes, memoryBudget: config.memoryBudgetBytes, maxExecs: config.maxExecs)
+        outputLedger = OutputLedger(budget: config.finishedOutputBudgetBytes)
         guard geteuid() == 0 else {
             throw SandpitError(.unavailable, "sandpit needs root to create sandboxes (user namespaces with a uid range, cgroups, overlay mounts); run it as root")
         }
@@ -557,7 +564,7 @@ public final class Engine: Sendable {
                     try prepare(pid)
                 }
             }
-            let rt = SandboxRuntime(record: record, plan: plan, image: image, cgroup: cg, spawned: spawned, disk: disk) { [weak self] rt, why in
+            let rt = SandboxRuntime(record: record, plan: plan, image: image, cgroup: cg, spawned: spawned, disk: disk, ledger: outputLedger) { [weak self] rt, why in
                 self?.agentDied(rt, why)
             }
             runtime = rt

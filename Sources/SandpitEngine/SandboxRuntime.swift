@@ -85,8 +85,12 @@ final class SandboxRuntime: Sendable {
     /// the daemon's memory. The latest finished exec is always kept.
     static let keepFinishedOutputBytes = 32 << 20
 
+    /// The daemon-wide budget for finished execs' output; nil in tests of one runtime.
+    let ledger: OutputLedger?
+
     init(record: SandboxRecord, plan: SandboxPlan, image: SandboxImage, cgroup: CgroupHandle, spawned: SandboxSpawner.Spawned, disk: FileDescriptor?,
-         onUnexpectedExit: @escaping @Sendable (SandboxRuntime, String) -> Void) {
+         ledger: OutputLedger? = nil, onUnexpectedExit: @escaping @Sendable (SandboxRuntime, String) -> Void) {
+        self.ledger = ledger
         self.id = record.id
         self.plan = plan
         self.image = image
@@ -255,17 +259,38 @@ final class SandboxRuntime: Sendable {
         return session(n)
     }
 
-    /// Keeps the last few finished execs for exec.logs; forgets older ones.
+    /// Keeps the last few finished execs for exec.logs; forgets older ones:
+    /// past this sandbox's caps, and past the daemon's budget (`OutputLedger`),
+    /// which may forget any sandbox's oldest.
     private func retire(_ id: UInt32) {
         oomBaseline.withLock { _ = $0.removeValue(forKey: id) }
-        state.withLock { s in
+        let bytes = state.withLock { s -> Int in
             s.finishedOrder.append(id)
             var kept = s.finishedOrder.reduce(0) { $0 + (s.execs[$1]?.retainedBytes ?? 0) }
             while s.finishedOrder.count > Self.keepFinishedExecs || (kept > Self.keepFinishedOutputBytes && s.finishedOrder.count > 1) {
                 let old = s.finishedOrder.removeFirst()
                 kept -= s.execs.removeValue(forKey: old)?.retainedBytes ?? 0
             }
+            return s.execs[id]?.retainedBytes ?? 0
         }
+        ledger?.retired(self, exec: id, bytes: bytes)
+    }
+
+    /// Drops a finished exec's output (the daemon's budget asks): exec.logs
+    /// then answers from its catalog summary. True if it was still here.
+    @discardableResult
+    func forgetFinished(_ id: UInt32) -> Bool {
+        state.withLock { s in
+            guard let i = s.finishedOrder.firstIndex(of: id) else { return false }
+            s.finishedOrder.remove(at: i)
+            s.execs.removeValue(forKey: id)
+            return true
+        }
+    }
+
+    /// Bytes its finished execs hold (what the ledger counts as this sandbox's).
+    func retainedFinished(_ id: UInt32) -> Int? {
+        state.withLock { s in s.finishedOrder.contains(id) ? s.execs[id]?.retainedBytes : nil }
     }
 
     func register(_ x: ExecSession) { state.withLock { $0.execs[x.numericId] = x } }
@@ -404,5 +429,48 @@ final class DiskWriterGate: @unchecked Sendable {
         held = false
         cond.broadcast()
         cond.unlock()
+    }
+}
+
+/// The daemon-wide budget for the output finished execs keep for `exec.logs`.
+/// Each sandbox keeps its last 64 execs and 32 MiB; with many sandboxes that
+/// alone would be gigabytes, so the daemon also counts every sandbox's, in
+/// the order they finished, and past its budget forgets the oldest wherever
+/// they are (their catalog summary stays). Entries of deleted sandboxes, or
+/// that a sandbox already forgot, are found stale and skipped.
+final class OutputLedger: Sendable {
+    private struct Entry { weak var runtime: SandboxRuntime?; let exec: UInt32; let bytes: Int }
+    private struct State { var entries: [Entry] = []; var head = 0; var total = 0 }
+    private let state = Mutex(State())
+    let budget: Int
+
+    init(budget: Int) { self.budget = budget }
+
+    var totalBytes: Int { state.withLock { $0.total } }
+
+    func retired(_ rt: SandboxRuntime, exec: UInt32, bytes: Int) {
+        guard bytes > 0 else { return }
+        let evict = state.withLock { s -> [Entry] in
+            s.entries.append(Entry(runtime: rt, exec: exec, bytes: bytes))
+            s.total += bytes
+            var out: [Entry] = []
+            while s.total > budget, s.head < s.entries.count {
+                let e = s.entries[s.head]
+                s.head += 1
+                s.total -= e.bytes
+                out.append(e)
+            }
+            // Entries a sandbox dropped on its own (its caps, its deletion) still count
+            // until they reach the head; compact now and then so the array stays small.
+            if s.head > 1024, s.head * 2 > s.entries.count {
+                s.entries.removeFirst(s.head)
+                s.head = 0
+                let live = s.entries.filter { $0.runtime?.retainedFinished($0.exec) != nil }
+                s.entries = live
+                s.total = live.reduce(0) { $0 + $1.bytes }
+            }
+            return out
+        }
+        for e in evict { e.runtime?.forgetFinished(e.exec) }
     }
 }

@@ -50,6 +50,9 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Maximum concurrent execs across all sandboxes (default: none).")
     var maxExecs: Int?
 
+    @Option(help: "Memory in MiB for the output finished commands leave for exec.logs, across all sandboxes; past it the oldest are forgotten (their summary stays).")
+    var outputBudgetMib: Int = 256
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
@@ -74,6 +77,7 @@ struct EngineOptions: ParsableArguments {
         cfg.warmTemplatePool = pool == 0 ? 0 : max(0, warmTemplatePool)
         cfg.memoryBudgetBytes = memoryBudgetGib.map { Int64($0) << 30 }
         cfg.maxExecs = maxExecs
+        cfg.finishedOutputBudgetBytes = max(16, outputBudgetMib) << 20
         return cfg
     }
 

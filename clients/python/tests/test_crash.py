@@ -500,3 +500,44 @@ def test_kill_9_at_random_moments_of_a_mixed_workload_loses_nothing_acknowledged
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     db.close()
+
+
+def test_finished_output_across_many_sandboxes_stays_within_the_daemons_budget(sandpit, tmp_path):
+    """Twelve sandboxes each finish two commands of 16 MiB output (384 MiB in all) under a daemon whose
+    budget for finished output is 48 MiB: its RSS grows by about the budget, not by what was printed;
+    the oldest outputs are forgotten wherever they were (exec.logs says expired, with the summary),
+    the newest are whole."""
+    sock, log = tmp_path / "s.sock", open(tmp_path / "daemon.log", "w")
+    d = subprocess.Popen([sandpit, "serve", "--socket", str(sock), "--data-dir", str(tmp_path / "data"), "--storage-gib", "4",
+                          "--warm-pool", "0", "--output-budget-mib", "48"], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        for _ in range(400):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+
+        def rss_mib():
+            return int(next(l for l in open(f"/proc/{d.pid}/status") if l.startswith("VmRSS:")).split()[1]) // 1024
+
+        with Client(str(sock)) as c:
+            sids = [c.call("sandbox.create", {})["sandboxId"] for _ in range(12)]
+            c.call("exec.run", {"sandboxId": sids[0], "cmd": ["true"]})
+            start = rss_mib()
+            execs = []
+            for sid in sids:
+                for _ in range(2):
+                    r = c.call("exec.run", {"sandboxId": sid, "shell": "yes sandpit | head -c 16M", "background": True})
+                    while not c.call("exec.logs", {"sandboxId": sid, "execId": r["execId"], "sinceSeq": 1 << 30})["done"]:
+                        time.sleep(0.01)
+                    execs.append((sid, r["execId"]))
+            grew = rss_mib() - start
+            first = c.call("exec.logs", {"sandboxId": execs[0][0], "execId": execs[0][1]})
+            last = c.call("exec.logs", {"sandboxId": execs[-1][0], "execId": execs[-1][1]})
+        print(f"daemon RSS +{grew} MiB after 384 MiB of output with a 48 MiB budget")
+        assert grew < 48 + 64, f"RSS grew {grew} MiB"
+        assert first["chunks"] == [] and first.get("expired") is True and first["result"]["stdoutBytes"] == 16 << 20, first
+        assert sum(len(x["data"]) for x in last["chunks"]) > 0 and not last.get("expired"), "the newest output is kept"
+    finally:
+        d.terminate()
+        d.wait(60)
+        log.close()
