@@ -6,7 +6,8 @@
       cold: the pool bypassed, every namespace, mount and cgroup made on the request path
   (b) exec.run `true` in a live sandbox           vs  bare fork+exec+wait of /bin/true, bwrap
   (c)-(f) barriers, checkpoints, idle lifecycle, templates (see the headings)
-  (g) a 1 GiB upload and download through the socket  vs  `cat FILE > /dev/null` on the host;
+  (g) a 1 GiB upload and download through the socket, in base64 chunks and by descriptor (fd)
+      vs  `cat FILE > /dev/null` on the host;
       fs.read of a 1 KiB file                          vs  exec.run `cat` of it
   (h) code.run `x = 1` and `print(x)`, checkpointed   vs  a Jupyter kernel's execute of the same cells;
       without frozen interpreter copies, and the CPU one cell costs the daemon and the sandbox with and
@@ -284,6 +285,18 @@ def main():
             c.call("fs.download", {"sandboxId": fsb, "path": "big.bin", "chunkBytes": 8 << 20}, on_note=on_chunk)
             down_t.append((time.perf_counter_ns() - t) / 1e9)
             assert got[0] == file_size, (got[0], file_size)
+        # The same file by descriptor (fs.upload / fs.download with `fd`: the daemon copies in the kernel).
+        fd_up_t, fd_down_t = [], []
+        for _ in range(3):
+            with open(big, "rb") as fh:
+                t = time.perf_counter_ns()
+                c.call("fs.upload", {"sandboxId": fsb, "path": "big-fd.bin", "fd": fh.fileno()})
+                fd_up_t.append((time.perf_counter_ns() - t) / 1e9)
+            with open(f"{scratch}/back.bin", "wb") as fh:
+                t = time.perf_counter_ns()
+                c.call("fs.download", {"sandboxId": fsb, "path": "big-fd.bin", "fd": fh.fileno()})
+                fd_down_t.append((time.perf_counter_ns() - t) / 1e9)
+            assert os.path.getsize(f"{scratch}/back.bin") == file_size
         daemon_hwm = 0
         for line in open(f"/proc/{d.pid}/status"):
             if line.startswith("VmHWM:"): daemon_hwm = int(line.split()[1]) * 1024
@@ -561,6 +574,8 @@ def main():
     print(f"  {'host: cat FILE > /dev/null':48s} {mbps(cat_t):8.0f} MB/s")
     print(f"  {'fs.upload (fs.uploadChunk x N, commit)':48s} {mbps(up_t):8.0f} MB/s   {mbps(up_t) / mbps(cat_t):6.3f}x")
     print(f"  {'fs.download (fs.chunk notifications)':48s} {mbps(down_t):8.0f} MB/s   {mbps(down_t) / mbps(cat_t):6.3f}x")
+    print(f"  {'fs.upload by descriptor (fd)':48s} {mbps(fd_up_t):8.0f} MB/s   {mbps(fd_up_t) / mbps(cat_t):6.3f}x")
+    print(f"  {'fs.download by descriptor (fd)':48s} {mbps(fd_down_t):8.0f} MB/s   {mbps(fd_down_t) / mbps(cat_t):6.3f}x")
     print(f"  daemon peak RSS after the transfers: {daemon_hwm / 1048576:.0f} MiB")
     row("fs.read of a 1 KiB file", read_t, cat_small)
     row("exec.run `cat` of the same file", cat_small, cat_small)

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/fsuid.h>
+#include <sys/sendfile.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -30,3 +31,25 @@ int sp_set_fsids(unsigned uid, unsigned gid) {
 
 int sp_o_path(void) { return O_PATH; }
 int sp_o_tmpfile(void) { return O_TMPFILE; }
+
+int sp_pidfd_open(int pid) { return (int)syscall(434 /* SYS_pidfd_open */, pid, 0); }
+
+int sp_pidfd_getfd(int pidfd, int fd) { return (int)syscall(438 /* SYS_pidfd_getfd */, pidfd, fd, 0); }
+
+long long sp_copy_fd(int in, long long in_off, int out) {
+    long long total = 0;
+    off_t off = (off_t)in_off;
+    int cfr = 1;
+    for (;;) {
+        ssize_t n;
+        if (cfr) {
+            n = copy_file_range(in, &off, out, NULL, 1 << 30, 0);
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) { cfr = 0; continue; }
+        } else {
+            n = sendfile(out, in, &off, 1 << 30);
+        }
+        if (n < 0) { if (errno == EINTR) continue; return -1; }
+        if (n == 0) return total;
+        total += n;
+    }
+}

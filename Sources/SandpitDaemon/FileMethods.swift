@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import CSandpit
 import Glibc
 #endif
 import SandpitCore
@@ -30,6 +31,22 @@ extension RPCService {
         guard !bytes.contains(0) else { throw SandpitError.invalidParams(key, "contains a NUL byte") }
         guard bytes.count <= 4096 else { throw SandpitError.invalidParams(key, "longer than PATH_MAX (4096 bytes)") }
         return bytes
+    }
+
+    /// A duplicate of descriptor `fd` of the client's own process: the one
+    /// that connected (its pidfd, pinned at accept), never a pid it names.
+    static func clientFd(_ p: Params, _ peer: Peer) throws(SandpitError) -> Int32 {
+        guard let n = try p.int("fd", min: 0, max: Int64(Int32.max)) else { throw SandpitError.invalidParams("fd", "required") }
+        guard peer.pidfd >= 0 else {
+            throw SandpitError.invalidParams("fd", "descriptors are taken only from a client connected to the daemon's Unix socket on this host; send chunks instead")
+        }
+        let fd = sp_pidfd_getfd(peer.pidfd, Int32(n))
+        guard fd >= 0 else {
+            let e = errno
+            throw SandpitError.invalidParams("fd", e == EBADF ? "\(n) is not an open descriptor of the connected process"
+                                                  : "cannot take descriptor \(n) from the connected process: \(String(cString: strerror(e)))")
+        }
+        return fd
     }
 
     /// `data` (base64) or `text`.
@@ -179,6 +196,19 @@ extension RPCService {
             guard let sid = peer.fileWatches.withLock({ $0.removeValue(forKey: watchId) }) else { throw SandpitError.notFound("Watch", watchId) }
             let stopped = try engine.unwatchFiles(sid, watchId: watchId, caller: caller)
             return .object(["watchId": .string(watchId), "stopped": .bool(stopped)])
+        case "fs.upload" where p.object["fd"] != nil:
+            try p.expect(only: ["sandboxId", "path", "pathBase64", "mode", "fd"])
+            let source = try Self.clientFd(p, peer)
+            defer { close(source) }
+            let (size, access) = try await engine.upload(from: source, to: try Self.path(p)!, in: try p.requireString("sandboxId"),
+                                                         mode: try Self.mode(p), caller: caller)
+            return Self.with(access, ["size": .int(size), "fd": true])
+        case "fs.download" where p.object["fd"] != nil:
+            try p.expect(only: ["sandboxId", "path", "pathBase64", "fd"])
+            let target = try Self.clientFd(p, peer)
+            defer { close(target) }
+            let (size, access) = try await engine.download(try Self.path(p)!, in: try p.requireString("sandboxId"), to: target, caller: caller)
+            return Self.with(access, ["size": .int(size), "fd": true])
         case "fs.upload":
             try p.expect(only: ["sandboxId", "path", "pathBase64", "mode"])
             let (id, access) = try await engine.beginUpload(try p.requireString("sandboxId"), path: try Self.path(p)!, mode: try Self.mode(p), caller: caller)

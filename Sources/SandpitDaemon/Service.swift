@@ -23,10 +23,15 @@ public final class Peer: Sendable {
     public let connection: Int64 = Peer.counter.add(1, ordering: .relaxed).newValue
     static let counter = Atomic<Int64>(0)
     private let isAdmin: Atomic<Bool>
-    public init(uid: Int64, admin: Bool) {
+    /// A pidfd of the process that connected (Unix sockets; -1 otherwise):
+    /// `fs.upload`/`fs.download` with `fd` duplicate that process's descriptor.
+    public let pidfd: Int32
+    public init(uid: Int64, admin: Bool, pidfd: Int32 = -1) {
         self.uid = uid
         self.isAdmin = Atomic(admin)
+        self.pidfd = pidfd
     }
+    deinit { if pidfd >= 0 { close(pidfd) } }
     public var caller: Caller { Caller(uid: uid, admin: isAdmin.load(ordering: .acquiring)) }
     func elevate() { isAdmin.store(true, ordering: .releasing) }
     /// Sandboxes this connection holds awake (`sandbox.keepalive` with `whileConnected`).

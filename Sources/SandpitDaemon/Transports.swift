@@ -211,10 +211,9 @@ public enum Transports {
     }
 
     /// SO_PEERCRED of a connected Unix socket.
-    static func peerUid(_ channel: Channel) async -> uid_t? {
+    static func peerCred(_ channel: Channel) async -> sp_ucred? {
         guard let provider = channel as? SocketOptionProvider else { return nil }
-        let cred: sp_ucred? = try? await provider.unsafeGetSocketOption(level: .socket, name: .init(rawValue: SO_PEERCRED)).get()
-        return cred?.uid
+        return try? await provider.unsafeGetSocketOption(level: .socket, name: .init(rawValue: SO_PEERCRED)).get()
     }
 
     /// JSON-RPC on a Unix socket (mode 0600), many clients at once. Runs until cancelled.
@@ -242,12 +241,14 @@ public enum Transports {
                 for try await conn in inbound {
                     group.addTask {
                         // Tenancy rests on the kernel's word for who connected, not on anything the client says.
-                        guard let uid = await peerUid(conn.channel) else {
+                        guard let cred = await peerCred(conn.channel) else {
                             logger.warning("dropping a connection without peer credentials")
                             try? await conn.channel.close()
                             return
                         }
-                        let peer = Peer(uid: Int64(uid), admin: uid == geteuid())
+                        // The process that connected, pinned now (a pid could be reused later):
+                        // where `fd` transfers take the client's descriptors from.
+                        let peer = Peer(uid: Int64(cred.uid), admin: cred.uid == geteuid(), pidfd: cred.pid > 0 ? sp_pidfd_open(cred.pid) : -1)
                         await withTaskExecutorPreference(ControlLoop.executor) {
                             await ConnectionServer.serve(conn, service: service, peer: peer, logger: logger)
                         }

@@ -104,6 +104,57 @@ extension Engine {
 
     // MARK: uploads
 
+    /// Copies a whole host file into the sandbox in the kernel (a local
+    /// client's descriptor, taken with pidfd_getfd): a temporary file beside
+    /// `path`, filled with copy_file_range/sendfile, renamed over it. Only a
+    /// regular file is taken (a pipe or device could block or never end).
+    public func upload(from source: Int32, to path: [UInt8], in id: String, mode: UInt32?, caller: Caller) async throws -> (Int64, FileAccess) {
+        var st = stat()
+        guard fstat(source, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw SandpitError.invalidParams("fd", "is not a regular file (a pipe, socket, device or directory cannot be uploaded this way)")
+        }
+        return try await withFiles(id, caller: caller, write: true) { root, resolve in
+            let p = resolve(path)
+            try SandboxFiles.makeParents(root, p)
+            let (fd, temp) = try SandboxFiles.createTemp(root, near: p, tag: "upload-fd", mode: mode)
+            defer { close(fd) }
+            let n = sp_copy_fd(source, 0, fd)
+            if n < 0 {
+                let e = errno
+                SandboxFiles.unlink(root, temp)
+                if e == ENOSPC || e == EDQUOT || e == EFBIG {
+                    throw SandpitError(.limitExceeded, "\(String(decoding: p, as: UTF8.self)): the sandbox's disk is full", details: ["path": .string(String(decoding: p, as: UTF8.self))])
+                }
+                throw SandpitError(.internal, "copying into \(String(decoding: p, as: UTF8.self)) failed: \(String(cString: strerror(e)))")
+            }
+            do { try SandboxFiles.rename(root, temp, p) } catch {
+                SandboxFiles.unlink(root, temp)
+                throw error
+            }
+            return Int64(n)
+        }
+    }
+
+    /// Copies a sandbox file into a host descriptor of the client's (at its
+    /// file position), in the kernel. The sandbox file is opened confined, as
+    /// the sandbox's user, read-only.
+    public func download(_ path: [UInt8], in id: String, to target: Int32, caller: Caller) async throws -> (Int64, FileAccess) {
+        var st = stat()
+        guard fstat(target, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw SandpitError.invalidParams("fd", "is not a regular file open for writing")
+        }
+        let (fd, access) = try await withFiles(id, caller: caller, write: false) { root, resolve in
+            try SandboxFiles.openRegular(root, resolve(path))
+        }
+        defer { close(fd) }
+        let n = try await EngineThread.run { () throws -> Int64 in
+            let n = sp_copy_fd(fd, 0, target)
+            if n < 0 { throw SandpitError.invalidParams("fd", "writing to it failed: \(String(cString: strerror(errno)))") }
+            return Int64(n)
+        }
+        return (n, access)
+    }
+
     /// Starts an upload: an exclusive temporary file beside `path`.
     public func beginUpload(_ id: String, path: [UInt8], mode: UInt32?, caller: Caller) async throws -> (String, FileAccess) {
         let uploadId = Identifier.make("up")

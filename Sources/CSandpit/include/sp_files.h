@@ -12,6 +12,16 @@ int sp_open_in_root(int root_fd, const char *path, int flags, unsigned mode);
 // from 0 drops the thread's file capabilities (DAC override, chown, fowner);
 // switching back restores them. Returns the previous id.
 int sp_set_fsids(unsigned uid, unsigned gid);
+// A duplicate of descriptor `fd` of the process `pidfd` refers to (pidfd_getfd,
+// close-on-exec); -1 with errno. How a local client hands the daemon a file:
+// the daemon takes it from the process that connected (its pidfd, opened at
+// accept from SO_PEERCRED), never from a pid the client names.
+int sp_pidfd_getfd(int pidfd, int fd);
+int sp_pidfd_open(int pid);
+// Copies `in` (from its offset `in_off`) to `out` (at out's file position)
+// until EOF: copy_file_range, else sendfile (other filesystems), in the
+// kernel. Returns the bytes copied, or -1 with errno (what was copied stays).
+long long sp_copy_fd(int in, long long in_off, int out);
 // Flag values Swift's Glibc module does not export.
 int sp_o_path(void);
 int sp_o_tmpfile(void);

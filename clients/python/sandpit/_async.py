@@ -8,7 +8,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ._connection import AsyncConnection, decode_chunk
-from .errors import SandpitError
+from .errors import InvalidParamsError, SandpitError
 from .models import Checkpoint, CommandPoll, CommandResult, EntryInfo, Execution, FileEvent, Logs, RestoreResult
 
 OutputCallback = Callable[[str], Any]
@@ -344,7 +344,20 @@ class AsyncFiles:
         await self._sb._call("fs.rename", {"path": path, "to": to})
 
     async def upload(self, local_path: str, path: str, *, mode: Optional[int] = None) -> int:
-        """Streams a local file into the sandbox in chunks; the file appears at ``path`` only when complete."""
+        """Copies a local file into the sandbox; the file appears at ``path`` only when complete. On a
+        daemon's Unix socket the daemon copies it in the kernel from this process's open descriptor;
+        otherwise (a child daemon on stdio, an older daemon) it streams in chunks."""
+        conn = self._sb.client.connection
+        if conn.passes_fds:
+            fd = os.open(local_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return (await self._sb._call("fs.upload", _drop_none({"path": path, "mode": mode, "fd": fd})))["size"]
+            except InvalidParamsError as e:
+                if e.data.get("field") != "fd" or not os.path.isfile(local_path):
+                    raise
+                conn.passes_fds = False
+            finally:
+                os.close(fd)
         r = await self._sb._call("fs.upload", _drop_none({"path": path, "mode": mode}))
         uid = r["uploadId"]
         chunk = min(_UPLOAD_CHUNK, r.get("maxChunkBytes", _UPLOAD_CHUNK))
@@ -367,8 +380,29 @@ class AsyncFiles:
             raise
 
     async def download(self, path: str, local_path: str) -> int:
-        """Streams a sandbox file to ``local_path`` chunk by chunk; returns its size."""
+        """Copies a sandbox file to ``local_path`` (in the kernel into this process's descriptor on a
+        daemon's Unix socket, else chunk by chunk); returns its size."""
         tmp = local_path + ".sandpit-part"
+        conn = self._sb.client.connection
+        if conn.passes_fds:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            try:
+                size = (await self._sb._call("fs.download", {"path": path, "fd": fd}))["size"]
+                os.close(fd)
+                fd = -1
+                os.replace(tmp, local_path)
+                return size
+            except InvalidParamsError as e:
+                if e.data.get("field") != "fd":
+                    _unlink(tmp)
+                    raise
+                conn.passes_fds = False
+            except BaseException:
+                _unlink(tmp)
+                raise
+            finally:
+                if fd >= 0:
+                    os.close(fd)
         with open(tmp, "wb") as f:
             def note(method: str, n: Params) -> None:
                 if method == "fs.chunk":
@@ -522,3 +556,10 @@ class AsyncSandbox:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.delete()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

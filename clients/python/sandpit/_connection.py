@@ -35,6 +35,9 @@ class AsyncConnection:
         self._reader = reader
         self._writer = writer
         self._process = process
+        # A daemon on a Unix socket of this host can take this process's file descriptors
+        # (fs.upload / fs.download with ``fd``); a child daemon on stdio cannot.
+        self.passes_fds = process is None
         self._ids = itertools.count(1)
         self._pending: Dict[int, asyncio.Future] = {}
         self._listeners: Dict[int, NotificationHandler] = {}
