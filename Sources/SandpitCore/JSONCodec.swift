@@ -72,8 +72,11 @@ public enum JSONCodec {
             func flush(_ end: Int) {
                 if end > start { out += String(decoding: UnsafeBufferPointer(rebasing: u[start..<end]), as: UTF8.self) }
             }
-            while i < u.count {
+            let n = u.count
+            while i < n {
                 let c = u[i]
+                // Most bytes need nothing (a base64 chunk: none do): skip them without building anything.
+                if c >= 0x20, c != 0x22, c != 0x5C, c != 0xE2 { i += 1; continue }
                 var escape: String?
                 if c == 0x22 { escape = "\\\"" }
                 else if c == 0x5C { escape = "\\\\" }
