@@ -1,22 +1,22 @@
 // A spare process: the next command's process, made ahead of time and
 // already in its cgroup, so a spawn skips the cgroup attach.
 //
-// On cgroup v1 moving a process into a cgroup takes a global lock that must
-// wait an RCU grace period (7-20 ms) when no attach happened for a while, so
-// an agent that spawned each command into a fresh cgroup paid that wait on
-// the request path whenever the caller had paused between calls (an agent
-// thinking). The agent now forks a spare a moment after a spawn, while it
-// would otherwise sit idle; the spare joins "ex_spare" (paying the wait
-// there) and blocks on a socket. A spawn renames the group to "ex_<id>" (a
-// v1 rename moves nothing) and hands the spare the command: its stdio and
-// error pipe as SCM_RIGHTS, then path, cwd, argv and envp. From there the
+// Moving a process into a cgroup takes a global lock that must wait an RCU
+// grace period (7-20 ms) when no attach happened for a while, so an agent
+// that spawned each command into a fresh cgroup paid that wait on the
+// request path whenever the caller had paused between calls (an agent
+// thinking). The agent now forks a spare once it has been idle a moment;
+// the spare joins a group of its own, "ex_s<n>" (paying the wait there), and
+// blocks on a socket. A spawn hands it the command: its stdio and error pipe
+// as SCM_RIGHTS, then path, cwd, argv and envp; the spare's group becomes the
+// exec's under that name (the agent keeps it with the exec), so a spawn makes
+// no cgroup call at all: a rename or mkdir would take cgroup_mutex, which
+// another sandbox's spare holds through its own grace period. From there the
 // spare runs the same last steps as a vfork child (sp_agent_exec.c).
 //
-// cgroup v2 renames no group; there each spare gets a group of its own,
-// "ex_s<n>", which stays the command's (the agent keeps the name with the
-// exec). CLONE_INTO_CGROUP would do without a spare, but the agent runs under
-// the sandbox's seccomp filter, which refuses clone3 (its flags are behind a
-// pointer the filter cannot read).
+// CLONE_INTO_CGROUP (v2) would place a child without the lock, but the agent
+// runs under the sandbox's seccomp filter, which refuses clone3 (its flags
+// are behind a pointer the filter cannot read).
 #define _GNU_SOURCE
 #include "sp_agent.h"
 
@@ -28,14 +28,10 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
-
-#define SPARE_GROUP "ex_spare"
 
 struct spare_req {
     uint32_t pty, uid, gid, argc, envc;
@@ -45,8 +41,7 @@ struct spare_req {
 
 static pid_t spare_pid = -1;
 static int spare_sock = -1;
-static int v2 = -1;                 // the agent's cgroup is on cgroup v2
-static char spare_group[24];        // the spare's group: SPARE_GROUP on v1, "ex_s<n>" on v2
+static char spare_group[24];        // the spare's group, "ex_s<n>"
 
 int sp_agent_spare_ready(void) { return spare_pid > 0; }
 
@@ -56,13 +51,6 @@ int sp_agent_spare_reaped(int pid) {
     if (spare_sock >= 0) close(spare_sock);
     spare_sock = -1;
     return 1;
-}
-
-static void drop_spare(void) {
-    if (spare_pid > 0) kill(spare_pid, SIGKILL);   // reaped by the loop like any child
-    if (spare_sock >= 0) close(spare_sock);
-    spare_sock = -1;
-    spare_pid = -1;
 }
 
 static int read_full(int fd, void *buf, size_t len) {
@@ -145,14 +133,8 @@ fail:
 int sp_agent_spare_make(int cgroup_fd) {
     if (spare_pid > 0) return 1;
     if (cgroup_fd < 0) return -1;
-    if (v2 < 0) {
-        struct statfs fs;
-        if (fstatfs(cgroup_fd, &fs) != 0) return -1;
-        v2 = fs.f_type == CGROUP2_SUPER_MAGIC;
-    }
     static unsigned serial;
-    if (v2) snprintf(spare_group, sizeof spare_group, "ex_s%u", ++serial);
-    else snprintf(spare_group, sizeof spare_group, "%s", SPARE_GROUP);
+    snprintf(spare_group, sizeof spare_group, "ex_s%u", ++serial);
     if (mkdirat(cgroup_fd, spare_group, 0755) != 0 && errno != EEXIST) return 0;
     char procs_path[48];
     snprintf(procs_path, sizeof procs_path, "%s/cgroup.procs", spare_group);
@@ -164,7 +146,7 @@ int sp_agent_spare_make(int cgroup_fd) {
     if (pid == 0) { close(sv[0]); spare_main(sv[1], procs); }
     close(procs);
     close(sv[1]);
-    if (pid < 0) { close(sv[0]); if (v2) unlinkat(cgroup_fd, spare_group, AT_REMOVEDIR); return 0; }
+    if (pid < 0) { close(sv[0]); unlinkat(cgroup_fd, spare_group, AT_REMOVEDIR); return 0; }
     spare_pid = pid;
     spare_sock = sv[0];
     return 1;
@@ -172,18 +154,27 @@ int sp_agent_spare_make(int cgroup_fd) {
 
 int sp_agent_spare_launch(int cgroup_fd, char *group, size_t glen, const struct sp_launch *l) {
     if (spare_pid <= 0) return -1;
-    // The spare's group becomes the command's: on v1 renamed to the name
-    // asked for (no process moves), on v2 under its own name.
-    if (v2) snprintf(group, glen, "%s", spare_group);
-    else if (renameat(cgroup_fd, SPARE_GROUP, cgroup_fd, group) != 0) { drop_spare(); return -1; }
+    (void)cgroup_fd;
+    // The spare's group becomes the command's, under the spare's name.
+    snprintf(group, glen, "%s", spare_group);
     size_t blob = strlen(l->path) + 1 + strlen(l->cwd) + 1;
     for (int i = 0; i < l->argc; i++) blob += strlen(l->argv[i]) + 1;
     for (int i = 0; i < l->envc; i++) blob += strlen(l->envp[i]) + 1;
     struct spare_req rq = { (uint32_t)l->pty, l->uid, l->gid, (uint32_t)l->argc, (uint32_t)l->envc, l->nofile, blob };
+    // One buffer, one sendmsg: the spare wakes once for the whole command.
+    size_t total = sizeof rq + blob;
+    char *msg = malloc(total);
+    if (!msg) return -1;   // the spare stays for the next spawn
+    memcpy(msg, &rq, sizeof rq);
+    char *p = msg + sizeof rq;
+    const char *heads[2] = { l->path, l->cwd };
+    for (int i = 0; i < 2; i++) { size_t k = strlen(heads[i]) + 1; memcpy(p, heads[i], k); p += k; }
+    for (int i = 0; i < l->argc; i++) { size_t k = strlen(l->argv[i]) + 1; memcpy(p, l->argv[i], k); p += k; }
+    for (int i = 0; i < l->envc; i++) { size_t k = strlen(l->envp[i]) + 1; memcpy(p, l->envp[i], k); p += k; }
     int fds[4] = { l->in, l->out, l->err, l->ep };
     union { char buf[CMSG_SPACE(sizeof fds)]; struct cmsghdr align; } u;
     memset(&u, 0, sizeof u);
-    struct iovec iov = { &rq, sizeof rq };
+    struct iovec iov = { msg, total };
     struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
     struct cmsghdr *c = CMSG_FIRSTHDR(&m);
     c->cmsg_level = SOL_SOCKET;
@@ -192,19 +183,16 @@ int sp_agent_spare_launch(int cgroup_fd, char *group, size_t glen, const struct 
     memcpy(CMSG_DATA(c), fds, sizeof fds);
     ssize_t n;
     do n = sendmsg(spare_sock, &m, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
-    int ok = n == (ssize_t)sizeof rq;
-    // The strings follow; the spare reads them as they come.
-    const char *heads[2] = { l->path, l->cwd };
-    for (int i = 0; ok && i < 2; i++) ok = write_full(spare_sock, heads[i], strlen(heads[i]) + 1) == 0;
-    for (int i = 0; ok && i < l->argc; i++) ok = write_full(spare_sock, l->argv[i], strlen(l->argv[i]) + 1) == 0;
-    for (int i = 0; ok && i < l->envc; i++) ok = write_full(spare_sock, l->envp[i], strlen(l->envp[i]) + 1) == 0;
+    // A long environment may not fit the socket's buffer at once: the rest follows as the spare reads.
+    int ok = n >= (ssize_t)sizeof rq && write_full(spare_sock, msg + n, total - (size_t)n) == 0;
+    free(msg);
     pid_t pid = spare_pid;
     close(spare_sock);
     spare_sock = -1;
     spare_pid = -1;
     if (!ok) {
         // Died waiting (a restore kills every process): the caller spawns
-        // into the renamed group as it would without a spare.
+        // into a group of its own as it would without a spare.
         kill(pid, SIGKILL);
         return -1;
     }

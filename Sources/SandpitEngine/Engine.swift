@@ -639,7 +639,9 @@ public final class Engine: Sendable {
         if !contexts.isEmpty, !rt.state.withLock({ $0.record.state == .deleted }) {
             lostContexts.withLock { l in for (cid, c) in contexts { l[rt.id, default: [:]][cid] = c.language } }
         }
-        try? rt.cgroup.destroy()
+        do { try rt.cgroup.destroy() } catch {
+            logger.warning("sandbox cgroup left behind", metadata: ["sandbox": "\(rt.id)", "error": "\(error)", "processes": "\(rt.cgroup.processes())"])
+        }
         close(rt.spawned.pidfd)
         rt.disk?.close()
         rt.state.withLock { $0.channel }?.close()

@@ -112,15 +112,12 @@ public struct CgroupHandle: Sendable {
     }
 
     /// Pids in the group but the agent's spare process: the next command's
-    /// process, made ahead of time in a group of its own (`ex_spare` on v1,
-    /// `ex_s<n>` on v2), which is no work of the sandbox's.
+    /// process, made ahead of time and waiting (named `sandpit-spare` until a
+    /// command arrives and it execs), which is no work of the sandbox's. A
+    /// process of the sandbox's that names itself so only hides from its own
+    /// sandbox's idle count.
     public func processesButSpare() -> [Int32] {
-        guard let t = trackingDir else { return processes() }
-        var spare = Set<Int32>()
-        for name in FS.subdirectories(t) where name.hasPrefix("ex_s") {
-            for l in ((try? FS.readText(t + "/" + name + "/cgroup.procs")) ?? "").split(separator: "\n") { if let p = Int32(l) { spare.insert(p) } }
-        }
-        return processes().filter { !spare.contains($0) }
+        processes().filter { (try? FS.readText("/proc/\($0)/comm")) != "sandpit-spare\n" }
     }
 
     /// Child groups (the agent's per-exec groups), deepest first.

@@ -125,9 +125,12 @@ struct LifecycleTests {
         }
     }
 
-    @Test func backgroundProcessesKeepItAwakeByDefault() throws {
+    /// At once, and after a pause (the command then comes from the agent's
+    /// spare process, whose own waiting does not count).
+    @Test(arguments: [0, 100_000]) func backgroundProcessesKeepItAwakeByDefault(pauseUs: Int) throws {
         try Arena.with { a in
             let sb = try create(a, idle: ["pauseAfterMs": 200])
+            usleep(useconds_t(pauseUs))
             _ = try a.client.result("exec.run", ["sandboxId": .string(sb), "background": true, "shell": "sleep 3"])
             usleep(1_000_000)
             #expect(state(a, sb) == "running", "a process it left running keeps it awake")

@@ -47,13 +47,13 @@ struct sp_launch {
 _Noreturn void sp_agent_become(const struct sp_launch *l);
 
 // The spare process (sp_agent_spare.c): the next command's process, forked and
-// placed in its cgroup ahead of time: "ex_spare" (v1) or "ex_s<n>" (v2).
+// placed in a cgroup of its own ("ex_s<n>") ahead of time.
 // 1: there is one; 0: none now (try later); -1: never here (no cgroup).
 int sp_agent_spare_make(int cgroup_fd);
 int sp_agent_spare_ready(void);
 // Hands the spare the command; its pid, or -1 (no spare, or it died) and the
-// caller spawns as it would without one. group: in, the name the command's
-// group should have; out, the name it has (v2 keeps the spare's).
+// caller spawns as it would without one. group: out, the command's group
+// (the spare's, "ex_s<n>"; set even when it fails: the caller may use it).
 int sp_agent_spare_launch(int cgroup_fd, char *group, size_t glen, const struct sp_launch *l);
 // 1 when pid was the spare (it died waiting).
 int sp_agent_spare_reaped(int pid);
