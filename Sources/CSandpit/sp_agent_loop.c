@@ -393,7 +393,8 @@ static void reap_children(void) {
     pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
         struct exec *x = find_pid(pid);
-        if (!x) sp_agent_spare_reaped(pid);
+        // A spare that died at once could not be made (its group refused it): not again at once.
+        if (!x && sp_agent_spare_reaped(pid) == 2) last_activity_ns = now_ns() + SPARE_RETRY_NS - SPARE_DELAY_NS;
         if (x) {
             last_activity_ns = now_ns();
             x->exited = 1;

@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 struct spare_req {
@@ -45,12 +46,19 @@ static char spare_group[24];        // the spare's group, "ex_s<n>"
 
 int sp_agent_spare_ready(void) { return spare_pid > 0; }
 
+static struct timespec spare_born;
+
 int sp_agent_spare_reaped(int pid) {
     if (pid != spare_pid || pid <= 0) return 0;
     spare_pid = -1;
     if (spare_sock >= 0) close(spare_sock);
     spare_sock = -1;
-    return 1;
+    // Dead within 50 ms of its fork: it could not join its group (or fork's
+    // resources ran out); 2 when the caller should wait before the next one.
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long ms = (now.tv_sec - spare_born.tv_sec) * 1000LL + (now.tv_nsec - spare_born.tv_nsec) / 1000000;
+    return ms < 50 ? 2 : 1;
 }
 
 static int read_full(int fd, void *buf, size_t len) {
@@ -149,6 +157,7 @@ int sp_agent_spare_make(int cgroup_fd) {
     if (pid < 0) { close(sv[0]); unlinkat(cgroup_fd, spare_group, AT_REMOVEDIR); return 0; }
     spare_pid = pid;
     spare_sock = sv[0];
+    clock_gettime(CLOCK_MONOTONIC, &spare_born);
     return 1;
 }
 
