@@ -139,13 +139,16 @@ def test_a_spec_file_becomes_the_samples_template(daemon, tmp_path):
     assert [s.scores["built"].value for s in log.samples] == [CORRECT] * 3, [s.scores["built"].explanation for s in log.samples]
 
 
-def test_the_provider_is_registered_through_the_entry_point():
+def test_the_provider_is_registered_through_the_entry_point(daemon):
     from importlib.metadata import entry_points
     eps = [ep for ep in entry_points(group="inspect_ai") if ep.name == "sandpit"]
     assert [ep.value for ep in eps] == ["sandpit.adapters.inspect_ai"]
     from inspect_ai.util._sandbox.registry import registry_find_sandboxenv
     cls = registry_find_sandboxenv("sandpit")
     assert cls.__name__ == "SandpitSandboxEnvironment"
+    # Inspect's default max_sandboxes: what the daemon on SANDPIT_SOCKET admits (--max-sandboxes, 256 by default).
+    with Client(daemon) as c:
+        assert cls.default_concurrency() == c.info()["usage"]["maxSandboxes"] == 256
     assert asyncio.run(_unsupported_user(cls)) == "SandboxUserUnsupportedError"
 
 

@@ -126,11 +126,15 @@ class SandpitSandboxEnvironment(SandboxEnvironment):
 
     @classmethod
     def default_concurrency(cls) -> Optional[int]:
-        """As many sandboxes at once as the daemon admits (``--max-sandboxes``); None (no cap: the daemon
-        queues what its memory budget cannot hold) when it sets none or cannot be asked now."""
+        """As many sandboxes at once as the daemon on ``SANDPIT_SOCKET`` admits (``--max-sandboxes``);
+        None (no cap: the daemon queues what its memory budget cannot hold) when it sets none or there
+        is no daemon to ask."""
+        socket = os.environ.get("SANDPIT_SOCKET")
+        if not socket:   # no daemon to ask (one would be started per process just for this)
+            return None
         try:
             from ..sandbox import Client
-            with Client() as c:
+            with Client(socket) as c:
                 usage = c.call("server.info").get("usage", {})
         except Exception:
             return None
