@@ -505,7 +505,8 @@ def main():
         jupyter_spaced = json.loads(jr.stdout)["x = 1"] if jr.returncode == 0 else None
         loop_base = []
         for _ in range(3):
-            jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", "--loop", "20", "--think", "0.2"], capture_output=True, text=True)
+            jr = subprocess.run([jpy, f"{root}/Benchmarks/jupyter_rt.py", "--loop", "20", "--think", "0.2",
+                                 "--shell", loop_shell, "--cell", loop_cell], capture_output=True, text=True)
             if jr.returncode == 0: loop_base.append(json.loads(jr.stdout)["waitedMs"])
             else: print("Jupyter loop baseline failed:\n" + jr.stderr[-2000:], file=sys.stderr)
 

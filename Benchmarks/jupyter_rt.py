@@ -3,18 +3,14 @@ the venv's python (ipykernel + jupyter_client); prints JSON.
 
   jupyter_rt.py N [--gap S] CELL...     round trip of `execute` for each cell, N times, S seconds
                                         apart: {cell: [ms, ...]}
-  jupyter_rt.py --loop STEPS --think S  the agent loop of bench.py section (k) unsandboxed:
+  jupyter_rt.py --loop STEPS --think S --shell CMD --cell CODE
+                                        the agent loop of bench.py section (k) unsandboxed:
                                         {"waitedMs": total, "steps": [ms, ...]}
 
 A round trip is execute_request until execute_reply and the kernel's going
 idle (so all output has been published)."""
 import argparse, json, os, subprocess, tempfile, time
 from jupyter_client.manager import start_new_kernel
-
-# The agent loop's steps, the same in bench.py: a short shell command, a small cell, a 4 KiB file
-# written and read back.
-LOOP_SHELL = "ls /tmp | wc -l"
-LOOP_CELL = "y = sum(range(1000)); y"
 
 def main():
     ap = argparse.ArgumentParser()
@@ -23,6 +19,8 @@ def main():
     ap.add_argument("--gap", type=float, default=0.0)
     ap.add_argument("--loop", type=int, default=0)
     ap.add_argument("--think", type=float, default=0.2)
+    ap.add_argument("--shell", help="the loop's shell command (bench.py passes its own)")
+    ap.add_argument("--cell", help="the loop's cell (bench.py passes its own)")
     a = ap.parse_intermixed_args()
     km, kc = start_new_kernel(kernel_name="python3")
     try:
@@ -46,9 +44,9 @@ def main():
                 time.sleep(a.think)
                 t = time.perf_counter_ns()
                 if i % 3 == 0:
-                    subprocess.run(["sh", "-c", LOOP_SHELL], capture_output=True, check=True)
+                    subprocess.run(["sh", "-c", a.shell], capture_output=True, check=True)
                 elif i % 3 == 1:
-                    execute(LOOP_CELL)
+                    execute(a.cell)
                 else:
                     with open(path, "wb") as f: f.write(blob)
                     with open(path, "rb") as f: assert f.read() == blob

@@ -51,7 +51,7 @@ struct exec {
     int in_close_pending;
     int pty;            // out_fd is a PTY master (stream 3); in_fd a second descriptor of it
     uint64_t in_total;  // STDIN bytes written to the command (acknowledged to the daemon)
-    char group[24];     // its cgroup: "ex_<id>", or on cgroup v2 the spare's "ex_s<n>"
+    char group[24];     // its cgroup: "ex_<id>", or the spare's "ex_s<n>" it came from
 };
 
 // Groups of ended commands that still hold processes (they left them
@@ -212,8 +212,8 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     if (pipe2(ep, O_CLOEXEC) || lift_fd(&ep[0]) || lift_fd(&ep[1])) { spawn_error(id, errno, "pipe"); goto fail; }
     // Each command's whole process tree lives in its own cgroup, so a kill
     // reaches processes that left its process group or session. The spare
-    // (sp_agent_spare.c) is already in one; else a cgroup made ahead of time
-    // (after the previous spawn) is renamed, which costs far less than a
+    // (sp_agent_spare.c) is already in one; else on v1 a cgroup made ahead of
+    // time (after the previous spawn) is renamed, which costs far less than a
     // mkdir in every controller's hierarchy, and the child joins it.
     char group[24];
     snprintf(group, sizeof group, "ex_%u", id);
@@ -223,11 +223,11 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         .path = path, .cwd = cwd, .argv = argv, .envp = envp, .argc = (int)h.argc, .envc = (int)h.envc,
     };
     pid_t pid = -1;
-    if (!placeholder && config->cgroup_fd >= 0) pid = sp_agent_spare_launch(config->cgroup_fd, group, sizeof group, &l);
+    if (!placeholder && config->cgroup_fd >= 0) pid = sp_agent_spare_launch(group, sizeof group, &l);
     if (pid < 0) {
         if (config->cgroup_fd >= 0) {
-            // (Not the spare's group while a spare is in it; v2 renames nothing.)
-            if ((!v2_groups && !sp_agent_spare_ready() && renameat(config->cgroup_fd, "ex_spare", config->cgroup_fd, group) == 0) ||
+            // (v2 renames no group.)
+            if ((!v2_groups && renameat(config->cgroup_fd, "ex_spare", config->cgroup_fd, group) == 0) ||
                 mkdirat(config->cgroup_fd, group, 0755) == 0 || errno == EEXIST) {
                 char procs[48];
                 snprintf(procs, sizeof procs, "%s/cgroup.procs", group);

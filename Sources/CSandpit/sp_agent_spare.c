@@ -161,9 +161,8 @@ int sp_agent_spare_make(int cgroup_fd) {
     return 1;
 }
 
-int sp_agent_spare_launch(int cgroup_fd, char *group, size_t glen, const struct sp_launch *l) {
+int sp_agent_spare_launch(char *group, size_t glen, const struct sp_launch *l) {
     if (spare_pid <= 0) return -1;
-    (void)cgroup_fd;
     // The spare's group becomes the command's, under the spare's name.
     snprintf(group, glen, "%s", spare_group);
     size_t blob = strlen(l->path) + 1 + strlen(l->cwd) + 1;

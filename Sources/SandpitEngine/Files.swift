@@ -122,9 +122,8 @@ extension Engine {
             if n < 0 {
                 let e = errno
                 SandboxFiles.unlink(root, temp)
-                if e == ENOSPC || e == EDQUOT || e == EFBIG {
-                    throw SandpitError(.limitExceeded, "\(String(decoding: p, as: UTF8.self)): the sandbox's disk is full", details: ["path": .string(String(decoding: p, as: UTF8.self))])
-                }
+                // A full disk is limit_exceeded, named as for every file call; reading the client's file failed otherwise.
+                if e == ENOSPC || e == EDQUOT || e == EFBIG { throw SandboxFiles.fail("copy into", p, e) }
                 throw SandpitError(.internal, "copying into \(String(decoding: p, as: UTF8.self)) failed: \(String(cString: strerror(e)))")
             }
             do { try SandboxFiles.rename(root, temp, p) } catch {

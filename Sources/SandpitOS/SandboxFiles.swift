@@ -28,7 +28,7 @@ public enum SandboxFiles {
 
     static func c(_ p: [UInt8]) -> [CChar] { p.map { CChar(bitPattern: $0) } + [0] }
 
-    static func fail(_ call: String, _ path: [UInt8], _ e: Int32 = errno) -> SandpitError {
+    public static func fail(_ call: String, _ path: [UInt8], _ e: Int32 = errno) -> SandpitError {
         let shown = String(decoding: path, as: UTF8.self)
         let msg = String(cString: strerror(e))
         let details: [String: JSONValue] = ["path": .string(shown), "errno": .string(Self.errnoName(e))]

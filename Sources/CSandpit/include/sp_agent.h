@@ -54,7 +54,7 @@ int sp_agent_spare_ready(void);
 // Hands the spare the command; its pid, or -1 (no spare, or it died) and the
 // caller spawns as it would without one. group: out, the command's group
 // (the spare's, "ex_s<n>"; set even when it fails: the caller may use it).
-int sp_agent_spare_launch(int cgroup_fd, char *group, size_t glen, const struct sp_launch *l);
+int sp_agent_spare_launch(char *group, size_t glen, const struct sp_launch *l);
 // 1 when pid was the spare (it died waiting); 2 when it died at once after its
 // fork (it could not join its group): then wait before making another.
 int sp_agent_spare_reaped(int pid);
