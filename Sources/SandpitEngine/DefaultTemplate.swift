@@ -9,11 +9,14 @@ import SandpitOS
 /// assembled once into the store and reused; sandboxes never copy it.
 public enum DefaultTemplate {
     /// Bump when the layout changes; an older assembly is rebuilt.
-    static let version = "3"
+    static let version = "4"
 
     /// Host /etc entries that programs under /usr expect. Nothing secret:
-    /// no shadow files, keys or machine ids.
-    static let hostEtc = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
+    /// no shadow files, keys or machine ids (so `ssl/private`, where hosts
+    /// keep TLS keys, stays behind: only the public certificates and the
+    /// OpenSSL configuration go in). Entries the daemon's user cannot read
+    /// are left out.
+    static let hostEtc = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl/certs", "ssl/openssl.cnf", "ca-certificates",
                           "ca-certificates.conf", "python3", "python3.11", "bash.bashrc", "profile", "inputrc",
                           "mime.types", "localtime", "timezone", "debian_version", "os-release", "protocols",
                           "services", "login.defs", "bindresvport.blacklist", "gai.conf", "magic", "magic.mime",
@@ -52,7 +55,8 @@ public enum DefaultTemplate {
             try FS.chmod(root + "/" + d, 0o1777)
         }
         try FS.mkdir(root + "/home/user", mode: 0o755)
-        for e in hostEtc where FS.exists("/etc/" + e) {
+        try FS.mkdir(root + "/etc/ssl")
+        for e in hostEtc where FS.exists("/etc/" + e) && access("/etc/" + e, R_OK) == 0 {
             try HostCommand.run(["cp", "-a", "--no-preserve=ownership", "/etc/" + e, root + "/etc/" + e])
         }
         let etc = root + "/etc"

@@ -171,6 +171,22 @@ struct SecurityTests {
         }
     }
 
+    /// The default template takes public bits of the host's /etc, never its
+    /// keys: /etc/ssl/private (host TLS keys) stays behind, certificates come.
+    @Test func hostKeysStayOnTheHost() throws {
+        let marker = "/etc/ssl/private/sandpit-test-key.pem"
+        // A key on the host before the template is assembled (the arena's data dir is fresh).
+        try "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n".write(toFile: marker, atomically: false, encoding: .utf8)
+        defer { unlink(marker) }
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let r = try a.sh(sb, "ls /etc/ssl; ls /etc/ssl/private 2>&1; grep -rl not-a-real-key /etc 2>/dev/null; ls /etc/ssl/certs | head -1")
+            #expect(r.stdout.hasPrefix("certs\nopenssl.cnf\nls: cannot access '/etc/ssl/private'"), "\(r.stdout)")
+            #expect(!r.stdout.contains("sandpit-test-key"))
+            #expect(r.stdout.split(separator: "\n").count == 4, "the certificates are there: \(r.stdout)")
+        }
+    }
+
     @Test func noNetworkEgressAndNoRawSockets() throws {
         try Arena.with { a in
             // A listener on every host address: the sandbox must not reach it.
