@@ -41,7 +41,7 @@ final class EgressProxy: Sendable {
     static func start(pid: Int32, port: UInt16, allow: [String], sandboxId: String, logger: Logger) async throws -> EgressProxy {
         let nsPath = "/proc/\(pid)/ns/net"
         let ns = FileDescriptor(try sys("open", path: nsPath) { open(nsPath, O_RDONLY | O_CLOEXEC) })
-        // setns changes only the calling thread: do it on a thread of its own, which then ends.
+        // Made in the sandbox's namespace on a thread of sp_listen_in_netns's own; bind may block briefly.
         let fd = try await EngineThread.run {
             try sys("listen in sandbox netns", path: nsPath) { sp_listen_in_netns(ns.raw, port) }
         }

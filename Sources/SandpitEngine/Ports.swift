@@ -116,8 +116,8 @@ final class PortExposure: Sendable {
     enum ConnectResult { case success(Int32), failure(String) }
 
     /// Connects to `port` on the loopback of the sandbox whose agent is `pid`:
-    /// 127.0.0.1 first, then ::1. Call on a thread of its own (it enters the
-    /// sandbox's network namespace briefly to make the socket).
+    /// 127.0.0.1 first, then ::1. Blocking (the socket is made in the
+    /// sandbox's network namespace by `sp_socket_in_netns`).
     static func connect(pid: Int32, port: Int, timeoutSec: Int) -> ConnectResult {
         let nsPath = "/proc/\(pid)/ns/net"
         let ns = open(nsPath, O_RDONLY | O_CLOEXEC)
