@@ -42,7 +42,11 @@ static int build_anchor(const void *arg) {
     if (mount("sandpit-anchor", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,nr_inodes=16,mode=755") != 0) return errno;
     if (mkdir(tmp, 0755) != 0) return errno;
     if (mkdir(proc, 0555) != 0) return errno;
-    if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) return errno;
+    // Rootless, the daemon's user namespace does not own the host's pid
+    // namespace, so it may not mount a procfs for it: a recursive bind of
+    // the host's /proc is as visible (and what the rule asks for).
+    if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0
+        && (errno != EPERM || mount("/proc", proc, NULL, MS_BIND | MS_REC, NULL) != 0)) return errno;
     if (chdir(scratch) != 0) return errno;
     if (syscall(SYS_pivot_root, ".", ".") != 0) return errno;
     if (umount2(".", MNT_DETACH) != 0) return errno;

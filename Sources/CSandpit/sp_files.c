@@ -53,3 +53,7 @@ long long sp_copy_fd(int in, long long in_off, int out) {
         total += n;
     }
 }
+
+int sp_rename_exchange(const char *a, const char *b) {
+    return (int)syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, 2 /* RENAME_EXCHANGE */);
+}

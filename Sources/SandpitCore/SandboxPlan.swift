@@ -17,6 +17,9 @@ public struct SandboxPlan: Sendable, Equatable {
         public var proxyPort: Int
         /// The daemon's hard RLIMIT_NOFILE: sandboxes cannot go above it (nil: no ceiling).
         public var openFilesCeiling: Int64?
+        /// Rootless mode: ids are the daemon's own namespace's (its user's
+        /// subordinate range), and disks are directories (no size limit).
+        public var rootless = false
         public init(cgroup: String, uidBase: Int64, uidCount: Int64, seccompArch: String, seccompRules: Int, proxyPort: Int = 3128,
                     openFilesCeiling: Int64? = nil) {
             self.openFilesCeiling = openFilesCeiling
@@ -70,8 +73,14 @@ public struct SandboxPlan: Sendable, Equatable {
         var s: [Step] = []
         func add(_ n: String, _ d: String) { s.append(Step(name: n, detail: d)) }
         add("namespaces", "user, pid, mount (from an empty anchor: no host mount), network, ipc, uts (clone); cgroup (agent unshares)")
-        add("user-map", "sandbox 0-\(host.uidCount - 1) -> host \(host.uidBase)-\(host.uidBase + host.uidCount - 1); commands run as uid 1000; the user namespace owned by a host uid of its own (per-user kernel limits per sandbox)")
-        if let d = p.diskBytes {
+        if host.rootless {
+            add("user-map", "sandbox 0-\(host.uidCount - 1) -> the daemon's ids \(host.uidBase)-\(host.uidBase + host.uidCount - 1) (rootless: the user's subordinate ids); commands run as uid 1000; the user namespace owned by the daemon's user (per-user kernel limits shared with it)")
+        } else {
+            add("user-map", "sandbox 0-\(host.uidCount - 1) -> host \(host.uidBase)-\(host.uidBase + host.uidCount - 1); commands run as uid 1000; the user namespace owned by a host uid of its own (per-user kernel limits per sandbox)")
+        }
+        if p.diskBytes != nil, host.rootless {
+            add("disk", "a directory of the store for the writable layer (rootless: no loop device, so no size or inode limit)")
+        } else if let d = p.diskBytes {
             add("disk", "own ext4 image for the writable layer: \(Self.bytes(d)), \(p.diskInodes.map { "\($0) inodes" } ?? "default inodes")")
         } else {
             add("disk", "writable layer on the shared store (no per-sandbox size limit)")
@@ -91,7 +100,9 @@ public struct SandboxPlan: Sendable, Equatable {
             parts.append("cpu " + (p.cpuMillicores.map { "\($0)m (\($0 * 100)us per 100000us)" } ?? "unlimited"))
             add("cgroup-\(host.cgroup)", parts.joined(separator: "; ") + "; delegated to the agent for one child group per exec")
         } else {
-            add("cgroup", p.cgroup ? "unavailable on this host: no memory, pids or cpu limits" : "disabled by policy: no memory, pids or cpu limits")
+            add("cgroup", !p.cgroup ? "disabled by policy: no memory, pids or cpu limits"
+                : host.rootless ? "unavailable: rootless without a delegated cgroup v2 subtree (run under systemd-run --user -p Delegate=yes), so no memory, pids or cpu limits"
+                : "unavailable on this host: no memory, pids or cpu limits")
         }
         add("capabilities", "bounding and ambient sets emptied, SECBIT_NOROOT locked, no_new_privs, not dumpable")
         if p.seccomp {
@@ -110,10 +121,13 @@ public struct SandboxPlan: Sendable, Equatable {
         add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
         add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
         switch p.checkpoints {
-        case .everyStep: add("checkpoints", "after every exec: freeze the disk, clone its image by reference, record the diff" + Self.quota(p))
+        case .everyStep:
+            add("checkpoints", "after every exec: " + (host.rootless ? "copy the disk's directory (file clones where the store can; hard links when nothing changed)" : "freeze the disk, clone its image by reference") + ", record the diff" + Self.quota(p))
         case .manual: add("checkpoints", "only on checkpoint.create" + Self.quota(p))
         case .off: add("checkpoints", "off")
         }
+        // No cgroup, no freezer: an idle sandbox is never paused (it is hibernated when that is due).
+        if !p.cgroup || host.cgroup == "none" { p.idle.pauseAfterMs = nil }
         func dur(_ ms: Int64?) -> String {
             ms.map { $0 > 0 && $0 % 86_400_000 == 0 ? "\($0 / 86_400_000) days" : $0 % 60_000 == 0 ? "\($0 / 60_000) min" : "\($0) ms" } ?? "never"
         }

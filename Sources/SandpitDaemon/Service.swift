@@ -532,7 +532,7 @@ public final class RPCService: Sendable {
             // Another tenant of the daemon: its own figures, nothing of the host's paths or the daemon's totals.
             return .object([
                 "version": .string(Engine.version), "backend": "linux-namespaces", "cgroup": .string(engine.cgroupVersion.rawValue),
-                "rootless": false,
+                "rootless": .bool(Rootless.active),
                 "limits": .object(["maxLineBytes": .int(Int64(limits.maxLineBytes)), "maxStdinBytes": .int(Int64(limits.maxStdinBytes)),
                                    "maxJsonDepth": .int(Int64(JSONCodec.defaultMaxDepth))]),
                 "storage": .object(["mode": .string(engine.storage.mode.rawValue)]),
@@ -548,7 +548,7 @@ public final class RPCService: Sendable {
             "version": .string(Engine.version),
             "backend": "linux-namespaces",
             "cgroup": .string(engine.cgroupVersion.rawValue),
-            "rootless": false,
+            "rootless": .bool(Rootless.active),
             "limits": .object([
                 "maxLineBytes": .int(Int64(limits.maxLineBytes)),
                 "maxStdinBytes": .int(Int64(limits.maxStdinBytes)),

@@ -111,7 +111,7 @@ extension Engine {
                 let parent = parentOf[old.id] ?? nil
                 try await catalog.pruneCheckpoint(old.id, parent: parent)
                 for (k, v) in parentOf where v == old.id { parentOf[k] = parent }
-                unlink(checkpointImage(rt.id, old.id))
+                SandboxDisk.remove(checkpointImage(rt.id, old.id))
                 unlink(checkpointImage(rt.id, old.id) + ".sum")
                 unlink(checkpointManifest(rt.id, old.id))
                 total -= old.bytes
@@ -129,7 +129,7 @@ extension Engine {
             return ck
         }
         rt.checkpointBytes.withLock { $0 = total }
-        unlink(checkpointImage(rt.id, ck.id))
+        SandboxDisk.remove(checkpointImage(rt.id, ck.id))
         unlink(checkpointManifest(rt.id, ck.id))
         let parent = ck.parentId
         rt.headManifest.withLock { $0 = parent.flatMap { loadManifest(rt.id, $0) } }
@@ -158,6 +158,8 @@ extension Engine {
     /// `verifyCheckpoint` waits for a pending one.
     func sealCheckpoint(_ sb: String, _ ck: CheckpointRecord) {
         let image = checkpointImage(sb, ck.id)
+        // A directory disk's copy (rootless) has no image to sum.
+        if FS.isDirectory(image) { return }
         if let p = ck.parentId, FS.sameFile(image, checkpointImage(sb, p)), link(checkpointImage(sb, p) + ".sum", image + ".sum") == 0 { return }
         let id = ck.id
         let task = Task.detached(priority: .background) { [weak self] in
@@ -219,8 +221,8 @@ extension Engine {
             return now
         }
         @Sendable func linkToHead() -> Bool {
-            guard let head = parent, link(checkpointImage(sb, head), copy) == 0 else { return false }
-            guard link(checkpointManifest(sb, head), checkpointManifest(sb, id)) == 0 else { unlink(copy); return false }
+            guard let head = parent, SandboxDisk.share(checkpointImage(sb, head), as: copy) else { return false }
+            guard link(checkpointManifest(sb, head), checkpointManifest(sb, id)) == 0 else { SandboxDisk.remove(copy); return false }
             return true
         }
         @Sendable func full() throws -> Manifest {
@@ -237,7 +239,7 @@ extension Engine {
                 _ = try sys("rename", path: copy) { rename(copy + ".tmp", copy) }
                 return m
             } catch {
-                for f in [copy + ".tmp", copy + ".manifest.tmp", copy, self.checkpointManifest(sb, id)] { unlink(f) }
+                for f in [copy + ".tmp", copy + ".manifest.tmp", copy, self.checkpointManifest(sb, id)] { SandboxDisk.remove(f) }
                 throw Self.storeError(error)
             }
         }
@@ -383,10 +385,10 @@ extension Engine {
         var admitted = true
         defer { if admitted { admission.release(.sandbox(memory: memory)) } }
         let image = sandboxDir(id) + "/disk.img"
-        try? FS.remove(image + ".restore")
-        try storage.copyFile(checkpointImage(id, ck.id), to: image + ".restore")
+        SandboxDisk.remove(image + ".restore")
+        try SandboxDisk.copy(checkpointImage(id, ck.id), to: image + ".restore", storage: storage)
         Fault.point("restore.cloned")
-        _ = try sys("rename", path: image) { rename(image + ".restore", image) }
+        try SandboxDisk.replace(image, with: image + ".restore")
         record.state = .starting
         record.step = ck.step
         record.head = ck.id
@@ -468,8 +470,8 @@ extension Engine {
         let t0 = Clock.monotonicNs()
         // The restored files, ready before anything is stopped.
         let image = sandboxDir(id) + "/disk.img", staged = image + ".restore"
-        try? FS.remove(staged)
-        try storage.copyFile(checkpointImage(id, ck.id), to: staged)
+        SandboxDisk.remove(staged)
+        try SandboxDisk.copy(checkpointImage(id, ck.id), to: staged, storage: storage)
         let disk: FileDescriptor, root: FileDescriptor
         do {
             disk = try SandboxDisk.mount(staged)
@@ -478,16 +480,16 @@ extension Engine {
                                                  work: SandboxDisk.path(in: disk, SandboxDisk.work))
             } catch { disk.close(); throw error }
         } catch {
-            try? FS.remove(staged)
+            SandboxDisk.remove(staged)
             throw error
         }
         defer { root.close() }
         Fault.point("restore.cloned")
         // The staged image becomes the sandbox's disk (the old one stays attached until its mount goes);
         // from here on the sandbox changes, and a failure below relaunches it on this image.
-        do { _ = try sys("rename", path: image) { rename(staged, image) } } catch {
+        do { try SandboxDisk.replace(image, with: staged) } catch {
             disk.close()
-            try? FS.remove(staged)
+            SandboxDisk.remove(staged)
             throw error
         }
         let restoring = Set(targets.map(\.ctx.id))
@@ -585,14 +587,17 @@ extension Engine {
             try await catalog.insertSandbox(record)
             do {
                 try FS.mkdirs(checkpointDir(newId), mode: 0o700)
-                try storage.copyFile(checkpointImage(id, ck.id), to: checkpointImage(newId, base))
+                // Checkpoints are never written: a directory disk's (rootless) shares its files.
+                if !(SandboxDisk.directories && SandboxDisk.share(checkpointImage(id, ck.id), as: checkpointImage(newId, base))) {
+                    try SandboxDisk.copy(checkpointImage(id, ck.id), to: checkpointImage(newId, base), storage: storage)
+                }
                 try storage.copyFile(checkpointManifest(id, ck.id), to: checkpointManifest(newId, base))
                 // The same bytes: the same sum (with the copy's own stamp).
                 if var sum = ImageChecksum.stored(for: checkpointImage(id, ck.id)), let stamp = ImageChecksum.Stamp.of(checkpointImage(newId, base)) {
                     sum.stamp = stamp
                     try? sum.write(for: checkpointImage(newId, base))
                 }
-                try storage.copyFile(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img")
+                try SandboxDisk.copy(checkpointImage(id, ck.id), to: sandboxDir(newId) + "/disk.img", storage: storage)
                 try await catalog.insertCheckpoints([CheckpointRecord(
                     id: base, sandboxId: newId, step: ck.step, name: "fork of \(ck.id)", parentId: nil, createdAt: now,
                     diff: CheckpointDiff(), bytes: 0)])

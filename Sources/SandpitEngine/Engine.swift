@@ -33,7 +33,9 @@ public struct EngineConfig: Sendable {
     /// forgets the oldest, anywhere (`OutputLedger`).
     public var finishedOutputBudgetBytes: Int = 256 << 20
 
-    public static let defaultIDs = IDMapping(hostBase: 100_000, count: 65_536)
+    /// As root: host ids 100000–165535. Rootless: the daemon's own user
+    /// namespace's ids from 1 up (the user's subordinate range).
+    public static let defaultIDs = Rootless.sandboxIDs ?? IDMapping(hostBase: 100_000, count: 65_536)
     /// Host uids that own sandboxes' user namespaces, one per sandbox (see
     /// `SandboxSpawner.spawn`): 0x7F000000 up to below systemd's foreign range
     /// (0x7FFE0000). No process runs with them and no file belongs to them.
@@ -161,7 +163,10 @@ public final class Engine: Sendable {
         admission = Admission(maxSandboxes: config.maxSandboxes, memoryBudget: config.memoryBudgetBytes, maxExecs: config.maxExecs)
         outputLedger = OutputLedger(budget: config.finishedOutputBudgetBytes)
         guard geteuid() == 0 else {
-            throw SandpitError(.unavailable, "sandpit needs root to create sandboxes (user namespaces with a uid range, cgroups, overlay mounts); run it as root")
+            throw SandpitError(.unavailable, "the engine runs as root, or as root of a user namespace of its own (rootless mode, which `sandpit` enters by itself when started as a user)")
+        }
+        if Rootless.active && Rootless.sandboxIDs == nil {
+            throw SandpitError(.unavailable, "rootless mode without a subordinate id range: sandboxes need at least 1,001 ids (see /etc/subuid and /etc/subgid)")
         }
         // What no fallback can replace: refuse to start, saying what is missing, rather than fail every create.
         let missing = KernelFeatures.checks().filter { $0.required && !$0.ok }
@@ -177,13 +182,14 @@ public final class Engine: Sendable {
         catalog = try Catalog(path: config.dataDir + "/catalog.sqlite")
         checkpointLog = CheckpointLog(catalog: catalog, logger: logger)
         do {
-            storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: config.storageMode, sizeBytes: config.storageBytes)
+            // Rootless: no loop device to mount a store image on.
+            storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: Rootless.active ? .dir : config.storageMode, sizeBytes: config.storageBytes)
         } catch where config.storageMode == .loop {
             logger.warning("loop storage unavailable, using a plain directory", metadata: ["error": "\(error)"])
             storage = try StorageVolume.prepare(dataDir: config.dataDir, mode: .dir, sizeBytes: 0)
         }
         // One parent group per data dir, named stably so a restarted daemon finds what its predecessor left.
-        cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(Self.fnv1a(config.dataDir), radix: 36))
+        cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(Self.fnv1a(config.dataDir), radix: 36), writableOnly: Rootless.active)
         hostFacts = Self.hostFacts(cgroup: cgroups.version, ids: config.ids)
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
         // Exposed ports' socket files belong to runtimes, which never outlive a daemon.
@@ -242,7 +248,8 @@ public final class Engine: Sendable {
 
     /// A host uid to own the next sandbox's user namespace (0 when that is turned off).
     func nextOwnerID() -> UInt32 {
-        guard !KernelFeatures.isDisabled(KernelFeatures.sandboxOwnerIDs) else { return 0 }
+        // Rootless: no host id outside the user's range to give away.
+        guard !KernelFeatures.isDisabled(KernelFeatures.sandboxOwnerIDs), !Rootless.active else { return 0 }
         let n = UInt32(EngineConfig.ownerIDs.count)
         return EngineConfig.ownerIDs.lowerBound + nextOwner.wrappingAdd(1, ordering: .relaxed).oldValue % n
     }
@@ -319,9 +326,10 @@ public final class Engine: Sendable {
             let dir = checkpointDir(sb)
             for f in FS.listDirectory(dir) {
                 let id = String(f.prefix { $0 != "." })
-                if f.hasSuffix(".tmp") || !listed.contains(id) { unlink(dir + "/" + f) } else if f.hasSuffix(".img") { present.insert(id) }
+                if f.hasSuffix(".tmp") || !listed.contains(id) { SandboxDisk.remove(dir + "/" + f) } else if f.hasSuffix(".img") { present.insert(id) }
             }
-            unlink(sandboxDir(sb) + "/disk.img.restore")
+            SandboxDisk.remove(sandboxDir(sb) + "/disk.img.restore")
+            SandboxDisk.remove(sandboxDir(sb) + "/disk.img.tmp")
         }
         let dangling = listed.subtracting(present)
         if !dangling.isEmpty {
@@ -354,7 +362,8 @@ public final class Engine: Sendable {
         return .object([
             "kernel": .string(KernelFeatures.release),
             "cgroup": .object(["version": .string(cgroups.version.rawValue), "controllers": .array(controllers.map { .string($0) })]),
-            "limitsEnforced": .array(enforced + ["diskBytes", "diskInodes", "tmpBytes", "openFiles", "execTimeoutMs", "outputBytes"]),
+            "rootless": .bool(Rootless.active),
+            "limitsEnforced": .array(enforced + (SandboxDisk.directories ? [] : ["diskBytes", "diskInodes"]) + ["tmpBytes", "openFiles", "execTimeoutMs", "outputBytes"]),
             "features": .object(features),
         ])
     }
@@ -372,8 +381,10 @@ public final class Engine: Sendable {
     public static func hostFacts(cgroup: CgroupVersion, ids: IDMapping) -> SandboxPlan.Host {
         var rl = rlimit()
         let ceiling: Int64? = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rl) == 0 && rl.rlim_max < rlim_t(Int64.max) ? Int64(rl.rlim_max) : nil
-        return SandboxPlan.Host(cgroup: cgroup.rawValue, uidBase: Int64(ids.hostBase), uidCount: Int64(ids.count),
-                                seccompArch: String(cString: sp_seccomp_arch()), seccompRules: seccompRules.count, openFilesCeiling: ceiling)
+        var host = SandboxPlan.Host(cgroup: cgroup.rawValue, uidBase: Int64(ids.hostBase), uidCount: Int64(ids.count),
+                                    seccompArch: String(cString: sp_seccomp_arch()), seccompRules: seccompRules.count, openFilesCeiling: ceiling)
+        host.rootless = Rootless.active
+        return host
     }
 
     /// The seccomp filter's rules, for display (read from the C table once).
@@ -404,6 +415,8 @@ public final class Engine: Sendable {
         let templateName = tpl.displayName
         var plan = try plan(policy: policyName, limits: limits)
         plan.idle = try plan.policy.idle(narrowedBy: idle)
+        // Nothing to freeze with: never paused, whatever the client asked (hibernated when due).
+        if !plan.useCgroup || cgroups.version == .none { plan.idle.pauseAfterMs = nil }
         var metadata = metadata
         if scratch {
             plan.useScratchDisk()

@@ -152,6 +152,9 @@ extension Engine {
     func pause(_ rt: SandboxRuntime, reason: String) async throws {
         try await rt.steps.run { [self] in
             guard rt.idle.withLock({ $0.phase }) == .running, !rt.hasExited else { return }
+            guard rt.cgroup.freezerDir != nil else {
+                throw SandpitError(.unavailable, "sandbox \(rt.id) cannot be paused: it has no cgroup freezer (" + (rt.plan.useCgroup ? "this daemon has no cgroups it may use: rootless without a delegated cgroup v2 subtree" : "its policy turns cgroups off") + "); it keeps running. Idle sandboxes are hibernated instead")
+            }
             try rt.cgroup.freeze()
             rt.idle.withLock { $0.moved(to: .paused, now: Clock.nowMs()) }
             rt.state.withLock { $0.record.state = .paused; $0.record.stateReason = reason }

@@ -195,16 +195,32 @@ public struct CgroupHandle: Sendable {
 public enum Cgroups {
     /// Picks the driver for this host: v2 when the unified tree has the memory
     /// and pids controllers, else v1 when its hierarchies are mounted.
-    public static func detect(root: String = "/sys/fs/cgroup", prefix: String) -> any CgroupDriver {
+    ///
+    /// With `writableOnly` (rootless mode) a hierarchy counts only where the
+    /// daemon may make its groups: a v2 subtree delegated to the user (a
+    /// systemd user service, or `systemd-run --user -p Delegate=yes`);
+    /// v1 hierarchies belong to root.
+    public static func detect(root: String = "/sys/fs/cgroup", prefix: String, writableOnly: Bool = false) -> any CgroupDriver {
         let selfCgroup = (try? FS.readText("/proc/self/cgroup")) ?? ""
         if let ctl = try? FS.readText(root + "/cgroup.controllers"),
            ctl.contains("memory"), ctl.contains("pids") {
-            return CgroupV2Driver(root: root, prefix: prefix, selfCgroup: selfCgroup)
+            let d = CgroupV2Driver(root: root, prefix: prefix, selfCgroup: selfCgroup)
+            if !writableOnly || canMake(d.base) { return d }
+            return NoCgroupDriver()
         }
         if FS.isDirectory(root + "/memory") && FS.isDirectory(root + "/pids") {
-            return CgroupV1Driver(root: root, prefix: prefix, selfCgroup: selfCgroup)
+            let d = CgroupV1Driver(root: root, prefix: prefix, selfCgroup: selfCgroup)
+            if !writableOnly || d.bases.values.allSatisfy(canMake) { return d }
         }
         return NoCgroupDriver()
+    }
+
+    /// Whether `dir` exists and is writable, or could be made in the nearest
+    /// directory above it that exists.
+    static func canMake(_ dir: String) -> Bool {
+        var d = dir
+        while !d.isEmpty && !FS.exists(d) { d = String(d[..<(d.lastIndex(of: "/") ?? d.startIndex)]) }
+        return access(d.isEmpty ? "/" : d, W_OK) == 0
     }
 
     /// Parses /proc/self/cgroup into [controller-list: path].

@@ -123,8 +123,12 @@ extension KernelFeatures {
                          hasOverlayLowerdirAppend ? "yes" : "no (Linux < 6.8, or forced off): layers in one classic lowerdir of /proc/self/fd names, at most ~14 layers"))
         out.append(Check("overlayfs layers on detached mounts", hasOverlayDetachedLayers,
                          hasOverlayDetachedLayers ? "yes" : "no (Linux < 6.15, or forced off): each layer's mount is attached under <data>/attach for the moment of the create"))
-        let loop = FS.exists("/dev/loop-control")
-        out.append(Check("loop devices", loop, loop ? "yes" : "no /dev/loop-control (modprobe loop): sandboxes have no disk of their own; use --storage dir"))
+        if Rootless.active {
+            out.append(Check("loop devices", false, "not usable rootless: sandbox disks are directories of the store, without a size or inode limit"))
+        } else {
+            let loop = FS.exists("/dev/loop-control")
+            out.append(Check("loop devices", loop, loop ? "yes" : "no /dev/loop-control (modprobe loop): sandboxes have no disk of their own; use --storage dir"))
+        }
         let seccomp = (try? FS.readText("/proc/self/status"))?.contains("Seccomp:") ?? false
         out.append(Check("seccomp", seccomp, seccomp ? "yes" : "missing: sandboxes cannot start (the filter is required)", required: true))
         let pidfd = sp_pidfd_open_probe() != 0

@@ -90,8 +90,9 @@ public enum LayerFS {
             if strcmp(target, ".wh..opq") == 0 {
                 let dir = openat(dirFd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
                 defer { close(dir) }
-                guard sp_mark_opaque(dir) == 0 else {
-                    throw OSError(call: "fsetxattr(trusted.overlay.opaque)", errno: errno)
+                // Rootless overlays read user.overlay.* (userxattr): see DetachedMount.overlay.
+                guard sp_mark_opaque(dir, Rootless.active ? 1 : 0) == 0 else {
+                    throw OSError(call: Rootless.active ? "fsetxattr(user.overlay.opaque)" : "fsetxattr(trusted.overlay.opaque)", errno: errno)
                 }
             } else {
                 _ = unlinkat(dirFd, target, AT_REMOVEDIR)

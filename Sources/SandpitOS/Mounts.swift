@@ -20,6 +20,7 @@ public enum DetachedMount {
         let u = try short(layers[layers.count - 2], holding: &held), w = try short(layers[layers.count - 1], holding: &held)
         _ = try sys("fsconfig(upperdir)", path: upper) { sp_fsconfig_string(fs.raw, "upperdir", u) }
         _ = try sys("fsconfig(workdir)", path: work) { sp_fsconfig_string(fs.raw, "workdir", w) }
+        if Rootless.active { _ = try sys("fsconfig(userxattr)") { sp_fsconfig_flag(fs.raw, "userxattr") } }
         _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
         return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV) })
     }
@@ -33,6 +34,7 @@ public enum DetachedMount {
         var attached: [String] = []
         defer { for h in held { h.close() }; detach(attached) }
         try setLower(fs, try attachingDetached(lower, attached: &attached), holding: &held)
+        if Rootless.active { _ = try sys("fsconfig(userxattr)") { sp_fsconfig_flag(fs.raw, "userxattr") } }
         _ = try sys("fsconfig(create overlay)") { sp_fsconfig_create(fs.raw) }
         return FileDescriptor(try sys("fsmount(overlay)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NODEV | SP_MOUNT_ATTR_RDONLY | SP_MOUNT_ATTR_NOSUID) })
     }
@@ -139,6 +141,10 @@ public enum DetachedMount {
         _ = try sys("fsconfig(create tmpfs)") { sp_fsconfig_create(fs.raw) }
         let m = FileDescriptor(try sys("fsmount(tmpfs)") { sp_fsmount(fs.raw, SP_MOUNT_ATTR_NOSUID | SP_MOUNT_ATTR_NOEXEC) })
         let nodes: [(String, UInt32, UInt32)] = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+        if Rootless.active {
+            defer { m.close() }
+            return try boundDevices(m, names: nodes.map(\.0), owner: owner)
+        }
         for (name, major, minor) in nodes {
             let dev = dev_t((major & 0xfff) << 8 | (minor & 0xff) | (minor & ~0xff) << 12)
             _ = try sys("mknod /dev/" + name) { mknodat(m.raw, name, S_IFCHR | 0o666, dev) }
@@ -147,6 +153,30 @@ public enum DetachedMount {
             _ = try sys("chown /dev/" + name) { fchownat(m.raw, name, owner, owner, Int32(AT_SYMLINK_NOFOLLOW)) }
         }
         return m
+    }
+
+    /// Rootless mode's /dev: a user namespace may not make device nodes
+    /// (and a tmpfs it mounts ignores them), so the host's own nodes are
+    /// bound onto empty files of the tmpfs `m`, which is attached for the
+    /// moment under `KernelFeatures.attachDir` and handed back as a detached
+    /// copy, binds included.
+    static func boundDevices(_ m: FileDescriptor, names: [String], owner: UInt32) throws(OSError) -> FileDescriptor {
+        try FS.mkdirs(KernelFeatures.attachDir, mode: 0o700)
+        var template = Array((KernelFeatures.attachDir + "/dev-XXXXXX").utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+            throw OSError(call: "mkdtemp", errno: errno, path: KernelFeatures.attachDir)
+        }
+        defer { rmdir(dir) }
+        _ = try sys("attach /dev", path: dir) { sp_move_mount_fd(m.raw, dir) }
+        defer { _ = umount2(dir, Int32(MNT_DETACH)) }
+        for name in names {
+            let target = dir + "/" + name
+            let fd = try sys("create /dev/" + name, path: target) { open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666) }
+            close(fd)
+            _ = try sys("bind /dev/" + name, path: target) { mount("/dev/" + name, target, nil, UInt(MS_BIND), nil) }
+        }
+        _ = try sys("chown /dev", path: dir) { chown(dir, owner, owner) }
+        return FileDescriptor(try sys("open_tree(/dev)", path: dir) { sp_open_tree_clone(dir) })
     }
 
     /// A recursive read-only, nosuid, nodev bind of `path`.

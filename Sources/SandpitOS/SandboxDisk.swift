@@ -10,9 +10,19 @@ import CSandpit
 /// The image is a sparse copy of a pre-formatted blank one (formatted once per
 /// size and inode count, ~2 MiB of metadata), attached to a loop device with
 /// autoclear and mounted *detached*: the mount is in no namespace, so it never
-/// shows in the host's mount table and goes away, loop device included, when
-/// the last reference (the overlay using it, our fd) is gone.
+/// shows in the host's mount table and goes away, loop device included,
+/// when the last reference (the overlay using it, our fd) is gone.
+///
+/// Rootless mode has no loop devices (and a user namespace may not mount
+/// ext4): a sandbox's disk is then a directory at the image's path, laid out
+/// the same way (`upper`, `work`), with no size or inode limit of its own.
+/// Copies of it (checkpoints, restores, forks) are tree copies, by reference
+/// where the store's filesystem can (XFS, btrfs), and a step that changed
+/// nothing shares its files with the previous checkpoint through hard links.
 public enum SandboxDisk {
+    /// Whether sandbox disks are directories (rootless mode).
+    public static var directories: Bool { Rootless.active }
+
     /// Layout inside the image: overlay's upper and work directories.
     public static let upper = "upper"
     public static let work = "work"
@@ -21,6 +31,17 @@ public enum SandboxDisk {
     /// `bytes`/`inodes` whose `upper` directory is owned by `rootUid` (the
     /// sandbox's root as seen from the host).
     public static func create(image: String, storage: StorageVolume, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws {
+        if directories {
+            let tmp = image + ".tmp"
+            try? FS.removeTree(tmp)
+            try FS.mkdir(tmp, mode: 0o755)
+            try FS.mkdir(tmp + "/" + upper, mode: 0o755)
+            try FS.mkdir(tmp + "/" + work, mode: 0o700)
+            try FS.chown(tmp + "/" + upper, uid: rootUid, gid: rootUid)
+            try FS.chmod(tmp + "/" + upper, 0o755)
+            _ = try sys("rename", path: image) { rename(tmp, image) }
+            return
+        }
         let blank = try ensureBlank(dir: storage.root + "/blank", bytes: bytes, inodes: inodes, rootUid: rootUid)
         try storage.copyFile(blank, to: image)
     }
@@ -44,9 +65,17 @@ public enum SandboxDisk {
         defer { root.close() }
         if let release = quiesce() {
             defer { release() }
-            _ = try sys("sync sandbox disk", path: image) { sp_fs_sync(root.raw) }
+            if !FS.isDirectory(image) { _ = try sys("sync sandbox disk", path: image) { sp_fs_sync(root.raw) } }
             let r = try during()
-            try storage.copyFile(image, to: copy)
+            try Self.copy(image, to: copy, storage: storage)
+            return r
+        }
+        if FS.isDirectory(image) {
+            // No filesystem of its own to freeze: without a cgroup freezer
+            // (rootless without a delegated cgroup), a background process
+            // may be mid-write in the copy.
+            let r = try during()
+            try Self.copy(image, to: copy, storage: storage)
             return r
         }
         _ = try sys("freeze sandbox disk", path: image) { sp_fs_freeze(root.raw) }
@@ -87,6 +116,9 @@ public enum SandboxDisk {
     /// Mounts `image` (detached, nodev, nosuid, noatime). The returned fd is
     /// the mount; `/proc/self/fd/N/upper` names its upper directory.
     public static func mount(_ image: String) throws(OSError) -> FileDescriptor {
+        if FS.isDirectory(image) {
+            return FileDescriptor(try sys("open", path: image) { open(image, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+        }
         let backing = FileDescriptor(try sys("open", path: image) { open(image, O_RDWR | O_CLOEXEC) })
         defer { backing.close() }
         var dev = [CChar](repeating: 0, count: 64)
@@ -135,6 +167,44 @@ public enum SandboxDisk {
     }
 
     public static func path(in mount: FileDescriptor, _ sub: String) -> String { "/proc/self/fd/\(mount.raw)/\(sub)" }
+
+    /// Makes `dst` (which must not exist) a copy of the disk `src`: a clone of
+    /// an image, or of a directory disk's tree (owners, modes, xattrs such as
+    /// overlayfs's `user.overlay.*`, whiteouts, hard links).
+    public static func copy(_ src: String, to dst: String, storage: StorageVolume) throws {
+        guard FS.isDirectory(src) else { return try storage.copyFile(src, to: dst) }
+        do {
+            try HostCommand.run(["cp", "--archive", "--reflink=auto", "--no-target-directory", src, dst])
+        } catch {
+            try? FS.removeTree(dst)
+            throw error
+        }
+    }
+
+    /// Makes `dst` share `src`'s data for good: a hard link to an image, or a
+    /// tree of hard links to a directory disk's files. Only for copies
+    /// nothing writes to (checkpoints). False when that cannot be done.
+    public static func share(_ src: String, as dst: String) -> Bool {
+        guard FS.isDirectory(src) else { return link(src, dst) == 0 }
+        if (try? HostCommand.run(["cp", "--archive", "--link", "--no-target-directory", src, dst])) != nil { return true }
+        try? FS.removeTree(dst)
+        return false
+    }
+
+    /// Removes a disk or a copy of one, image or directory.
+    public static func remove(_ path: String) {
+        if FS.isDirectory(path) { try? FS.removeTree(path) } else { unlink(path) }
+    }
+
+    /// Puts the disk `staged` in place of `image` (whose old content goes).
+    public static func replace(_ image: String, with staged: String) throws {
+        guard FS.isDirectory(staged), FS.isDirectory(image) else {
+            _ = try sys("rename", path: image) { rename(staged, image) }
+            return
+        }
+        _ = try sys("rename (exchange)", path: image) { sp_rename_exchange(staged, image) }
+        try? FS.removeTree(staged)
+    }
 
     static func ensureBlank(dir: String, bytes: Int64, inodes: Int64?, rootUid: UInt32) throws -> String {
         let path = dir + "/ext4b4k-\(bytes)-\(inodes.map(String.init) ?? "auto")-\(rootUid).img"

@@ -22,8 +22,13 @@ struct Doctor: AsyncParsableCommand {
         var report: JSONObject = ["kernel": .string(KernelFeatures.release)]
         var lines: [String] = ["kernel            \(KernelFeatures.release)"]
         var fatal: [String] = []
-        if geteuid() != 0 {
-            fatal.append("not root: the daemon needs root (user namespaces with a uid range, cgroups, loop devices); a rootless mode is not there yet")
+        if geteuid() != 0 && !Rootless.active {
+            // As a user: the checks run again in rootless mode, as the daemon would.
+            do { try RootlessEntry.ifNeeded() } catch { fatal.append("not root, and rootless mode is not possible: \(error)") }
+        }
+        report["rootless"] = .bool(Rootless.active)
+        if Rootless.active {
+            lines.append("mode              rootless: root of a user namespace over your subordinate ids (no loop devices: disks are directories without a size limit; cgroup limits only in a delegated v2 subtree)")
         }
         var checks: JSONObject = [:]
         for c in KernelFeatures.checks() {

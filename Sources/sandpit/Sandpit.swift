@@ -19,7 +19,7 @@ struct Sandpit: AsyncParsableCommand {
         discussion: """
             Commands about sandboxes that outlive them (create, exec, logs, cp, inspect, pause, resume, stop, \
             checkpoint, restore, fork, expose) talk to a daemon on --socket or SANDPIT_SOCKET; run, ps, rm, \
-            info, template, storage and batch also work without one, with the engine in-process (as root).
+            info, template, storage and batch also work without one, with the engine in-process (as root, or rootless as a user).
             """,
         version: Engine.version,
         subcommands: [Serve.self, Run.self, Create.self, Exec.self, Logs.self, Copy.self, Ps.self, Inspect.self,
@@ -29,8 +29,8 @@ struct Sandpit: AsyncParsableCommand {
 }
 
 struct EngineOptions: ParsableArguments {
-    @Option(help: "Data directory (catalog, layers, sandboxes). Env: SANDPIT_DATA_DIR.")
-    var dataDir: String = ProcessEnv.get("SANDPIT_DATA_DIR") ?? "/var/lib/sandpit"
+    @Option(help: "Data directory (catalog, layers, sandboxes). Env: SANDPIT_DATA_DIR. Default: /var/lib/sandpit as root, else $XDG_DATA_HOME/sandpit or ~/.local/share/sandpit.")
+    var dataDir: String = ProcessEnv.get("SANDPIT_DATA_DIR") ?? Rootless.defaultDataDir
 
     @Option(help: "Where write layers live: loop (ext4 image, default) or dir.")
     var storage: String = "loop"
@@ -93,7 +93,7 @@ struct ClientOptions: ParsableArguments {
     var socketPath: String?
 
     @Option(help: "Without a daemon: the in-process engine's data directory (env: SANDPIT_DATA_DIR).")
-    var dataDir: String = ProcessEnv.get("SANDPIT_DATA_DIR") ?? "/var/lib/sandpit"
+    var dataDir: String = ProcessEnv.get("SANDPIT_DATA_DIR") ?? Rootless.defaultDataDir
 
     var socket: String? {
         if let s = socketPath, !s.isEmpty { return s }
@@ -104,6 +104,7 @@ struct ClientOptions: ParsableArguments {
     /// The daemon on the socket, or an engine in this process (its defaults, this data dir).
     func connect() async throws -> any RPCClient {
         if let s = socket { return try DaemonClient(path: s) }
+        try RootlessEntry.ifNeeded()
         LoggingSystem.bootstrapOnce()
         let engine = try EngineOptions.parse(["--data-dir", dataDir])
         return InProcessClient(service: try engine.makeService(logger: engine.makeLogger()))
@@ -148,6 +149,7 @@ struct Serve: AsyncParsableCommand {
         // daemon creates is group- or world-writable (the socket included,
         // until it gets its configured mode).
         umask(umask(0o022) | 0o022)
+        try RootlessEntry.ifNeeded()
         LoggingSystem.bootstrapOnce()
         var log = engine.makeLogger()
         if engine.logLevel == "warning" { log.logLevel = .info }

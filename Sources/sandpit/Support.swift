@@ -3,10 +3,25 @@ import Glibc
 #endif
 import Dispatch
 import Logging
+import SandpitOS
 import Synchronization
 
 enum ProcessEnv {
     static func get(_ k: String) -> String? { getenv(k).map { String(cString: $0) } }
+}
+
+/// A user's `sandpit serve` (or engine command) runs again as root of a
+/// user namespace of its own: rootless mode (see `Rootless`).
+enum RootlessEntry {
+    /// Never returns when it enters rootless mode: the command runs again
+    /// in the namespace and this process exits with its status.
+    static func ifNeeded() throws {
+        guard geteuid() != 0, !Rootless.active else { return }
+        var env: [String] = []
+        var p = environ
+        while let c = p.pointee { env.append(String(cString: c)); p += 1 }
+        try Rootless.enter(arguments: CommandLine.arguments, environment: env)
+    }
 }
 
 enum FileHandleStderr {

@@ -13,3 +13,4 @@
 #include "sp_anchor.h"
 #include "sp_helper.h"
 #include "sp_checksum.h"
+#include "sp_rootless.h"

@@ -22,6 +22,8 @@ int sp_pidfd_open(int pid);
 // until EOF: copy_file_range, else sendfile (other filesystems), in the
 // kernel. Returns the bytes copied, or -1 with errno (what was copied stays).
 long long sp_copy_fd(int in, long long in_off, int out);
+// Swaps two paths atomically (renameat2 RENAME_EXCHANGE): both must exist.
+int sp_rename_exchange(const char *a, const char *b);
 // Flag values Swift's Glibc module does not export.
 int sp_o_path(void);
 int sp_o_tmpfile(void);

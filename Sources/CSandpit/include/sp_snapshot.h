@@ -12,8 +12,9 @@ int sp_fs_sync(int fd);
 // FICLONE: dst shares src's blocks (copy-on-write). -1 with EOPNOTSUPP/EXDEV
 // where the filesystem cannot.
 int sp_clone_file(int src_fd, int dst_fd);
-// Marks a directory opaque for overlayfs (it hides what lower layers hold there).
-int sp_mark_opaque(int dir_fd);
+// Marks a layer directory opaque for overlayfs: trusted.overlay.opaque, or
+// user.overlay.opaque for overlays mounted with userxattr (rootless).
+int sp_mark_opaque(int dir_fd, int user_xattr);
 // Whiteout test for overlayfs: a character device 0:0.
 int sp_is_whiteout(unsigned mode, unsigned long long rdev);
 #endif
