@@ -26,18 +26,18 @@ TOKEN = "rootless-test-admin-token-0123456789"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="makes a test user: run as root (CI does)")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
 def ensure_user(name, subordinate=True):
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
-        pw = pwd.getpwnam(name)
-    for f in ("/etc/subuid", "/etc/subgid"):
-        lines = [l for l in open(f).read().splitlines() if l and l.split(":")[0] not in (name, str(pw.pw_uid))]
-        if subordinate:
-            lines.append(f"{name}:{SUB_START}:{SUB_COUNT}")
-        with open(f, "w") as out:
-            out.write("\n".join(lines) + "\n")
+    """The user (scripts/rootless-user makes it, with its subordinate range); without one when `subordinate` is false."""
+    subprocess.run([os.path.join(REPO, "scripts", "rootless-user"), name, str(SUB_START), str(SUB_COUNT)], check=True)
+    pw = pwd.getpwnam(name)
+    if not subordinate:
+        for f in ("/etc/subuid", "/etc/subgid"):
+            lines = [l for l in open(f).read().splitlines() if l and l.split(":")[0] not in (name, str(pw.pw_uid))]
+            with open(f, "w") as out:
+                out.write("\n".join(lines) + "\n")
     return pw
 
 
@@ -105,7 +105,7 @@ def rootless(sandpit):
         f.write("the user's own file\n")
     os.chmod(os.path.join(home, "secret.txt"), 0o600)
     # The shipped policies, and one whose egress allowlist names a port on the host's loopback.
-    repo_policies = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "Policies")
+    repo_policies = os.path.join(REPO, "Policies")
     shutil.copytree(repo_policies, os.path.join(home, "policies"))
     web_port = free_port()
     with open(os.path.join(home, "policies", "egress.json"), "w") as f:
