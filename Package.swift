@@ -49,13 +49,17 @@ let package = Package(
         // The one Swift client of a daemon: a multiplexed JSON-RPC connection
         // (the CLI, `sandpit mcp` and `sandpit batch` all use it).
         .target(name: "SandpitClient", dependencies: ["SandpitCore", "SandpitOS", "SandpitProtocol"]),
-        // Sandboxes, templates, agent channels, execs.
+        // Sandboxes, templates, agent channels, execs. The Python driver of
+        // interpreter contexts is Drivers/python_driver.py, embedded at build time.
         .target(name: "SandpitEngine", dependencies: [
             "SandpitCore", "SandpitOS", "SandpitCatalog", "CSandpit",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], plugins: ["EmbedDrivers"]),
+        // Build-time only: turns a text file into a Swift string constant.
+        .executableTarget(name: "embed-text", path: "Sources/embed-text"),
+        .plugin(name: "EmbedDrivers", capability: .buildTool(), dependencies: ["embed-text"]),
         // The service (method dispatch) and transports (stdio, Unix socket).
         .target(name: "SandpitDaemon", dependencies: [
             "SandpitCore", "SandpitProtocol", "SandpitEngine", "CSandpit",
