@@ -12,7 +12,8 @@
 # Each frame is one write of at most PIPE_BUF bytes, so output from other threads or
 # processes can fall between frames but never inside one. Records:
 #     stdout {"t":"ready","pid":…,"python":"3.11.2","wake":signal,…}
-#     stdout {"t":"r","n":…,"results":[mime bundle…],"error":{name,value,traceback}|null}
+#     stdout {"t":"r","n":…,"results":[mime bundle…],"main":index|null,"error":{name,value,traceback}|null}
+#                                                 results: display() calls, the last expression (main), figures
 #     stderr {"t":"e","n":…}                      all of cell n's stderr came before this
 #     stdout {"t":"s","n":…,"pid":…}              a frozen copy of the state after cell n (--snapshots);
 #                                                 pid null: the fork failed, and step n has no copy
@@ -46,7 +47,13 @@
 # its new stdin lets it go on: it drops to the sandbox user, takes the sandbox's
 # seccomp filter and becomes that sandbox's interpreter. No cell ever runs in
 # the zygote itself.
-import ast, base64, io, json, linecache, os, select, signal, sys, time, traceback, types, warnings
+#
+# Cells are Python with the IPython idioms notebook code (and so LLM-written
+# code) uses: display(obj), `!cmd` and `x = !cmd`, line magics (%pip, %time,
+# %timeit, %cd, %pwd, %env, %matplotlib, ...), cell magics (%%bash, %%sh,
+# %%writefile, %%time, %%timeit, %%html, %%markdown) and top-level await. See
+# Shell below; an unknown magic is a UsageError, as in IPython.
+import ast, base64, builtins, io, json, linecache, os, re, select, signal, sys, time, traceback, types, warnings
 
 WAKE = signal.SIGRTMIN + 4
 PIPE_CHUNK = 4000   # payload bytes per frame: a frame stays within PIPE_BUF (4096)
@@ -116,6 +123,7 @@ def main():
     sys.modules["__main__"] = main_module
     namespace = main_module.__dict__
     sys.path.insert(0, "")
+    shell = Shell(namespace)
 
     state = {"running": False}
 
@@ -249,32 +257,29 @@ def main():
         n, code = request["n"], request["code"]
         filename = "<cell-%d>" % n
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        results, error = [], None
+        error, main = None, None
+        shell.displayed = []
         try:
             try:
-                tree = ast.parse(code, filename, "exec")
-                last = None
-                if tree.body and isinstance(tree.body[-1], ast.Expr):
-                    last = ast.Expression(tree.body.pop().value)
                 state["running"] = True
-                exec(compile(tree, filename, "exec"), namespace)
-                if last is not None:
-                    value = eval(compile(last, filename, "eval"), namespace)
-                    if value is not None:
-                        namespace["_"] = value
-                        results.append(bundle(value))
+                value = shell.run_cell(code, filename)
+                if value is not None:
+                    namespace["_"] = value
+                    main = len(shell.displayed)
+                    shell.displayed.append(bundle(value))
             finally:
                 state["running"] = False
         except BaseException as e:   # KeyboardInterrupt and SystemExit end the cell, not the context
             error = {"name": type(e).__name__, "value": str(e), "traceback": user_traceback(e)}
-        results.extend(figures())
+        results = shell.displayed + figures()
+        shell.displayed = None
         for f in (sys.stdout, sys.stderr):
             try:
                 f.flush()
             except Exception:
                 pass
         emit({"t": "e", "n": n}, err_fd)
-        emit({"t": "r", "n": n, "results": results, "error": error})
+        emit({"t": "r", "n": n, "results": results, "main": main, "error": error})
         if snapshots:
             keep_copy(n)
 
@@ -401,6 +406,388 @@ def harden(request):
             pass
 
 
+class UsageError(Exception):
+    """A magic used wrongly, or one that does not exist (IPython's name for it)."""
+
+
+class ShellLines(list):
+    """`x = !cmd`: the command's output lines, with IPython's .n (joined by newlines), .s (by spaces), .l."""
+
+    @property
+    def n(self):
+        return "\n".join(self)
+
+    @property
+    def s(self):
+        return " ".join(self)
+
+    @property
+    def l(self):  # noqa: E743 - IPython's name
+        return list(self)
+
+
+class Shell:
+    """The IPython idioms of a cell, turned into plain Python before it runs. A cell that parses as
+    Python runs as written (so a string holding "!x" is never touched); one that does not has its
+    `%%magic` first line, and its lines that start with `!` or `%` (after indentation, or after
+    `name =`), rewritten into calls of this object's methods, one line for one line (tracebacks keep
+    the cell's line numbers). Top-level `await` works: the cell runs on an event loop kept between
+    cells, as Jupyter's is."""
+
+    MAGIC = re.compile(r"^(\s*)(?:([A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*)\s*=\s*)?(!|%)(?!=)(.*)$")
+
+    def __init__(self, namespace):
+        self.ns = namespace
+        self.displayed = None   # the running cell's display() bundles
+        self.loop = None
+        builtins.display = self.display
+        builtins.get_ipython = lambda: self
+        builtins._sandpit_shell = self
+        install_ipython_display(self.display)
+
+    # --- running a cell -----------------------------------------------------------------------------
+
+    def transform(self, code):
+        try:
+            ast.parse(code)
+            return code
+        except SyntaxError:
+            pass
+        lines = code.split("\n")
+        head = lines[0].strip()
+        if head.startswith("%%"):
+            name, _, arg = head[2:].partition(" ")
+            # The body keeps its line numbers: line 1 (the magic) becomes empty.
+            return "_sandpit_shell.run_cell_magic(%r, %r, %r)" % (name, arg.strip(), "\n" + "\n".join(lines[1:]))
+        out = []
+        for line in lines:
+            m = self.MAGIC.match(line)
+            if not m:
+                out.append(line)
+                continue
+            indent, target, kind, rest = m.groups()
+            assign = target + " = " if target else ""
+            if kind == "!":
+                call = "_sandpit_shell.system(%r, capture=%s)" % (rest, bool(target))
+            else:
+                name, _, arg = rest.partition(" ")
+                call = "_sandpit_shell.run_line_magic(%r, %r)" % (name, arg.strip())
+            out.append(indent + assign + call)
+        return "\n".join(out)
+
+    def run_cell(self, code, filename):
+        """Runs a cell; returns the value of its last expression (None when there is none)."""
+        tree = ast.parse(self.transform(code), filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        flags = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
+        self.run(compile(tree, filename, "exec", flags=flags))
+        if last is None:
+            return None
+        return self.run(compile(last, filename, "eval", flags=flags))
+
+    def run(self, code):
+        result = eval(code, self.ns)
+        if code.co_flags & 0x80:   # CO_COROUTINE: the cell awaits at top level
+            if self.loop is None:
+                import asyncio
+                self.loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(self.loop)
+            result = self.loop.run_until_complete(result)
+        return result
+
+    # --- display --------------------------------------------------------------------------------------
+
+    def display(self, *objs, **kwargs):
+        """Shows each object as a rich result of the cell (in the order called, before the cell's value)."""
+        for obj in objs:
+            if self.displayed is None:   # outside a cell (a thread the cell left behind)
+                print(repr(obj))
+            elif kwargs.get("raw") and isinstance(obj, dict):
+                self.displayed.append(obj)
+            else:
+                self.displayed.append(bundle(obj))
+
+    # --- shell commands -------------------------------------------------------------------------------
+
+    def expand(self, cmd):
+        """IPython's expansion in `!` lines: {expression} and $name from the cell's variables; anything
+        else (a shell variable like $HOME, braces that are not an expression) is left to the shell."""
+        def brace(m):
+            try:
+                return str(eval(m.group(1), self.ns))
+            except Exception:
+                return m.group(0)
+
+        def dollar(m):
+            if m.group(1) == "$":
+                return "$"
+            return str(self.ns[m.group(1)]) if m.group(1) in self.ns else m.group(0)
+        cmd = re.sub(r"(?<!\{)\{([^{}]+)\}(?!\})", brace, cmd)
+        return re.sub(r"\$(\$|[A-Za-z_]\w*)", dollar, cmd)
+
+    def system(self, cmd, capture=False):
+        """`!cmd` (output streams as the command writes it) or `x = !cmd` (its stdout lines)."""
+        import subprocess
+        for f in (sys.stdout, sys.stderr):
+            f.flush()
+        argv = ["/bin/bash", "-c", self.expand(cmd)]
+        if capture:
+            p = subprocess.run(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            self.ns["_exit_code"] = p.returncode
+            return ShellLines(p.stdout.decode(errors="replace").splitlines())
+        self.ns["_exit_code"] = subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+        return None
+
+    def getoutput(self, cmd):
+        return self.system(cmd, capture=True)
+
+    # --- magics ---------------------------------------------------------------------------------------
+
+    def run_line_magic(self, name, line):
+        f = getattr(self, "line_" + name, None)
+        if f is None:
+            if name in ("load_ext", "reload_ext", "autoreload", "aimport", "config", "xmode", "precision", "pdb"):
+                print("sandpit: %%%s does nothing here (no IPython kernel)" % name, file=sys.stderr)
+                return None
+            raise UsageError("Line magic function `%%%s` not found." % name)
+        return f(self.expand(line))
+
+    def run_cell_magic(self, name, line, cell):
+        f = getattr(self, "cell_" + name, None)
+        if f is None:
+            raise UsageError("Cell magic `%%%%%s` not found." % name)
+        return f(line, cell)
+
+    def line_pip(self, line):
+        import shlex, subprocess
+        sys.stdout.flush()
+        rc = subprocess.run([sys.executable, "-m", "pip"] + shlex.split(line), stdin=subprocess.DEVNULL).returncode
+        if rc != 0:
+            print("sandpit: pip exited with status %d (installing from an index needs a policy with egress to it, "
+                  "e.g. policy \"pypi\")" % rc, file=sys.stderr)
+        return None
+
+    def line_conda(self, line):
+        raise UsageError("%conda is not available in this sandbox: use %pip")
+
+    def line_cd(self, line):
+        os.chdir(os.path.expanduser(line.strip() or "~"))
+        print(os.getcwd())
+
+    def line_pwd(self, line):
+        return os.getcwd()
+
+    def line_env(self, line):
+        line = line.strip()
+        if not line:
+            return dict(os.environ)
+        if "=" in line or " " in line:
+            key, _, value = line.partition("=") if "=" in line else line.partition(" ")
+            os.environ[key.strip()] = value.strip()
+            print("env: %s=%s" % (key.strip(), value.strip()))
+            return None
+        return os.environ.get(line)
+
+    def line_matplotlib(self, line):
+        """Figures are always captured (Agg backend), as `inline` shows them."""
+        return None
+
+    def line_time(self, line):
+        return self.timed(lambda: self.run_cell(line, "<timed>"))
+
+    def line_timeit(self, line):
+        self.timeit(line)
+
+    def line_who(self, line):
+        names = sorted(k for k, v in self.ns.items() if not k.startswith("_") and not isinstance(v, types.ModuleType))
+        print("\t".join(names) if names else "Interactive namespace is empty.")
+
+    def line_system(self, line):
+        return self.system(line, capture=True)
+
+    line_sx = line_system
+
+    def timed(self, f):
+        t0, c0 = time.perf_counter(), os.times()
+        try:
+            return f()
+        finally:
+            wall, c1 = time.perf_counter() - t0, os.times()
+            user, sys_ = c1.user - c0.user, c1.system - c0.system
+            print("CPU times: user %s, sys: %s, total: %s\nWall time: %s" % (fmt_time(user), fmt_time(sys_), fmt_time(user + sys_), fmt_time(wall)))
+
+    def timeit(self, line, stmt=None):
+        """%timeit [-n N] [-r R] STMT, or %%timeit [-n N] [-r R] [SETUP] over the cell: IPython's output."""
+        import statistics, timeit as timeit_module
+        words, number, repeat = line.split(), None, 7
+        while len(words) >= 2 and words[0] in ("-n", "-r"):
+            if words[0] == "-n":
+                number = int(words[1])
+            else:
+                repeat = int(words[1])
+            words = words[2:]
+        rest = line[len(line) - len(" ".join(words)):] if words else ""
+        setup = "pass"
+        if stmt is None:
+            stmt = rest
+        elif rest.strip():
+            setup = rest
+        t = timeit_module.Timer(stmt, setup, globals=self.ns)
+        if number is None:
+            number = t.autorange()[0]
+        runs = [x / number for x in t.repeat(repeat, number)]
+        mean, std = statistics.mean(runs), statistics.pstdev(runs)
+        print("%s ± %s per loop (mean ± std. dev. of %d run%s, %s loop%s each)" % (
+            fmt_time(mean), fmt_time(std), len(runs), "" if len(runs) == 1 else "s", format(number, ","), "" if number == 1 else "s"))
+
+    def cell_bash(self, line, cell):
+        import subprocess
+        sys.stdout.flush()
+        subprocess.run(["/bin/bash", "-c", cell], stdin=subprocess.DEVNULL)
+
+    cell_sh = cell_bash
+
+    def cell_script(self, line, cell):
+        if line.split()[:1] not in (["bash"], ["sh"]):
+            raise UsageError("%%%%script %s: only bash and sh run here" % line)
+        self.cell_bash(line, cell)
+
+    def cell_writefile(self, line, cell):
+        words = line.split()
+        append = "-a" in words or "--append" in words
+        path = os.path.expanduser([w for w in words if not w.startswith("-")][-1])
+        print("%s %s" % ("Appending to" if append and os.path.exists(path) else "Overwriting" if os.path.exists(path) else "Writing", path))
+        with open(path, "a" if append else "w") as f:
+            f.write(cell[1:] if cell.startswith("\n") else cell)
+
+    def cell_time(self, line, cell):
+        return self.timed(lambda: self.run_cell(cell, "<timed>"))
+
+    def cell_timeit(self, line, cell):
+        self.timeit(line, cell.strip("\n"))
+
+    def cell_html(self, line, cell):
+        self.display(Markup(cell.strip(), "text/html"))
+
+    def cell_markdown(self, line, cell):
+        self.display(Markup(cell.strip(), "text/markdown"))
+
+    def cell_capture(self, line, cell):
+        raise UsageError("%%capture is not supported here: the cell's output is already captured per stream")
+
+
+class Markup:
+    """HTML, Markdown, SVG, LaTeX or JSON to display (IPython.display's classes, where IPython is not installed)."""
+
+    def __init__(self, data=None, mime="text/html", url=None, filename=None, **_):
+        if data is None and filename:
+            with open(filename, "rb" if mime.startswith("image/") else "r") as f:
+                data = f.read()
+        self.data, self.mime = data, mime
+
+    def __repr__(self):
+        return "<IPython.core.display.%s object>" % type(self).__name__
+
+    def _repr_html_(self):
+        return self.data if self.mime == "text/html" else None
+
+    def _repr_markdown_(self):
+        return self.data if self.mime == "text/markdown" else None
+
+    def _repr_svg_(self):
+        return self.data if self.mime == "image/svg+xml" else None
+
+    def _repr_latex_(self):
+        return self.data if self.mime == "text/latex" else None
+
+    def _repr_json_(self):
+        return self.data if self.mime == "application/json" else None
+
+    def _repr_png_(self):
+        return self.data if self.mime == "image/png" else None
+
+
+def fmt_time(seconds):
+    """IPython's way of printing a duration: 3 significant digits and a unit."""
+    if seconds >= 60:
+        m, s = divmod(seconds, 60)
+        return "%dmin %.0fs" % (m, s)
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale or unit == "ns":
+            return "%.3g %s" % (seconds / scale, unit)
+
+
+def install_ipython_display(display):
+    """`from IPython.display import display, HTML, ...` works in cells: where IPython is installed its
+    display() is replaced by the driver's when the module is first imported; where it is not, a small
+    IPython package stands in when a cell imports it (display, HTML, Markdown, SVG, Latex, JSON, Image,
+    clear_output). Nothing is put in sys.modules before a cell asks: libraries such as matplotlib look
+    there for an IPython to hook into."""
+    import importlib.abc, importlib.util
+    if importlib.util.find_spec("IPython") is None:
+        sys.meta_path.insert(0, StandIn(display))
+        return
+
+    class Patch(importlib.abc.MetaPathFinder):
+        names = ("IPython.display", "IPython.core.display_functions", "IPython.core.display")
+
+        def find_spec(self, name, path, target=None):
+            if name not in self.names:
+                return None
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    run = spec.loader.exec_module
+
+                    def exec_module(module, run=run):
+                        run(module)
+                        if hasattr(module, "display"):
+                            module.display = display
+                    spec.loader.exec_module = exec_module
+                    return spec
+            return None
+    sys.meta_path.insert(0, Patch())
+
+
+class StandIn:
+    """A meta path finder and loader for `IPython` and `IPython.display` where IPython is not installed."""
+
+    def __init__(self, display):
+        self.display = display
+
+    def find_spec(self, name, path, target=None):
+        import importlib.util
+        if name not in ("IPython", "IPython.display"):
+            return None
+        return importlib.util.spec_from_loader(name, self, is_package=name == "IPython")
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        if module.__name__ == "IPython":
+            module.version_info = (0, 0, 0, "sandpit")
+            module.get_ipython = lambda: None   # no kernel: what libraries that look for one expect
+            return
+        kinds = {"HTML": "text/html", "Markdown": "text/markdown", "SVG": "image/svg+xml", "Latex": "text/latex", "JSON": "application/json"}
+        for name, mime in kinds.items():
+            setattr(module, name, type(name, (Markup,), {"__init__": (lambda mime: lambda self, data=None, **kw: Markup.__init__(self, data, mime, **kw))(mime)}))
+
+        class Image(Markup):
+            def __init__(self, data=None, url=None, filename=None, format="png", **kw):
+                Markup.__init__(self, data, "image/jpeg" if format in ("jpg", "jpeg") else "image/png", filename=filename)
+
+            def _repr_jpeg_(self):
+                return self.data if self.mime == "image/jpeg" else None
+        module.Image = Image
+        module.display = self.display
+        module.clear_output = lambda wait=False: None
+
+
 def bundle(value):
     """A notebook-style MIME bundle for a cell's last expression."""
     out = {}
@@ -409,7 +796,8 @@ def bundle(value):
     except Exception as e:
         out["text/plain"] = "<repr failed: %s>" % e
     for method, mime in (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"), ("_repr_svg_", "image/svg+xml"),
-                         ("_repr_latex_", "text/latex"), ("_repr_json_", "application/json"), ("_repr_png_", "image/png")):
+                         ("_repr_latex_", "text/latex"), ("_repr_json_", "application/json"), ("_repr_png_", "image/png"),
+                         ("_repr_jpeg_", "image/jpeg")):
         f = getattr(value, method, None)
         if not callable(f) or isinstance(value, type):
             continue
@@ -421,7 +809,7 @@ def bundle(value):
             continue
         if isinstance(data, tuple):
             data = data[0]
-        if mime == "image/png":
+        if mime in ("image/png", "image/jpeg"):
             if isinstance(data, (bytes, bytearray)):
                 out[mime] = base64.b64encode(bytes(data)).decode()
         elif mime == "application/json":

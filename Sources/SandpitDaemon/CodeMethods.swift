@@ -79,6 +79,7 @@ extension RPCService {
                                  "durationMs": .double((r.durationMs * 1000).rounded() / 1000)]
             if let e = r.error { o["error"] = .object(e) }
             if let c = r.exitCode { o["exitCode"] = .int(Int64(c)) }
+            o["mainResult"] = r.mainResult.map { .int(Int64($0)) } ?? .null
             if let why = r.restartReason { o["restartReason"] = .string(why) }
             let dropped = backlog.withLock { $0.dropped }
             if dropped > 0 { o["droppedBytes"] = .int(Int64(dropped)) }

@@ -10,8 +10,11 @@ import Synchronization
 public struct CellResult: Sendable {
     public var contextId: String
     public var executionCount: Int
-    /// MIME bundles (Python): the last expression, then each figure.
+    /// MIME bundles (Python): what the cell passed to `display()`, the last
+    /// expression, then each figure.
     public var results: [JSONValue]
+    /// Which of `results` is the last expression's value (nil: none).
+    public var mainResult: Int?
     public var error: JSONObject?
     /// Bash: the cell's exit status.
     public var exitCode: Int?
@@ -50,12 +53,18 @@ final class InterpreterContext: Sendable {
 
     struct Pending {
         var onOutput: @Sendable (OutputStream, [UInt8]) -> Void
-        var continuation: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>?
+        var continuation: CheckedContinuation<Outcome, Error>?
         /// The driver's end of the cell on each stream (Python: the result on
         /// stdout, an end record on stderr): all output came before it.
         var stdoutDone = false
         var stderrDone = false
+        var outcome = Outcome()
+    }
+
+    /// What the driver said about a cell.
+    struct Outcome: Sendable {
         var results: [JSONValue] = []
+        var mainResult: Int?
         var error: JSONObject?
         var exitCode: Int?
     }
@@ -240,7 +249,7 @@ final class InterpreterContext: Sendable {
             s.pending = p.stdoutDone && p.stderrDone ? nil : p
             return s.pending == nil ? p : nil
         }
-        if let p = done { p.continuation?.resume(returning: (p.results, p.error, p.exitCode)) }
+        if let p = done { p.continuation?.resume(returning: p.outcome) }
     }
 
     /// Splits a chunk of the driver's output into the user's bytes, passed on
@@ -338,8 +347,9 @@ final class InterpreterContext: Sendable {
             for pid in evicted { evict(pid) }
             settle { p in
                 p.stdoutDone = true
-                p.results = rec["results"]?.arrayValue ?? []
-                p.error = rec["error"]?.objectValue
+                p.outcome.results = rec["results"]?.arrayValue ?? []
+                p.outcome.mainResult = rec["main"]?.intValue.map { Int($0) }
+                p.outcome.error = rec["error"]?.objectValue
             }
         case "e":
             settle { $0.stderrDone = true }
@@ -363,7 +373,7 @@ final class InterpreterContext: Sendable {
         let fields = String(decoding: body, as: UTF8.self).split(separator: ":")
         settle { p in
             if stream == .stdout { p.stdoutDone = true } else { p.stderrDone = true }
-            if fields.count == 2 { p.exitCode = Int(fields[1]) }
+            if fields.count == 2 { p.outcome.exitCode = Int(fields[1]) }
         }
     }
 
@@ -386,7 +396,7 @@ final class InterpreterContext: Sendable {
 
     /// Sends one cell and waits for its end (or the interpreter's death).
     func run(_ code: String, rt: SandboxRuntime, onOutput: @escaping @Sendable (OutputStream, [UInt8]) -> Void)
-        async throws -> (n: Int, results: [JSONValue], error: JSONObject?, exitCode: Int?)
+        async throws -> (n: Int, outcome: Outcome)
     {
         let n = state.withLock { s -> Int in s.executionCount += 1; return s.executionCount }
         let payload: [UInt8]
@@ -395,7 +405,7 @@ final class InterpreterContext: Sendable {
         } else {
             payload = Array("\(n) \(code.utf8.count)\n".utf8) + Array(code.utf8)
         }
-        let r = try await withCheckedThrowingContinuation { (c: CheckedContinuation<(results: [JSONValue], error: JSONObject?, exitCode: Int?), Error>) in
+        let r = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Outcome, Error>) in
             let dead = state.withLock { s -> String? in
                 if let d = s.dead { return d }
                 s.pending = Pending(onOutput: onOutput, continuation: c)
@@ -409,7 +419,7 @@ final class InterpreterContext: Sendable {
                 off = end
             }
         }
-        return (n, r.results, r.error, r.exitCode)
+        return (n, r)
     }
 }
 
@@ -515,14 +525,15 @@ extension Engine {
                 }
             }
             defer { timer?.cancel() }
-            var result = CellResult(contextId: cid, executionCount: 0, results: [], error: nil, exitCode: nil,
+            var result = CellResult(contextId: cid, executionCount: 0, results: [], mainResult: nil, error: nil, exitCode: nil,
                                     restarted: restartReason != nil, restartReason: restartReason, timedOut: false, durationMs: 0, step: nil)
             do {
                 let r = try await c.run(code, rt: live) { stream, bytes in onOutput(cid, stream, bytes) }
                 result.executionCount = r.n
-                result.results = r.results
-                result.error = r.error
-                result.exitCode = r.exitCode
+                result.results = r.outcome.results
+                result.mainResult = r.outcome.mainResult
+                result.error = r.outcome.error
+                result.exitCode = r.outcome.exitCode
             } catch let e as CellCancelled {
                 // An in-place restore replaced the interpreter mid-cell: this cell is no step.
                 result.executionCount = c.state.withLock { $0.executionCount }

@@ -15,6 +15,9 @@ class Result:
     each matplotlib figure the cell left open comes as its own result with ``png``."""
 
     raw: Dict[str, Any]
+    #: Whether this is the value of the cell's last expression (from the daemon's ``mainResult``;
+    #: None from a daemon that does not say, which leaves the guess by figure).
+    main: Optional[bool] = None
 
     @property
     def text(self) -> Optional[str]:
@@ -57,8 +60,9 @@ class Result:
 
     @property
     def is_main_result(self) -> bool:
-        """True for the value of the cell's last expression (not a figure it drew)."""
-        return not self.is_figure
+        """True for the value of the cell's last expression (not something it passed to ``display()``
+        or a figure it drew)."""
+        return self.main if self.main is not None else not self.is_figure
 
     def formats(self) -> List[str]:
         return list(self.raw)
@@ -113,7 +117,9 @@ class Execution:
     @classmethod
     def from_wire(cls, r: Dict[str, Any], logs: Logs) -> "Execution":
         e = r.get("error")
-        return cls(results=[Result(b) for b in r.get("results") or []], logs=logs,
+        said = "mainResult" in r   # null: the cell had no value (only displays and figures)
+        results = [Result(b, i == r["mainResult"] if said else None) for i, b in enumerate(r.get("results") or [])]
+        return cls(results=results, logs=logs,
                    error=ExecutionError(e.get("name", ""), e.get("value", ""), e.get("traceback", "")) if e else None,
                    execution_count=r.get("executionCount", 0), restarted=bool(r.get("restarted")),
                    timed_out=bool(r.get("timedOut")), duration_ms=float(r.get("durationMs", 0)),

@@ -25,6 +25,32 @@ def test_code_state_streams_and_results(daemon):
         assert sb.run_code("x").text == "20", "state survives a cell that raised"
 
 
+def test_notebook_idioms_run_in_a_sandbox(daemon):
+    """What LLM-written notebook code does, in a real sandbox: display(), !cmd, magics, top-level await,
+    and the cell's value kept apart from what it displayed."""
+    with Sandbox.create() as sb:
+        ex = sb.run_code("display('shown')\nname = 'sandbox'\n!echo hello {name}\nfiles = !ls /\n%cd /tmp\n"
+                         "import asyncio\nawait asyncio.sleep(0.01, result=('usr' in files, len(files.n) > 0))")
+        assert ex.error is None, ex.error
+        assert [r.text for r in ex.results] == ["'shown'", "(True, True)"]
+        assert [r.is_main_result for r in ex.results] == [False, True] and ex.text == "(True, True)"
+        assert "".join(ex.logs.stdout) == "hello sandbox\n/tmp\n"
+        ex = sb.run_code("%%bash\nid -un; pwd")
+        assert "".join(ex.logs.stdout) == "user\n/tmp\n"   # the same process's cwd: %cd moved it
+        ex = sb.run_code("%%writefile notes.txt\nfrom a cell magic")
+        assert sb.files.read("/tmp/notes.txt") == "from a cell magic"
+        ex = sb.run_code("%pip --version\n%load_ext autoreload")
+        assert "pip " in "".join(ex.logs.stdout) and "does nothing here" in "".join(ex.logs.stderr)
+        ex = sb.run_code("%conda install numpy")
+        assert ex.error.name == "UsageError" and "%pip" in ex.error.value
+        # A checkpointed step like any cell: restoring to it brings the interpreter back.
+        sb.run_code("x = await asyncio.sleep(0, result=41)")
+        step = sb.run_code("x += 1").step
+        sb.run_code("x = 0")
+        sb.restore(step)
+        assert sb.run_code("x").text == "42"
+
+
 def test_commands_foreground_background_and_timeout(daemon):
     with Sandbox.create() as sb:
         chunks = []
