@@ -108,7 +108,13 @@ extension KernelFeatures {
         let maxNS = readInt("/proc/sys/user/max_user_namespaces") ?? 0
         out.append(Check("user namespaces", maxNS > 0, maxNS > 0 ? "up to \(maxNS)" : "user.max_user_namespaces is 0: no sandbox can be made", required: true))
         if let v = readInt("/proc/sys/kernel/unprivileged_userns_clone") {
-            out.append(Check("unprivileged_userns_clone (Debian)", true, v == 1 ? "1" : "0: only root may create user namespaces (the daemon runs as root, so this is fine)"))
+            out.append(Check("unprivileged_userns_clone (Debian)", v == 1 || !Rootless.active,
+                             v == 1 ? "1" : "0: only root may create user namespaces (as root this is fine; rootless mode cannot work)"))
+        }
+        if let v = readInt("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") {
+            // Ubuntu 23.10+: an unprivileged process needs an AppArmor profile granting `userns`.
+            out.append(Check("AppArmor user namespace restriction", v == 0 || !Rootless.active,
+                             v == 0 ? "off" : "on: as root this is fine; rootless mode needs an AppArmor profile granting `userns,` to sandpit"))
         }
         if let v = readInt("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") {
             out.append(Check("apparmor_restrict_unprivileged_userns (Ubuntu)", true, v == 1 ? "1: restricts unprivileged callers only; the daemon keeps its capabilities when it creates them" : "0"))
