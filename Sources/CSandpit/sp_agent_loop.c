@@ -219,7 +219,8 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     snprintf(group, sizeof group, "ex_%u", id);
     struct sp_launch l = {
         .in = in[0], .out = out[1], .err = err[1], .ep = ep[1], .procs_fd = -1, .setsid = 1,
-        .pty = pty, .placeholder = placeholder, .nofile = config->nofile, .uid = h.uid, .gid = h.gid,
+        .pty = pty, .placeholder = placeholder, .root_caps = (h.flags & SP_SPAWN_ROOT_CAPS) != 0,
+        .nofile = config->nofile, .uid = h.uid, .gid = h.gid,
         .path = path, .cwd = cwd, .argv = argv, .envp = envp, .argc = (int)h.argc, .envc = (int)h.envc,
     };
     pid_t pid = -1;
@@ -252,6 +253,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
             [SP_STEP_SPAWN] = "spawn", [SP_STEP_SETSID] = "setsid", [SP_STEP_STDIO] = "redirect stdio",
             [SP_STEP_CREDENTIALS] = "set credentials", [SP_STEP_CWD] = "", [SP_STEP_EXEC] = "exec",
             [SP_STEP_NOFILE] = "set open-file limit", [SP_STEP_CGROUP] = "join exec cgroup", [SP_STEP_TERMINAL] = "take the terminal",
+            [SP_STEP_CAPABILITIES] = "keep root's capabilities",
         };
         char what[4400];
         if (ce.step == SP_STEP_CWD) snprintf(what, sizeof what, "working directory \"%.1024s\"", cwd);

@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 struct spare_req {
-    uint32_t pty, uid, gid, argc, envc;
+    uint32_t pty, uid, gid, argc, envc, root_caps;
     uint64_t nofile;
     uint64_t blob;      // bytes that follow: path, cwd, argv and envp, each NUL-terminated
 };
@@ -129,7 +129,8 @@ static _Noreturn void spare_main(int sock, int procs_fd) {
     close(sock);
     struct sp_launch l = {
         .in = fds[0], .out = fds[1], .err = fds[2], .ep = fds[3], .procs_fd = -1, .setsid = 0,
-        .pty = (int)rq.pty, .placeholder = 0, .nofile = (unsigned long)rq.nofile, .uid = rq.uid, .gid = rq.gid,
+        .pty = (int)rq.pty, .placeholder = 0, .root_caps = (int)rq.root_caps, .nofile = (unsigned long)rq.nofile,
+        .uid = rq.uid, .gid = rq.gid,
         .path = strs[0], .cwd = strs[1], .argv = argv, .envp = envp,
     };
     sp_agent_become(&l);
@@ -168,7 +169,7 @@ int sp_agent_spare_launch(char *group, size_t glen, const struct sp_launch *l) {
     size_t blob = strlen(l->path) + 1 + strlen(l->cwd) + 1;
     for (int i = 0; i < l->argc; i++) blob += strlen(l->argv[i]) + 1;
     for (int i = 0; i < l->envc; i++) blob += strlen(l->envp[i]) + 1;
-    struct spare_req rq = { (uint32_t)l->pty, l->uid, l->gid, (uint32_t)l->argc, (uint32_t)l->envc, l->nofile, blob };
+    struct spare_req rq = { (uint32_t)l->pty, l->uid, l->gid, (uint32_t)l->argc, (uint32_t)l->envc, (uint32_t)l->root_caps, l->nofile, blob };
     // One buffer, one sendmsg: the spare wakes once for the whole command.
     size_t total = sizeof rq + blob;
     char *msg = malloc(total);

@@ -577,7 +577,7 @@ public final class RPCService: Sendable {
     func execRun(_ p: Params, requestId: JSONValue, peer: Peer, out: any RPCOutbound) async throws -> JSONValue {
         let caller = peer.caller
         let received = Clock.monotonicNs()
-        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "stdin", "stdinBase64", "timeoutMs", "background", "queueTimeoutMs",
+        try p.expect(only: ["sandboxId", "cmd", "shell", "env", "cwd", "user", "stdin", "stdinBase64", "timeoutMs", "background", "queueTimeoutMs",
                             "pty", "yieldMs", "maxOutputBytes"])
         let id = try p.requireString("sandboxId")
         let cmd = try p.stringArray("cmd")
@@ -621,8 +621,13 @@ public final class RPCService: Sendable {
         let yieldMs = try p.int("yieldMs", min: 0, max: 3_600_000).map { Int($0) }
         let maxOutput = try p.int("maxOutputBytes", min: 64, max: 64 << 20).map { Int($0) }
         if yieldMs != nil && background { throw SandpitError.invalidParams("yieldMs", "give yieldMs or background, not both") }
+        let user = try p.string("user")
+        guard user == nil || user == "root" || user == "user" else {
+            throw SandpitError.invalidParams("user", "\"root\" (the sandbox's root, with a container root's capabilities) or \"user\" (the template's user, the default)")
+        }
 
         var req = ExecRequest(argv: argv, env: env, cwd: cwd, stdin: stdin, timeoutMs: timeout, receivedNs: received)
+        req.asRoot = user == "root"
         req.stdinPipe = pipe
         req.pty = pty
         let session = try await engine.exec(id, req, caller: caller, awaitStart: background || yieldMs != nil,

@@ -74,9 +74,10 @@ public struct ExecRequest: Sendable {
     /// Runs nothing: holds the exec's pipes until an interpreter forked from
     /// a zygote takes them over (see `Engine.nestInterpreter`).
     var placeholder = false
-    /// As the sandbox's root (a zygote's interpreter, which must own the
-    /// namespaces it nests), not the template's user.
-    var asRoot = false
+    /// As the sandbox's root, not the template's user: `exec.run` with
+    /// `user: "root"` (it keeps the capabilities of `sp_root_caps`), or a
+    /// zygote's interpreter, which must own the namespaces it nests.
+    public var asRoot = false
     /// Keep stdin open after `stdin` (if any): more comes with `Engine.input`.
     public var stdinPipe = false
     /// Run on a new pseudo-terminal of this size (rows, cols): its controlling terminal.
@@ -819,8 +820,13 @@ public final class Engine: Sendable {
 
     /// A command's environment in `rt`: the template's, the proxy's (when the
     /// network mode has one), then the request's own.
-    static func commandEnv(_ rt: SandboxRuntime, _ extra: [String: String]) -> [(String, String)] {
+    static func commandEnv(_ rt: SandboxRuntime, _ extra: [String: String], asRoot: Bool = false) -> [(String, String)] {
         var env = baseEnv(rt.image.config)
+        if asRoot {
+            for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
+                if let i = env.firstIndex(where: { $0.0 == k }) { env[i].1 = v }
+            }
+        }
         if let port = rt.plan.proxyPort {
             let url = "http://127.0.0.1:\(port)"
             env += [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("http_proxy", url), ("https_proxy", url),
@@ -903,13 +909,17 @@ public final class Engine: Sendable {
         if !req.service { rt.idle.withLock { $0.begin(now: Clock.nowMs()) } }
 
         let config = rt.image.config
-        var env = Self.commandEnv(rt, req.env)
+        var env = Self.commandEnv(rt, req.env, asRoot: req.asRoot && !req.service)
         if req.pty != nil && !env.contains(where: { $0.0 == "TERM" }) { env.append(("TERM", "xterm-256color")) }
         var payload: [UInt8] = []
         func u32(_ v: UInt32) { withUnsafeBytes(of: v) { payload += $0 } }
-        u32(req.asRoot ? 0 : config.uid); u32(req.asRoot ? 0 : config.gid)
+        let uid = req.asRoot ? 0 : config.uid
+        u32(uid); u32(req.asRoot ? 0 : config.gid)
+        // Root keeps a container root's capabilities: asked for (`user: "root"`), or the template's USER;
+        // never a zygote's interpreter (a service exec as root), which owns its nested namespaces without them.
+        let rootCaps = uid == 0 && !req.service && !req.placeholder
         u32((req.stdin != nil || req.service || req.stdinPipe ? SP_SPAWN_STDIN : 0) | (req.placeholder ? SP_SPAWN_PLACEHOLDER : 0)
-            | (req.pty != nil ? SP_SPAWN_PTY : 0))
+            | (req.pty != nil ? SP_SPAWN_PTY : 0) | (rootCaps ? SP_SPAWN_ROOT_CAPS : 0))
         u32(UInt32(req.argv.count)); u32(UInt32(env.count))
         u32(req.pty.map { UInt32(min(max($0.rows, 1), 0xffff)) << 16 | UInt32(min(max($0.cols, 1), 0xffff)) } ?? 0)
         func str(_ s: String) { payload += Array(s.utf8); payload.append(0) }

@@ -37,7 +37,9 @@ struct IsolationTests {
             // Capabilities and privileges.
             let status = try sh(c, a, "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status").out
             #expect(status.contains("CapEff:\t0000000000000000"))
-            #expect(status.contains("CapBnd:\t0000000000000000"))
+            #expect(status.contains("CapPrm:\t0000000000000000"))
+            // Only a container root's set is left to bound anything (`user: "root"` gets it; this process has none).
+            #expect(status.contains("CapBnd:\t00000000000004fb"))
             #expect(status.contains("NoNewPrivs:\t1"))
             // Network: loopback only.
             let ifaces = try sh(c, a, "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '").out

@@ -68,6 +68,44 @@ struct SecurityTests {
         }
     }
 
+    /// `user: "root"` runs a command as the sandbox's root with what a rootless container's root keeps
+    /// (chown, dac_override, fowner, fsetid, kill, setgid, setuid, net_bind_service) and nothing the
+    /// barriers are there for: the attacks of this suite fail as root too.
+    @Test func rootInsideHasAContainerRootsCapabilitiesAndTheAttacksStillFail() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let root: JSONObject = ["user": "root"]
+            let caps = try a.sh(sb, "id -u; echo $HOME; grep -E '^Cap(Eff|Bnd|Amb)' /proc/self/status | tr -s '\\t' ' '", extra: root).stdout
+            #expect(caps == "0\n/root\nCapEff: 00000000000004fb\nCapBnd: 00000000000004fb\nCapAmb: 00000000000004fb\n", "\(caps)")
+            // The template's user has none, and no way to get them (no_new_privs: su's setuid bit does nothing).
+            let user = try a.sh(sb, "id -u; grep -E '^Cap(Eff|Amb)' /proc/self/status | tr -s '\\t' ' '; su -c id root </dev/null >/dev/null 2>&1; echo su=$?").stdout
+            #expect(user == "1000\nCapEff: 0000000000000000\nCapAmb: 0000000000000000\nsu=1\n", "\(user)")
+            // What it is for: files in the user's home, their owners, a low port.
+            let ok = try a.sh(sb, "echo x > /home/user/by-root && chown user:user /home/user/by-root && stat -c %U /home/user/by-root && "
+                              + "python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 80)); print(\"bound\")'", extra: root)
+            #expect(ok.stdout == "user\nbound\n", "\(ok.stderr)")
+            let r = try a.sh(sb, """
+                unshare -Ur true 2>/dev/null; echo unshare=$?
+                mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?
+                mknod /tmp/mem c 1 1 2>/dev/null; echo mknod=$?
+                chroot / true 2>/dev/null; echo chroot=$?
+                (echo x > /proc/sys/kernel/hostname) 2>/dev/null; echo sysctl=$?
+                cat /proc/1/environ >/dev/null 2>&1; echo environ=$?
+                head -c 1 /proc/kcore | wc -c
+                python3 -c 'import socket
+                try: socket.socket(socket.AF_INET, socket.SOCK_RAW, 1); print("raw ok")
+                except OSError as e: print("raw", e.errno)'
+                python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); print("ptrace", l.ptrace(16, 1, 0, 0), ctypes.get_errno())'
+                kill -9 1; kill -TERM 1; kill -HUP 1; kill -INT 1; echo sent
+                """, extra: root)
+            #expect(r.stdout == "unshare=1\nmount=32\nmknod=1\nchroot=125\nsysctl=1\nenviron=1\n0\nraw 1\nptrace -1 1\nsent\n", "\(r.stdout)\(r.stderr)")
+            #expect(try a.sh(sb, "echo alive").stdout == "alive\n")
+            // Anything else is refused with the choices.
+            let bad = try a.client.call("exec.run", ["sandboxId": .string(sb), "shell": "true", "user": "admin"])
+            #expect(bad["error"]?["data"]?["field"] == "user")
+        }
+    }
+
     @Test func keyringsAreUnavailable() throws {
         try Arena.with { a in
             let sb = try a.sandbox()
@@ -782,7 +820,9 @@ struct SecurityTests {
                 guard let colon = line.firstIndex(of: ":") else { continue }
                 f[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             }
-            for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] { #expect(f[cap] == "0000000000000000", "\(cap)") }
+            for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] { #expect(f[cap] == "0000000000000000", "\(cap)") }
+            // The bounding set is what `user: "root"` keeps (a container root's); this uid-1000 process has none of it.
+            #expect(f["CapBnd"] == "00000000000004fb")
             #expect(f["NoNewPrivs"] == "1")
             #expect(f["Seccomp"] == "2")
             #expect(f["Uid"]?.split(separator: "\t").allSatisfy { $0 == "1000" } == true)

@@ -32,17 +32,27 @@ void sp_agent_nest(int ctrl_fd, int nest_fd, uint32_t id, const char *payload, s
 // A command's process: what it becomes between fork and execve (sp_agent_exec.c).
 struct sp_child_err { int32_t step; int32_t err; };
 enum { SP_STEP_SPAWN, SP_STEP_SETSID, SP_STEP_STDIO, SP_STEP_CREDENTIALS, SP_STEP_CWD, SP_STEP_EXEC,
-       SP_STEP_NOFILE, SP_STEP_CGROUP, SP_STEP_TERMINAL, SP_STEP_COUNT };
+       SP_STEP_NOFILE, SP_STEP_CGROUP, SP_STEP_TERMINAL, SP_STEP_CAPABILITIES, SP_STEP_COUNT };
 struct sp_launch {
     int in, out, err, ep;      // stdin, stdout, stderr; the error pipe's write end (close-on-exec)
     int procs_fd;              // a cgroup.procs to join first (-1: already placed)
-    int setsid, pty, placeholder;
+    int setsid, pty, placeholder, root_caps;
     unsigned long nofile;      // RLIMIT_NOFILE (0 = inherit)
     uint32_t uid, gid;
     const char *path, *cwd;
     char **argv, **envp;
     int argc, envc;
 };
+// What the sandbox's root keeps, as a rootless container's root does inside
+// its user namespace: owning and changing files (chown, dac_override, fowner,
+// fsetid), switching users (setuid, setgid), signals (kill) and low ports
+// (net_bind_service). Nothing the seccomp filter is there to stop, no device
+// nodes (mknod), raw sockets (net_raw), chroot, or capability changes
+// (setpcap, setfcap). A uid-0 command gets these as ambient capabilities;
+// every other command gets none (a zygote's interpreter, root without
+// SP_SPAWN_ROOT_CAPS, gets none either).
+extern const int sp_root_caps[];
+extern const int sp_root_caps_count;
 // Never returns: execs l->path, or reports { step, errno } on l->ep and exits 127.
 _Noreturn void sp_agent_become(const struct sp_launch *l);
 

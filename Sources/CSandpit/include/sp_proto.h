@@ -64,6 +64,7 @@ struct sp_spawn_header {
 #define SP_SPAWN_STDIN 1u   // keep a stdin pipe open for STDIN frames; else stdin is /dev/null
 #define SP_SPAWN_PLACEHOLDER 2u // exec nothing: the child waits, holding the exec's pipes, until a
                                 // process forked from a zygote takes them over (RESTORE adopts it)
+#define SP_SPAWN_ROOT_CAPS 8u // uid 0 only: keep sp_root_caps (a container root's) through execve
 #define SP_SPAWN_PTY 4u     // run on a new pseudo-terminal of the sandbox's devpts (its controlling
                             // terminal, a new session); output comes as stream 3, STDIN frames are typed
                             // into it, RESIZE sets its window size

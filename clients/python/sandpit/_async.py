@@ -218,18 +218,20 @@ class AsyncCommands:
         self._sb = sandbox
 
     async def run(self, cmd: Union[str, Sequence[str]], *, background: bool = False, env: Optional[Dict[str, str]] = None,
-                  cwd: Optional[str] = None, stdin: Optional[Union[str, bytes, bool]] = None, timeout: Optional[float] = None,
+                  cwd: Optional[str] = None, user: Optional[str] = None, stdin: Optional[Union[str, bytes, bool]] = None,
+                  timeout: Optional[float] = None,
                   on_stdout: Optional[OutputCallback] = None, on_stderr: Optional[OutputCallback] = None,
                   yield_ms: Optional[int] = None, max_output_bytes: Optional[int] = None,
                   ) -> Union[CommandResult, AsyncCommandHandle]:
         """Runs ``cmd`` (a shell string for ``bash -c``, or an argv list). Returns its
         :class:`CommandResult` once it ends (output streamed to the callbacks meanwhile), or at once an
-        :class:`AsyncCommandHandle` with ``background=True``. ``timeout`` is in seconds. ``stdin``: the
+        :class:`AsyncCommandHandle` with ``background=True``. ``timeout`` is in seconds. ``user="root"``
+        runs it as the sandbox's root (a container root's capabilities; default: the template's user). ``stdin``: the
         input (str or bytes), or ``True`` to keep stdin open for :meth:`AsyncCommandHandle.send_stdin`.
         With ``yield_ms`` it returns a handle after at most that long, its first :meth:`~AsyncCommandHandle.poll`
         in ``handle.first``; the command goes on."""
         p: Params = {"shell": cmd} if isinstance(cmd, str) else {"cmd": list(cmd)}
-        p.update(_drop_none({"env": env, "cwd": cwd, "timeoutMs": _ms(timeout)}))
+        p.update(_drop_none({"env": env, "cwd": cwd, "user": user, "timeoutMs": _ms(timeout)}))
         if stdin is True:
             p["stdin"] = "pipe"
         elif isinstance(stdin, str) and stdin != "pipe":

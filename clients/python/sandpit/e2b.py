@@ -410,12 +410,12 @@ class AsyncCommands:
         """Runs ``cmd`` with ``bash -l -c``. Without ``background`` it returns once the command ends;
         a non-zero exit raises :class:`CommandExitException`, a timeout (default 60 s; 0 = none)
         :class:`TimeoutException`."""
-        if user not in (None, "user"):
-            raise _unsupported(f"commands.run(user={user!r})", "commands run as the sandbox's unprivileged user (uid 1000)")
+        if user not in (None, "user", "root"):
+            raise _unsupported(f"commands.run(user={user!r})", "commands run as the sandbox's \"user\" or as \"root\"")
         env = {**self._sb._envs, **(envs or {})} or None
         t = None if not timeout else timeout
         async with _Errors():
-            r = await self._sb._sp.commands.run(["/bin/bash", "-l", "-c", cmd], background=background, env=env, cwd=cwd,
+            r = await self._sb._sp.commands.run(["/bin/bash", "-l", "-c", cmd], background=background, env=env, cwd=cwd, user=user,
                                                 stdin=True if stdin else None, timeout=t,
                                                 on_stdout=None if background else on_stdout,
                                                 on_stderr=None if background else on_stderr)

@@ -99,7 +99,7 @@ def test_every_public_method_of_e2b_is_there_with_its_parameters_in_order():
 def test_what_cannot_be_mirrored_says_so(daemon):
     from sandpit.e2b import Sandbox
     with Sandbox.create() as sbx:
-        for call in (lambda: sbx.commands.run("id", user="root"), lambda: sbx.run_code("1", language="r"),
+        for call in (lambda: sbx.commands.run("id", user="admin"), lambda: sbx.run_code("1", language="r"),
                      lambda: sbx.run_code("1", envs={"A": "1"})):
             with pytest.raises(NotImplementedError) as e:
                 call()

@@ -185,6 +185,9 @@ def test_commands_run_on_the_users_subordinate_ids_never_as_the_user(rootless):
         assert lines[:2] == ["1000", "1000"]
         assert lines[2].split() == ["0", "1", "65536"]   # the daemon's ids 1.. (its subordinate range)
         assert sb.files.read("/home/user/f") == "hi\n"
+        # The sandbox's root, with a container root's capabilities, rootless too: it owns the user's files.
+        r = sb.commands.run("chown root /home/user/f && stat -c %U /home/user/f && id -u", user="root")
+        assert r.stdout == "root\n0\n", r.stderr
 
 
 def test_the_host_and_the_users_files_stay_out_of_reach(rootless):
