@@ -30,12 +30,20 @@ public enum Rootless {
     /// as uid 1000).
     public static let sandboxIDs: IDMapping? = {
         guard active, let u = try? FS.readText("/proc/self/uid_map"), let g = try? FS.readText("/proc/self/gid_map") else { return nil }
+        return idsFrom(uidMap: u, gidMap: g)
+    }()
+
+    /// The sandboxes' ids given this namespace's maps (see `sandboxIDs`).
+    static func idsFrom(uidMap u: String, gidMap g: String) -> IDMapping? {
+        // The ids from 1 up that one map line covers: a line of its own (sandpit's own entry maps the
+        // subordinate range at 1), or the line that also maps root (a container's `0 100000 65536`).
         func run(_ text: String) -> UInt32 {
-            parseMap(text).first { $0.inside == 1 }.map { min($0.count, 65_536) } ?? 0
+            guard let l = parseMap(text).first(where: { $0.inside <= 1 && UInt64(1) < UInt64($0.inside) + UInt64($0.count) }) else { return 0 }
+            return UInt32(min(UInt64(l.inside) + UInt64(l.count) - 1, 65_536))
         }
         let n = min(run(u), run(g))
         return n >= 1_001 ? IDMapping(hostBase: 1, count: n) : nil
-    }()
+    }
 
     /// Where a data dir goes by default: `/var/lib/sandpit` for root,
     /// `$XDG_DATA_HOME/sandpit` (or `~/.local/share/sandpit`) for anyone else,

@@ -29,6 +29,18 @@ import Testing
         #expect(Rootless.parseMap("garbage\n1 2\n") == [])
     }
 
+    @Test func sandboxIDsAreTheIdsFromOneUpOfEitherMapShape() {
+        // sandpit's own namespace: the user as 0, its subordinate range from 1.
+        let own = "         0       1001          1\n         1     100000      65536\n"
+        #expect(Rootless.idsFrom(uidMap: own, gidMap: own) == IDMapping(hostBase: 1, count: 65_536))
+        // Inside a container's user namespace: one line maps root and the rest.
+        let container = "0 100000 65536\n"
+        #expect(Rootless.idsFrom(uidMap: container, gidMap: container) == IDMapping(hostBase: 1, count: 65_535))
+        // Root alone, or too few ids for the sandbox user (uid 1000): no sandboxes.
+        #expect(Rootless.idsFrom(uidMap: "0 1001 1\n", gidMap: "0 1001 1\n") == nil)
+        #expect(Rootless.idsFrom(uidMap: "0 1001 1\n1 100000 500\n", gidMap: own) == nil)
+    }
+
     @Test func asRootOnTheHostItIsNotRootless() {
         // These tests run as host root: the identity map.
         #expect(Rootless.active == false)
