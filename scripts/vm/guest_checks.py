@@ -5,27 +5,12 @@ records pass or fail with what it saw; the result file says which failed."""
 import os
 import sys
 import time
-import traceback
 
+from guest_report import Checks
 from sandpit import Client, Sandbox
 
 out, bin_dir = sys.argv[1], sys.argv[2]
-results = []
-
-
-def check(name):
-    def wrap(fn):
-        t0 = time.time()
-        try:
-            fn()
-            results.append((name, True, ""))
-        except Exception as e:  # noqa: BLE001 - a failed check is reported, not raised
-            results.append((name, False, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=2)}"))
-        print(f"{'ok  ' if results[-1][1] else 'FAIL'} {name} ({time.time() - t0:.1f} s)", flush=True)
-        return fn
-    return wrap
-
-
+check = Checks()
 c = Client(os.environ["SANDPIT_SOCKET"])
 
 
@@ -210,12 +195,4 @@ def _():
 
 
 c.call("sandbox.delete", {"sandboxId": sb})
-failed = [r for r in results if not r[1]]
-with open(os.path.join(out, "checks.log"), "w") as f:
-    for name, ok, why in results:
-        f.write(f"{'ok  ' if ok else 'FAIL'} {name}\n{why}")
-with open(os.path.join(out, "result"), "w") as f:
-    if failed:
-        f.write(f"failed {len(failed)} of {len(results)}: " + "; ".join(n for n, _, _ in failed) + "\n")
-    else:
-        f.write(f"passed {len(results)} checks on kernel {os.uname().release}, cgroup v2\n")
+check.report(out, "checks.log", "result", f"checks on kernel {os.uname().release}, cgroup v2")

@@ -4,28 +4,14 @@ subtree delegated to that user, as systemd does for user services. With a
 delegated subtree rootless mode has cgroup limits: each check attacks one."""
 import os
 import sys
-import time
-import traceback
 
+from guest_report import Checks
 from sandpit import Client, Sandbox
 
 out, delegated = sys.argv[1], sys.argv[2]
-results = []
+check = Checks("rootless: ")
 c = Client(os.environ["SANDPIT_SOCKET"])
 c.call("server.auth", {"token": os.environ["SANDPIT_ADMIN_TOKEN"]})
-
-
-def check(name):
-    def wrap(fn):
-        t0 = time.time()
-        try:
-            fn()
-            results.append((name, True, ""))
-        except Exception as e:  # noqa: BLE001 - a failed check is reported, not raised
-            results.append((name, False, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=2)}"))
-        print(f"{'ok  ' if results[-1][1] else 'FAIL'} rootless: {name} ({time.time() - t0:.1f} s)", flush=True)
-        return fn
-    return wrap
 
 
 def group_of(sid):
@@ -78,12 +64,4 @@ def _():
     sb.delete()
 
 
-with open(os.path.join(out, "rootless.log"), "w") as f:
-    for name, ok, why in results:
-        f.write(f"{'ok  ' if ok else 'FAIL'} {name}\n{why}")
-failed = [r for r in results if not r[1]]
-with open(os.path.join(out, "result-rootless"), "w") as f:
-    if failed:
-        f.write(f"failed {len(failed)} of {len(results)} rootless: " + "; ".join(n for n, _, _ in failed) + "\n")
-    else:
-        f.write(f"passed {len(results)} rootless checks (delegated cgroup v2)\n")
+check.report(out, "rootless.log", "result-rootless", "rootless checks (delegated cgroup v2)")
