@@ -1085,6 +1085,13 @@ public final class Engine: Sendable {
         // Last: sandboxes nested in a zygote die with it.
         await discardZygotes()
         await checkpointLog.flush()
+        // Every sandbox is gone: a group still here is one whose teardown found it busy (a process
+        // not yet released, such as a retired zygote's) and gave up. Its processes are gone by now.
+        for name in cgroups.existing() {
+            do { try cgroups.handle(name).destroy() } catch {
+                logger.warning("a sandbox's cgroup could not be removed at shutdown", metadata: ["cgroup": "\(name)", "error": "\(error)"])
+            }
+        }
         cgroups.removeParent()
         hostUsr?.close()
         storage.release()
