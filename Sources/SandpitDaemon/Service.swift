@@ -10,8 +10,15 @@ import Synchronization
 
 /// Where a request's notifications and response go. Transports implement it.
 public protocol RPCOutbound: Sendable {
-    /// Sends one line; throws when the peer is gone.
+    /// Sends one line; throws `PeerGone` when the peer is gone.
     func send(_ line: String) async throws
+}
+
+/// The client closed its connection (or its stdin/stdout) before all of an
+/// answer could be written: the end of that request, not the daemon's error.
+public struct PeerGone: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ why: String) { description = why }
 }
 
 /// One connection's client: its uid (from SO_PEERCRED on the socket, or the
@@ -104,6 +111,8 @@ public final class RPCService: Sendable {
             if req.id != nil { try? await out.send(RPC.error(id: id, e)) }
         } catch is CancellationError {
             return
+        } catch let e as PeerGone {
+            logger.debug("the client left before its answer", metadata: ["method": "\(req.method)", "why": "\(e)"])
         } catch {
             logger.error("internal error", metadata: ["method": "\(req.method)", "error": "\(error)"])
             if req.id != nil { try? await out.send(RPC.error(id: id, SandpitError(.internal, "internal error: \(error)"))) }

@@ -44,7 +44,7 @@ struct ChannelOutbound: RPCOutbound {
         buf.reserveCapacity(line.utf8.count + 1)
         buf.writeString(line)
         buf.writeInteger(UInt8(ascii: "\n"))
-        try await writer.write(buf)
+        do { try await writer.write(buf) } catch { throw PeerGone("\(error)") }
     }
 }
 
@@ -185,7 +185,7 @@ final class StdioConnection: @unchecked Sendable {
                     k.resume(returning: true)
                 }
             }
-            if !ok { throw SandpitError(.unavailable, "stdout is closed") }
+            if !ok { throw PeerGone("stdout is closed") }
         }
     }
 }
