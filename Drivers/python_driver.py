@@ -690,23 +690,16 @@ class Markup:
     def __repr__(self):
         return "<IPython.core.display.%s object>" % type(self).__name__
 
-    def _repr_html_(self):
-        return self.data if self.mime == "text/html" else None
+    def _repr(self, mime):
+        return self.data if self.mime == mime else None
 
-    def _repr_markdown_(self):
-        return self.data if self.mime == "text/markdown" else None
 
-    def _repr_svg_(self):
-        return self.data if self.mime == "image/svg+xml" else None
-
-    def _repr_latex_(self):
-        return self.data if self.mime == "text/latex" else None
-
-    def _repr_json_(self):
-        return self.data if self.mime == "application/json" else None
-
-    def _repr_png_(self):
-        return self.data if self.mime == "image/png" else None
+# A notebook's representation methods and the MIME type each gives, in the order bundle() asks them.
+REPR_METHODS = (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"), ("_repr_svg_", "image/svg+xml"),
+                ("_repr_latex_", "text/latex"), ("_repr_json_", "application/json"), ("_repr_png_", "image/png"),
+                ("_repr_jpeg_", "image/jpeg"))
+for _method, _mime in REPR_METHODS:
+    setattr(Markup, _method, (lambda mime: lambda self: self._repr(mime))(_mime))
 
 
 def fmt_time(seconds):
@@ -780,9 +773,6 @@ class StandIn:
         class Image(Markup):
             def __init__(self, data=None, url=None, filename=None, format="png", **kw):
                 Markup.__init__(self, data, "image/jpeg" if format in ("jpg", "jpeg") else "image/png", filename=filename)
-
-            def _repr_jpeg_(self):
-                return self.data if self.mime == "image/jpeg" else None
         module.Image = Image
         module.display = self.display
         module.clear_output = lambda wait=False: None
@@ -795,9 +785,7 @@ def bundle(value):
         out["text/plain"] = repr(value)
     except Exception as e:
         out["text/plain"] = "<repr failed: %s>" % e
-    for method, mime in (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"), ("_repr_svg_", "image/svg+xml"),
-                         ("_repr_latex_", "text/latex"), ("_repr_json_", "application/json"), ("_repr_png_", "image/png"),
-                         ("_repr_jpeg_", "image/jpeg")):
+    for method, mime in REPR_METHODS:
         f = getattr(value, method, None)
         if not callable(f) or isinstance(value, type):
             continue

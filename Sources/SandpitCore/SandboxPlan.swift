@@ -36,6 +36,16 @@ public struct SandboxPlan: Sendable, Equatable {
     public var steps: [Step]
     /// The sandbox's idle settings (the policy's, narrowed by the client's `idle`).
     public var idle: IdlePolicy = IdlePolicy()
+    /// Whether the sandbox has a cgroup freezer to pause it with.
+    public private(set) var canPause = true
+
+    /// Sets `idle` to the policy's narrowed by a client's request; never a
+    /// pause where there is nothing to freeze with (such a sandbox is
+    /// hibernated when that is due), whatever the client asked.
+    public mutating func narrowIdle(by request: JSONObject) throws(SandpitError) {
+        idle = try policy.idle(narrowedBy: request)
+        if !canPause { idle.pauseAfterMs = nil }
+    }
 
     public var useCgroup: Bool { policy.cgroup }
     public var seccompEnabled: Bool { policy.seccomp }
@@ -127,7 +137,8 @@ public struct SandboxPlan: Sendable, Equatable {
         case .off: add("checkpoints", "off")
         }
         // No cgroup, no freezer: an idle sandbox is never paused (it is hibernated when that is due).
-        if !p.cgroup || host.cgroup == "none" { p.idle.pauseAfterMs = nil }
+        let canPause = p.cgroup && host.cgroup != "none"
+        if !canPause { p.idle.pauseAfterMs = nil }
         func dur(_ ms: Int64?) -> String {
             ms.map { $0 > 0 && $0 % 86_400_000 == 0 ? "\($0 / 86_400_000) days" : $0 % 60_000 == 0 ? "\($0 / 60_000) min" : "\($0) ms" } ?? "never"
         }
@@ -135,6 +146,7 @@ public struct SandboxPlan: Sendable, Equatable {
         add("sandbox", "wall time " + (p.sandboxTimeoutMs.map { "\($0) ms, then stopped (files kept)" } ?? "unlimited"))
         var plan = SandboxPlan(policy: p, steps: s)
         plan.idle = p.idle
+        plan.canPause = canPause
         if p.network == .allowlist { plan.proxyPort = host.proxyPort }
         return plan
     }

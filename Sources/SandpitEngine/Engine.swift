@@ -415,9 +415,7 @@ public final class Engine: Sendable {
         let tpl = try await resolveTemplate(template, caller: caller)
         let templateName = tpl.displayName
         var plan = try plan(policy: policyName, limits: limits)
-        plan.idle = try plan.policy.idle(narrowedBy: idle)
-        // Nothing to freeze with: never paused, whatever the client asked (hibernated when due).
-        if !plan.useCgroup || cgroups.version == .none { plan.idle.pauseAfterMs = nil }
+        try plan.narrowIdle(by: idle)
         var metadata = metadata
         if scratch {
             plan.useScratchDisk()

@@ -148,9 +148,10 @@ public enum LayerFS {
     }
 
     /// Copies `src` to `dst` with everything a layer needs (owners, modes,
-    /// xattrs, device nodes, hard links, sparse files).
-    public static func copyTree(_ src: String, to dst: String, preserveOwners: Bool = true) throws {
-        var argv = ["cp", "--archive", "--sparse=always", "--no-target-directory"]
+    /// xattrs, device nodes, hard links, sparse files). `byReference`: files
+    /// are cloned (reflinks) where the filesystem can, copied elsewhere.
+    public static func copyTree(_ src: String, to dst: String, preserveOwners: Bool = true, byReference: Bool = false) throws {
+        var argv = ["cp", "--archive", byReference ? "--reflink=auto" : "--sparse=always", "--no-target-directory"]
         if !preserveOwners { argv.append("--no-preserve=ownership") }
         try HostCommand.run(argv + [src, dst])
     }

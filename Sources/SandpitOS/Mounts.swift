@@ -56,11 +56,7 @@ public enum DetachedMount {
             guard let fd = Int32(num) else { out.append(p); continue }
             let tail = String(rest.dropFirst(num.count))
             if let at = byFd[fd] { out.append(at + tail); continue }
-            try FS.mkdirs(KernelFeatures.attachDir, mode: 0o700)
-            var template = Array((KernelFeatures.attachDir + "/m-XXXXXX").utf8CString)
-            guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
-                throw OSError(call: "mkdtemp", errno: errno, path: KernelFeatures.attachDir)
-            }
+            let dir = try attachPoint("m")
             if sp_move_mount_fd(fd, dir) != 0 {
                 let e = errno
                 rmdir(dir)
@@ -73,6 +69,17 @@ public enum DetachedMount {
             out.append(dir + tail)
         }
         return out
+    }
+
+    /// A new empty directory under `KernelFeatures.attachDir` to attach a
+    /// detached mount on for a moment (`clearAttachments` removes leftovers).
+    static func attachPoint(_ prefix: String) throws(OSError) -> String {
+        try FS.mkdirs(KernelFeatures.attachDir, mode: 0o700)
+        var template = Array((KernelFeatures.attachDir + "/\(prefix)-XXXXXX").utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+            throw OSError(call: "mkdtemp", errno: errno, path: KernelFeatures.attachDir)
+        }
+        return dir
     }
 
     static func detach(_ attached: [String]) {
@@ -161,11 +168,7 @@ public enum DetachedMount {
     /// moment under `KernelFeatures.attachDir` and handed back as a detached
     /// copy, binds included.
     static func boundDevices(_ m: FileDescriptor, names: [String], owner: UInt32) throws(OSError) -> FileDescriptor {
-        try FS.mkdirs(KernelFeatures.attachDir, mode: 0o700)
-        var template = Array((KernelFeatures.attachDir + "/dev-XXXXXX").utf8CString)
-        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
-            throw OSError(call: "mkdtemp", errno: errno, path: KernelFeatures.attachDir)
-        }
+        let dir = try attachPoint("dev")
         defer { rmdir(dir) }
         _ = try sys("attach /dev", path: dir) { sp_move_mount_fd(m.raw, dir) }
         defer { _ = umount2(dir, Int32(MNT_DETACH)) }

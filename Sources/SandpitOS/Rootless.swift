@@ -12,7 +12,7 @@ import CSandpit
 /// command again as that namespace's root (see `sp_rootless.c`): the user as
 /// root, its subordinate ids as 1, 2, …; sandboxes nest their own user
 /// namespaces in it, mapped onto those ids. What the kernel allows there, and
-/// so what a rootless daemon can do, is in `Rootless.limits` and SECURITY.md.
+/// so what a rootless daemon can do, is in SECURITY.md ("Rootless mode").
 public enum Rootless {
     /// Set in the re-executed process, naming the host user it runs for.
     public static let marker = "SANDPIT_ROOTLESS_UID"

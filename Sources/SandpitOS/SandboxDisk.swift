@@ -63,25 +63,22 @@ public enum SandboxDisk {
         // The mount fd is a path handle; ioctls need a file opened on the filesystem.
         let root = FileDescriptor(try sys("open", path: image) { openat(mount.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
         defer { root.close() }
-        if let release = quiesce() {
-            defer { release() }
-            if !FS.isDirectory(image) { _ = try sys("sync sandbox disk", path: image) { sp_fs_sync(root.raw) } }
-            let r = try during()
-            try Self.copy(image, to: copy, storage: storage)
-            return r
+        // A directory disk has no filesystem of its own to sync or freeze:
+        // without a cgroup freezer (rootless, no delegated cgroup) a
+        // background process may be mid-write in the copy.
+        let directory = FS.isDirectory(image)
+        let release = quiesce()
+        defer { release?() }
+        var frozen = false
+        defer { if frozen { _ = sp_fs_thaw(root.raw) } }
+        if release != nil, !directory {
+            _ = try sys("sync sandbox disk", path: image) { sp_fs_sync(root.raw) }
+        } else if release == nil, !directory {
+            _ = try sys("freeze sandbox disk", path: image) { sp_fs_freeze(root.raw) }
+            frozen = true
         }
-        if FS.isDirectory(image) {
-            // No filesystem of its own to freeze: without a cgroup freezer
-            // (rootless without a delegated cgroup), a background process
-            // may be mid-write in the copy.
-            let r = try during()
-            try Self.copy(image, to: copy, storage: storage)
-            return r
-        }
-        _ = try sys("freeze sandbox disk", path: image) { sp_fs_freeze(root.raw) }
-        defer { _ = sp_fs_thaw(root.raw) }
         let r = try during()
-        try storage.copyFile(image, to: copy)
+        try Self.copy(image, to: copy, storage: storage)
         return r
     }
 
@@ -174,7 +171,7 @@ public enum SandboxDisk {
     public static func copy(_ src: String, to dst: String, storage: StorageVolume) throws {
         guard FS.isDirectory(src) else { return try storage.copyFile(src, to: dst) }
         do {
-            try HostCommand.run(["cp", "--archive", "--reflink=auto", "--no-target-directory", src, dst])
+            try LayerFS.copyTree(src, to: dst, byReference: true)
         } catch {
             try? FS.removeTree(dst)
             throw error

@@ -119,42 +119,43 @@ class ExecutionError:
     traceback: str
 
 
+@dataclass(repr=False)
 class Result:
     """One rich result of a cell, E2B's way: ``png``/``jpeg`` are base64 strings, ``text`` is the
     ``repr``, ``is_main_result`` is true for the value of the cell's last expression."""
 
+    text: Optional[str] = None
+    html: Optional[str] = None
+    markdown: Optional[str] = None
+    svg: Optional[str] = None
+    png: Optional[str] = None
+    jpeg: Optional[str] = None
+    pdf: Optional[str] = None
+    latex: Optional[str] = None
+    json: Optional[dict] = None
+    javascript: Optional[str] = None
+    data: Optional[dict] = None
+    chart: Optional[Any] = None
+    is_main_result: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+    raw: Dict[str, Any] = field(default_factory=dict)
+
     _FIELDS = {"text/plain": "text", "text/html": "html", "text/markdown": "markdown", "image/svg+xml": "svg",
                "image/png": "png", "image/jpeg": "jpeg", "application/pdf": "pdf", "text/latex": "latex",
                "application/json": "json", "application/javascript": "javascript"}
+    _FORMATS = ("text", "html", "markdown", "svg", "png", "jpeg", "pdf", "latex", "json", "javascript", "data", "chart")
 
-    def __init__(self, bundle: Dict[str, Any], is_main_result: bool) -> None:
-        self.text: Optional[str] = None
-        self.html: Optional[str] = None
-        self.markdown: Optional[str] = None
-        self.svg: Optional[str] = None
-        self.png: Optional[str] = None
-        self.jpeg: Optional[str] = None
-        self.pdf: Optional[str] = None
-        self.latex: Optional[str] = None
-        self.json: Optional[dict] = None
-        self.javascript: Optional[str] = None
-        self.data: Optional[dict] = None
-        self.chart: Optional[Any] = None
-        self.is_main_result = is_main_result
-        self.extra: Dict[str, Any] = {}
-        for mime, value in bundle.items():
-            if mime in self._FIELDS:
-                setattr(self, self._FIELDS[mime], value)
-            else:
-                self.extra[mime] = value
-        self.raw = bundle
+    @classmethod
+    def from_bundle(cls, bundle: Dict[str, Any], is_main_result: bool) -> "Result":
+        """From a Sandpit result (a MIME bundle): each known type in its E2B field, the rest in ``extra``."""
+        known = {cls._FIELDS[m]: v for m, v in bundle.items() if m in cls._FIELDS}
+        return cls(**known, is_main_result=is_main_result, extra={m: v for m, v in bundle.items() if m not in cls._FIELDS}, raw=bundle)
 
     def __getitem__(self, item: str) -> Any:
         return getattr(self, item)
 
     def formats(self) -> List[str]:
-        names = ["text", "html", "markdown", "svg", "png", "jpeg", "pdf", "latex", "json", "javascript", "data", "chart"]
-        return [n for n in names if getattr(self, n)] + list(self.extra)
+        return [n for n in self._FORMATS if getattr(self, n)] + list(self.extra)
 
     def __str__(self) -> str:
         return self.text or ""
@@ -843,7 +844,7 @@ def _lines(chunks: List[str]) -> List[str]:
 
 
 def _execution(ex: _SpExecution) -> Execution:
-    results = [Result(r.raw, r.is_main_result) for r in ex.results]
+    results = [Result.from_bundle(r.raw, r.is_main_result) for r in ex.results]
     err = ExecutionError(ex.error.name, ex.error.value, ex.error.traceback) if ex.error else None
     return Execution(results=results, logs=Logs(_lines(ex.logs.stdout), _lines(ex.logs.stderr)), error=err,
                      execution_count=ex.execution_count, step=ex.raw.get("step"))
