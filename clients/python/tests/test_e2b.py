@@ -104,3 +104,18 @@ def test_what_cannot_be_mirrored_says_so(daemon):
             with pytest.raises(NotImplementedError) as e:
                 call()
             assert "sandpit.e2b" in str(e.value) and "not supported" in str(e.value)
+
+
+def test_parallel_calls_on_one_sandbox_with_large_outputs(daemon):
+    """An agent framework's parallel tool calls on one sandbox: large command output and large cell
+    values at once, each call on its own thread of one sync Sandbox."""
+    from sandpit.e2b import Sandbox
+    with Sandbox.create() as sbx:
+        def call(i):
+            if i % 2:
+                return sbx.commands.run(f"head -c {8 << 20} /dev/zero | tr '\\0' a").stdout == "a" * (8 << 20)
+            ctx = sbx.create_code_context()
+            return sbx.run_code(f"len('x' * {4 << 20}), 'y' * 100000", context=ctx).text == repr((4 << 20, "y" * 100000))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(call, range(12)))
+    assert results == [True] * 12
