@@ -113,7 +113,7 @@ public final class DaemonClient: RPCClient, Sendable {
                 for item in framer.push(buf[0..<n]) {
                     switch item {
                     case .line(let l): client.dispatch(l)
-                    case .oversized(let size):
+                    case .oversized(let size, _):
                         why = "the daemon sent a line of \(size)+ bytes, over the client's limit"
                         break loop
                     }

@@ -69,9 +69,9 @@ enum ConnectionServer {
             for try await item in inbound {
                 await slots.acquire()
                 switch item {
-                case .oversized(let n):
+                case .oversized(let n, let head):
                     defer { slots.release() }
-                    try await out.send(RPC.error(id: .null, SandpitError(
+                    try await out.send(RPC.error(id: RPC.idOfTruncatedRequest(head), SandpitError(
                         .requestTooLarge, "request line of \(n)+ bytes exceeds the limit of \(service.limits.maxLineBytes) bytes",
                         details: ["limit": .int(Int64(service.limits.maxLineBytes))])))
                 case .line(let bytes) where bytes.count >= bulkLineBytes:

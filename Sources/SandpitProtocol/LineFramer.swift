@@ -3,13 +3,17 @@ import Glibc
 #endif
 
 /// Splits a byte stream into `\n`-terminated lines of at most `maxLineBytes`.
-/// A longer line is reported once as `.oversized` and its remainder is skipped
-/// up to the next newline, so one bad request never desynchronises the stream.
+/// A longer line is reported once as `.oversized` (with its first bytes, so its
+/// request id can still be answered) and its remainder is skipped up to the
+/// next newline, so one bad request never desynchronises the stream.
 public struct LineFramer: Sendable {
     public enum Item: Sendable, Equatable {
         case line([UInt8])
-        case oversized(Int)   // bytes seen before giving up on the line
+        case oversized(Int, head: [UInt8])   // bytes seen before giving up on the line, and the first of them
     }
+
+    /// How much of an oversized line is kept for `RPC.idOfTruncatedRequest`.
+    public static let headBytes = 4096
 
     public let maxLineBytes: Int
     private var pending: [UInt8] = []
@@ -37,7 +41,7 @@ public struct LineFramer: Sendable {
                 if discarding {
                     discarded += rest
                 } else if pending.count + rest > maxLineBytes {
-                    out.append(.oversized(pending.count + rest))
+                    out.append(.oversized(pending.count + rest, head: head(base + off, rest)))
                     discarding = true
                     discarded = pending.count + rest
                     pending = []
@@ -55,7 +59,7 @@ public struct LineFramer: Sendable {
                 continue
             }
             if pending.count + part.count > maxLineBytes {
-                out.append(.oversized(pending.count + part.count))
+                out.append(.oversized(pending.count + part.count, head: head(part.baseAddress ?? UnsafeRawPointer(base), part.count)))
                 pending = []
                 continue
             }
@@ -66,6 +70,14 @@ public struct LineFramer: Sendable {
             if line.contains(where: { $0 != 0x20 && $0 != 0x09 }) { out.append(.line(line)) }
         }
         return out
+    }
+
+    /// The first `headBytes` of the line made of `pending` and then `count` bytes at `p`.
+    private func head(_ p: UnsafeRawPointer, _ count: Int) -> [UInt8] {
+        var h = Array(pending.prefix(Self.headBytes))
+        let more = min(Self.headBytes - h.count, count)
+        if more > 0 { h.append(contentsOf: UnsafeRawBufferPointer(start: p, count: more)) }
+        return h
     }
 
     /// Bytes buffered for an incomplete line.

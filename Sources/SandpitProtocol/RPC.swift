@@ -63,6 +63,98 @@ public enum RPC {
         return .success(RPCRequest(id: id, method: method, params: Params(params)))
     }
 
+    /// The top-level `"id"` of a request line known only by its first bytes (a
+    /// line over the size limit), so its rejection reaches the caller that waits
+    /// for it. `.null` when the id is not among those bytes or is not a string or
+    /// number.
+    public static func idOfTruncatedRequest(_ head: [UInt8]) -> JSONValue {
+        var s = HeadScanner(bytes: head)
+        guard s.take(UInt8(ascii: "{")) else { return .null }
+        while true {
+            guard let key = s.string(), s.take(UInt8(ascii: ":")) else { return .null }
+            if String(decoding: key, as: UTF8.self) == "id" {
+                guard let v = s.scalarValue(), let id = try? JSONCodec.parse(v) else { return .null }
+                switch id {
+                case .string, .int, .double, .bigInteger: return id
+                default: return .null
+                }
+            }
+            guard s.skipValue(), s.take(UInt8(ascii: ",")) else { return .null }
+        }
+    }
+
+    /// Just enough of a JSON reader to walk the members of a truncated object.
+    private struct HeadScanner {
+        let bytes: [UInt8]
+        var i = 0
+
+        mutating func skipSpace() {
+            while i < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[i]) { i += 1 }
+        }
+
+        mutating func take(_ c: UInt8) -> Bool {
+            skipSpace()
+            guard i < bytes.count, bytes[i] == c else { return false }
+            i += 1
+            return true
+        }
+
+        /// A string's raw bytes with its quotes (so `JSONCodec` can decode it); nil if cut off.
+        mutating func quoted() -> ArraySlice<UInt8>? {
+            skipSpace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { return nil }
+            let start = i
+            i += 1
+            while i < bytes.count {
+                switch bytes[i] {
+                case UInt8(ascii: "\\"): i += 2
+                case UInt8(ascii: "\""): i += 1; return bytes[start..<i]
+                default: i += 1
+                }
+            }
+            return nil
+        }
+
+        mutating func string() -> [UInt8]? {
+            guard let q = quoted(), let v = try? JSONCodec.parse(Array(q)), let s = v.stringValue else { return nil }
+            return Array(s.utf8)
+        }
+
+        /// The raw bytes of a string or number value; nil for anything else or if cut off.
+        mutating func scalarValue() -> [UInt8]? {
+            skipSpace()
+            guard i < bytes.count else { return nil }
+            if bytes[i] == UInt8(ascii: "\"") { return quoted().map(Array.init) }
+            let start = i
+            while i < bytes.count, "+-.0123456789eE".utf8.contains(bytes[i]) { i += 1 }
+            return i > start && i < bytes.count ? Array(bytes[start..<i]) : nil
+        }
+
+        /// Steps over one value of any kind; false if it is cut off.
+        mutating func skipValue() -> Bool {
+            skipSpace()
+            var depth = 0
+            while i < bytes.count {
+                switch bytes[i] {
+                case UInt8(ascii: "\""):
+                    guard quoted() != nil else { return false }
+                    if depth == 0 { return true }
+                    continue
+                case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
+                case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                    depth -= 1
+                    if depth == 0 { i += 1; return true }
+                    if depth < 0 { return false }
+                case UInt8(ascii: ","):
+                    if depth == 0 { return true }
+                default: break
+                }
+                i += 1
+            }
+            return false
+        }
+    }
+
     public static func response(id: JSONValue, result: JSONValue) -> String {
         JSONCodec.encode(.object(["jsonrpc": .string(version), "id": id, "result": result]))
     }

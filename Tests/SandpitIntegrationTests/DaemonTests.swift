@@ -126,6 +126,10 @@ struct DaemonTests {
         c.send(#"{"jsonrpc":"2.0","id":1,"method":"server.info","params":{"pad":""# + String(repeating: "x", count: 100_000) + #""}}"#)
         let e = c.readMessage()
         #expect(e?["error"]?["data"]?["code"] == "request_too_large")
+        // The id is read from the line's first bytes, so the caller waiting for it gets its answer.
+        #expect(e?["id"] == 1)
+        c.send(#"{"jsonrpc":"2.0","method":"server.info","params":{"pad":""# + String(repeating: "x", count: 100_000) + #""},"id":"late"}"#)
+        #expect(c.readMessage()?["id"] == .null)
         #expect(try c.result("server.info")["limits"]?["maxLineBytes"] == 4096)
     }
 

@@ -23,7 +23,36 @@ import SandpitCore
     @Test func oversizedCompleteLineInOnePush() {
         var f = LineFramer(maxLineBytes: 4)
         let items = f.push(Array("123456\nab\n".utf8))
-        #expect(items == [.oversized(6), .line(Array("ab".utf8))])
+        #expect(items == [.oversized(6, head: Array("123456".utf8)), .line(Array("ab".utf8))])
+    }
+
+    @Test func anOversizedLineKeepsItsFirstBytesAcrossPushes() {
+        var f = LineFramer(maxLineBytes: 8)
+        var items = f.push(Array("{\"id\"".utf8))
+        items += f.push(Array(":7,\"pad\":\"xxxxxxxx".utf8))
+        items += f.push(Array("xx\"}\n".utf8))
+        #expect(items == [.oversized(23, head: Array("{\"id\":7,\"pad\":\"xxxxxxxx".utf8))])
+    }
+}
+
+@Suite struct TruncatedRequestIdTests {
+    func id(_ s: String) -> JSONValue { RPC.idOfTruncatedRequest(Array(s.utf8)) }
+
+    @Test func findsTheTopLevelIdBeforeTheCut() {
+        #expect(id(#"{"jsonrpc":"2.0","id":42,"method":"fs.write","params":{"data":"AAAA"#) == .int(42))
+        #expect(id(#"{ "jsonrpc" : "2.0" , "id" : "a\"b" , "params":{"#) == .string("a\"b"))
+        #expect(id(#"{"id":123456789012345678901234567890,"params":"#) == .bigInteger("123456789012345678901234567890"))
+        #expect(id(#"{"method":"x","params":{"id":5,"nested":[{"id":6}]},"id":9,"#) == .int(9))
+    }
+
+    @Test func anIdCutOffOrAbsentOrOfTheWrongKindIsNull() {
+        #expect(id(#"{"jsonrpc":"2.0","method":"fs.write","params":{"id":5,"data":"AAAA"#) == .null)
+        #expect(id(#"{"jsonrpc":"2.0","id":12"#) == .null)      // the number may go on
+        #expect(id(#"{"jsonrpc":"2.0","id":"ab"#) == .null)
+        #expect(id(#"{"id":{"x":1},"method":"#) == .null)
+        #expect(id(#"{"id":null,"#) == .null)
+        #expect(id(#"["id",1]"#) == .null)
+        #expect(id("") == .null)
     }
 }
 

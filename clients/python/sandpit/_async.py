@@ -5,7 +5,7 @@ import asyncio
 import base64
 import inspect
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from ._connection import AsyncConnection, decode_chunk
 from .errors import InvalidParamsError, SandpitError
@@ -300,7 +300,16 @@ class AsyncFiles:
         return b if format == "bytes" else b.decode()
 
     async def write(self, path: str, data: Union[str, bytes], *, mode: Optional[int] = None, append: bool = False) -> int:
-        """Writes (creating parents); returns the file's size."""
+        """Writes (creating parents); returns the file's size. Data of any size: past one request's worth
+        it goes in chunks (a new file appears whole, at the end; an append is made piece by piece)."""
+        raw = data.encode() if isinstance(data, str) else data
+        if len(raw) > _UPLOAD_CHUNK:
+            if not append:
+                return await self._upload_chunks(path, mode, (raw[i:i + _UPLOAD_CHUNK] for i in range(0, len(raw), _UPLOAD_CHUNK)))
+            size = 0
+            for i in range(0, len(raw), _UPLOAD_CHUNK):
+                size = await self.write(path, raw[i:i + _UPLOAD_CHUNK], mode=mode, append=True)
+            return size
         p: Params = {"path": path}
         if isinstance(data, bytes):
             p["data"] = base64.b64encode(data).decode()
@@ -360,16 +369,19 @@ class AsyncFiles:
                 conn.passes_fds = False
             finally:
                 os.close(fd)
+        with open(local_path, "rb") as f:
+            return await self._upload_chunks(path, mode, iter(lambda: f.read(_UPLOAD_CHUNK), b""))
+
+    async def _upload_chunks(self, path: str, mode: Optional[int], chunks: Iterable[bytes]) -> int:
+        """An ``fs.upload`` session fed from ``chunks`` (at most ``_UPLOAD_CHUNK`` each); aborted on any error."""
         r = await self._sb._call("fs.upload", _drop_none({"path": path, "mode": mode}))
         uid = r["uploadId"]
-        chunk = min(_UPLOAD_CHUNK, r.get("maxChunkBytes", _UPLOAD_CHUNK))
+        limit = r.get("maxChunkBytes", _UPLOAD_CHUNK)
         try:
-            with open(local_path, "rb") as f:
-                offset = 0
-                while True:
-                    b = f.read(chunk)
-                    if not b:
-                        break
+            offset = 0
+            for chunk in chunks:
+                for i in range(0, len(chunk), limit):
+                    b = chunk[i:i + limit]
                     await self._sb.client.call("fs.uploadChunk", {"uploadId": uid, "offset": offset,
                                                                   "data": base64.b64encode(b).decode()})
                     offset += len(b)

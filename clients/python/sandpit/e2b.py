@@ -511,7 +511,11 @@ class AsyncFilesystem:
             p, d = (f["path"], f["data"]) if isinstance(f, dict) else (f.path, f.data)
             entries[p] = d.read() if hasattr(d, "read") else d
         async with _Errors():
-            await self._f.write_many(entries)
+            if sum(len(d) for d in entries.values()) <= _sp._UPLOAD_CHUNK:
+                await self._f.write_many(entries)
+            else:   # too much for one request: file by file (each still appears whole)
+                for p, d in entries.items():
+                    await self._f.write(p, d)
         return [WriteInfo(name=p.rsplit("/", 1)[-1], type=FileType.FILE, path=p) for p in entries]
 
     async def list(self, path: str, depth: Optional[int] = 1, user: Optional[str] = None,

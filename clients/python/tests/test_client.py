@@ -305,3 +305,38 @@ def test_a_detached_stream_nobody_reads_is_stopped(client):
         assert state.get(quiet) == "running", "a command with little output is left alone"
     finally:
         client.call("sandbox.delete", {"sandboxId": sid})
+
+
+def test_files_of_any_size_written_in_parallel_and_a_line_over_the_limit_answered(client):
+    """Frameworks write whole files in one call, several at once: bytes, text and appends past one
+    request's worth (the daemon takes 16 MiB lines) all arrive whole; a raw request over the limit is
+    answered with request_too_large (its id read from the line's head) instead of waiting forever."""
+    import concurrent.futures
+    import hashlib
+    from sandpit import RequestTooLargeError
+    sb = Sandbox.create(client=client)
+    try:
+        blobs = {f"b{i}.bin": os.urandom(24 << 20) for i in range(3)}
+        texts = {f"t{i}.txt": (f"line {i}\n" * (3 << 20)) for i in range(2)}
+
+        def put(name):
+            data = blobs.get(name) or texts[name]
+            return sb.files.write(f"big/{name}", data) == len(data.encode() if isinstance(data, str) else data)
+
+        def grow():
+            sb.files.write("big/log.txt", "head\n")
+            return sb.files.write("big/log.txt", "z" * (18 << 20), append=True) == 5 + (18 << 20)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futs = [pool.submit(put, n) for n in [*blobs, *texts]] + [pool.submit(grow)]
+            assert [f.result(timeout=300) for f in futs] == [True] * 6
+        sums = dict(reversed(line.split()) for line in sb.commands.run("cd big && sha256sum *").stdout.splitlines())
+        want = {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}
+        want.update({n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()})
+        want["log.txt"] = hashlib.sha256(b"head\n" + b"z" * (18 << 20)).hexdigest()
+        assert sums == want
+        with pytest.raises(RequestTooLargeError) as e:
+            client.call("server.info", {"pad": "x" * (17 << 20)}, timeout=60)
+        assert e.value.data.get("limit") == 16 << 20
+        assert client.call("server.info")["backend"]
+    finally:
+        sb.delete()

@@ -108,10 +108,17 @@ def test_what_cannot_be_mirrored_says_so(daemon):
 
 def test_parallel_calls_on_one_sandbox_with_large_outputs(daemon):
     """An agent framework's parallel tool calls on one sandbox: large command output and large cell
-    values at once, each call on its own thread of one sync Sandbox."""
+    values and whole-file writes past one request's worth at once, each call on its own thread of one sync
+    Sandbox."""
     from sandpit.e2b import Sandbox
     with Sandbox.create() as sbx:
         def call(i):
+            if i % 4 == 2:   # a whole file in one call, past one request's worth; and a list of them
+                blob = os.urandom(20 << 20)
+                sbx.files.write(f"/tmp/f{i}", blob)
+                sbx.files.write_files([{"path": f"/tmp/g{i}", "data": blob}, {"path": f"/tmp/h{i}", "data": "small"}])
+                return (sbx.files.read(f"/tmp/f{i}", format="bytes") == blob == sbx.files.read(f"/tmp/g{i}", format="bytes")
+                        and sbx.files.read(f"/tmp/h{i}") == "small")
             if i % 2:
                 return sbx.commands.run(f"head -c {8 << 20} /dev/zero | tr '\\0' a").stdout == "a" * (8 << 20)
             ctx = sbx.create_code_context()
