@@ -320,11 +320,16 @@ public final class RPCService: Sendable {
             o["checkpoint"] = r.checkpoint.json
             return .object(o)
         case "sandbox.fork":
-            try p.expect(only: ["sandboxId", "checkpointId", "step", "count", "deleteOnDisconnect"])
+            try p.expect(only: ["sandboxId", "checkpointId", "step", "count", "deleteOnDisconnect", "idle", "metadata"])
             let (step, ck) = try Self.checkpointRef(p, required: false)
             let count = Int(try p.int("count", min: 1, max: 32) ?? 1)
             let tied = try p.bool("deleteOnDisconnect") ?? false
-            let made = try await engine.fork(try p.requireString("sandboxId"), step: step, checkpointId: ck, count: count, caller: caller)
+            let idle = try p.object("idle")
+            try idle?.expect(only: ["pauseAfterMs", "hibernateAfterMs", "deleteAfterMs"])
+            let metadata = try p.stringMap("metadata") ?? [:]
+            if metadata.count > 64 { throw SandpitError.invalidParams("metadata", "at most 64 keys") }
+            let made = try await engine.fork(try p.requireString("sandboxId"), step: step, checkpointId: ck, count: count,
+                                             idle: idle?.object ?? [:], metadata: metadata, caller: caller)
             if tied { for s in made.sandboxes { try await tie(s.id, to: peer) } }
             return .object(["sandboxes": .array(made.sandboxes.map { sandboxJSON($0, caller: caller) }),
                             "restored": ["filesystem"], "lost": .array(made.lost.map { .string($0) })])

@@ -564,12 +564,15 @@ extension Engine {
     /// Interpreter contexts are not carried: a fork's first `code.run` in
     /// one of the source's contexts starts it fresh and says `restarted`,
     /// and `lost` says `interpreter`.
-    public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, caller: Caller) async throws -> (sandboxes: [SandboxRecord], lost: [String]) {
+    /// `idle` narrows the forks' idle rules (as at create); `metadata` is added to the source's.
+    public func fork(_ id: String, step: Int?, checkpointId: String?, count: Int, idle: JSONObject = [:],
+                     metadata: [String: String] = [:], caller: Caller) async throws -> (sandboxes: [SandboxRecord], lost: [String]) {
         try await settleSteps(id, caller: caller)
         let source = try await sandbox(id, caller: caller)
         let ck = try await resolveCheckpoint(source, step: step, checkpointId: checkpointId)
         try await verifyCheckpoint(id, ck)
-        let plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
+        var plan = try (try runtime(id, caller: caller))?.plan ?? self.plan(policy: source.policy)
+        try plan.narrowIdle(by: idle)
         let memory = plan.policy.memoryBytes ?? 0
         let languages = contextLanguages(id)
         var out: [SandboxRecord] = []
@@ -579,7 +582,7 @@ extension Engine {
             defer { if admitted { admission.release(.sandbox(memory: memory)) } }
             let now = Clock.nowMs()
             let newId = Identifier.make("sb"), base = Identifier.make("ck")
-            var meta = source.metadata
+            var meta = source.metadata.merging(metadata) { _, given in given }
             meta["forkedFrom"] = source.id
             var record = SandboxRecord(id: newId, state: .starting, template: source.template, policy: source.policy, metadata: meta,
                                        createdAt: now, lastActiveAt: now, step: ck.step, owner: caller.uid, head: base,

@@ -58,6 +58,27 @@ struct LifecycleTests {
         }
     }
 
+    /// A fork may be given shorter idle rules and more metadata than its
+    /// source (a snapshot kept as a hibernated fork for a while, tagged).
+    @Test func aForkTakesItsOwnIdleRulesAndMetadata() throws {
+        try Arena.with { a in
+            let sb = try a.client.result("sandbox.create", ["metadata": ["owner": "a", "k": "src"]])["sandboxId"]!.stringValue!
+            _ = try a.sh(sb, "echo kept > /home/user/f")
+            let fork = try a.client.result("sandbox.fork", ["sandboxId": .string(sb), "idle": ["deleteAfterMs": 600],
+                                                            "metadata": ["k": "fork", "snapshot": "1"]])["sandboxes"]!.arrayValue![0]
+            let id = fork["sandboxId"]!.stringValue!
+            #expect(fork["metadata"] == ["owner": "a", "k": "fork", "snapshot": "1", "forkedFrom": .string(sb)])
+            #expect(try a.sh(id, "cat /home/user/f").stdout == "kept\n")
+            #expect(eventually { (try? a.client.call("sandbox.get", ["sandboxId": .string(id)]))?["error"]?["data"]?["code"] == "not_found" })
+            #expect(state(a, sb) != nil, "the source keeps its own rules")
+            let bad = try a.client.call("sandbox.fork", ["sandboxId": .string(sb), "policy": "strict"])
+            #expect(bad["error"]?["data"]?["code"] == "invalid_params")
+            let long = try a.client.call("sandbox.fork", ["sandboxId": .string(sb), "idle": ["deleteAfterMs": .null]])
+            #expect(long["error"]?["data"]?["code"] == "permission_denied" && long["error"]?["data"]?["field"] == "idle.deleteAfterMs",
+                    "longer than the policy allows, as at create")
+        }
+    }
+
     @Test func sandboxesMarkedKeepAreNeverDeletedForIdleness() throws {
         try Arena.with { a in
             let sb = try a.client.result("sandbox.create", ["idle": ["deleteAfterMs": 300], "metadata": ["sandpit.keep": "true"]])["sandboxId"]!.stringValue!

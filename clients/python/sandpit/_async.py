@@ -534,9 +534,12 @@ class AsyncSandbox:
         self.info = {k: v for k, v in r.items() if k not in ("restored", "lost", "contexts", "checkpoint")}
         return RestoreResult.from_wire(r)
 
-    async def fork(self, count: int = 1, *, step: Optional[int] = None, checkpoint_id: Optional[str] = None) -> List["AsyncSandbox"]:
-        """New sandboxes starting from a step's files (default: the latest), on the same connection."""
-        r = await self._call("sandbox.fork", _drop_none({"count": count, "step": step, "checkpointId": checkpoint_id}))
+    async def fork(self, count: int = 1, *, step: Optional[int] = None, checkpoint_id: Optional[str] = None,
+                   idle: Optional[Params] = None, metadata: Optional[Dict[str, str]] = None) -> List["AsyncSandbox"]:
+        """New sandboxes starting from a step's files (default: the latest), on the same connection; ``idle``
+        narrows their idle rules (``{"deleteAfterMs": ...}``), ``metadata`` adds to the source's."""
+        r = await self._call("sandbox.fork", _drop_none({"count": count, "step": step, "checkpointId": checkpoint_id,
+                                                         "idle": idle, "metadata": metadata}))
         return [AsyncSandbox(self.client, s) for s in r["sandboxes"]]
 
     async def pause(self) -> Params:

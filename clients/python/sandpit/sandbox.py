@@ -246,8 +246,10 @@ class Sandbox:
     def restore(self, step: Optional[int] = None, *, checkpoint_id: Optional[str] = None) -> RestoreResult:
         return self._loop.run(self.aio.restore(step, checkpoint_id=checkpoint_id))
 
-    def fork(self, count: int = 1, *, step: Optional[int] = None, checkpoint_id: Optional[str] = None) -> List["Sandbox"]:
-        return [Sandbox(self._loop, s) for s in self._loop.run(self.aio.fork(count, step=step, checkpoint_id=checkpoint_id))]
+    def fork(self, count: int = 1, *, step: Optional[int] = None, checkpoint_id: Optional[str] = None,
+             idle: Optional[Params] = None, metadata: Optional[Dict[str, str]] = None) -> List["Sandbox"]:
+        return [Sandbox(self._loop, s) for s in self._loop.run(self.aio.fork(count, step=step, checkpoint_id=checkpoint_id,
+                                                                              idle=idle, metadata=metadata))]
 
     def pause(self) -> Params:
         return self._loop.run(self.aio.pause())
