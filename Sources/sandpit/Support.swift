@@ -73,31 +73,80 @@ extension LoggingSystem {
     }
 }
 
-/// Turns SIGINT/SIGTERM into an awaitable event (the handlers are dispatch sources).
-final class SignalWatcher: @unchecked Sendable {
-    let sources: [DispatchSourceSignal]   // kept alive; never mutated after init
-    let stream: AsyncStream<Int32>
-    let continuation: AsyncStream<Int32>.Continuation
+/// Turns signals into awaitable events (the handlers are dispatch sources).
+/// Each signal wakes one waiter of `next()`, or waits for the next call. A
+/// waiter that is cancelled (a task group ending) gets 0 and leaves the
+/// watcher as it was: it can be awaited again, in a loop of task groups.
+final class SignalWatcher: Sendable {
+    private struct State {
+        var pending: [Int32] = []
+        var waiters: [UInt64: CheckedContinuation<Int32, Never>] = [:]
+        var cancelled: Set<UInt64> = []
+        var nextId: UInt64 = 0
+        var stopped = false
+    }
+    private final class Core: Sendable {
+        let state = Mutex(State())
+
+        func deliver(_ sig: Int32) {
+            let waiter = state.withLock { s -> CheckedContinuation<Int32, Never>? in
+                if let (id, c) = s.waiters.first {
+                    s.waiters[id] = nil
+                    return c
+                }
+                s.pending.append(sig)
+                return nil
+            }
+            waiter?.resume(returning: sig)
+        }
+    }
+    private let core: Core
+    nonisolated(unsafe) private let sources: [DispatchSourceSignal]   // kept alive; never mutated after init
 
     init(_ signals: [Int32]) {
-        let (s, cont) = AsyncStream<Int32>.makeStream()
-        stream = s
-        continuation = cont
+        let core = Core()
         var srcs: [DispatchSourceSignal] = []
         for sig in signals {
             signal(sig, SIG_IGN)
             let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            src.setEventHandler { cont.yield(sig) }
+            src.setEventHandler { core.deliver(sig) }
             src.resume()
             srcs.append(src)
         }
+        self.core = core
         sources = srcs
     }
 
-    func stop() { continuation.finish() }
+    /// Wakes every waiter with 0; later calls of `next()` return 0 at once.
+    func stop() {
+        let waiters = core.state.withLock { s -> [CheckedContinuation<Int32, Never>] in
+            s.stopped = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in waiters { w.resume(returning: 0) }
+    }
 
+    /// The next signal, or 0 when stopped or cancelled.
     func next() async -> Int32 {
-        for await s in stream { return s }
-        return 0
+        let id = core.state.withLock { s -> UInt64 in s.nextId += 1; return s.nextId }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
+                let now = core.state.withLock { s -> Int32? in
+                    if !s.pending.isEmpty { return s.pending.removeFirst() }
+                    if s.stopped || s.cancelled.remove(id) != nil { return 0 }
+                    s.waiters[id] = c
+                    return nil
+                }
+                if let now { c.resume(returning: now) }
+            }
+        } onCancel: {
+            let waiter = core.state.withLock { s -> CheckedContinuation<Int32, Never>? in
+                if let c = s.waiters.removeValue(forKey: id) { return c }
+                s.cancelled.insert(id)
+                return nil
+            }
+            waiter?.resume(returning: 0)
+        }
     }
 }
