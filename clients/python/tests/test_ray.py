@@ -225,3 +225,60 @@ def test_code_runner_scores_candidates_forked_from_each_prepared_problem(cluster
     def reward(r, code):
         return 1.0 if r.run(code, "assert f() == 42")["status"] == "passed" else 0.0
     assert ray.get([reward.remote(runner, "def f(): return 42"), reward.remote(runner, "def f(): return 0")]) == [1.0, 0.0]
+
+
+class FakeNode:
+    """A node at the seam the scheduler calls (``run_tasks.options(...).remote(...)``, an async stream of
+    result refs): it runs tasks in order and dies, as a node does, when it reaches a task whose cmd is
+    ``kill-node``. For the retry rules, which a real sandbox cannot trigger (no task can kill its daemon)."""
+
+    def __init__(self, name, log):
+        self.name, self.log, self.dead = name, log, False
+        self.run_tasks = self
+
+    def options(self, **_):
+        return self
+
+    def remote(self, tasks, indices, *_):
+        async def stream():
+            for t, i in zip(tasks, indices):
+                if self.dead or t["cmd"] == "kill-node":
+                    self.dead = True
+                    self.log.append((self.name, t["id"], "died"))
+                    raise ray.exceptions.ActorDiedError()
+                self.log.append((self.name, t["id"], "ran"))
+
+                async def ref(i=i, t=t):
+                    return {"id": t["id"], "index": i, "status": "passed", "node": self.name}
+                yield ref()
+        return stream()
+
+
+def test_a_task_that_keeps_killing_nodes_is_an_error_after_its_tries_and_takes_no_other_task_with_it():
+    import asyncio
+    from sandpit.ray._batch import _Run, _drive
+    tasks = [{"id": i, "cmd": "kill-node" if i == 5 else "true"} for i in range(40)]
+    log, out = [], []
+    nodes = [FakeNode(f"n{k}", log) for k in range(4)]
+    run = _Run(tasks, range(40), out.append, max_tries=3)
+    asyncio.run(_drive(nodes, [{"node": n.name, "capacity": 1} for n in nodes], run, "default", "default", None, 0))
+    assert sorted(r["id"] for r in out) == list(range(40))                      # each exactly once
+    bad = [r for r in out if r["status"] == "error"]
+    assert [r["id"] for r in bad] == [5] and "failed 3 times" in bad[0]["reason"]
+    assert sum(1 for name, tid, what in log if tid == 5) == 3                    # tried on three nodes
+    # Retried alone: no other task was in a chunk that died twice.
+    deaths = collections.Counter(tid for _, tid, what in log if what == "died")
+    assert set(deaths) == {5}, deaths
+    assert sum(n.dead for n in nodes) == 3 and run.dead
+
+
+def test_when_every_node_is_gone_the_rest_are_errors_naming_why():
+    import asyncio
+    from sandpit.ray._batch import _Run, _drive
+    tasks = [{"id": i, "cmd": "kill-node"} for i in range(3)]
+    out = []
+    nodes = [FakeNode("only", [])]
+    run = _Run(tasks, range(3), out.append, max_tries=5)
+    asyncio.run(_drive(nodes, [{"node": "only", "capacity": 2}], run, "default", "default", None, 0))
+    assert sorted(r["id"] for r in out) == [0, 1, 2] and {r["status"] for r in out} == {"error"}
+    assert all("no Ray node is left" in r["reason"] for r in out)
