@@ -59,8 +59,8 @@ def cluster():
     c = Cluster(initialize_head=True, head_node_args=dict(
         node_ip_address="127.0.0.1", num_cpus=1, resources={"sandpit-test-head": 1}, include_dashboard=False,
         temp_dir=os.path.join(base, "ray-head"), _system_config=fast))
-    workers = [c.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={f"sandpit-test-w{i}": 1})
-               for i in range(2)]
+    workers = [c.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={f"sandpit-test-w{i}": 1},
+                          temp_dir=os.path.join(base, f"ray-w{i}")) for i in range(2)]
     ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
     try:
         yield {"cluster": c, "workers": workers, "base": base}
@@ -156,7 +156,8 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(cluster):
     d.terminate()
     assert d.wait(60) == 0
     cluster["workers"][1] = cluster["cluster"].add_node(node_ip_address="127.0.0.1", num_cpus=1,
-                                                        resources={"sandpit-test-w1": 1})
+                                                        resources={"sandpit-test-w1": 1},
+                                                        temp_dir=os.path.join(cluster["base"], "ray-w1b"))
 
 
 def test_the_cli_is_interrupted_and_resumed_across_the_cluster(cluster, tmp_path):
