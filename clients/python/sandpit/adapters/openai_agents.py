@@ -32,6 +32,7 @@ capabilities); ``run_as`` and the tools' ``user`` name one of them. Exposed port
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import tarfile
@@ -46,7 +47,7 @@ from agents.sandbox.errors import (ExecTimeoutError, ExecTransportError, Exposed
 from agents.sandbox.manifest import Manifest
 from agents.sandbox.session.base_sandbox_session import BaseSandboxSession
 from agents.sandbox.session.manager import Instrumentation
-from agents.sandbox.session.pty_types import (PtyExecUpdate, clamp_pty_yield_time_ms,
+from agents.sandbox.session.pty_types import (PtyExecUpdate, allocate_pty_process_id, clamp_pty_yield_time_ms,
                                               resolve_pty_write_yield_time_ms, truncate_text_by_tokens)
 from agents.sandbox.session.sandbox_client import BaseSandboxClient, BaseSandboxClientOptions
 from agents.sandbox.session.sandbox_session import SandboxSession
@@ -222,7 +223,7 @@ class SandpitSandboxSession(BaseSandboxSession):
         except SandpitError as e:
             raise ExecTransportError(command=argv, cause=e, context={"code": e.code}) from e
         async with self._pty_lock:
-            pid = _new_process_id(self._pty)
+            pid = allocate_pty_process_id(set(self._pty))
             if poll.running:
                 self._pty[pid] = (poll.exec_id, poll.next_seq, tty)
         return _update(pid, poll, max_output_tokens)
@@ -290,7 +291,6 @@ class SandpitSandboxSession(BaseSandboxSession):
                                                                 "length": min(max_bytes, 16 << 20)})
         except NotFoundError as e:
             raise WorkspaceReadNotFoundError(path=path, cause=e) from e
-        import base64
         return base64.b64decode(r["data"])
 
     async def write(self, path: Path, data: io.IOBase, *, user: Union[str, User, None] = None) -> None:
@@ -420,11 +420,6 @@ def _read_all(data: io.IOBase) -> bytes:
         if not c:
             return b"".join(chunks)
         chunks.append(c.encode() if isinstance(c, str) else bytes(c))
-
-
-def _new_process_id(taken: Dict[int, Any]) -> int:
-    from agents.sandbox.session.pty_types import allocate_pty_process_id
-    return allocate_pty_process_id(set(taken))
 
 
 def _update(pid: int, poll: CommandPoll, max_output_tokens: Optional[int]) -> PtyExecUpdate:

@@ -28,13 +28,16 @@ def _die_with_parent() -> None:   # runs in the child between fork and exec
 
 
 def _reachable(path: str) -> bool:
+    """Whether a Sandpit daemon answers on ``path`` (one ``server.info`` round trip)."""
     import socket
     if not os.path.exists(path):
         return False
     s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
     try:
         s.connect(path)
-        return True
+        s.sendall(b'{"jsonrpc":"2.0","id":0,"method":"server.info"}\n')
+        return s.recv(1) != b""
     except OSError:
         return False
     finally:
