@@ -187,6 +187,17 @@ def test_the_cli_is_interrupted_and_resumed_across_the_cluster(cluster, tmp_path
     assert again.returncode == 2 and "already has results" in again.stderr
 
 
+def test_large_tasks_are_sent_in_requests_the_daemons_accept(cluster):
+    """60 tasks carrying 2.5 MiB files each: the chunks are cut by size too (a request line past the
+    daemon's 16 MiB limit would be refused)."""
+    big = "x" * (5 << 19)   # 2.5 MiB: eight of them are past the limit
+    tasks = [{"id": i, "cmd": "wc -c < big.txt", "files": {"big.txt": big}} for i in range(60)]
+    rs = sr.batch(tasks, daemons=handles(cluster["base"]))
+    assert sorted(r["id"] for r in rs) == list(range(60))
+    assert len({r["node"] for r in rs}) == 3, collections.Counter(r["node"] for r in rs)   # no node given up on
+    assert {(r["status"], r["stdout"].strip()) for r in rs} == {("passed", str(5 << 19))}
+
+
 def test_bad_tasks_and_a_missing_template_stop_the_run_before_anything_runs(cluster):
     hs = handles(cluster["base"])
     with pytest.raises(ValueError, match=r"tasks\[1\].id: duplicate"):

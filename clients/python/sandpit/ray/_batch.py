@@ -18,6 +18,7 @@ from ._node import describe
 TASK_FIELDS = {"id", "cmd", "code", "timeoutMs", "files", "setup", "expect"}
 _SLOTS = 2          # requests in flight per node: one runs while the next starts
 _CHUNK = 8          # tasks per request, per unit of its concurrency
+_CHUNK_BYTES = 4 << 20   # and at most this much JSON (the daemon takes 16 MiB lines), as `sandpit batch`
 
 
 def task_key(task_id: Any) -> str:
@@ -87,10 +88,14 @@ class _Run:
 
     def take(self, n: int) -> List[int]:
         out: List[int] = []
+        size = 0
         while self.queue and len(out) < n:
             i = self.queue[0]
             if self.tries[i] and out:
                 break           # a task being retried runs alone, so one that kills nodes takes nobody with it
+            size += len(json.dumps(self.tasks[i]))
+            if out and size > _CHUNK_BYTES:
+                break
             out.append(self.queue.popleft())
             if self.tries[i]:
                 break
@@ -134,7 +139,7 @@ class _Run:
             except RayTaskError as e:
                 cause = e.cause if hasattr(e, "cause") else None
                 code = getattr(cause, "code", None)
-                if code in ("invalid_params", "not_found", "permission_denied"):
+                if code in ("invalid_params", "not_found", "permission_denied", "request_too_large"):
                     # The tasks themselves (or the template): the same on any node, so not retried.
                     for i in running:
                         self.finish(i, error_result(self.tasks[i], i, str(cause), node, code))

@@ -54,7 +54,6 @@ class NodeDaemon:
                  serve_args: Sequence[str] = ()) -> None:
         self.node_id = ray.get_runtime_context().get_node_id()
         self._proc: Optional[subprocess.Popen] = None
-        self._home: Optional[str] = None
         self._client: Optional[AsyncClient] = None
         self._candidates: Any = None
         given = socket or os.environ.get("SANDPIT_SOCKET")
@@ -71,7 +70,6 @@ class NodeDaemon:
         if not exe:
             raise RuntimeError(f"no `sandpit` executable on Ray node {self.node_id}: put it on PATH, set SANDPIT_BIN, "
                                "or pass sandpit=")
-        self._home = home
         log_path = os.path.join(home, "daemon.log")
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen([exe, "serve", "--socket", self.socket, "--data-dir", os.path.join(home, "data"),
