@@ -136,7 +136,7 @@ class SandpitSandboxSession(BaseSandboxSession):
         self.state = state
         self._connections = connections
         self._root_ready = state.workspace_root_ready
-        self._pty: Dict[int, Tuple[str, int, bool]] = {}     # process id -> (exec id, next seq, tty)
+        self._pty: Dict[int, Tuple[str, int]] = {}           # process id -> (exec id, next seq)
         self._pty_lock = asyncio.Lock()
         self._holders: List[str] = []                       # snapshot forks this session made
 
@@ -225,7 +225,7 @@ class SandpitSandboxSession(BaseSandboxSession):
         async with self._pty_lock:
             pid = allocate_pty_process_id(set(self._pty))
             if poll.running:
-                self._pty[pid] = (poll.exec_id, poll.next_seq, tty)
+                self._pty[pid] = (poll.exec_id, poll.next_seq)
         return _update(pid, poll, max_output_tokens)
 
     async def pty_write_stdin(self, *, session_id: int, chars: str, yield_time_s: Optional[float] = None,
@@ -234,7 +234,7 @@ class SandpitSandboxSession(BaseSandboxSession):
             entry = self._pty.get(session_id)
         if entry is None:
             raise PtySessionNotFoundError(session_id=session_id)
-        exec_id, since, _tty = entry
+        exec_id, since = entry
         sb = await self._sandbox()
         try:
             if chars:
@@ -251,7 +251,7 @@ class SandpitSandboxSession(BaseSandboxSession):
             raise ExecTransportError(command=(), cause=e, context={"code": e.code, "execId": exec_id}) from e
         async with self._pty_lock:
             if poll.running:
-                self._pty[session_id] = (exec_id, poll.next_seq, _tty)
+                self._pty[session_id] = (exec_id, poll.next_seq)
             else:
                 self._pty.pop(session_id, None)
         return _update(session_id, poll, max_output_tokens)
@@ -263,7 +263,7 @@ class SandpitSandboxSession(BaseSandboxSession):
         if not entries or not self.state.sandbox_id:
             return
         sb = await self._sandbox()
-        for exec_id, _, _ in entries:
+        for exec_id, _ in entries:
             try:
                 await sb._call("exec.kill", {"execId": exec_id})
             except SandpitError:

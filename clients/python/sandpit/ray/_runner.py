@@ -10,25 +10,31 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ray
 
-from .._async import AsyncClient
+from .._async import AsyncClient, AsyncSandbox
 from ..errors import SandpitError
+from ..models import CommandResult
 
 _BASES = 64   # prepared problems kept per node (the least recently used base is deleted past it)
 
 
-def _verdict(r: Dict[str, Any], node: str, started: float) -> Dict[str, Any]:
-    if r.get("timedOut"):
-        status, reason = "timeout", f"killed at its timeout ({r.get('timeoutMs', '?')} ms)"
-    elif r.get("oomKilled"):
+def _verdict(r: CommandResult, node: str, started: float, timeout: float) -> Dict[str, Any]:
+    if r.timed_out:
+        status, reason = "timeout", f"killed at its timeout ({int(timeout * 1000)} ms)"
+    elif r.oom_killed:
         status, reason = "oom", "killed by the OOM killer at the memory limit"
-    elif r.get("exitCode") == 0:
+    elif r.exit_code == 0:
         status, reason = "passed", None
     else:
         status = "failed"
-        err = (r.get("stderr") or "").strip().splitlines()
-        reason = f"exit {r.get('exitCode')}" + (f": {err[-1]}" if err else "")
-    return {"status": status, "reason": reason, "exitCode": r.get("exitCode"), "stdout": r.get("stdout", ""),
-            "stderr": r.get("stderr", ""), "durationMs": round((time.monotonic() - started) * 1000, 2), "node": node}
+        err = r.stderr.strip().splitlines()
+        reason = f"exit {r.exit_code}" + (f": {err[-1]}" if err else "")
+    return {"status": status, "reason": reason, "exitCode": r.exit_code, "stdout": r.stdout[-65536:],
+            "stderr": r.stderr[-65536:], "durationMs": round((time.monotonic() - started) * 1000, 2), "node": node}
+
+
+def _error(e: BaseException, node: str, started: float) -> Dict[str, Any]:
+    return {"status": "error", "reason": str(e), "exitCode": None, "stdout": "", "stderr": "",
+            "durationMs": round((time.monotonic() - started) * 1000, 2), "node": node}
 
 
 class Candidates:
@@ -47,17 +53,16 @@ class Candidates:
             fut = asyncio.get_running_loop().create_future()
             self.bases[key] = fut
             try:
-                sb = (await self.c.call("sandbox.create", {"template": template, "policy": policy,
-                                                           "metadata": {"sandpit.ray": "base"}}))["sandboxId"]
+                sb = await AsyncSandbox.create(template, policy=policy, metadata={"sandpit.ray": "base"}, client=self.c)
                 if files:
-                    await self.c.call("fs.writeMany", {"sandboxId": sb, "files": [{"path": p, "text": t} for p, t in files.items()]})
+                    await sb.files.write_many(files)
                 for cmd in setup:
-                    r = await self.c.call("exec.run", {"sandboxId": sb, "shell": cmd})
-                    if r.get("exitCode") != 0:
-                        await self.c.call("sandbox.delete", {"sandboxId": sb})
-                        raise RuntimeError(f"the problem's setup failed: {cmd!r} exited {r.get('exitCode')}")
-                ck = (await self.c.call("checkpoint.create", {"sandboxId": sb, "name": "problem"}))["checkpointId"]
-                fut.set_result((sb, ck))
+                    r = await sb.commands.run(cmd)
+                    if r.exit_code != 0:
+                        await sb.delete()
+                        raise RuntimeError(f"the problem's setup failed: {cmd!r} exited {r.exit_code}")
+                ck = (await sb.checkpoints.create(name="problem")).checkpoint_id
+                fut.set_result((sb.id, ck))
             except BaseException as e:
                 self.bases.pop(key, None)
                 fut.set_exception(e)
@@ -77,34 +82,23 @@ class Candidates:
     async def run(self, code: str, tests: str, timeout: float, template: str, policy: str,
                   files: Dict[str, str], setup: Sequence[str]) -> Dict[str, Any]:
         started = time.monotonic()
-        program = code.rstrip("\n") + "\n\n" + tests
         try:
             if files or setup:
                 key = hashlib.sha256(json.dumps([template, policy, files, list(setup)], sort_keys=True).encode()).hexdigest()
-                sb, ck = await self._base(key, template, policy, files, setup)
-                sb = (await self.c.call("sandbox.fork", {"sandboxId": sb, "checkpointId": ck}))["sandboxes"][0]["sandboxId"]
+                base, ck = await self._base(key, template, policy, files, setup)
+                sb = (await AsyncSandbox(self.c, {"sandboxId": base}).fork(1, checkpoint_id=ck))[0]
             else:
-                sb = (await self.c.call("sandbox.create", {"template": template, "policy": policy}))["sandboxId"]
+                sb = await AsyncSandbox.create(template, policy=policy, client=self.c)
         except (SandpitError, RuntimeError) as e:
-            return {"status": "error", "reason": str(e), "exitCode": None, "stdout": "", "stderr": "",
-                    "durationMs": round((time.monotonic() - started) * 1000, 2), "node": self.node}
+            return _error(e, self.node, started)
         try:
-            out: List[str] = []
-            err: List[str] = []
-
-            def note(method: str, n: Dict[str, Any]) -> None:
-                if method == "exec.output":
-                    (err if n.get("stream") == "stderr" else out).append(n.get("data", ""))
-            r = await self.c.call("exec.run", {"sandboxId": sb, "cmd": ["python3", "-"], "stdin": program,
-                                               "timeoutMs": int(timeout * 1000)}, on_notification=note)
-            r = dict(r, stdout="".join(out)[-65536:], stderr="".join(err)[-65536:], timeoutMs=int(timeout * 1000))
-            return _verdict(r, self.node, started)
+            r = await sb.commands.run(["python3", "-"], stdin=code.rstrip("\n") + "\n\n" + tests, timeout=timeout)
+            return _verdict(r, self.node, started, timeout)
         except SandpitError as e:
-            return {"status": "error", "reason": str(e), "exitCode": None, "stdout": "", "stderr": "",
-                    "durationMs": round((time.monotonic() - started) * 1000, 2), "node": self.node}
+            return _error(e, self.node, started)
         finally:
             try:
-                await self.c.call("sandbox.delete", {"sandboxId": sb})
+                await sb.delete()
             except SandpitError:
                 pass
 
