@@ -51,7 +51,8 @@ struct exec {
     int in_close_pending;
     int pty;            // out_fd is a PTY master (stream 3); in_fd a second descriptor of it
     uint64_t in_total;  // STDIN bytes written to the command (acknowledged to the daemon)
-    char group[24];     // its cgroup: "ex_<id>", or the spare's "ex_s<n>" it came from
+    char group[24];     // its cgroup (sp_agent_groups.c): a kept one, or one made for it
+    int32_t oom_base;   // that group's OOM count when the command took it (-1: unknown)
 };
 
 // Groups of ended commands that still hold processes (they left them
@@ -66,7 +67,6 @@ static struct exec execs[MAX_EXECS];
 static int ctrl = -1;
 static const struct sp_agent_config *config;
 static int64_t last_activity_ns;   // the last frame in or out, or command ended
-static int v2_groups;   // the delegated cgroup is on cgroup v2
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -210,13 +210,13 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     // The child reports a failure before exec on this pipe after it has put
     // its stdio in place: neither end may be one of fds 0-2.
     if (pipe2(ep, O_CLOEXEC) || lift_fd(&ep[0]) || lift_fd(&ep[1])) { spawn_error(id, errno, "pipe"); goto fail; }
-    // Each command's whole process tree lives in its own cgroup, so a kill
-    // reaches processes that left its process group or session. The spare
-    // (sp_agent_spare.c) is already in one; else on v1 a cgroup made ahead of
-    // time (after the previous spawn) is renamed, which costs far less than a
-    // mkdir in every controller's hierarchy, and the child joins it.
-    char group[24];
-    snprintf(group, sizeof group, "ex_%u", id);
+    // Each command's whole process tree lives in its own cgroup
+    // (sp_agent_groups.c). The spare (sp_agent_spare.c) is already in one;
+    // else the child joins one kept from an ended command or made ahead of
+    // time, after the previous spawn. A placeholder's is named for its id:
+    // the daemon moves the interpreter into it.
+    char group[24] = "";
+    int32_t oom_base = -1;
     struct sp_launch l = {
         .in = in[0], .out = out[1], .err = err[1], .ep = ep[1], .procs_fd = -1, .setsid = 1,
         .pty = pty, .placeholder = placeholder, .root_caps = (h.flags & SP_SPAWN_ROOT_CAPS) != 0,
@@ -224,16 +224,17 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         .path = path, .cwd = cwd, .argv = argv, .envp = envp, .argc = (int)h.argc, .envc = (int)h.envc,
     };
     pid_t pid = -1;
-    if (!placeholder && config->cgroup_fd >= 0) pid = sp_agent_spare_launch(group, sizeof group, &l);
+    if (!placeholder && config->cgroup_fd >= 0) pid = sp_agent_spare_launch(group, sizeof group, &oom_base, &l);
     if (pid < 0) {
         if (config->cgroup_fd >= 0) {
-            // (v2 renames no group.)
-            if ((!v2_groups && renameat(config->cgroup_fd, "ex_spare", config->cgroup_fd, group) == 0) ||
-                mkdirat(config->cgroup_fd, group, 0755) == 0 || errno == EEXIST) {
+            char named[24];
+            snprintf(named, sizeof named, "ex_%u", id);
+            if ((!placeholder && sp_group_take(group, sizeof group, &oom_base)) ||
+                sp_group_make(group, sizeof group, named, &oom_base) == 0) {
                 char procs[48];
                 snprintf(procs, sizeof procs, "%s/cgroup.procs", group);
                 l.procs_fd = openat(config->cgroup_fd, procs, O_WRONLY | O_CLOEXEC);
-            }
+            } else group[0] = 0;
         }
         // A placeholder runs no program, so it cannot be a vfork child (which
         // would hold this loop until it execs); the agent is single-threaded.
@@ -241,7 +242,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         if (pid == 0) sp_agent_become(&l);
         if (l.procs_fd >= 0) close(l.procs_fd);
     }
-    if (pid < 0) { spawn_error(id, errno, "fork"); goto fail; }
+    if (pid < 0) { spawn_error(id, errno, "fork"); (void)sp_group_release(group, oom_base); goto fail; }
     close(ep[1]); ep[1] = -1;
     struct sp_child_err ce;
     ssize_t r = read(ep[0], &ce, sizeof ce);
@@ -249,6 +250,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
         // The child never ran the command; reap it here so it is not mistaken for an exec exit.
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+        (void)sp_group_release(group, oom_base);
         static const char *steps[SP_STEP_COUNT] = {
             [SP_STEP_SPAWN] = "spawn", [SP_STEP_SETSID] = "setsid", [SP_STEP_STDIO] = "redirect stdio",
             [SP_STEP_CREDENTIALS] = "set credentials", [SP_STEP_CWD] = "", [SP_STEP_EXEC] = "exec",
@@ -268,6 +270,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     x->pid = pid;
     x->pty = pty;
     memcpy(x->group, group, sizeof x->group);
+    x->oom_base = oom_base;
     x->out_fd = out[0];
     x->err_fd = err[0];
     x->in_fd = (pty || (h.flags & SP_SPAWN_STDIN)) ? in[1] : -1;
@@ -278,7 +281,7 @@ static void do_spawn(uint32_t id, const char *payload, size_t len) {
     if (x->in_fd >= 0) in[1] = -1;
     int32_t p32 = pid;
     send_or_die(SP_FRAME_STARTED, 0, id, &p32, sizeof p32, NULL, 0);
-    if (config->cgroup_fd >= 0 && !v2_groups) (void)mkdirat(config->cgroup_fd, "ex_spare", 0755);   // for the next spawn
+    sp_group_prepare();   // for the next spawn
 fail:
     for (int i = 0; i < 2; i++) {
         if (out[i] >= 0) close(out[i]);
@@ -299,15 +302,19 @@ static void finish(struct exec *x) {
     close_fd(&x->err_fd);
     close_fd(&x->in_fd);
     free(x->inbuf);
-    int32_t st = x->status;
+    // The status, and how many of the command's processes the OOM killer
+    // took (-1: unknown, no memory controller for its group).
+    int32_t ooms = x->group[0] ? sp_group_oom_kills(x->group) : -1;
+    int32_t ended[2] = { x->status, ooms >= 0 && x->oom_base >= 0 ? ooms - x->oom_base : -1 };
     uint32_t id = x->id;
     char group[sizeof x->group];
     memcpy(group, x->group, sizeof group);
     memset(x, 0, sizeof *x);
-    send_or_die(SP_FRAME_EXITED, 0, id, &st, sizeof st, NULL, 0);
-    // After the reply, off the request's path. Fails (EBUSY) while processes
-    // the command left running are in it; teardown removes it then.
-    if (config->cgroup_fd >= 0 && unlinkat(config->cgroup_fd, group, AT_REMOVEDIR) != 0 && errno == EBUSY) {
+    send_or_die(SP_FRAME_EXITED, 0, id, ended, sizeof ended, NULL, 0);
+    // After the reply, off the request's path. Kept for the next command, or
+    // removed; fails (EBUSY) while processes the command left running are in
+    // it, and teardown removes it then.
+    if (sp_group_release(group, ooms) != 0) {
         unsigned i = left_next++ % LEFT_GROUPS;
         left_groups[i].id = id;
         memcpy(left_groups[i].group, group, sizeof group);
@@ -563,8 +570,7 @@ int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
     struct exec **owners = malloc(sizeof(struct exec *) * (2 + 3 * MAX_EXECS));
     if (!rbuf || !obuf || !pfds || !owners) return -1;
     int spares = config->cgroup_fd >= 0;
-    struct statfs cfs;
-    v2_groups = spares && fstatfs(config->cgroup_fd, &cfs) == 0 && cfs.f_type == CGROUP2_SUPER_MAGIC;
+    (void)sp_groups_init(config->cgroup_fd);
 
     for (;;) {
         int n = 0;

@@ -42,17 +42,30 @@ struct spare_req {
 
 static pid_t spare_pid = -1;
 static int spare_sock = -1;
-static char spare_group[24];        // the spare's group, "ex_s<n>"
+static char spare_group[24];        // the spare's group: a kept one, or "ex_s<n>"
+static int32_t spare_ooms;          // that group's OOM count when the spare took it
+// A spare killed after it failed to take a command, until reaped: its group
+// is given back then.
+static pid_t dying_pid = -1;
+static char dying_group[24];
+static int32_t dying_ooms;
 
 int sp_agent_spare_ready(void) { return spare_pid > 0; }
 
 static struct timespec spare_born;
 
 int sp_agent_spare_reaped(int pid) {
+    if (pid > 0 && pid == dying_pid) {
+        dying_pid = -1;
+        (void)sp_group_release(dying_group, dying_ooms);
+        return 1;
+    }
     if (pid != spare_pid || pid <= 0) return 0;
     spare_pid = -1;
     if (spare_sock >= 0) close(spare_sock);
     spare_sock = -1;
+    (void)sp_group_release(spare_group, spare_ooms);
+    spare_group[0] = 0;
     // Dead within 50 ms of its fork: it could not join its group (or fork's
     // resources ran out); 2 when the caller should wait before the next one.
     struct timespec now;
@@ -143,29 +156,29 @@ int sp_agent_spare_make(int cgroup_fd) {
     if (spare_pid > 0) return 1;
     if (cgroup_fd < 0) return -1;
     static unsigned serial;
-    snprintf(spare_group, sizeof spare_group, "ex_s%u", ++serial);
-    if (mkdirat(cgroup_fd, spare_group, 0755) != 0 && errno != EEXIST) return 0;
+    char fresh[24];
+    snprintf(fresh, sizeof fresh, "ex_s%u", ++serial);
+    if (!sp_group_take(spare_group, sizeof spare_group, &spare_ooms) &&
+        sp_group_make(spare_group, sizeof spare_group, fresh, &spare_ooms) != 0) return 0;
     char procs_path[48];
     snprintf(procs_path, sizeof procs_path, "%s/cgroup.procs", spare_group);
     int procs = openat(cgroup_fd, procs_path, O_WRONLY | O_CLOEXEC);
-    if (procs < 0) return 0;
+    if (procs < 0) { (void)sp_group_release(spare_group, spare_ooms); return 0; }
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) { close(procs); return 0; }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) { close(procs); (void)sp_group_release(spare_group, spare_ooms); return 0; }
     pid_t pid = fork();
     if (pid == 0) { close(sv[0]); spare_main(sv[1], procs); }
     close(procs);
     close(sv[1]);
-    if (pid < 0) { close(sv[0]); unlinkat(cgroup_fd, spare_group, AT_REMOVEDIR); return 0; }
+    if (pid < 0) { close(sv[0]); (void)sp_group_release(spare_group, spare_ooms); return 0; }
     spare_pid = pid;
     spare_sock = sv[0];
     clock_gettime(CLOCK_MONOTONIC, &spare_born);
     return 1;
 }
 
-int sp_agent_spare_launch(char *group, size_t glen, const struct sp_launch *l) {
+int sp_agent_spare_launch(char *group, size_t glen, int32_t *ooms, const struct sp_launch *l) {
     if (spare_pid <= 0) return -1;
-    // The spare's group becomes the command's, under the spare's name.
-    snprintf(group, glen, "%s", spare_group);
     size_t blob = strlen(l->path) + 1 + strlen(l->cwd) + 1;
     for (int i = 0; i < l->argc; i++) blob += strlen(l->argv[i]) + 1;
     for (int i = 0; i < l->envc; i++) blob += strlen(l->envp[i]) + 1;
@@ -201,9 +214,18 @@ int sp_agent_spare_launch(char *group, size_t glen, const struct sp_launch *l) {
     spare_pid = -1;
     if (!ok) {
         // Died waiting (a restore kills every process): the caller spawns
-        // into a group of its own as it would without a spare.
+        // into a group of its own as it would without a spare. The group
+        // is given back when the spare is reaped.
         kill(pid, SIGKILL);
+        dying_pid = pid;
+        memcpy(dying_group, spare_group, sizeof dying_group);
+        dying_ooms = spare_ooms;
+        spare_group[0] = 0;
         return -1;
     }
+    // The spare's group becomes the command's, under the spare's name.
+    snprintf(group, glen, "%s", spare_group);
+    *ooms = spare_ooms;
+    spare_group[0] = 0;
     return pid;
 }

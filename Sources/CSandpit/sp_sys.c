@@ -13,6 +13,9 @@ int sp_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 int sp_socketpair_cloexec(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds); }
 int sp_open_path(const char *path) { return open(path, O_PATH | O_CLOEXEC); }
 int sp_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+int sp_punch_hole(int fd, long long offset, long long length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}
 
 int sp_send_fds(int sock, const int *fds, int n) {
     if (n <= 0 || n > 16) { errno = EINVAL; return -1; }

@@ -193,8 +193,9 @@ public final class Engine: Sendable {
         cgroups = Cgroups.detect(prefix: Self.cgroupPrefix + "-" + String(Self.fnv1a(config.dataDir), radix: 36), writableOnly: Rootless.active)
         hostFacts = Self.hostFacts(cgroup: cgroups.version, ids: config.ids)
         try FS.mkdirs(storage.root + "/sandboxes", mode: 0o711)
-        // Exposed ports' socket files belong to runtimes, which never outlive a daemon.
+        // Exposed ports' socket files and exec logs belong to runtimes, which never outlive a daemon.
         try? FS.removeTree(config.dataDir + "/ports")
+        try? FS.removeTree(config.dataDir + "/logs")
         defaultLayer = try DefaultTemplate.ensure(storeRoot: storage.root, ids: config.ids)
         KernelFeatures.attachDir = config.dataDir + "/attach"
         DetachedMount.clearAttachments()
@@ -752,6 +753,9 @@ public final class Engine: Sendable {
     /// Kills every process of the sandbox (the agent is PID 1 of its pid
     /// namespace, so SIGKILL to it takes all of them, including stopped and
     /// setsid'd ones), removes its cgroup and write layer, and marks it deleted.
+    /// Where a sandbox's execs keep output that outgrew memory (`ExecSession`).
+    func logsDir(_ id: String) -> String { config.dataDir + "/logs/" + id }
+
     public func delete(_ id: String, caller: Caller, reason: String = "deleted") async throws {
         let owner: Int64, templateId: String
         if let rt = try runtime(id, caller: caller) {
@@ -772,6 +776,7 @@ public final class Engine: Sendable {
         await checkpointLog.flush()
         try await catalog.deleteSandbox(id, at: Clock.nowMs(), checkpoints: true)
         try FS.removeTree(storage.root + "/sandboxes/" + id)
+        try? FS.removeTree(logsDir(id))
         await catalog.event("deleted", sandbox: id, detail: reason == "deleted" ? "" : reason)
         emit(id, .deleted, reason: reason, owner: owner)
         MemoryTrim.soon()
@@ -890,7 +895,8 @@ public final class Engine: Sendable {
         // A service exec's output is consumed as it arrives (and then dropped), so nothing may be cut from it.
         let budget = req.service ? Int.max / 4 : Int(rt.policy.outputBytes ?? 16 << 20)
         let session = ExecSession(sandboxId: id, numericId: n, command: req.argv, outputBudget: budget,
-                                  receivedNs: req.receivedNs, input: req.pty != nil ? .terminal : req.stdinPipe ? .pipe : .none)
+                                  receivedNs: req.receivedNs, input: req.pty != nil ? .terminal : req.stdinPipe ? .pipe : .none,
+                                  logPath: req.service ? nil : logsDir(id) + "/ex_\(n)")
         session.wake = woke
         if !req.service {
             session.onUnreadLimit.withLock {

@@ -1,4 +1,6 @@
+import Glibc
 import SandpitCore
+import SandpitOS
 import Synchronization
 
 /// How an exec ended.
@@ -57,7 +59,17 @@ public final class ExecSession: Sendable {
         /// Output written since anyone last read this exec's output.
         var unread: Int64 = 0
         var unreadLimitHit = false
+        /// The log file once output outgrew `memoryBytes` (open while the
+        /// exec runs), and whether making or writing it failed.
+        var log: OffsetFile?
+        var logFailed = false
     }
+
+    /// Retained output an exec keeps in memory; beyond it, its output goes
+    /// to `logPath` and only the newest this much stays in memory.
+    public static let memoryBytes = 256 << 10
+    /// Where its output goes once it outgrows `memoryBytes` (nil: memory only).
+    let logPath: String?
 
     /// A command whose output nobody reads (a detached `yes`) is killed once
     /// this much has gone unread: it would only burn CPU for output the
@@ -81,18 +93,33 @@ public final class ExecSession: Sendable {
         set { wakeInfo.withLock { $0 = newValue } }
     }
 
-    init(sandboxId: String, numericId: UInt32, command: [String], outputBudget: Int, receivedNs: UInt64, input: Input = .none) {
+    init(sandboxId: String, numericId: UInt32, command: [String], outputBudget: Int, receivedNs: UInt64, input: Input = .none,
+         logPath: String? = nil) {
         self.input = input
+        self.logPath = logPath
         self.sandboxId = sandboxId
         self.numericId = numericId
         self.execId = "ex_\(numericId)"
         self.command = command
-        self.state = Mutex(State(buffer: OutputBuffer(budget: outputBudget), receivedNs: receivedNs))
+        self.state = Mutex(State(buffer: OutputBuffer(budget: outputBudget, memoryBytes: logPath == nil ? .max : Self.memoryBytes),
+                                 receivedNs: receivedNs))
+    }
+
+    deinit {
+        guard let logPath else { return }
+        let spilled = state.withLock { s -> Bool in
+            s.log?.close()
+            s.log = nil
+            return s.buffer.spilled
+        }
+        if spilled { unlink(logPath) }
     }
 
     public var isFinished: Bool { state.withLock { $0.outcome != nil } }
+    /// Output bytes retained for readers (in memory or in its log).
+    var retainedBytes: Int { state.withLock { $0.buffer.retainedBytes } }
     /// Output bytes held in memory for readers.
-    var retainedBytes: Int { state.withLock { $0.buffer.headBytes + $0.buffer.tailBytes } }
+    var inMemoryBytes: Int { state.withLock { $0.buffer.inMemoryBytes } }
     public var outcome: ExecOutcome? { state.withLock { $0.outcome } }
 
     func markSpawnSent(_ ns: UInt64) { state.withLock { $0.spawnSentNs = ns } }
@@ -117,7 +144,8 @@ public final class ExecSession: Sendable {
     /// Records a chunk of output and wakes readers.
     func append(_ stream: OutputStream, _ bytes: [UInt8]) {
         let (waiters, overflow) = state.withLock { s -> ([CheckedContinuation<Void, Never>], Bool) in
-            s.buffer.append(stream, bytes)
+            let pieces = s.buffer.append(stream, bytes)
+            log(&s, pieces)
             s.unread += Int64(bytes.count)
             let over = s.unread > Self.unreadOutputLimit && !s.unreadLimitHit && s.outcome == nil
             if over { s.unreadLimitHit = true }
@@ -126,6 +154,38 @@ public final class ExecSession: Sendable {
         }
         for w in waiters { w.resume() }
         if overflow, let f = onUnreadLimit.withLock({ $0 }) { f() }
+    }
+
+    /// Writes what was appended to the log: once output outgrows memory, the
+    /// retained bytes go there at their offsets and leave memory but for
+    /// the newest; the dropped middle is punched out of the file (in MiB
+    /// steps), so it takes no more disk than the budget. Without a log (no
+    /// path, or it failed) everything stays in memory as before.
+    private func log(_ s: inout State, _ pieces: [(chunk: OutputChunk, offset: Int64)]) {
+        guard let logPath, !s.logFailed else { return }
+        if !s.buffer.spilled {
+            guard s.buffer.inMemoryBytes > Self.memoryBytes else { return }
+            try? FS.mkdirs(String(logPath[..<(logPath.lastIndex(of: "/") ?? logPath.endIndex)]), mode: 0o700)
+            guard let f = try? OffsetFile.create(logPath) else { s.logFailed = true; return }
+            guard s.buffer.chunksInMemory.allSatisfy({ f.write($0.bytes, at: $0.offset) }) else {
+                f.close()
+                unlink(logPath)
+                s.logFailed = true
+                return
+            }
+            s.log = f
+            s.buffer.spill()
+        } else if let f = s.log {
+            for p in pieces where !f.write(p.chunk.bytes, at: p.offset) { s.logFailed = true }
+        }
+        if let f = s.log, let d = s.buffer.takeDropped(minBytes: 1 << 20) { f.release(offset: d.offset, length: d.length) }
+    }
+
+    /// Reads retained bytes that left memory back from the log.
+    private func readLog(_ s: State, _ offset: Int64, _ length: Int) -> [UInt8]? {
+        guard let logPath, s.buffer.spilled, let f = s.log ?? OffsetFile.openForReading(logPath) else { return nil }
+        defer { if s.log == nil { f.close() } }
+        return f.read(at: offset, count: length)
     }
 
     func inputSent(_ n: UInt64) { state.withLock { $0.inputSent += n } }
@@ -216,6 +276,11 @@ public final class ExecSession: Sendable {
                 killedBy: killedBy ?? s.killedBy, durationMs: Double(nowNs &- s.receivedNs) / 1e6,
                 stdoutBytes: s.buffer.stdoutBytes, stderrBytes: s.buffer.stderrBytes, truncated: s.buffer.truncated, timings: t)
             s.started = true
+            // Readers open the log when they need it: a finished exec holds no
+            // descriptor, and no memory for output that is in its log.
+            s.log?.close()
+            s.log = nil
+            s.buffer.leaveMemory()
             defer { s.waiters = []; s.startWaiters = [] }
             return (s.waiters, s.startWaiters)
         }
@@ -272,7 +337,7 @@ public final class ExecSession: Sendable {
         while true {
             let r: ([OutputChunk], ExecOutcome?)? = state.withLock { s in
                 s.unread = 0
-                let c = s.buffer.chunks(since: after + 1)
+                let c = s.buffer.chunks(since: after + 1) { readLog(s, $0, $1) }
                 if !c.isEmpty { return (c, nil) }
                 if let o = s.outcome { return ([], o) }
                 return nil
@@ -309,7 +374,7 @@ public final class ExecSession: Sendable {
     public func logs(since: Int) -> (chunks: [OutputChunk], outcome: ExecOutcome?) {
         state.withLock { s in
             s.unread = 0
-            return (s.buffer.chunks(since: since), s.outcome)
+            return (s.buffer.chunks(since: since) { readLog(s, $0, $1) }, s.outcome)
         }
     }
 }

@@ -79,11 +79,13 @@ final class SandboxRuntime: Sendable {
     let onUnexpectedExit: @Sendable (SandboxRuntime, String) -> Void
 
     static let keepFinishedExecs = 64
-    /// Output of finished execs kept in memory per sandbox for `exec.logs`:
-    /// older execs' output goes past it (their summary stays in the catalog),
-    /// so a sandbox that ran 64 commands of 16 MiB each does not hold 1 GiB of
-    /// the daemon's memory. The latest finished exec is always kept.
-    static let keepFinishedOutputBytes = 32 << 20
+    /// Output of finished execs kept per sandbox for `exec.logs` (in memory
+    /// up to 256 KiB each, past that in its log file in the data dir, and
+    /// then none in memory once it ended): older execs' output goes past it
+    /// (their summary stays in the catalog), so a sandbox that ran 64
+    /// commands of 16 MiB each keeps neither 1 GiB of the daemon's memory
+    /// nor of its disk. The latest finished exec is always kept.
+    static let keepFinishedOutputBytes = 128 << 20
 
     /// The daemon-wide budget for finished execs' output; nil in tests of one runtime.
     let ledger: OutputLedger?
@@ -138,7 +140,13 @@ final class SandboxRuntime: Sendable {
                 let status = f.int32()
                 let byDaemon = daemonKilled.withLock { $0.remove(s.numericId) } != nil
                 let base = oomBaseline.withLock { $0.removeValue(forKey: s.numericId) } ?? 0
-                let oom = (status & 0x7f) == 9 && !byDaemon && cgroup.oomKills() > base
+                // The agent counts the OOM kills in the command's own group:
+                // exact, whatever else ran. Only when it cannot (no memory
+                // controller for that group), the old guess: SIGKILLed, not
+                // by the daemon, while the sandbox's count moved.
+                let ooms = f.payload.count >= 8 ? f.int32(at: 4) : -1
+                if ooms >= 0 { oomCountedPerExec.store(true, ordering: .relaxed) }
+                let oom = ooms >= 0 ? ooms > 0 : (status & 0x7f) == 9 && !byDaemon && cgroup.oomKills() > base
                 s.finish(status: status, nowNs: now, oomKilled: oom)
                 retire(f.id)
             }
@@ -156,11 +164,17 @@ final class SandboxRuntime: Sendable {
         }
     }
 
-    /// OOM kills are counted per cgroup; an exec is OOM-killed when the count
-    /// moved while it ran.
+    /// Where the agent cannot count OOM kills per command, the sandbox's
+    /// count when each exec started (the fallback guess); once it has, no
+    /// exec pays for that read.
     private let oomBaseline = Mutex<[UInt32: Int]>([:])
+    private let oomCountedPerExec = Atomic<Bool>(false)
     private let daemonKilled = Mutex<Set<UInt32>>([])
-    func noteOOMBaseline(_ id: UInt32) { let c = cgroup.oomKills(); oomBaseline.withLock { $0[id] = c } }
+    func noteOOMBaseline(_ id: UInt32) {
+        guard !oomCountedPerExec.load(ordering: .relaxed) else { return }
+        let c = cgroup.oomKills()
+        oomBaseline.withLock { $0[id] = c }
+    }
 
     /// The daemon is about to SIGKILL this exec, still running (its timeout,
     /// exec.kill): that kill is what ends it, whatever the OOM killer does

@@ -74,18 +74,23 @@ public struct CgroupHandle: Sendable {
         if version == .v2 { try? FS.writeFile(d + "/cgroup.freeze", "0") } else { try? FS.writeFile(d + "/freezer.state", "THAWED") }
     }
 
-    /// The directory delegated to the sandbox's agent (v1: the pids hierarchy),
-    /// where it makes one child group per exec to find a command's whole tree.
+    /// The directory delegated to the sandbox's agent, where it keeps one
+    /// child group per running command: to find a command's whole tree, and
+    /// for the kernel's count of OOM kills in it. v1: the memory hierarchy
+    /// (the pids one when memory is not mounted); v2: the group, where the
+    /// agent moves itself into a leaf and enables memory for the others.
     public var trackingDir: String?
     /// Where freezing happens (v1: the freezer hierarchy; v2: the group).
     public var freezerDir: String?
 
     /// Lets the sandbox's root (`uid` on the host) create child groups here
-    /// and move processes into them; the limit files stay the host's.
+    /// and move processes into them (on v2 also enable controllers for
+    /// them); the limit files stay the host's.
     public func delegate(to uid: UInt32) throws(OSError) {
         guard let d = trackingDir else { return }
         try FS.chown(d, uid: uid, gid: uid)
         try FS.chown(d + "/cgroup.procs", uid: uid, gid: uid)
+        if version == .v2 { try FS.chown(d + "/cgroup.subtree_control", uid: uid, gid: uid) }
     }
 
     public func addProcess(_ pid: Int32) throws(OSError) {
@@ -148,7 +153,8 @@ public struct CgroupHandle: Sendable {
         return false
     }
 
-    /// True when the kernel recorded an OOM kill in this group.
+    /// OOM kills the kernel counted in the sandbox's own memory group (on v1
+    /// not those in the agent's per-command groups, which the agent reports).
     public func oomKills() -> Int {
         guard let dir = memoryDir else { return 0 }
         let file = version == .v2 ? dir + "/memory.events" : dir + "/memory.oom_control"
@@ -296,7 +302,7 @@ public struct CgroupV1Driver: CgroupDriver {
         let dirs = bases.sorted(by: { $0.key < $1.key }).map { $0.value + "/" + name }
         return CgroupHandle(name: name, dirs: dirs, procsFiles: dirs.map { $0 + "/cgroup.procs" },
                             memoryDir: bases["memory"].map { $0 + "/" + name }, version: .v1,
-                            trackingDir: bases["pids"].map { $0 + "/" + name }, freezerDir: bases["freezer"].map { $0 + "/" + name })
+                            trackingDir: (bases["memory"] ?? bases["pids"]).map { $0 + "/" + name }, freezerDir: bases["freezer"].map { $0 + "/" + name })
     }
 
     public func removeParent() { for b in bases.values { rmdir(b) } }

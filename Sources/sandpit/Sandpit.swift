@@ -50,7 +50,7 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "Maximum concurrent execs across all sandboxes (default: none).")
     var maxExecs: Int?
 
-    @Option(help: "Memory in MiB for the output finished commands leave for exec.logs, across all sandboxes; past it the oldest are forgotten (their summary stays).")
+    @Option(help: "MiB of output finished commands leave for exec.logs, across all sandboxes (in the data dir past 256 KiB per command); past it the oldest are forgotten (their summary stays).")
     var outputBudgetMib: Int = 256
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")

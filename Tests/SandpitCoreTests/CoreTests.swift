@@ -69,6 +69,30 @@ import Testing
         #expect(seqs == seqs.sorted())
     }
 
+    /// Spilled: bytes live at their offsets in the owner's log, memory keeps
+    /// the newest `memoryBytes` (none once it leaves), reads come back
+    /// through the owner, and the dropped middle is handed out as one range.
+    @Test func spilledOutputIsReadBackFromTheLogAndTheDroppedMiddleIsNamed() {
+        var b = OutputBuffer(budget: 20, memoryBytes: 6)
+        var file = [UInt8](repeating: 0, count: 100)
+        func write(_ pieces: [(chunk: OutputChunk, offset: Int64)]) {
+            for p in pieces { for (i, x) in p.chunk.bytes.enumerated() { file[Int(p.offset) + i] = x } }
+        }
+        write(b.append(.stdout, Array("0000011111".utf8)))
+        for (o, bytes) in b.chunksInMemory { write([(OutputChunk(seq: 0, stream: .stdout, bytes: bytes), o)]) }
+        b.spill()
+        #expect(b.inMemoryBytes <= 6)
+        for i in 2..<10 { write(b.append(.stderr, Array(String(repeating: Character(String(i)), count: 5).utf8))) }
+        var reads = 0
+        let all = b.chunks(since: 0) { o, n in reads += 1; return Array(file[Int(o)..<Int(o) + n]) }.flatMap(\.bytes)
+        #expect(String(decoding: all, as: UTF8.self) == "0000011111" + "8888899999")
+        #expect(reads > 0 && b.inMemoryBytes <= 6)
+        #expect(b.takeDropped().map { [$0.offset, $0.length] } == [10, 30])
+        #expect(b.takeDropped() == nil)
+        b.leaveMemory()
+        #expect(b.inMemoryBytes == 0 && b.chunks(since: 0).isEmpty, "nothing left in memory; unreadable chunks are left out")
+    }
+
     @Test func chunkUsesBase64OnlyForInvalidUTF8() {
         #expect(OutputChunk(seq: 0, stream: .stdout, bytes: Array("é".utf8)).wireFields().encoding == nil)
         let f = OutputChunk(seq: 0, stream: .stdout, bytes: [0x68, 0xFF]).wireFields()

@@ -322,6 +322,33 @@ struct SecurityTests {
         }
     }
 
+    /// The OOM killer's victims are counted in each command's own memory
+    /// group: a command whose child was taken is `oomKilled` though it then
+    /// exits on its own (254); a neighbour that dies of a SIGKILL of its own
+    /// meanwhile is not, nor is a quiet one. The groups are kept and reused,
+    /// not made per command: a memory group outlives its removal while
+    /// pages are charged to it.
+    @Test func oomKillsAreCountedForTheCommandWhoseProcessWasTaken() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox(limits: ["memoryBytes": .int(96 << 20)])
+            let bystander = try a.client.result("exec.run", ["sandboxId": .string(sb), "shell": "sleep 3; kill -9 $$", "background": true])
+            let hog = try a.sh(sb, "python3 -c 'x = bytearray(512 << 20)'; exit 254")
+            #expect(hog.result["exitCode"] == 254 && hog.result["oomKilled"] == true, "\(hog.result)")
+            let other = try a.client.result("exec.wait", ["sandboxId": .string(sb), "execId": bystander["execId"]!])
+            #expect(other["signal"] == "SIGKILL" && other["oomKilled"] == false && other["timedOut"] == false, "\(other)")
+            #expect(try a.sh(sb, "true").result["oomKilled"] == false)
+            let group = "grep -o 'memory:.*' /proc/self/cgroup"
+            let first = try a.sh(sb, group).stdout
+            let second = try a.sh(sb, group).stdout
+            #expect(first.contains("/ex_") && second == first, "the next command takes the group back: \(first) \(second)")
+            for _ in 0..<40 { _ = try a.sh(sb, "true") }
+            let groups = Host.cgroups(matching: sb).flatMap { dir in
+                ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("ex_") }
+            }
+            #expect(groups.count > 0 && groups.count <= 10, "groups per command are reused: \(groups)")
+        }
+    }
+
     @Test func forkBombStopsAtThePidsLimit() throws {
         try Arena.with { a in
             let sb = try a.sandbox(limits: ["pids": 64])
@@ -398,6 +425,41 @@ struct SecurityTests {
                 except ValueError: print("capped")
                 """)
             #expect(out == "(64, 64)\n24 True\ncapped\n")
+        }
+    }
+
+    /// Issue 27: exec output past a small in-memory tail lives in a log file
+    /// in the data dir (`logs/<sandbox>/<exec>`), with the middle a budget
+    /// drops punched out; readers get the same head and tail as before, and
+    /// the file goes with its sandbox.
+    @Test func execOutputLivesOnDiskAndOnlyATailInMemory() throws {
+        try Arena.with { a in
+            let sb = try a.sandbox()
+            let before = a.daemonRSS()
+            let lines = 3_000_000
+            let ids = try (0..<4).map { _ in
+                try a.client.result("exec.run", ["sandboxId": .string(sb), "background": true, "shell": .string("seq 1 \(lines); echo END")])["execId"]!
+            }
+            for id in ids {
+                var done = false
+                for _ in 0..<600 where !done {
+                    done = try a.client.result("exec.logs", ["sandboxId": .string(sb), "execId": id, "sinceSeq": 1_000_000])["done"] == true
+                    if !done { usleep(100_000) }
+                }
+                #expect(done)
+            }
+            let grew = a.daemonRSS() - before
+            #expect(grew < 32 << 20, "4 execs of 20 MiB output each grew the daemon's RSS by \(grew >> 20) MiB")
+            let file = a.daemon.dataDir + "/logs/\(sb)/\(ids[0].stringValue!)"
+            let du = Host.sh("du -k --apparent-size '\(file)' | cut -f1; du -k '\(file)' | cut -f1").output.split(separator: "\n").compactMap { Int($0) }
+            #expect(du.count == 2 && du[0] > 20_000 && du[1] <= 18 << 10, "log file: apparent and allocated KiB \(du)")
+            let logs = try a.client.result("exec.logs", ["sandboxId": .string(sb), "execId": ids[0]])
+            let text = (logs["chunks"]?.arrayValue ?? []).compactMap { $0["data"]?.stringValue }.joined()
+            let full = (1...lines).map(String.init).joined(separator: "\n") + "\nEND\n"
+            #expect(logs["result"]?["truncated"] == true && text.utf8.count == 16 << 20, "\(text.utf8.count) bytes kept: \(logs["result"] ?? .null)")
+            #expect(text.hasPrefix(String(full.prefix(8 << 20))) && text.hasSuffix(String(full.suffix(8 << 20))), "head and tail as written")
+            _ = try a.client.result("sandbox.delete", ["sandboxId": .string(sb)])
+            #expect(!FileManager.default.fileExists(atPath: a.daemon.dataDir + "/logs/\(sb)"))
         }
     }
 

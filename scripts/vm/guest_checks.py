@@ -70,6 +70,13 @@ def _():
     assert r["oomKilled"] is True and not r["timedOut"], r
     swap = open(f"/sys/fs/cgroup/{cg_parent()}/{s}/memory.swap.max").read().strip()
     assert swap == "0", swap
+    # Counted per command, in its own group: a hog whose child was taken is marked though it exits
+    # 254 itself; a neighbour that SIGKILLs itself meanwhile is not.
+    other = c.call("exec.run", {"sandboxId": s, "shell": "sleep 3; kill -9 $$", "background": True})["execId"]
+    r = c.call("exec.run", {"sandboxId": s, "shell": "python3 -c 'x = bytearray(512 << 20)'; exit 254", "timeoutMs": 120000})
+    assert r["oomKilled"] is True and r["exitCode"] == 254, r
+    w = c.call("exec.wait", {"sandboxId": s, "execId": other})
+    assert w["signal"] == "SIGKILL" and w["oomKilled"] is False, w
     c.call("sandbox.delete", {"sandboxId": s})
 
 
@@ -150,17 +157,21 @@ def _():
     assert text.strip() == "0", text
 
 
-@check("after a pause a command comes from a spare already in its own group (ex_s<n>), and exec.kill reaches its tree")
+@check("after a pause a command comes from a spare already in its own group, and exec.kill reaches its tree")
 def _():
     group = f"/sys/fs/cgroup/{cg_parent()}/{sb}"
+
+    def comms(g):
+        return [open(f"/proc/{p}/comm").read().strip() for p in open(f"{group}/{g}/cgroup.procs").read().split()]
     for _ in range(100):
-        spares = [g for g in os.listdir(group) if g.startswith("ex_s") and open(f"{group}/{g}/cgroup.procs").read().strip()]
+        spares = [g for g in os.listdir(group) if g.startswith("ex_") and comms(g) == ["sandpit-spare"]]
         if spares:
             break
         time.sleep(0.05)
     assert len(spares) == 1, os.listdir(group)
+    # The agent lives in a leaf of its own, so the commands' groups have the memory controller.
+    assert "memory" in open(f"{group}/cgroup.subtree_control").read() and comms("agent") == ["sandpit-agent"]
     pid = open(f"{group}/{spares[0]}/cgroup.procs").read().split()[0]
-    assert open(f"/proc/{pid}/comm").read().strip() == "sandpit-spare"
     bg = c.call("exec.run", {"sandboxId": sb, "shell": "setsid sleep 300 & exec sleep 300", "background": True})
     time.sleep(0.5)
     procs = open(f"{group}/{spares[0]}/cgroup.procs").read().split()

@@ -56,15 +56,30 @@ extern const int sp_root_caps_count;
 // Never returns: execs l->path, or reports { step, errno } on l->ep and exits 127.
 _Noreturn void sp_agent_become(const struct sp_launch *l);
 
+// The commands' cgroups (sp_agent_groups.c), children of the delegated one.
+// Returns 1 on cgroup v2 (where the agent moved itself into a leaf).
+int sp_groups_init(int cgroup_fd);
+// The kernel's count of OOM kills in a group; -1 when it cannot be read.
+int32_t sp_group_oom_kills(const char *name);
+// Takes a kept group (1; its name and the OOM count it had), or none (0).
+int sp_group_take(char *name, size_t len, int32_t *ooms);
+// Makes a group, named `wanted` or a fresh name; 0, or -1 (errno).
+int sp_group_make(char *name, size_t len, const char *wanted, int32_t *ooms);
+// Makes one to keep when none is kept (after a spawn, off its path).
+void sp_group_prepare(void);
+// An ended command's group, given its OOM count: kept for the next command
+// when empty, else removed; -1 when processes it left still hold it.
+int sp_group_release(const char *name, int32_t ooms);
+
 // The spare process (sp_agent_spare.c): the next command's process, forked and
-// placed in a cgroup of its own ("ex_s<n>") ahead of time.
+// placed in a cgroup of its own (a kept one or "ex_s<n>") ahead of time.
 // 1: there is one; 0: none now (try later); -1: never here (no cgroup).
 int sp_agent_spare_make(int cgroup_fd);
 int sp_agent_spare_ready(void);
 // Hands the spare the command; its pid, or -1 (no spare, or it died) and the
-// caller spawns as it would without one. group: out, the command's group
-// (the spare's, "ex_s<n>"; set even when it fails: the caller may use it).
-int sp_agent_spare_launch(char *group, size_t glen, const struct sp_launch *l);
+// caller spawns as it would without one. group and ooms: out, the command's
+// group (the spare's) and its OOM count so far, set only on success.
+int sp_agent_spare_launch(char *group, size_t glen, int32_t *ooms, const struct sp_launch *l);
 // 1 when pid was the spare (it died waiting); 2 when it died at once after its
 // fork (it could not join its group): then wait before making another.
 int sp_agent_spare_reaped(int pid);

@@ -21,4 +21,6 @@ int sp_write_file(const char *path, const char *text);
 // Host checks (sandpit doctor): 1 when the kernel has pidfd_open / openat2 with RESOLVE_IN_ROOT.
 int sp_pidfd_open_probe(void);
 int sp_openat2_probe(void);
+// fallocate(PUNCH_HOLE | KEEP_SIZE): gives a file range's blocks back. 0 or -1 with errno.
+int sp_punch_hole(int fd, long long offset, long long length);
 #endif
