@@ -545,8 +545,32 @@ static void handle_frame(const struct sp_frame_header *h, const char *payload, c
     }
 }
 
+// The sandbox's output rate (config->output_rate bytes/s, 0 = unlimited): a
+// token bucket holding at most a second's worth. While it is empty, running
+// commands' pipes are not read, so a flood (`yes`) blocks on its full pipe
+// instead of burning CPU in the sandbox, here and in the daemon that relays
+// it, which every other sandbox's calls share. Pipes of commands that have
+// exited are always drained.
+static int64_t out_tokens, out_refilled_ns;
+
+static int output_throttled(int64_t now, int64_t *next) {
+    if (config->output_rate == 0) return 0;
+    int64_t rate = (int64_t)config->output_rate, burst = rate < (1 << 20) ? (1 << 20) : rate;
+    if (out_refilled_ns == 0) { out_tokens = burst; out_refilled_ns = now; }
+    int64_t earned = (now - out_refilled_ns) * rate / 1000000000LL;
+    if (earned > 0) {
+        out_tokens = out_tokens + earned > burst ? burst : out_tokens + earned;
+        out_refilled_ns = now;
+    }
+    if (out_tokens > 0) return 0;
+    int64_t at = now + (1 - out_tokens) * 1000000000LL / rate;
+    if (*next < 0 || at < *next) *next = at;
+    return 1;
+}
+
 static void pump_output(struct exec *x, int *fd, unsigned stream, char *buf) {
     ssize_t n = read(*fd, buf, SP_OUTPUT_CHUNK);
+    if (n > 0) out_tokens -= n;
     if (n > 0) send_or_die(SP_FRAME_OUTPUT, stream, x->id, buf, (size_t)n, NULL, 0);
     else if (n == 0 || (errno != EAGAIN && errno != EINTR)) close_fd(fd);
 }
@@ -588,13 +612,15 @@ int sp_agent_loop(int ctrl_fd, const struct sp_agent_config *cfg) {
                 if (next < 0 || at < next) next = at;
             }
         }
+        int throttled = output_throttled(now, &next);
         for (int i = 0; i < MAX_EXECS; i++) {
             struct exec *x = &execs[i];
             if (!x->used) continue;
             if (x->exited && ((x->out_fd < 0 && x->err_fd < 0) || now >= x->drain_deadline)) { finish(x); continue; }
             if (x->exited && (next < 0 || x->drain_deadline < next)) next = x->drain_deadline;
-            if (x->out_fd >= 0) { pfds[n].fd = x->out_fd; pfds[n].events = POLLIN; owners[n++] = x; }
-            if (x->err_fd >= 0) { pfds[n].fd = x->err_fd; pfds[n].events = POLLIN; owners[n++] = x; }
+            int read_out = !throttled || x->exited;
+            if (x->out_fd >= 0 && read_out) { pfds[n].fd = x->out_fd; pfds[n].events = POLLIN; owners[n++] = x; }
+            if (x->err_fd >= 0 && read_out) { pfds[n].fd = x->err_fd; pfds[n].events = POLLIN; owners[n++] = x; }
             if (x->in_fd >= 0 && x->inoff < x->inlen) { pfds[n].fd = x->in_fd; pfds[n].events = POLLOUT; owners[n++] = x; }
         }
         int timeout = next < 0 ? -1 : (int)((next - now) / 1000000 + 1);

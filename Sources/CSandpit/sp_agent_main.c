@@ -30,6 +30,7 @@ int sp_agent_main(int argc, char **argv) {
         else if (strcmp(argv[i], "--usr") == 0) cfg.has_usr = strcmp(argv[i + 1], "1") == 0;
         else if (strcmp(argv[i], "--seccomp") == 0) cfg.seccomp = (int)strtol(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--nofile") == 0) cfg.nofile = strtoul(argv[i + 1], NULL, 10);
+        else if (strcmp(argv[i], "--output-rate") == 0) cfg.output_rate = strtoul(argv[i + 1], NULL, 10);
         else if (strcmp(argv[i], "--zygote") == 0) cfg.zygote = strcmp(argv[i + 1], "1") == 0;
     }
     if (getpid() != 1) {

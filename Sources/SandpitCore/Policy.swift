@@ -17,6 +17,10 @@ public struct Policy: Sendable, Equatable {
     public var execTimeoutMs: Int64?                // default wall time per exec
     public var sandboxTimeoutMs: Int64?             // wall time of the whole sandbox, from creation
     public var outputBytes: Int64? = 16 << 20       // retained output per exec (head + tail)
+    /// Command output the sandbox may send per second, all its commands
+    /// together (a second's worth may come at once): past it their pipes
+    /// wait, so a flood costs neither its CPU nor the daemon's.
+    public var outputBytesPerSecond: Int64? = 32 << 20
     /// The store a sandbox's checkpoints may hold, counted as the bytes of
     /// the files each one changed (its `bytes`); see `checkpointQuota`.
     public var checkpointBytes: Int64? = 16 << 30
@@ -64,7 +68,8 @@ public struct Policy: Sendable, Equatable {
 
     /// The numeric limits, by wire name. Smaller is tighter for every one.
     public static let limitKeys: [String] = ["memoryBytes", "pids", "cpuMillicores", "openFiles", "diskBytes", "diskInodes",
-                                             "tmpBytes", "execTimeoutMs", "sandboxTimeoutMs", "outputBytes", "checkpointBytes"]
+                                             "tmpBytes", "execTimeoutMs", "sandboxTimeoutMs", "outputBytes", "outputBytesPerSecond",
+                                             "checkpointBytes"]
 
     subscript(limit key: String) -> Int64? {
         get {
@@ -79,6 +84,7 @@ public struct Policy: Sendable, Equatable {
             case "execTimeoutMs": execTimeoutMs
             case "sandboxTimeoutMs": sandboxTimeoutMs
             case "outputBytes": outputBytes
+            case "outputBytesPerSecond": outputBytesPerSecond
             case "checkpointBytes": checkpointBytes
             default: nil
             }
@@ -95,6 +101,7 @@ public struct Policy: Sendable, Equatable {
             case "execTimeoutMs": execTimeoutMs = newValue
             case "sandboxTimeoutMs": sandboxTimeoutMs = newValue
             case "outputBytes": outputBytes = newValue
+            case "outputBytesPerSecond": outputBytesPerSecond = newValue
             case "checkpointBytes": checkpointBytes = newValue
             default: break
             }
@@ -108,7 +115,7 @@ public struct Policy: Sendable, Equatable {
     static let minimums: [String: Int64] = [
         "memoryBytes": 16 << 20, "pids": 8, "cpuMillicores": 10, "openFiles": 16, "diskBytes": 16 << 20,
         "diskInodes": 1024, "tmpBytes": 1 << 20, "execTimeoutMs": 1, "sandboxTimeoutMs": 1000, "outputBytes": 1024,
-        "checkpointBytes": 1 << 20,
+        "checkpointBytes": 1 << 20, "outputBytesPerSecond": 64 << 10,
     ]
 
     static let knownKeys: Set<String> = Set(limitKeys).union(["name", "description", "purpose", "network", "allow", "seccomp",

@@ -129,7 +129,8 @@ public struct SandboxPlan: Sendable, Equatable {
         }
         add("rlimits", "open files " + (p.openFiles.map(String.init) ?? "inherited") + (capped ? " (capped at the daemon's own hard limit)" : "") + "; core dumps 0")
         add("environment", "clean: PATH, HOME, USER, LOGNAME, SHELL, LANG, PYTHONUNBUFFERED" + (p.network == .allowlist ? ", HTTP(S)_PROXY" : ""))
-        add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited"))
+        add("exec", "wall time " + (p.execTimeoutMs.map { "\($0) ms" } ?? "unlimited") + ", then its whole process tree is killed; output kept " + (p.outputBytes.map { Self.bytes($0) + " (head + tail)" } ?? "unlimited")
+            + ", sent at most " + (p.outputBytesPerSecond.map { Self.bytes($0) + "/s (past it the commands' pipes wait)" } ?? "as fast as it comes"))
         switch p.checkpoints {
         case .everyStep:
             add("checkpoints", "after every exec: " + (host.rootless ? "copy the disk's directory (file clones where the store can; hard links when nothing changed)" : "freeze the disk, clone its image by reference") + ", record the diff" + Self.quota(p))

@@ -558,7 +558,7 @@ public final class Engine: Sendable {
             var seccomp: UInt32 = 0
             if plan.seccompEnabled { seccomp = 1 << 8 | (plan.restrictSockets ? SP_SECCOMP_RESTRICT_SOCKETS : 0) }
             var argv = ["sandpit-agent", "--hostname", "sandpit", "--tmp-size", "\(policy.tmpBytes ?? 0)", "--usr", usr == nil ? "0" : "1",
-                        "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)"]
+                        "--seccomp", "\(seccomp)", "--nofile", "\(policy.openFiles ?? 0)", "--output-rate", "\(policy.outputBytesPerSecond ?? 0)"]
             // The agent in its cgroup. The id maps come first: the daemon writes
             // them, or a zygote's agent did for a nested sandbox.
             let prepare: (Int32) throws -> Void = { pid in

@@ -463,6 +463,31 @@ struct SecurityTests {
         }
     }
 
+    /// Issue 27, the noisy neighbour: a sandbox's commands may send at most
+    /// `outputBytesPerSecond`; past it their pipes wait, so a flood burns
+    /// little CPU (its own or the daemon's, which other sandboxes share),
+    /// and nothing is dropped.
+    @Test func outputPastTheRateWaitsInsteadOfBurningCPU() throws {
+        try Arena.with { a in
+            let slow = try a.sandbox(limits: ["outputBytesPerSecond": .int(4 << 20)])
+            // `yes` for 2 s: a second's worth at once, then 4 MiB/s; its CPU time while its pipe waits.
+            let script = "import resource, subprocess; subprocess.run(['timeout', '2', 'yes']); "
+                + "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(f'cpu={r.ru_utime + r.ru_stime:.2f}', file=__import__('sys').stderr)"
+            let r = try a.client.exec(slow, shell: "python3 -c \"\(script)\"", [:])
+            let cpu = Double(r.stderr.split(separator: "=").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+            let sent = r.result["stdoutBytes"]?.intValue ?? 0
+            #expect(cpu >= 0 && cpu < 0.6, "yes used \(cpu) s of CPU in 2 s: \(r.stderr)")
+            #expect(sent > 8 << 20 && sent < 16 << 20, "4 MiB at once and 4 MiB/s for 2 s, got \(sent) bytes")
+            // Slowed, not dropped: every byte of a 10 MiB print arrives, in about 1.5 s.
+            let t = Date()
+            let all = try a.sh(slow, "head -c 10485760 /dev/zero | tr '\\0' x; echo")
+            #expect(all.result["stdoutBytes"] == .int(10_485_761) && Date().timeIntervalSince(t) > 1)
+            // The policy's default is no looser than asked, and a limit cannot be loosened.
+            let loose = try a.client.call("sandbox.create", ["policy": "strict", "limits": ["outputBytesPerSecond": .int(1 << 30)]])
+            #expect(loose["error"]?["data"]?["code"] == "permission_denied", "\(loose)")
+        }
+    }
+
     @Test func outputFloodIsTruncatedAndDaemonMemoryStaysFlat() throws {
         try Arena.with { a in
             let sb = try a.sandbox(limits: ["outputBytes": .int(1 << 20)])

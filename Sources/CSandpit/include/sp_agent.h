@@ -10,6 +10,7 @@ struct sp_agent_config {
     int has_usr;
     int seccomp;               // 0 off, else SP_SECCOMP_* flags + 1 << 8 ("on")
     unsigned long nofile;      // RLIMIT_NOFILE for spawned commands (0 = inherit)
+    unsigned long output_rate; // bytes per second of command output relayed (0 = unlimited)
     int cgroup_fd;             // delegated cgroup dir: each exec gets a child group "ex_<id>" (-1 = none)
     int zygote;                // a warm template's zygote: starts nested sandboxes (NEST), no seccomp of its own
     int nest_fd;               // zygote: where nested sandboxes' descriptors arrive (-1 = none)
