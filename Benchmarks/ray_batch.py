@@ -85,6 +85,7 @@ def main():
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not os.path.exists(sock):
         time.sleep(0.05)
+    os.makedirs(os.environ.get("RAY_TMPDIR") or "/tmp/ray", exist_ok=True)   # Ray's Cluster does not make it
     c = Cluster(initialize_head=True, head_node_args=dict(node_ip_address="127.0.0.1", num_cpus=1,
                                                           include_dashboard=False))
     for _ in range(2):

@@ -56,6 +56,9 @@ def cluster():
     os.environ["SANDPIT_BIN"] = sandpit_bin()
     sock = os.environ.pop("SANDPIT_SOCKET", None)    # each node starts its own daemon
     fast = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
+    # Ray's Cluster writes the head's address into its default temp dir without making it (ray 2.60 on a
+    # host where Ray never ran: FileNotFoundError for /tmp/ray/ray_current_cluster).
+    os.makedirs(os.environ.get("RAY_TMPDIR") or "/tmp/ray", exist_ok=True)
     c = Cluster(initialize_head=True, head_node_args=dict(
         node_ip_address="127.0.0.1", num_cpus=1, resources={"sandpit-test-head": 1}, include_dashboard=False,
         temp_dir=os.path.join(base, "ray-head"), _system_config=fast))
