@@ -37,11 +37,15 @@ let package = Package(
         .target(name: "CSandpit", path: "Sources/CSandpit"),
         .executableTarget(name: "sandpit-agent", dependencies: ["CSandpit"], path: "Sources/sandpit-agent"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+        // libcurl (Debian: libcurl4-openssl-dev) for registry pulls: HTTP/2,
+        // TLS with the system trust store, redirects, ranges. A hand-written
+        // HTTPS client would be the riskiest code in the daemon.
+        .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
 
         // No I/O: ids, models, errors, policies, JSON values, state.
         .target(name: "SandpitCore", swiftSettings: optimizedEvenInDebug),
         // Syscall wrappers, mounts, cgroups, user namespaces.
-        .target(name: "SandpitOS", dependencies: ["CSandpit", "SandpitCore"]),
+        .target(name: "SandpitOS", dependencies: ["CSandpit", "CCurl", "SandpitCore"]),
         // SQLite catalog.
         .target(name: "SandpitCatalog", dependencies: ["CSQLite", "SandpitCore"]),
         // JSON-RPC codec and framing; no sockets.

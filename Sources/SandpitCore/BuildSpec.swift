@@ -10,6 +10,11 @@ public struct BuildSpec: Sendable, Equatable {
         case archive(path: String)
         /// An OCI image layout directory.
         case ociLayout(path: String)
+        /// An image in a registry (`ghcr.io/org/img:tag`, `127.0.0.1:5000/x@sha256:…`):
+        /// a reference that names a registry host or pins a digest. A bare
+        /// `NAME[:TAG]` is a `template` and, when no template has that name,
+        /// an image on Docker Hub.
+        case image(reference: String)
     }
 
     public enum Step: Sendable, Equatable {
@@ -137,8 +142,12 @@ public struct BuildSpec: Sendable, Equatable {
             return archiveSuffixes.contains(where: { arg.hasSuffix($0) }) ? .archive(path: arg) : .ociLayout(path: arg)
         }
         let parts = arg.split(separator: ":", maxSplits: 1).map(String.init)
-        guard TemplateName.isValid(parts[0]), parts.count == 1 || TemplateName.isValid(parts[1]) else {
-            throw fail(line, "FROM \(arg): expected default, NAME[:TAG], or a path to a rootfs/OCI archive or layout")
+        if ImageReference.isExplicit(arg) || arg.contains("/") || !(TemplateName.isValid(parts[0]) && (parts.count == 1 || TemplateName.isValid(parts[1]))) {
+            do { _ = try ImageReference.parse(arg) } catch {
+                throw fail(line, "FROM \(arg): expected default, NAME[:TAG] (a template, else an image on Docker Hub), "
+                           + "an image reference [REGISTRY/]NAME[:TAG][@sha256:DIGEST], or a path to a rootfs/OCI archive or layout")
+            }
+            return .image(reference: arg)
         }
         return .template(name: parts[0], tag: parts.count == 2 ? parts[1] : "latest")
     }

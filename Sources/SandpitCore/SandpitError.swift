@@ -23,6 +23,8 @@ public struct SandpitError: Error, Sendable, Equatable, CustomStringConvertible 
         case buildFailed = "build_failed"
         /// A checkpoint's image no longer matches the checksum taken when it was made.
         case checkpointCorrupt = "checkpoint_corrupt"
+        /// Downloaded content (an image manifest or layer) does not hash to the digest that names it.
+        case digestMismatch = "digest_mismatch"
     }
 
     public var code: Code
@@ -56,6 +58,7 @@ public struct SandpitError: Error, Sendable, Equatable, CustomStringConvertible 
         case .requestTooLarge: -32600
         case .buildFailed: -32051
         case .checkpointCorrupt: -32052
+        case .digestMismatch: -32053
         }
     }
 

@@ -28,10 +28,13 @@ public struct EngineConfig: Sendable {
     public var memoryBudgetBytes: Int64?
     /// Concurrent execs across all sandboxes (nil: no cap).
     public var maxExecs: Int?
-    /// Output that finished execs keep in memory for `exec.logs`, across all
-    /// sandboxes (each sandbox also keeps at most 32 MiB); past it the daemon
+    /// Output that finished execs keep for `exec.logs`, across all
+    /// sandboxes (each sandbox also keeps at most 128 MiB); past it the daemon
     /// forgets the oldest, anywhere (`OutputLedger`).
     public var finishedOutputBudgetBytes: Int = 256 << 20
+    /// Registries (`HOST:PORT`) that `FROM` may reach over plain HTTP; every
+    /// other one is HTTPS with the system's trust store.
+    public var insecureRegistries: Set<String> = []
 
     /// As root: host ids 100000–165535. Rootless: the daemon's own user
     /// namespace's ids from 1 up (the user's subordinate range).

@@ -186,6 +186,7 @@ extension Engine {
                 throw SandpitError(.permissionDenied, "builds that read host files (COPY, FROM a path, a spec file) need an admin client (the daemon's owner or server.auth)")
             }
         }
+        if case .image = spec.base, !caller.admin { throw Self.pullNeedsAdmin }
         return try await buildLock.run { [self] in
             let total = spec.steps.count + 1
             var b = Build(engine: self, req: req, plan: plan, caller: caller, total: total, progress: progress)
@@ -230,6 +231,12 @@ extension Engine {
         try LayerFS.copyTree("/proc/\(getpid())/fd/\(disk.raw)/\(SandboxDisk.upper)", to: dest)
         return outcome
     }
+}
+
+extension Engine {
+    /// Pulling makes the daemon fetch from any host and unpack what it gets
+    /// on the host as root: the operator's call, as reading host files is.
+    static let pullNeedsAdmin = SandpitError(.permissionDenied, "builds FROM a registry image need an admin client (the daemon's owner or server.auth)")
 }
 
 extension BuildSpec {
@@ -292,7 +299,19 @@ struct Build {
             guard name != req.name || tag != req.tag else {
                 throw SandpitError(.invalidParams, "a template cannot be built FROM itself (\(name):\(tag))", details: ["field": "spec"])
             }
-            let t = try await engine.resolveTemplate(name + ":" + tag, caller: caller)
+            let t: TemplateRecord
+            do {
+                t = try await engine.resolveTemplate(name + ":" + tag, caller: caller)
+            } catch let e as SandpitError where e.code == .notFound {
+                // No template of that name: an image on Docker Hub, as Docker reads it.
+                guard let ref = try? ImageReference.parse(name + ":" + tag) else { throw e }
+                guard caller.admin else {
+                    throw SandpitError(.notFound, e.message + "; an image of that name on Docker Hub would need an admin client to pull",
+                                       details: e.details)
+                }
+                try await fromRegistry(ref)
+                return
+            }
             if !t.isBuiltin {
                 layers = t.layers
                 config = t.config
@@ -329,7 +348,29 @@ struct Build {
             guard FS.isDirectory(dir) else { throw SandpitError(.notFound, "FROM \(path): \(dir) is not a directory", details: ["path": .string(dir)]) }
             say(1, "FROM \(path)")
             try await fromImage(dir)
+        case .image(let text):
+            try await fromRegistry(try ImageReference.parse(text))
         }
+    }
+
+    /// An image from a registry: its manifest and config now, each layer
+    /// only when the store does not have it yet (`RegistryClient`).
+    mutating func fromRegistry(_ ref: ImageReference) async throws {
+        say(1, "FROM \(ref)")
+        let client = RegistryClient(ref: ref, insecure: engine.config.insecureRegistries, partialDir: engine.storage.root + "/images/partial")
+        let (manifest, digest, config) = try await client.resolve()
+        say(1, " ---> \(digest)")
+        var layers: [(digest: String, bytes: Int64)] = []
+        for l in manifest["layers"]?.arrayValue ?? [] {
+            guard let d = l["digest"]?.stringValue else { continue }
+            layers.append((d, l["size"]?.intValue ?? 0))
+        }
+        let progress = self.progress, total = self.total
+        try await fromLayers(layers.map(\.digest), imageConfig: config, source: "\(ref)") { d in
+            let size = layers.first { $0.digest == d }?.bytes ?? 0
+            progress(BuildEvent(step: 1, total: total, message: " ---> pulling \(d.prefix(19)) (\(size) bytes)", cached: false))
+            return try await client.layer(d) { _ in }
+        } done: { path in try? FS.remove(path) }
     }
 
     /// An OCI image layout or an unpacked `docker save` archive: its layers
@@ -373,14 +414,26 @@ struct Build {
             throw SandpitError(.invalidParams, "\(dir) is neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
                                details: ["field": "spec"])
         }
-        guard !layerFiles.isEmpty else { throw SandpitError(.invalidParams, "the image at \(dir) has no layers", details: ["field": "spec"]) }
+        let files = Dictionary(layerFiles.map { ($0.digest, $0.file) }, uniquingKeysWith: { a, _ in a })
+        try await fromLayers(layerFiles.map(\.digest), imageConfig: imageConfig, source: dir) { d in files[d]! } done: { _ in }
+    }
+
+    /// An image's layers in order, each extracted (whiteouts converted) into
+    /// the store unless a layer of the same chain is there already; only
+    /// then is `fetch` asked for its file (and `done` told it is used). Then
+    /// the image's Env, WorkingDir and User.
+    mutating func fromLayers(_ digests: [String], imageConfig: JSONValue?, source: String,
+                             fetch: (String) async throws -> String, done: (String) -> Void) async throws {
+        guard !digests.isEmpty else { throw SandpitError(.invalidParams, "the image at \(source) has no layers", details: ["field": "spec"]) }
         key = SHA256.hex("FROM image")
-        for (i, l) in layerFiles.enumerated() {
-            key = SHA256.hex(key + "\nLAYER " + l.digest)
-            let last = i == layerFiles.count - 1
-            try await ensureLayer(1, createdBy: "FROM image layer \(l.digest.prefix(19))") { d in
+        for (i, digest) in digests.enumerated() {
+            key = SHA256.hex(key + "\nLAYER " + digest)
+            let last = i == digests.count - 1
+            try await ensureLayer(1, createdBy: "FROM image layer \(digest.prefix(19))") { d in
+                let file = try await fetch(digest)
+                defer { done(file) }
                 try FS.chown(d, uid: 0, gid: 0)
-                try LayerFS.extract(l.file, into: d)
+                try LayerFS.extract(file, into: d)
                 try LayerFS.convertWhiteouts(d)
                 if last { try Self.skeleton(d) }
                 try LayerFS.shiftOwnership(d, ids: engine.config.ids)

@@ -53,6 +53,9 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "MiB of output finished commands leave for exec.logs, across all sandboxes (in the data dir past 256 KiB per command); past it the oldest are forgotten (their summary stays).")
     var outputBudgetMib: Int = 256
 
+    @Option(help: "A registry (HOST:PORT) that template builds may pull FROM over plain HTTP instead of HTTPS; repeatable. Only for registries on a network you trust.")
+    var insecureRegistry: [String] = []
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
@@ -78,6 +81,7 @@ struct EngineOptions: ParsableArguments {
         cfg.memoryBudgetBytes = memoryBudgetGib.map { Int64($0) << 30 }
         cfg.maxExecs = maxExecs
         cfg.finishedOutputBudgetBytes = max(16, outputBudgetMib) << 20
+        cfg.insecureRegistries = Set(insecureRegistry)
         return cfg
     }
 

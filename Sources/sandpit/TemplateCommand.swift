@@ -8,7 +8,7 @@ import SandpitProtocol
 
 struct TemplateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "template", abstract: "Build, list and delete templates.",
-                                                    subcommands: [Build.self, List.self, Show.self, Remove.self])
+                                                    subcommands: [Build.self, Pull.self, List.self, Show.self, Remove.self])
 
     struct Build: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -29,33 +29,60 @@ struct TemplateCommand: AsyncParsableCommand {
             }
             var params: JSONObject = ["name": .string(tag), "file": .string(absolute(file)), "policy": .string(policy)]
             if let context { params["context"] = .string(absolute(context)) }
-            let c = try await client.connect()
-            let quiet = json
-            let r: JSONValue
-            do {
-                r = try await c.call("template.build", params) { method, p in
-                    guard method == "template.progress", !quiet else { return }
-                    if let data = p["data"]?.stringValue {
-                        let bytes = p["encoding"]?.stringValue == "base64" ? Base64.decode(data) ?? [] : Array(data.utf8)
-                        Console.write(bytes, fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
-                        return
-                    }
-                    let step = p["step"]?.intValue ?? 0, total = p["total"]?.intValue ?? 0
-                    let msg = p["message"]?.stringValue ?? ""
-                    let line = msg.hasPrefix(" ") || msg.hasPrefix("Successfully") ? msg : "Step \(step)/\(total) : \(msg)"
-                    Console.write(Array((line + "\n").utf8), fd: 1)
-                }
-            } catch let e as SandpitError {
-                await c.close()
-                Console.write(Array("error: \(e.message)\n".utf8), fd: 2)
-                if let out = e.details["output"]?.stringValue, !out.isEmpty {
-                    Console.write(Array("--- output of the failing step (last \(out.utf8.count) bytes) ---\n\(out)\n".utf8), fd: 2)
-                }
-                throw ExitCode(1)
-            }
-            await c.close()
-            if json { print(JSONCodec.encode(r)); return }
+            try await TemplateCommand.build(params, client: client, json: json)
         }
+    }
+
+    struct Pull: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a template from a container image in a registry, like docker pull.",
+            discussion: "REF is [REGISTRY/]NAME[:TAG][@sha256:DIGEST] (Docker Hub when no registry is named). "
+                + "The template is named after the image's last path component and tag unless --tag is given. "
+                + "Layers the store already has (from another image) are not downloaded again.")
+        @Argument(help: "The image reference, e.g. python:3.12-slim or ghcr.io/org/image:1.") var ref: String
+        @Option(name: .shortAndLong, help: "NAME[:TAG] to give the template.") var tag: String?
+        @Flag(help: "Print only the result as JSON.") var json = false
+        @OptionGroup var client: ClientOptions
+
+        func run() async throws {
+            let image: ImageReference
+            do { image = try ImageReference.parse(ref) } catch { throw ValidationError(error.message) }
+            let named = image.templateName
+            // An explicit registry, so a template that happens to share the image's name is not used instead.
+            let from = ImageReference.isExplicit(ref) ? ref : image.description
+            try await TemplateCommand.build(["name": .string(tag ?? named.name + ":" + named.tag), "spec": .string("FROM \(from)\n"), "policy": "build"],
+                                            client: client, json: json)
+        }
+    }
+
+    /// Calls template.build, printing its progress as docker build does.
+    static func build(_ params: JSONObject, client: ClientOptions, json: Bool) async throws {
+        let c = try await client.connect()
+        let quiet = json
+        let r: JSONValue
+        do {
+            r = try await c.call("template.build", params) { method, p in
+                guard method == "template.progress", !quiet else { return }
+                if let data = p["data"]?.stringValue {
+                    let bytes = p["encoding"]?.stringValue == "base64" ? Base64.decode(data) ?? [] : Array(data.utf8)
+                    Console.write(bytes, fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
+                    return
+                }
+                let step = p["step"]?.intValue ?? 0, total = p["total"]?.intValue ?? 0
+                let msg = p["message"]?.stringValue ?? ""
+                let line = msg.hasPrefix(" ") || msg.hasPrefix("Successfully") ? msg : "Step \(step)/\(total) : \(msg)"
+                Console.write(Array((line + "\n").utf8), fd: 1)
+            }
+        } catch let e as SandpitError {
+            await c.close()
+            Console.write(Array("error: \(e.message)\n".utf8), fd: 2)
+            if let out = e.details["output"]?.stringValue, !out.isEmpty {
+                Console.write(Array("--- output of the failing step (last \(out.utf8.count) bytes) ---\n\(out)\n".utf8), fd: 2)
+            }
+            throw ExitCode(1)
+        }
+        await c.close()
+        if json { print(JSONCodec.encode(r)); return }
     }
 
     struct List: AsyncParsableCommand {
