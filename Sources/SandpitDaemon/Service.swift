@@ -413,6 +413,9 @@ public final class RPCService: Sendable {
             for await e in stream {
                 var o: JSONObject = ["requestId": requestId, "step": .int(Int64(e.step)), "total": .int(Int64(e.total)), "message": .string(e.message)]
                 if let c = e.cached { o["cached"] = .bool(c) }
+                if let l = e.layer { o["layer"] = .string(l) }
+                if let b = e.bytesDone { o["bytesDone"] = .int(b) }
+                if let b = e.bytesTotal { o["bytesTotal"] = .int(b) }
                 if let s = e.stream, let d = e.data {
                     let (data, enc) = OutputChunk(seq: 0, stream: s, bytes: d).wireFields()
                     o["stream"] = .string(s.rawValue)

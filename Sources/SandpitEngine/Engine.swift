@@ -32,9 +32,10 @@ public struct EngineConfig: Sendable {
     /// sandboxes (each sandbox also keeps at most 128 MiB); past it the daemon
     /// forgets the oldest, anywhere (`OutputLedger`).
     public var finishedOutputBudgetBytes: Int = 256 << 20
-    /// Registries (`HOST:PORT`) that `FROM` may reach over plain HTTP; every
-    /// other one is HTTPS with the system's trust store.
-    public var insecureRegistries: Set<String> = []
+    /// How `FROM` reaches registries: plain HTTP for the insecure ones (every
+    /// other one is HTTPS with the system's trust store, or a CA file given
+    /// for it), and credentials.
+    public var registries = RegistryAccess()
 
     /// As root: host ids 100000–165535. Rootless: the daemon's own user
     /// namespace's ids from 1 up (the user's subordinate range).

@@ -4,7 +4,8 @@ import SandpitOS
 import Synchronization
 
 /// Pulls an image's manifest, config and layers from an OCI distribution (v2)
-/// registry: anonymous bearer tokens (the `WWW-Authenticate` challenge), a
+/// registry: the `WWW-Authenticate` challenge answered (a bearer token from
+/// its realm, anonymous or with the registry's credentials; or basic auth), a
 /// multi-arch index resolved to this host's platform, every manifest and blob
 /// checked against its digest before use, layer downloads resumed from their
 /// `.partial` file after an interruption. Plain HTTP only for registries the
@@ -17,17 +18,22 @@ final class RegistryClient: Sendable {
     let ref: ImageReference
     let scheme: String
     let partialDir: String
-    private let token = Mutex<String?>(nil)
+    let credentials: RegistryCredentials?
+    let http: HTTP.Options
+    /// The Authorization header that answered the registry's challenge.
+    private let authorization = Mutex<String?>(nil)
 
     static let manifestTypes = [
         "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
         "application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.docker.distribution.manifest.v2+json",
     ]
 
-    init(ref: ImageReference, insecure: Set<String>, partialDir: String) {
+    init(ref: ImageReference, access: RegistryAccess, partialDir: String) {
         self.ref = ref
-        self.scheme = insecure.contains(ref.registry) || insecure.contains(ref.apiHost) ? "http" : "https"
+        self.scheme = access.insecure.contains(ref.registry) || access.insecure.contains(ref.apiHost) ? "http" : "https"
         self.partialDir = partialDir
+        self.credentials = access.credentials(for: ref)
+        self.http = HTTP.Options(caFile: access.caFiles[ref.registry] ?? access.caFiles[ref.apiHost])
     }
 
     var base: String { "\(scheme)://\(ref.apiHost)/v2/\(ref.repository)" }
@@ -87,10 +93,11 @@ final class RegistryClient: Sendable {
         guard fd >= 0 else { throw SandpitError(.internal, "open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let url = "\(base)/blobs/\(digest)"
-        let token = self.token.withLock { $0 }
+        let auth = self.authorization.withLock { $0 }
         let sink = BlobSink(fd: fd, offset: have, progress: progress)
+        let options = http
         let r = try await offThread { () throws(HTTPError) -> HTTPResponse in
-            try HTTP.get(url, headers: token.map { ["Authorization: Bearer " + $0] } ?? [], from: have) { status, bytes in sink.write(status, bytes) }
+            try HTTP.get(url, headers: auth.map { [$0] } ?? [], from: have, options: options) { status, bytes in sink.write(status, bytes) }
         }
         // 416: the partial file already holds the whole blob.
         guard (200..<300).contains(r.status) || (r.status == 416 && have > 0) else {
@@ -107,17 +114,29 @@ final class RegistryClient: Sendable {
         return path
     }
 
-    /// A GET that answers a bearer challenge once with an anonymous token.
+    /// A GET that answers the registry's challenge once: a bearer token from
+    /// its realm, or basic auth with the registry's credentials.
     private func get(_ url: String, accept: [String] = []) async throws -> HTTPResponse {
-        var headers = accept.isEmpty ? [] : ["Accept: " + accept.joined(separator: ", ")]
-        if let t = token.withLock({ $0 }) { headers.append("Authorization: Bearer " + t) }
-        let h = headers
-        var r = try await offThread { () throws(HTTPError) -> HTTPResponse in try HTTP.get(url, headers: h) }
-        if r.status == 401, let challenge = r.headers["www-authenticate"], challenge.lowercased().hasPrefix("bearer ") {
-            let t = try await fetchToken(challenge)
-            token.withLock { $0 = t }
-            let again = headers.filter { !$0.hasPrefix("Authorization:") } + ["Authorization: Bearer " + t]
-            r = try await offThread { () throws(HTTPError) -> HTTPResponse in try HTTP.get(url, headers: again) }
+        let headers = accept.isEmpty ? [] : ["Accept: " + accept.joined(separator: ", ")]
+        let options = http
+        func send() async throws -> HTTPResponse {
+            let h = headers + (authorization.withLock { $0 }.map { [$0] } ?? [])
+            return try await offThread { () throws(HTTPError) -> HTTPResponse in try HTTP.get(url, headers: h, options: options) }
+        }
+        var r = try await send()
+        if r.status == 401, let challenge = r.headers["www-authenticate"] {
+            let scheme = challenge.prefix { $0 != " " }.lowercased()
+            if scheme == "bearer" {
+                let t = try await fetchToken(challenge)
+                authorization.withLock { $0 = "Authorization: Bearer " + t }
+            } else if scheme == "basic", let c = credentials {
+                authorization.withLock { $0 = "Authorization: Basic " + c.basic }
+            } else {
+                throw SandpitError(.permissionDenied, "\(ref.registry) asks for credentials (\(scheme)) and the daemon has none for it: "
+                                   + "add them to the daemon user's ~/.docker/config.json or pass sandpit serve --registry-auth \(ref.registry)=USER:PASSWORD",
+                                   details: ["image": .string(ref.description)])
+            }
+            r = try await send()
         }
         guard (200..<300).contains(r.status) else { throw Self.failure(r, what: url.hasSuffix(ref.reference) ? "\(ref)" : url) }
         return r
@@ -133,11 +152,16 @@ final class RegistryClient: Sendable {
         if let s = params["service"] { q.append("service=" + Self.urlEncode(s)) }
         q.append("scope=" + Self.urlEncode(params["scope"] ?? "repository:\(ref.repository):pull"))
         let url = realm + (realm.contains("?") ? "&" : "?") + q.joined(separator: "&")
-        let r = try await offThread { () throws(HTTPError) -> HTTPResponse in try HTTP.get(url) }
+        // The token service is another host: it gets the credentials, if any, as basic auth.
+        let h = credentials.map { ["Authorization: Basic " + $0.basic] } ?? []
+        let options = http
+        let r = try await offThread { () throws(HTTPError) -> HTTPResponse in try HTTP.get(url, headers: h, options: options) }
         guard (200..<300).contains(r.status), let doc = try? JSONCodec.parse(String(decoding: r.body, as: UTF8.self)),
               let t = doc["token"]?.stringValue ?? doc["access_token"]?.stringValue, !t.isEmpty else {
-            throw SandpitError(.permissionDenied, "\(ref.registry) gave no anonymous token for \(ref.repository) (HTTP \(r.status)): "
-                               + "the repository is private or does not exist", details: ["image": .string(ref.description)])
+            throw SandpitError(.permissionDenied, "\(ref.registry) gave no \(credentials == nil ? "anonymous " : "")token for \(ref.repository) (HTTP \(r.status)): "
+                               + (credentials == nil ? "the repository is private (give the daemon credentials for it) or does not exist"
+                                                     : "the credentials were refused, or the repository does not exist"),
+                               details: ["image": .string(ref.description)])
         }
         return t
     }
@@ -212,5 +236,68 @@ func offThread<T: Sendable>(_ body: @escaping @Sendable () throws(HTTPError) -> 
     } catch let e as HTTPError {
         throw SandpitError(.unavailable, e.tls ? "TLS: \(e.message) (an untrusted or mismatched certificate)" : e.message,
                            details: e.tls ? ["tls": true] : [:])
+    }
+}
+
+/// What the daemon may use to reach registries: the ones it may reach over
+/// plain HTTP, CA files per registry (for a private CA), and credentials.
+public struct RegistryAccess: Sendable {
+    public var insecure: Set<String> = []
+    /// Registry (`HOST[:PORT]`) → a PEM file of CAs to trust for it instead of the system's.
+    public var caFiles: [String: String] = [:]
+    /// Registry → credentials (`--registry-auth`), before those of the config file.
+    public var auth: [String: RegistryCredentials] = [:]
+    /// A Docker client config (`auths`), read when a pull needs it.
+    public var dockerConfig: String?
+
+    public init() {}
+
+    func credentials(for ref: ImageReference) -> RegistryCredentials? {
+        let keys = ref.registry == ImageReference.dockerHub
+            ? [ref.registry, "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/"]
+            : [ref.registry, "https://" + ref.registry, "http://" + ref.registry]
+        for k in keys { if let c = auth[k] { return c } }
+        guard let path = dockerConfig, let bytes = try? FS.readFile(path, limit: 4 << 20),
+              let auths = (try? JSONCodec.parse(String(decoding: bytes, as: UTF8.self)))?["auths"] else { return nil }
+        for k in keys {
+            guard let e = auths[k] else { continue }
+            if let a = e["auth"]?.stringValue, let raw = Base64.decode(a), let text = String(validating: raw, as: UTF8.self),
+               let colon = text.firstIndex(of: ":") {
+                return RegistryCredentials(user: String(text[..<colon]), password: String(text[text.index(after: colon)...]))
+            }
+            if let u = e["username"]?.stringValue, let p = e["password"]?.stringValue { return RegistryCredentials(user: u, password: p) }
+        }
+        return nil
+    }
+}
+
+public struct RegistryCredentials: Sendable {
+    public var user: String
+    public var password: String
+    public init(user: String, password: String) {
+        self.user = user
+        self.password = password
+    }
+    /// `HOST=USER:PASSWORD` (`--registry-auth`).
+    public static func parse(_ text: String) -> (registry: String, credentials: RegistryCredentials)? {
+        guard let eq = text.firstIndex(of: "="), let colon = text[text.index(after: eq)...].firstIndex(of: ":") else { return nil }
+        let host = String(text[..<eq]), user = String(text[text.index(after: eq)..<colon]), pass = String(text[text.index(after: colon)...])
+        guard !host.isEmpty, !user.isEmpty else { return nil }
+        return (host, RegistryCredentials(user: user, password: pass))
+    }
+    var basic: String { Base64.encode(Array((user + ":" + password).utf8)) }
+}
+
+/// Says when a count has moved on by `every` since it last said so.
+final class ProgressGate: Sendable {
+    private let last = Mutex<Int64>(0)
+    let every: Int64
+    init(every: Int64) { self.every = every }
+    func due(_ value: Int64) -> Bool {
+        last.withLock { l in
+            guard value - l >= every else { return false }
+            l = value
+            return true
+        }
     }
 }

@@ -26,6 +26,10 @@ public struct BuildEvent: Sendable {
     public var cached: Bool?
     public var stream: OutputStream?
     public var data: [UInt8]?
+    /// A layer being downloaded: its digest, bytes so far and in all.
+    public var layer: String?
+    public var bytesDone: Int64?
+    public var bytesTotal: Int64?
 }
 
 /// What `template.build` asks for, validated.
@@ -309,7 +313,11 @@ struct Build {
                     throw SandpitError(.notFound, e.message + "; an image of that name on Docker Hub would need an admin client to pull",
                                        details: e.details)
                 }
-                try await fromRegistry(ref)
+                do { try await fromRegistry(ref) } catch let pull as SandpitError {
+                    // Most often a mistyped template name: say both.
+                    throw SandpitError(pull.code, "no template \(name):\(tag), and the image \(ref) could not be pulled: \(pull.message)",
+                                       details: pull.details)
+                }
                 return
             }
             if !t.isBuiltin {
@@ -357,7 +365,7 @@ struct Build {
     /// only when the store does not have it yet (`RegistryClient`).
     mutating func fromRegistry(_ ref: ImageReference) async throws {
         say(1, "FROM \(ref)")
-        let client = RegistryClient(ref: ref, insecure: engine.config.insecureRegistries, partialDir: engine.storage.root + "/images/partial")
+        let client = RegistryClient(ref: ref, access: engine.config.registries, partialDir: engine.storage.root + "/images/partial")
         let (manifest, digest, config) = try await client.resolve()
         say(1, " ---> \(digest)")
         var layers: [(digest: String, bytes: Int64)] = []
@@ -368,8 +376,17 @@ struct Build {
         let progress = self.progress, total = self.total
         try await fromLayers(layers.map(\.digest), imageConfig: config, source: "\(ref)") { d in
             let size = layers.first { $0.digest == d }?.bytes ?? 0
-            progress(BuildEvent(step: 1, total: total, message: " ---> pulling \(d.prefix(19)) (\(size) bytes)", cached: false))
-            return try await client.layer(d) { _ in }
+            @Sendable func event(_ done: Int64, _ message: String) -> BuildEvent {
+                BuildEvent(step: 1, total: total, message: message, cached: false, layer: d, bytesDone: done, bytesTotal: size)
+            }
+            progress(event(0, " ---> pulling \(d.prefix(19)) (\(size) bytes)"))
+            // Bytes so far at most every MiB; the last when it is all there.
+            let gate = ProgressGate(every: 1 << 20)
+            let path = try await client.layer(d) { done in
+                if gate.due(done) { progress(event(done, " ---> \(d.prefix(19)): \(done)/\(size) bytes")) }
+            }
+            progress(event(size, " ---> \(d.prefix(19)): pulled and verified"))
+            return path
         } done: { path in try? FS.remove(path) }
     }
 

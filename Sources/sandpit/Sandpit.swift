@@ -56,6 +56,12 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "A registry (HOST:PORT) that template builds may pull FROM over plain HTTP instead of HTTPS; repeatable. Only for registries on a network you trust.")
     var insecureRegistry: [String] = []
 
+    @Option(help: "HOST[:PORT]=FILE: trust the CAs in this PEM file (instead of the system's) for that registry; repeatable.")
+    var registryCa: [String] = []
+
+    @Option(help: "HOST[:PORT]=USER:PASSWORD: credentials for a registry; repeatable. Otherwise they are read from the daemon user's ~/.docker/config.json (auths).")
+    var registryAuth: [String] = []
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
@@ -81,7 +87,17 @@ struct EngineOptions: ParsableArguments {
         cfg.memoryBudgetBytes = memoryBudgetGib.map { Int64($0) << 30 }
         cfg.maxExecs = maxExecs
         cfg.finishedOutputBudgetBytes = max(16, outputBudgetMib) << 20
-        cfg.insecureRegistries = Set(insecureRegistry)
+        cfg.registries.insecure = Set(insecureRegistry)
+        for a in registryCa {
+            guard let eq = a.firstIndex(of: "="), eq != a.startIndex else { throw ValidationError("--registry-ca takes HOST[:PORT]=FILE, not \(a)") }
+            cfg.registries.caFiles[String(a[..<eq])] = String(a[a.index(after: eq)...])
+        }
+        for a in registryAuth {
+            guard let (host, c) = RegistryCredentials.parse(a) else { throw ValidationError("--registry-auth takes HOST[:PORT]=USER:PASSWORD") }
+            cfg.registries.auth[host] = c
+        }
+        cfg.registries.dockerConfig = (ProcessEnv.get("DOCKER_CONFIG").map { $0 + "/config.json" })
+            ?? ProcessEnv.get("HOME").map { $0 + "/.docker/config.json" }
         return cfg
     }
 

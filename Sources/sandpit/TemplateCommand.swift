@@ -68,6 +68,19 @@ struct TemplateCommand: AsyncParsableCommand {
                     Console.write(bytes, fd: p["stream"]?.stringValue == "stderr" ? 2 : 1)
                     return
                 }
+                if let layer = p["layer"]?.stringValue, let done = p["bytesDone"]?.intValue, let all = p["bytesTotal"]?.intValue {
+                    // A layer download: one line per layer, redrawn on a terminal as docker pull does.
+                    let name = String(layer.dropFirst(7).prefix(12))
+                    if isatty(1) != 0 {
+                        let width = 30, filled = all > 0 ? Int(min(done, all) * Int64(width) / all) : 0
+                        let bar = String(repeating: "=", count: filled) + (filled < width ? ">" + String(repeating: " ", count: width - filled - 1) : "")
+                        let end = done >= all && all > 0 ? "\n" : ""
+                        Console.write(Array("\r\(name): [\(bar)] \(Console.size(done))/\(Console.size(all))\u{1B}[K\(end)".utf8), fd: 1)
+                    } else if done == 0 || done >= all {
+                        Console.write(Array("\(name): \(done == 0 ? "pulling \(Console.size(all))" : "pulled, digest verified")\n".utf8), fd: 1)
+                    }
+                    return
+                }
                 let step = p["step"]?.intValue ?? 0, total = p["total"]?.intValue ?? 0
                 let msg = p["message"]?.stringValue ?? ""
                 let line = msg.hasPrefix(" ") || msg.hasPrefix("Successfully") ? msg : "Step \(step)/\(total) : \(msg)"

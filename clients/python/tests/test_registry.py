@@ -17,8 +17,8 @@ import pytest
 
 from conftest import ROOT, sandpit_bin
 
-pytestmark = pytest.mark.skipif(not shutil.which("docker-registry") or not shutil.which("skopeo"),
-                                reason="docker-registry and skopeo are installed by scripts/test-python")
+pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("docker-registry", "skopeo", "htpasswd", "openssl")),
+                                reason="docker-registry, skopeo and htpasswd are installed by scripts/test-python")
 
 
 def sha(b: bytes) -> str:
@@ -75,6 +75,18 @@ def free_port() -> int:
     return port
 
 
+def serve_registry(config, port):
+    """Starts docker-registry with this config; returns once it listens on the port."""
+    p = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return p
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"docker-registry did not start on port {port}")
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A registry with: mini:1 (a rootfs layer + a layer of its own), mini:2 (the same rootfs layer + another),
@@ -84,13 +96,7 @@ def world(tmp_path_factory):
     storage = tmp / "storage"
     (tmp / "config.yml").write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n"
                                     f"http:\n  addr: 127.0.0.1:{port}\n")
-    registry = subprocess.Popen(["docker-registry", "serve", str(tmp / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    registry = serve_registry(tmp / "config.yml", port)
     rootfs = tmp / "rootfs.tar.gz"
     subprocess.run(["sh", f"{ROOT}/Fixtures/templates/rootfs/make-rootfs.sh", str(rootfs)], check=True)
     base = rootfs.read_bytes()
@@ -110,29 +116,53 @@ def world(tmp_path_factory):
     b[len(b) // 2] ^= 0xFF
     data.write_bytes(bytes(b))
 
-    scratch = tempfile.mkdtemp(prefix="sandpit-registry-", dir="/tmp")
-    sock = os.path.join(scratch, "s.sock")
-    log = open(os.path.join(scratch, "daemon.log"), "w")
-    daemon = subprocess.Popen([sandpit_bin(), "serve", "--socket", sock, "--data-dir", os.path.join(scratch, "data"), "--storage-gib", "4",
-                               "--warm-pool", "0", "--insecure-registry", f"127.0.0.1:{port}"], stdout=log, stderr=log)
-    for _ in range(600):
-        if os.path.exists(sock):
-            break
-        time.sleep(0.05)
+    # The same images behind TLS (a self-signed certificate) and basic auth (htpasswd).
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem"),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    (tmp / "htpasswd").write_text(subprocess.run(["htpasswd", "-Bbn", "agent", "s3cret"], check=True, capture_output=True, text=True).stdout)
+    private = free_port()
+    (tmp / "private.yml").write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp / 'private'}\n"
+                                     f"http:\n  addr: 127.0.0.1:{private}\n  tls:\n    certificate: {tmp / 'cert.pem'}\n    key: {tmp / 'key.pem'}\n"
+                                     f"auth:\n  htpasswd:\n    realm: sandpit-test\n    path: {tmp / 'htpasswd'}\n")
+    secured = serve_registry(tmp / "private.yml", private)
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false", "--dest-creds", "agent:s3cret",
+                    f"oci:{layout.path}:1", f"docker://127.0.0.1:{private}/team/mini:1"], check=True)
+
+    daemons = []
     from sandpit import Client
-    c = Client(sock)
+
+    def start(*args, env=None):
+        scratch = tempfile.mkdtemp(prefix="sandpit-registry-", dir="/tmp")
+        sock = os.path.join(scratch, "s.sock")
+        log = open(os.path.join(scratch, "daemon.log"), "w")
+        p = subprocess.Popen([sandpit_bin(), "serve", "--socket", sock, "--data-dir", os.path.join(scratch, "data"), "--storage-gib", "4",
+                              "--warm-pool", "0", *args], stdout=log, stderr=log, env={**os.environ, **(env or {})})
+        for _ in range(600):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        c = Client(sock)
+        daemons.append((p, c, scratch))
+        return c, scratch, sock
+
+    c, scratch, sock = start("--insecure-registry", f"127.0.0.1:{port}")
     yield {"client": c, "registry": f"127.0.0.1:{port}", "images": images, "storage": storage, "base": sha(base),
-           "scratch": scratch, "sock": sock}
-    c.close()
-    daemon.terminate()
-    daemon.wait(60)
-    registry.terminate()
-    registry.wait(30)
-    shutil.rmtree(scratch, ignore_errors=True)
+           "scratch": scratch, "sock": sock, "private": f"127.0.0.1:{private}", "ca": str(tmp / "cert.pem"), "start": start, "tmp": tmp}
+    for p, c, scratch in daemons:
+        c.close()
+        p.terminate()
+        p.wait(60)
+        shutil.rmtree(scratch, ignore_errors=True)
+    for r in (registry, secured):
+        r.terminate()
+        r.wait(30)
 
 
-def build(c, name, spec):
-    return c.call("template.build", {"name": name, "spec": spec}, timeout=300)
+def build(c, name, spec, events=None):
+    def note(method, p):
+        if events is not None:
+            events.append(p)
+    return c.call("template.build", {"name": name, "spec": spec}, timeout=300, on_notification=note)
 
 
 def run(c, template, cmd):
@@ -147,7 +177,13 @@ def run(c, template, cmd):
 
 def test_a_template_from_a_registry_image_by_tag_then_run_steps(world):
     c, reg = world["client"], world["registry"]
-    build(c, "pulled", f"FROM {reg}/mini:1\nRUN echo built > /home/user/built\n")
+    events = []
+    build(c, "pulled", f"FROM {reg}/mini:1\nRUN echo built > /home/user/built\n", events)
+    pulls = [e for e in events if "layer" in e]
+    assert {e["layer"] for e in pulls} == {l for l in world_layers(world, "mini:1")}, pulls
+    for layer in {e["layer"] for e in pulls}:
+        mine = [e for e in pulls if e["layer"] == layer]
+        assert mine[0]["bytesDone"] == 0 and mine[-1]["bytesDone"] == mine[-1]["bytesTotal"] > 0, mine
     r, out = run(c, "pulled", ["/bin/sh", "-c", "cat /etc/motd /home/user/built; echo $GREETING; id -u; ls /usr 2>&1 || true"])
     assert r["exitCode"] == 0, out
     assert out.startswith("from the registry\nbuilt\nhej\n1000\n"), out
@@ -197,6 +233,11 @@ def test_unknown_images_and_registries_get_clear_errors(world):
     with pytest.raises(SandpitError) as e:
         build(c, "missing", f"FROM {reg}/nope:1\n")
     assert e.value.code == "not_found", e.value
+    # A bare name that is no template: tried as a Docker Hub image (offline here, or no such repository), and the
+    # error says both.
+    with pytest.raises(SandpitError) as e:
+        build(c, "typo", "FROM no-such-template-here:1\n")
+    assert "no template no-such-template-here:1" in str(e.value), e.value
     # Not named insecure: HTTPS, which a plain-HTTP registry cannot speak.
     port = int(reg.split(":")[1])
     with pytest.raises(SandpitError) as e:
@@ -210,3 +251,58 @@ def test_template_pull_from_the_cli(world):
     assert r.returncode == 0, r.stderr
     names = {(t["name"], t["tag"]) for t in world["client"].call("template.list", {})["templates"]}
     assert ("mini", "1") in names, names
+
+
+def world_layers(world, image):
+    m = json.loads(open(world["storage"] / "docker/registry/v2/blobs/sha256" / world["images"][image][7:9] / world["images"][image][7:] / "data").read())
+    return [l["digest"] for l in m["layers"]]
+
+
+def test_a_download_cut_short_resumes_from_what_is_on_disk(world):
+    """A .partial file left by an interrupted pull is continued (Range), not started over: with its first
+    half right the pull completes; with it wrong the digest check refuses the result and drops it."""
+    from sandpit import SandpitError
+    reg = world["registry"]
+    c, scratch, _ = world["start"]("--insecure-registry", reg)   # a store that has none of mini:2's layers
+    own = world_layers(world, "mini:2")[1]
+    blob = (world["storage"] / "docker/registry/v2/blobs/sha256" / own[7:9] / own[7:] / "data").read_bytes()
+    partial = os.path.join(scratch, "data", "store", "images", "partial")
+    os.makedirs(partial, exist_ok=True)
+    path = os.path.join(partial, own[7:] + ".partial")
+    with open(path, "wb") as f:
+        f.write(bytes(b ^ 0xFF for b in blob[:len(blob) // 2]))
+    with pytest.raises(SandpitError) as e:
+        build(c, "resumed", f"FROM {reg}/mini:2\n")
+    assert e.value.code == "digest_mismatch" and not os.path.exists(path), e.value
+    with open(path, "wb") as f:
+        f.write(blob[:len(blob) // 2])
+    build(c, "resumed", f"FROM {reg}/mini:2\n")
+    assert run(c, "resumed", ["/bin/cat", "/etc/motd"])[1] == "the second image\n"
+    assert not os.path.exists(path)
+
+
+def test_tls_needs_a_trusted_ca_and_a_private_repository_its_credentials(world):
+    from sandpit import SandpitError
+    private, ca = world["private"], world["ca"]
+    spec = f"FROM {private}/team/mini:1\n"
+    # A self-signed certificate the daemon was not told to trust.
+    with pytest.raises(SandpitError) as e:
+        build(world["client"], "private", spec)
+    assert e.value.code == "unavailable" and "TLS" in str(e.value) and e.value.data.get("tls") is True, e.value
+    # Trusted, but no credentials: a clear permission_denied.
+    c, _, _ = world["start"]("--registry-ca", f"{private}={ca}")
+    with pytest.raises(SandpitError) as e:
+        build(c, "private", spec)
+    assert e.value.code == "permission_denied" and "credentials" in str(e.value), e.value
+    # Credentials from a Docker client config, and then from --registry-auth (a wrong password is refused).
+    cfg = world["tmp"] / "docker"
+    cfg.mkdir(exist_ok=True)
+    import base64
+    (cfg / "config.json").write_text(json.dumps({"auths": {private: {"auth": base64.b64encode(b"agent:s3cret").decode()}}}))
+    c, _, _ = world["start"]("--registry-ca", f"{private}={ca}", env={"DOCKER_CONFIG": str(cfg)})
+    build(c, "private", spec)
+    assert run(c, "private", ["/bin/cat", "/etc/motd"])[1] == "from the registry\n"
+    c, _, _ = world["start"]("--registry-ca", f"{private}={ca}", "--registry-auth", f"{private}=agent:wrong")
+    with pytest.raises(SandpitError) as e:
+        build(c, "private", spec)
+    assert e.value.code == "permission_denied" and "s3cret" not in str(e.value) and "wrong" not in str(e.value), e.value
