@@ -91,10 +91,11 @@ final class RegistryClient: Sendable {
         let have = stat(path, &st) == 0 ? Int64(st.st_size) : 0
         let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SandpitError(.internal, "open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
+        let file = OffsetFile(fd: fd)
+        defer { file.close() }
         let url = "\(base)/blobs/\(digest)"
         let auth = self.authorization.withLock { $0 }
-        let sink = BlobSink(fd: fd, offset: have, progress: progress)
+        let sink = BlobSink(file: file, offset: have, progress: progress)
         let options = http
         let r = try await offThread { () throws(HTTPError) -> HTTPResponse in
             try HTTP.get(url, headers: auth.map { [$0] } ?? [], from: have, options: options) { status, bytes in sink.write(status, bytes) }
@@ -104,7 +105,7 @@ final class RegistryClient: Sendable {
             try? FS.remove(path)
             throw Self.failure(r, what: "layer \(digest) of \(ref)")
         }
-        if sink.failed { throw SandpitError(.unavailable, "writing \(path): \(String(cString: strerror(sink.errno)))") }
+        if sink.failed { throw SandpitError(.unavailable, "writing \(path) failed (is the store full?)") }
         let got = "sha256:" + (try LayerFS.fileDigest(path))
         guard got == digest else {
             try? FS.remove(path)
@@ -183,7 +184,7 @@ final class RegistryClient: Sendable {
     static func sha256(_ bytes: [UInt8]) -> String {
         var h = SHA256()
         h.update(bytes)
-        return h.finalize().map { String(format: "%02x", $0) }.joined()
+        return h.finalize().hexString
     }
 
     static func check(_ bytes: [UInt8], is digest: String, what: String) throws {
@@ -196,30 +197,23 @@ final class RegistryClient: Sendable {
 
 /// Appends a blob's bytes to its partial file as they arrive.
 private final class BlobSink: @unchecked Sendable {
-    let fd: Int32
+    let file: OffsetFile
     var offset: Int64
     let progress: @Sendable (Int64) -> Void
     var failed = false
-    var errno: Int32 = 0
     var restarted = false
 
-    init(fd: Int32, offset: Int64, progress: @escaping @Sendable (Int64) -> Void) {
-        self.fd = fd
+    init(file: OffsetFile, offset: Int64, progress: @escaping @Sendable (Int64) -> Void) {
+        self.file = file
         self.offset = offset
         self.progress = progress
     }
 
     func write(_ status: Int, _ bytes: UnsafeRawBufferPointer) -> Bool {
         // Asked for the rest but given all of it: start the file over.
-        if status == 200, offset > 0, !restarted { offset = 0; _ = ftruncate(fd, 0) }
+        if status == 200, offset > 0, !restarted { offset = 0; _ = ftruncate(file.fd, 0) }
         restarted = true
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            if n < 0 && Glibc.errno == EINTR { continue }
-            if n <= 0 { failed = true; errno = Glibc.errno; return false }
-            done += n
-        }
+        guard file.write(bytes, at: offset) else { failed = true; return false }
         offset += Int64(bytes.count)
         progress(offset)
         return true
@@ -231,7 +225,7 @@ private final class BlobSink: @unchecked Sendable {
 func offThread<T: Sendable>(_ body: @escaping @Sendable () throws(HTTPError) -> T) async throws -> T {
     do {
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
-            Thread { c.resume(with: Result { try body() }) }.start()
+            OSThread.detach { c.resume(with: Result { try body() }) }
         }
     } catch let e as HTTPError {
         throw SandpitError(.unavailable, e.tls ? "TLS: \(e.message) (an untrusted or mismatched certificate)" : e.message,

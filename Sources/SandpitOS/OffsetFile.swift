@@ -11,6 +11,8 @@ import Glibc
 public struct OffsetFile: Sendable {
     public let fd: Int32
 
+    public init(fd: Int32) { self.fd = fd }
+
     /// Creates (or truncates) `path`, readable by the daemon only.
     public static func create(_ path: String) throws(OSError) -> OffsetFile {
         let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -25,9 +27,13 @@ public struct OffsetFile: Sendable {
 
     /// Writes all of `bytes` at `offset`; false on an error (a full disk).
     public func write(_ bytes: [UInt8], at offset: Int64) -> Bool {
+        bytes.withUnsafeBytes { write($0, at: offset) }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) -> Bool {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return false }
             done += n
