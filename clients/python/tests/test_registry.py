@@ -105,8 +105,10 @@ def world(tmp_path_factory):
         "mini:1": layout.image("1", [base, tar_gz({"etc/motd": b"from the registry\n"})], env=("PATH=/bin", "GREETING=hej")),
         "mini:2": layout.image("2", [base, tar_gz({"etc/motd": b"the second image\n"})]),
         "broken:1": layout.image("b1", [base, tar_gz({"etc/motd": b"never seen\n"})]),
+        # A large layer (incompressible): many progress events, a transfer of many chunks.
+        "big:1": layout.image("big", [base, tar_gz({"opt/bulk.bin": os.urandom(24 << 20), "etc/motd": b"big\n"})]),
     }
-    for name, tag in (("mini:1", "1"), ("mini:2", "2"), ("broken:1", "b1")):
+    for name, tag in (("mini:1", "1"), ("mini:2", "2"), ("broken:1", "b1"), ("big:1", "big")):
         subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout.path}:{tag}",
                         f"docker://127.0.0.1:{port}/{name}"], check=True)
     # Flip a byte of broken:1's own layer where the registry keeps it.
@@ -306,3 +308,29 @@ def test_tls_needs_a_trusted_ca_and_a_private_repository_its_credentials(world):
     with pytest.raises(SandpitError) as e:
         build(c, "private", spec)
     assert e.value.code == "permission_denied" and "s3cret" not in str(e.value) and "wrong" not in str(e.value), e.value
+
+
+def test_builds_from_two_clients_at_once_one_with_a_large_layer(world):
+    """As agent frameworks do: two clients build at once (the daemon runs builds one at a time; neither is
+    lost), one pulling a 24 MiB layer whose progress comes in MiB steps and ends at its size."""
+    import concurrent.futures
+    from sandpit import Client
+    reg, sock = world["registry"], world["sock"]
+    events = []
+
+    def one(name, image):
+        c = Client(sock)
+        try:
+            build(c, name, f"FROM {reg}/{image}\nRUN echo {name} > /home/user/who\n", events if image == "big:1" else None)
+            return run(c, name, ["/bin/sh", "-c", "cat /etc/motd /home/user/who; ls /opt 2>/dev/null"])[1]
+        finally:
+            c.close()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        big = pool.submit(one, "parallel-big", "big:1")
+        small = pool.submit(one, "parallel-small", "mini:1")
+        assert big.result(timeout=600) == "big\nparallel-big\nbulk.bin\n"
+        assert small.result(timeout=600) == "from the registry\nparallel-small\n"
+    layer = world_layers(world, "big:1")[1]
+    mine = [e["bytesDone"] for e in events if e.get("layer") == layer]
+    total = [e["bytesTotal"] for e in events if e.get("layer") == layer][0]
+    assert total > 24 << 20 and mine[0] == 0 and mine[-1] == total and len(mine) >= 10 and mine == sorted(mine), mine
