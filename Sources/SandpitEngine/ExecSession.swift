@@ -118,8 +118,6 @@ public final class ExecSession: Sendable {
     public var isFinished: Bool { state.withLock { $0.outcome != nil } }
     /// Output bytes retained for readers (in memory or in its log).
     var retainedBytes: Int { state.withLock { $0.buffer.retainedBytes } }
-    /// Output bytes held in memory for readers.
-    var inMemoryBytes: Int { state.withLock { $0.buffer.inMemoryBytes } }
     public var outcome: ExecOutcome? { state.withLock { $0.outcome } }
 
     func markSpawnSent(_ ns: UInt64) { state.withLock { $0.spawnSentNs = ns } }
